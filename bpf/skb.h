@@ -1,0 +1,83 @@
+/* CO-RE helpers shared by the dnattrace BPF programs: where an skb is (namespace, device) and what it
+ * carries (IPv4 + TCP/UDP header fields). Every read goes through BPF_CORE_READ / bpf_probe_read_kernel
+ * so the same code works from tp_btf, raw_tp, classic tracepoints and netfilter programs. */
+#ifndef DNATTRACE_SKB_H
+#define DNATTRACE_SKB_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#define ETH_P_IP_BE 0x0008   /* htons(ETH_P_IP) */
+#define IPPROTO_ICMP_ 1
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+
+struct l34 {
+	__u32 saddr, daddr;      /* network order */
+	__u16 sport, dport;      /* network order; 0 when not TCP/UDP */
+	__u8 proto;              /* IP protocol, 0 when not IPv4 */
+	__u8 tcp_flags;
+	__u8 ihl_ok;
+	__u8 pad;
+	__u32 tot_len;
+};
+
+/* The namespace an skb is in: its device's, else its socket's; 0 when neither is known. */
+static __always_inline __u32 skb_netns(struct sk_buff *skb)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev)
+		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	struct sock *sk = BPF_CORE_READ(skb, sk);
+	if (sk)
+		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return 0;
+}
+
+static __always_inline __u32 dev_netns(struct net_device *dev)
+{
+	return dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
+}
+
+/* Read the IPv4 and L4 header fields at the skb's network header. Returns 0 on success. */
+static __always_inline int skb_l34(struct sk_buff *skb, struct l34 *out)
+{
+	__builtin_memset(out, 0, sizeof(*out));
+	if (BPF_CORE_READ(skb, protocol) != ETH_P_IP_BE)
+		return -1;
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	struct iphdr ip;
+	if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+		return -1;
+	if (ip.version != 4)
+		return -1;
+	out->saddr = ip.saddr;
+	out->daddr = ip.daddr;
+	out->proto = ip.protocol;
+	out->tot_len = bpf_ntohs(ip.tot_len);
+	/* only the first fragment carries ports */
+	if (ip.frag_off & bpf_htons(0x1fff))
+		return 0;
+	unsigned char *l4 = head + nh + ip.ihl * 4;
+	if (ip.protocol == IPPROTO_TCP_) {
+		struct tcphdr th;
+		if (bpf_probe_read_kernel(&th, sizeof(th), l4) == 0) {
+			out->sport = th.source;
+			out->dport = th.dest;
+			out->tcp_flags = ((__u8 *)&th)[13];
+		}
+	} else if (ip.protocol == IPPROTO_UDP_) {
+		struct udphdr uh;
+		if (bpf_probe_read_kernel(&uh, sizeof(uh), l4) == 0) {
+			out->sport = uh.source;
+			out->dport = uh.dest;
+		}
+	}
+	return 0;
+}
+
+#endif

@@ -1,0 +1,247 @@
+"""The data a trace produces, as plain dataclasses: the contract between the kernel side (events), the
+journey builder, the cause catalogue and the renderers. Nothing here touches the kernel, so recorded
+journeys can be rebuilt from JSON in unit tests (to_dict / from_dict round-trip).
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Optional
+
+HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+
+# Step.point values
+RX = "rx"              # device receive (netif_receive_skb): the packet arrived on an interface
+NF = "nf"              # seen by a netfilter hook at one priority (Step.hook, Step.stage)
+ROUTE = "route"        # route decision for the packet (fib lookup / route input result)
+XMIT = "xmit"          # handed to a device for transmit (net_dev_xmit)
+DROP = "drop"          # freed as dropped (kfree_skb): location + reason
+CONSUME = "consume"    # freed as consumed (consume_skb): delivered to a socket or done after transmit
+POINTS = (RX, NF, ROUTE, XMIT, DROP, CONSUME)
+
+# Step.stage values for NF steps: where inside the hook the probe sits
+STAGES = ("first", "conntrack", "dnat", "filter", "snat", "last")
+
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
+PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class Tuple5:
+    proto: int          # IP protocol number
+    src: str            # dotted quad
+    sport: int
+    dst: str
+    dport: int
+
+    def reversed(self) -> "Tuple5":
+        return Tuple5(self.proto, self.dst, self.dport, self.src, self.sport)
+
+    def __str__(self):
+        return "%s:%d -> %s:%d" % (self.src, self.sport, self.dst, self.dport)
+
+    @property
+    def proto_name(self):
+        return PROTO_NAMES.get(self.proto, str(self.proto))
+
+
+@dataclass
+class CtInfo:
+    """The conntrack entry attached to the packet, when it has one."""
+    state: str                      # NEW, ESTABLISHED, RELATED, REPLY (established reply), INVALID
+    orig: Optional[Tuple5] = None   # original direction tuple
+    reply: Optional[Tuple5] = None  # reply direction tuple (shows the NAT: reply.src != orig.dst means DNAT)
+    status: int = 0                 # IPS_* bits
+
+    @property
+    def dnat(self) -> Optional[tuple[str, int]]:
+        """(address, port) the connection is DNATed to, or None."""
+        if self.orig and self.reply and (self.reply.src, self.reply.sport) != (self.orig.dst, self.orig.dport):
+            return self.reply.src, self.reply.sport
+        return None
+
+
+@dataclass
+class RouteInfo:
+    table: int                      # routing table id (254 main, 255 local)
+    oif: str = ""                   # output device of the result ("" when none)
+    err: int = 0                    # 0, or the negative errno of the lookup
+    dst: str = ""                   # address looked up
+    gateway: str = ""
+    local: Optional[bool] = None    # True: delivered locally; False: must be forwarded; None: unknown
+
+
+@dataclass
+class Step:
+    """One observation of one packet at one probe point."""
+    ts_ns: int
+    point: str                      # one of POINTS
+    netns: int = 0                  # network namespace inode
+    netns_name: str = ""            # "host", an ip-netns name, a container name, or "netns:<inode>"
+    ifname: str = ""                # device: receive device, hook's in (or out) device, transmit device
+    hook: Optional[str] = None      # NF only: one of HOOKS
+    stage: Optional[str] = None     # NF only: one of STAGES
+    priority: Optional[int] = None  # NF only: the probe's priority within the hook
+    tuple: Optional[Tuple5] = None  # the packet's addresses as seen here (after any rewrite before here)
+    tcp_flags: str = ""             # e.g. "S", "SA", "R", "A"
+    ct: Optional[CtInfo] = None
+    route: Optional[RouteInfo] = None
+    location: str = ""              # DROP / CONSUME: symbolized site, e.g. "ip_error+0x68"
+    reason: str = ""                # DROP: kernel drop reason name, e.g. "IP_INADDRERRORS"
+    out_ifname: str = ""            # NF: the hook's output device when known
+
+    @property
+    def where(self) -> str:
+        if self.point == NF:
+            return "%s/%s" % (self.hook, self.stage)
+        return self.point
+
+
+@dataclass
+class Journey:
+    """One packet (one skb, followed across NAT rewrites and veth pairs) from its first to its last step."""
+    skb: int
+    steps: list[Step] = field(default_factory=list)
+    direction: str = "request"      # "request" (towards the service) or "reply"
+    lost_events: int = 0            # ring-buffer losses while this journey was open
+
+    @property
+    def first(self) -> Step:
+        return self.steps[0]
+
+    @property
+    def last(self) -> Step:
+        return self.steps[-1]
+
+    @property
+    def outcome(self) -> str:
+        """dropped | delivered (consumed by a local socket) | sent (left by an interface) | unfinished."""
+        end = self.end_step
+        if end is None:
+            return "unfinished"
+        if end.point == DROP:
+            return "dropped"
+        if end.point == CONSUME:
+            return "delivered"
+        return "sent"
+
+    @property
+    def end_step(self) -> Optional[Step]:
+        for s in reversed(self.steps):
+            if s.point in (DROP, CONSUME):
+                return s
+        if self.steps and self.steps[-1].point == XMIT:
+            return self.steps[-1]
+        return None
+
+    @property
+    def drop(self) -> Optional[Step]:
+        s = self.end_step
+        return s if s is not None and s.point == DROP else None
+
+    def hooks_seen(self, netns: Optional[int] = None) -> list[str]:
+        """Netfilter hooks the packet reached, in order, without repeats (optionally in one namespace)."""
+        out: list[str] = []
+        for s in self.steps:
+            if s.point == NF and (netns is None or s.netns == netns) and (not out or out[-1] != s.hook):
+                out.append(s.hook)
+        return out
+
+    def last_nf(self) -> Optional[Step]:
+        for s in reversed(self.steps):
+            if s.point == NF:
+                return s
+        return None
+
+    def routes(self) -> list[Step]:
+        return [s for s in self.steps if s.point == ROUTE]
+
+    def tuples(self) -> list[Tuple5]:
+        """Every distinct tuple the packet carried, in order (shows NAT rewrites)."""
+        out: list[Tuple5] = []
+        for s in self.steps:
+            if s.tuple is not None and s.tuple not in out:
+                out.append(s.tuple)
+        return out
+
+
+@dataclass
+class Connection:
+    """The journeys of one connection attempt: the client's packets (retransmissions grouped) and the replies."""
+    key: Tuple5                                 # the client's original tuple (before any NAT)
+    requests: list[Journey] = field(default_factory=list)
+    replies: list[Journey] = field(default_factory=list)
+
+    @property
+    def attempts(self) -> int:
+        return len(self.requests)
+
+    @property
+    def dropped(self) -> int:
+        return sum(1 for j in self.requests if j.outcome == "dropped")
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.replies)
+
+    @property
+    def outcome(self) -> str:
+        """established | refused (RST reply) | dropped | no-reply | unfinished."""
+        flags = [s.tcp_flags for j in self.replies for s in j.steps[:1]]
+        if any("R" in f for f in flags):
+            return "refused"
+        if self.replies:
+            return "answered"
+        if self.requests and all(j.outcome == "dropped" for j in self.requests):
+            return "dropped"
+        if any(j.outcome == "unfinished" for j in self.requests):
+            return "unfinished"
+        return "no-reply"
+
+
+# --- JSON round trip (stable field names; used by --json output and by recorded test journeys) ---
+
+def to_dict(obj):
+    """Dataclass -> plain dict, dropping None values to keep JSON lines short."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            v = to_dict(getattr(obj, f.name))
+            if v is not None and v != "" and v != []:
+                out[f.name] = v
+        return out
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _tuple(d):
+    return Tuple5(**d) if d else None
+
+
+def step_from_dict(d) -> Step:
+    d = dict(d)
+    d["tuple"] = _tuple(d.get("tuple"))
+    if d.get("ct"):
+        ct = dict(d["ct"])
+        ct["orig"], ct["reply"] = _tuple(ct.get("orig")), _tuple(ct.get("reply"))
+        d["ct"] = CtInfo(**ct)
+    if d.get("route"):
+        d["route"] = RouteInfo(**d["route"])
+    return Step(**d)
+
+
+def journey_from_dict(d) -> Journey:
+    return Journey(skb=d["skb"], steps=[step_from_dict(s) for s in d.get("steps", [])],
+                   direction=d.get("direction", "request"), lost_events=d.get("lost_events", 0))
+
+
+def connection_from_dict(d) -> Connection:
+    return Connection(key=Tuple5(**d["key"]),
+                      requests=[journey_from_dict(j) for j in d.get("requests", [])],
+                      replies=[journey_from_dict(j) for j in d.get("replies", [])])
+
+
+def ip_in(addr: str, cidr: str) -> bool:
+    return ipaddress.ip_address(addr) in ipaddress.ip_network(cidr, strict=False)
