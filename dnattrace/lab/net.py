@@ -1,0 +1,120 @@
+"""Small primitives for building test topologies in network namespaces: namespaces, veth pairs,
+addresses, routes, sysctls and commands run inside a namespace. The lab scenarios and the kernel tests
+are built from these; everything created is recorded by the caller so it can be torn down again.
+
+They shell out to iproute2/iptables on purpose: the lab must lay rules out exactly as an administrator
+(or Docker) would with the same tools, so what dnattrace observes is what users have.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+
+NETNS_DIR = "/run/netns"
+
+
+class NetError(RuntimeError):
+    pass
+
+
+def run(cmd, netns=None, check=True, timeout=30, input=None):
+    """Run a command (list) on the host or inside `netns` (an `ip netns` name); returns CompletedProcess."""
+    if netns:
+        cmd = ["ip", "netns", "exec", netns] + list(cmd)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and p.returncode != 0:
+        raise NetError("%s failed (%d): %s" % (" ".join(cmd), p.returncode, (p.stderr or p.stdout).strip()))
+    return p
+
+
+def unique(prefix="dt"):
+    """A short unique token for names (interface names are limited to 15 characters)."""
+    return prefix + secrets.token_hex(3)
+
+
+def netns_path(name):
+    return os.path.join(NETNS_DIR, name)
+
+
+def netns_exists(name):
+    return os.path.exists(netns_path(name))
+
+
+def add_netns(name):
+    run(["ip", "netns", "add", name])
+    run(["ip", "link", "set", "lo", "up"], netns=name)
+
+
+def del_netns(name):
+    if netns_exists(name):
+        run(["ip", "netns", "del", name], check=False)
+
+
+def netns_inode(name=None):
+    """Inode of a named namespace (or of the root namespace when name is None): what BPF programs report."""
+    return os.stat(netns_path(name) if name else "/proc/1/ns/net").st_ino
+
+
+def add_veth(a, b, a_ns=None, b_ns=None):
+    """A veth pair a<->b; each end moved into its namespace (None = the current one)."""
+    run(["ip", "link", "add", a, "type", "veth", "peer", "name", b])
+    for dev, ns in ((a, a_ns), (b, b_ns)):
+        if ns:
+            run(["ip", "link", "set", dev, "netns", ns])
+        run(["ip", "link", "set", dev, "up"], netns=ns)
+
+
+def del_link(name, netns=None):
+    run(["ip", "link", "del", name], netns=netns, check=False)
+
+
+def link_exists(name, netns=None):
+    return run(["ip", "link", "show", name], netns=netns, check=False).returncode == 0
+
+
+def add_addr(dev, cidr, netns=None):
+    run(["ip", "addr", "add", cidr, "dev", dev], netns=netns)
+
+
+def add_route(dst, via=None, dev=None, netns=None):
+    cmd = ["ip", "route", "add", dst]
+    if via:
+        cmd += ["via", via]
+    if dev:
+        cmd += ["dev", dev]
+    run(cmd, netns=netns)
+
+
+def sysctl_get(key, netns=None):
+    return run(["sysctl", "-n", key], netns=netns).stdout.strip()
+
+
+def sysctl_set(key, value, netns=None):
+    run(["sysctl", "-q", "-w", "%s=%s" % (key, value)], netns=netns)
+
+
+class SysctlGuard:
+    """Set sysctls and put the old values back on exit, even when the block fails."""
+
+    def __init__(self, netns=None):
+        self.netns = netns
+        self.saved: list[tuple[str, str]] = []
+
+    def set(self, key, value):
+        self.saved.append((key, sysctl_get(key, self.netns)))
+        sysctl_set(key, value, self.netns)
+
+    def restore(self):
+        while self.saved:
+            key, value = self.saved.pop()
+            try:
+                sysctl_set(key, value, self.netns)
+            except NetError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()

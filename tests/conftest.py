@@ -1,0 +1,34 @@
+"""Shared test plumbing. Kernel tests need root; they never skip silently: a missing capability makes
+them fail (or skip with the name of what is missing, via require())."""
+import os
+
+import pytest
+
+
+def require(condition, what):
+    """Skip with a message that names the missing capability (never a silent skip)."""
+    if not condition:
+        pytest.skip("missing capability: %s" % what)
+
+
+@pytest.fixture
+def root():
+    if os.geteuid() != 0:
+        pytest.fail("kernel tests need root (CAP_BPF, CAP_NET_ADMIN); run scripts/test as root")
+
+
+@pytest.fixture
+def netns(root):
+    """Factory for uniquely named network namespaces that are deleted after the test."""
+    from dnattrace.lab import net
+    made = []
+
+    def make(tag="t"):
+        name = net.unique("dtt%s" % tag)
+        net.add_netns(name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        net.del_netns(name)
