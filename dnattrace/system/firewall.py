@@ -1,0 +1,246 @@
+"""Firewall rules and their packet counters, read from `iptables-save -c` (and `nft -j list ruleset`).
+
+Counters are what name the rule that dropped a packet: with the nft backend every DROP frees the packet
+in nft_do_chain, so the kernel's drop location cannot tell a FORWARD policy from a DOCKER-USER rule; the
+counter that moved during the capture can. Remember that nat rules are evaluated only for the first packet
+of a connection: a nat counter that did not move says nothing about retransmissions.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Optional
+
+from dnattrace.system.ns import command_prefix, run_tool
+
+DROP_TARGETS = ("DROP", "REJECT")
+_COUNTED = re.compile(r"^\[(\d+):(\d+)\]\s+(.*)$")
+
+
+@dataclass
+class Rule:
+    table: str
+    chain: str
+    text: str               # as iptables-save prints it, without counters: "-A FORWARD -j DROP"
+    packets: int = 0
+    bytes: int = 0
+
+    @property
+    def target(self) -> str:
+        """What -j (or -g) names: ACCEPT, DROP, DNAT, a user chain, ..."""
+        m = re.search(r"\s-[jg]\s+(\S+)", " " + self.text)
+        return m.group(1) if m else ""
+
+    def option(self, name: str) -> Optional[str]:
+        """The value after an option, e.g. option("--dport") -> "8080"."""
+        words = shlex.split(self.text)
+        for i, w in enumerate(words[:-1]):
+            if w == name:
+                return words[i + 1]
+        return None
+
+
+@dataclass
+class Chain:
+    name: str
+    policy: str = "-"       # ACCEPT/DROP for built-in chains, "-" for user chains
+    packets: int = 0        # policy counters (built-in chains only)
+    bytes: int = 0
+    rules: list[Rule] = field(default_factory=list)
+
+
+@dataclass
+class Ruleset:
+    tables: dict[str, dict[str, Chain]] = field(default_factory=dict)
+    source: str = "iptables-save"
+
+    def chain(self, table: str, chain: str) -> Optional[Chain]:
+        return self.tables.get(table, {}).get(chain)
+
+    def reachable(self, table: str, chain: str) -> set[str]:
+        """Chains that packets entering `chain` can visit (following jumps and gotos)."""
+        seen, todo = set(), [chain]
+        while todo:
+            c = todo.pop()
+            if c in seen or self.chain(table, c) is None:
+                continue
+            seen.add(c)
+            todo += [r.target for r in self.chain(table, c).rules if r.target]
+        return seen
+
+    def to_dict(self):
+        return {"source": self.source, "tables": {
+            t: {c.name: {"policy": c.policy, "packets": c.packets, "bytes": c.bytes,
+                         "rules": [{"text": r.text, "packets": r.packets, "bytes": r.bytes} for r in c.rules]}
+                for c in chains.values()} for t, chains in self.tables.items()}}
+
+    @classmethod
+    def from_dict(cls, d):
+        rs = cls(source=d.get("source", "iptables-save"))
+        for t, chains in d.get("tables", {}).items():
+            rs.tables[t] = {}
+            for name, c in chains.items():
+                rs.tables[t][name] = Chain(name, c.get("policy", "-"), c.get("packets", 0), c.get("bytes", 0),
+                                           [Rule(t, name, r["text"], r.get("packets", 0), r.get("bytes", 0))
+                                            for r in c.get("rules", [])])
+        return rs
+
+
+@dataclass
+class CounterMove:
+    """A rule or chain policy whose counters moved between two readings."""
+    table: str
+    chain: str
+    rule: str               # rule text, or "policy DROP" for a chain policy
+    packets: int
+    bytes: int
+    target: str             # DROP, ACCEPT, DNAT, ... (the policy for a policy move)
+    policy: bool = False
+
+    def __str__(self):
+        return "%s %s: %s (%d packets)" % (self.table, self.chain, self.rule, self.packets)
+
+
+def parse_iptables_save(text: str) -> Ruleset:
+    """Parse `iptables-save -c` output."""
+    rs, table = Ruleset(), None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or line == "COMMIT":
+            continue
+        if line.startswith("*"):
+            table = line[1:]
+            rs.tables.setdefault(table, {})
+        elif line.startswith(":") and table:
+            m = re.match(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?", line)
+            if m:
+                rs.tables[table][m.group(1)] = Chain(m.group(1), m.group(2), int(m.group(3) or 0),
+                                                     int(m.group(4) or 0))
+        elif table:
+            pk = by = 0
+            m = _COUNTED.match(line)
+            if m:
+                pk, by, line = int(m.group(1)), int(m.group(2)), m.group(3)
+            words = line.split()
+            if len(words) >= 2 and words[0] == "-A":
+                chain = rs.tables[table].setdefault(words[1], Chain(words[1]))
+                chain.rules.append(Rule(table, words[1], line, pk, by))
+    return rs
+
+
+def read_iptables(netns=None) -> Ruleset:
+    """The namespace's iptables rules with counters (iptables-save -c)."""
+    return parse_iptables_save(run_tool(["iptables-save", "-c"], netns))
+
+
+def parse_nft_json(text: str) -> Ruleset:
+    """Rules from `nft -j list ruleset` (ip and inet families): chains with policies and, where a rule has
+    a counter statement, its counters. Rule text is nft's own rendering of the expressions' kinds."""
+    rs = Ruleset(source="nft")
+    data = json.loads(text or "{}").get("nftables", [])
+    for item in data:
+        if "chain" in item:
+            c = item["chain"]
+            if c.get("family") not in ("ip", "inet"):
+                continue
+            table = "%s %s" % (c["family"], c["table"])
+            rs.tables.setdefault(table, {})[c["name"]] = Chain(c["name"], (c.get("policy") or "-").upper())
+        elif "rule" in item:
+            r = item["rule"]
+            if r.get("family") not in ("ip", "inet"):
+                continue
+            table = "%s %s" % (r["family"], r["table"])
+            chain = rs.tables.setdefault(table, {}).setdefault(r["chain"], Chain(r["chain"]))
+            pk = by = 0
+            words = []
+            for e in r.get("expr", []):
+                if "counter" in e and isinstance(e["counter"], dict):
+                    pk, by = e["counter"].get("packets", 0), e["counter"].get("bytes", 0)
+                for k in ("accept", "drop", "reject", "jump", "goto", "dnat", "snat", "masquerade"):
+                    if k in e:
+                        arg = e[k].get("target") if isinstance(e[k], dict) and k in ("jump", "goto") else None
+                        words.append("-j %s" % (arg or k.upper()))
+                if "match" in e:
+                    words.append(json.dumps(e["match"], separators=(",", ":")))
+            text = "-A %s %s handle %s" % (r["chain"], " ".join(words), r.get("handle"))
+            chain.rules.append(Rule(table, r["chain"], text, pk, by))
+    return rs
+
+
+def read_nft(netns=None) -> Ruleset:
+    return parse_nft_json(run_tool(["nft", "-j", "list", "ruleset"], netns))
+
+
+def counter_delta(before: Ruleset, after: Ruleset) -> list[CounterMove]:
+    """Rules and policies whose packet counters went up between two readings, most packets first.
+    Rules are matched by table, chain, text and position among identical texts (a rule inserted in
+    between does not shift the others)."""
+    moves = []
+    for table, chains in after.tables.items():
+        for name, chain in chains.items():
+            old = before.chain(table, name)
+            if old is not None and chain.policy != "-" and chain.packets > old.packets:
+                moves.append(CounterMove(table, name, "policy %s" % chain.policy, chain.packets - old.packets,
+                                         chain.bytes - old.bytes, chain.policy, policy=True))
+            olds = {}
+            for r in (old.rules if old else []):
+                olds.setdefault(r.text, []).append(r)
+            seen: dict[str, int] = {}
+            for r in chain.rules:
+                i = seen[r.text] = seen.get(r.text, -1) + 1
+                prev = olds.get(r.text, [])
+                base = prev[i] if i < len(prev) else None
+                d = r.packets - (base.packets if base else 0)
+                if d > 0 and base is not None:
+                    moves.append(CounterMove(table, name, r.text, d, r.bytes - base.bytes, r.target))
+    moves.sort(key=lambda m: -m.packets)
+    return moves
+
+
+@dataclass
+class DnatTarget:
+    """A DNAT rule for a published port: where the kernel sends connections to that port."""
+    proto: str
+    port: int               # the published (pre-NAT) port
+    addr: str               # the target address
+    target_port: int        # the target port (= port when the rule keeps it)
+    table: str
+    chain: str
+    rule: str
+
+
+def _ports(spec: Optional[str]) -> list[tuple[int, int]]:
+    out = []
+    for part in (spec or "").split(","):
+        if part:
+            lo, _, hi = part.replace(":", "-").partition("-")
+            out.append((int(lo), int(hi or lo)))
+    return out
+
+
+def dnat_targets(rules: Ruleset, port: int, proto: str = "tcp") -> list[DnatTarget]:
+    """DNAT rules (nat table, any chain: Docker's DOCKER chain or PREROUTING/OUTPUT) for a port."""
+    out = []
+    for chain in rules.tables.get("nat", {}).values():
+        for r in chain.rules:
+            if r.target != "DNAT":
+                continue
+            p = r.option("-p")
+            if p and p != proto:
+                continue
+            ranges = _ports(r.option("--dport")) + _ports(r.option("--dports"))
+            if not any(lo <= port <= hi for lo, hi in ranges):
+                continue
+            dest = r.option("--to-destination") or ""
+            addr, _, tport = dest.partition(":")
+            tport = tport.split("-")[0]
+            out.append(DnatTarget(proto, port, addr, int(tport) if tport else port, "nat", chain.name, r.text))
+    return out
+
+
+def fix_delete(rule: Rule | CounterMove, netns=None) -> str:
+    """The command that deletes a rule (its -A line turned into -D)."""
+    text = rule.rule if isinstance(rule, CounterMove) else rule.text
+    return " ".join(command_prefix(netns) + ["iptables", "-t", rule.table, "-D"] + text.split()[1:])

@@ -1,0 +1,144 @@
+"""Links, addresses, routes and neighbours of a namespace, read over rtnetlink (pyroute2).
+
+The route lookup asks the kernel the question the packet asked: RTM_GETROUTE with the input interface
+and source, which runs the input path (ip_route_input) and so answers with the same error the packet got
+(EHOSTUNREACH when forwarding is off on that interface, ENETUNREACH when there is no route).
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Optional
+
+from dnattrace.system.ns import entered
+
+NUD_STATES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
+              0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT", 0x00: "NONE"}
+RTN_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole",
+             7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat"}
+
+
+@dataclass
+class Link:
+    name: str
+    index: int
+    state: str                      # operstate: UP, DOWN, LOWERLAYERDOWN, UNKNOWN
+    up: bool                        # administratively up (IFF_UP)
+    kind: str = ""                  # veth, bridge, ... ("" for physical/loopback)
+    master: str = ""                # bridge the link is a port of
+    addresses: list[str] = field(default_factory=list)   # IPv4 CIDRs
+
+
+@dataclass
+class RouteResult:
+    dst: str
+    iif: str = ""                   # input interface the lookup was made for ("" = output lookup)
+    src: str = ""
+    err: int = 0                    # 0 or a positive errno (EHOSTUNREACH, ENETUNREACH, ...)
+    error: str = ""                 # strerror of err
+    type: str = ""                  # unicast, local, unreachable, ...
+    oif: str = ""
+    gateway: str = ""
+    table: int = 0
+
+    @property
+    def local(self) -> bool:
+        return self.type == "local"
+
+    def __str__(self):
+        head = "route %s%s%s" % (self.dst, " from %s" % self.src if self.src else "",
+                                 " iif %s" % self.iif if self.iif else "")
+        if self.err:
+            return "%s: %s" % (head, self.error)
+        return "%s: %s%s dev %s table %d" % (head, self.type,
+                                             " via %s" % self.gateway if self.gateway else "", self.oif or "-",
+                                             self.table)
+
+
+def _ipr():
+    from pyroute2 import IPRoute
+    return IPRoute()
+
+
+def links(netns=None) -> list[Link]:
+    """Every link with its state, kind, bridge master and IPv4 addresses."""
+    with entered(netns):
+        with _ipr() as ipr:
+            raw = ipr.get_links()
+            addrs = ipr.get_addr(family=2)
+    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in raw}
+    out = {}
+    for m in raw:
+        info = m.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info else ""
+        master = m.get_attr("IFLA_MASTER")
+        out[m["index"]] = Link(name=names[m["index"]], index=m["index"], state=m.get_attr("IFLA_OPERSTATE") or "",
+                               up=bool(m["flags"] & 1), kind=kind or "", master=names.get(master, "") if master else "")
+    for a in addrs:
+        if a["index"] in out:
+            out[a["index"]].addresses.append("%s/%d" % (a.get_attr("IFA_ADDRESS"), a["prefixlen"]))
+    return list(out.values())
+
+
+def _guess_src(link_list: list[Link], iif: str) -> str:
+    """A plausible source for a packet arriving on iif: another host of iif's own subnet."""
+    for l in link_list:
+        if l.name == iif:
+            for cidr in l.addresses:
+                itf = ipaddress.ip_interface(cidr)
+                for host in itf.network.hosts():
+                    if host != itf.ip:
+                        return str(host)
+    return "192.0.2.1"
+
+
+def route_get(dst: str, iif: Optional[str] = None, src: Optional[str] = None, netns=None) -> RouteResult:
+    """The kernel's route for dst, as an input lookup from iif (with src) when iif is given, else as
+    an output lookup. Errors (EHOSTUNREACH, ENETUNREACH, EINVAL for a martian) come back in .err."""
+    from pyroute2.netlink.exceptions import NetlinkError
+    res = RouteResult(dst=dst, iif=iif or "", src=src or "")
+    with entered(netns):
+        with _ipr() as ipr:
+            kw = {"dst": dst}
+            if iif:
+                idx = ipr.link_lookup(ifname=iif)
+                if not idx:
+                    res.err, res.error = errno.ENODEV, "no interface %s" % iif
+                    return res
+                kw["iif"] = idx[0]
+                if not src:
+                    src = res.src = _guess_src(links(None), iif)
+            if src:
+                kw["src"] = src
+            try:
+                msg = ipr.route("get", **kw)[0]
+            except NetlinkError as e:
+                res.err, res.error = e.code, errno.errorcode.get(e.code, str(e.code))
+                return res
+            oif = msg.get_attr("RTA_OIF")
+            names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+    res.type = RTN_TYPES.get(msg["type"], str(msg["type"]))
+    res.oif = names.get(oif, "") if oif else ""
+    res.gateway = msg.get_attr("RTA_GATEWAY") or ""
+    res.table = msg.get_attr("RTA_TABLE") or msg["table"]
+    return res
+
+
+def neighbour(addr: str, netns=None) -> Optional[dict]:
+    """Neighbour entry for addr: {"addr", "dev", "state", "lladdr"}; None when there is none."""
+    with entered(netns):
+        with _ipr() as ipr:
+            entries = ipr.get_neighbours(family=2, dst=addr)
+            names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+    for n in entries:
+        if n.get_attr("NDA_DST") == addr:
+            st = n["state"]
+            state = "|".join(v for k, v in NUD_STATES.items() if k and st & k) or "NONE"
+            return {"addr": addr, "dev": names.get(n["ifindex"], ""), "state": state,
+                    "lladdr": n.get_attr("NDA_LLADDR") or ""}
+    return None
+
+
+def local_addresses(link_list: list[Link]) -> list[str]:
+    return [c.split("/")[0] for l in link_list for c in l.addresses]

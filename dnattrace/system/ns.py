@@ -1,0 +1,58 @@
+"""Entering the network namespace a piece of evidence is read from.
+
+Readers run Python code inside the namespace (netlink sockets, /proc/sys and /proc/thread-self/net bind to
+the calling thread's namespace) or run a tool there with nsenter (iptables-save, nft, conntrack).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+
+from dnattrace.errors import DnattraceError, UsageError
+
+
+@contextlib.contextmanager
+def entered(netns):
+    """The block runs in network namespace `netns` (a path, or None for the current one)."""
+    if netns is None:
+        yield
+        return
+    if not os.path.exists(netns):
+        raise UsageError("network namespace %s is not there" % netns)
+    from dnattrace.loader import BpfError, in_netns
+    try:
+        ctx = in_netns(netns)
+        ctx.__enter__()
+    except BpfError as e:
+        raise UsageError("cannot enter network namespace %s: %s" % (netns, e)) from None
+    try:
+        yield
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def command_prefix(netns):
+    """What to put before a command so it runs in `netns` (empty for the current namespace)."""
+    return [] if netns is None else ["nsenter", "--net=%s" % netns]
+
+
+def run_tool(cmd, netns=None, timeout=15):
+    """Run a read-only tool in `netns`; returns stdout. A missing tool or a failure is a DnattraceError."""
+    full = command_prefix(netns) + list(cmd)
+    if netns is not None and not os.path.exists(netns):
+        raise UsageError("network namespace %s is not there" % netns)
+    try:
+        p = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise DnattraceError("%s is not installed" % cmd[0]) from None
+    except subprocess.TimeoutExpired:
+        raise DnattraceError("%s did not answer within %d s" % (cmd[0], timeout)) from None
+    if p.returncode != 0:
+        raise DnattraceError("%s failed: %s" % (" ".join(cmd), (p.stderr or p.stdout).strip()[:200]))
+    return p.stdout
+
+
+def inode(netns=None) -> int:
+    """The namespace's inode: what BPF programs report in Step.netns."""
+    return os.stat(netns or "/proc/thread-self/ns/net").st_ino
