@@ -1,0 +1,141 @@
+/* `dnattrace drops`: count every freed-because-dropped skb in the kernel, keyed by where (the caller of
+ * kfree_skb_reason), why (enum skb_drop_reason), which network namespace and which protocol.
+ *
+ * No per-packet event crosses to user space: counts live in a per-CPU hash, and user space reads the
+ * cumulative counts each interval and takes differences. Keys are never deleted while running, so
+ * nothing is lost between a read and a clear. When the hash is full, the drop is still counted in
+ * `overflow`, which user space reports.
+ *
+ * Two entry points share one counting function: tp_btf/kfree_skb (typed arguments) and, where the kernel
+ * refuses that, the classic tracepoint skb/kfree_skb. */
+#include "skb.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define FLAG_PORT    1   /* count only packets from or to config.port, and key by it */
+#define FLAG_STACKS  2   /* record a kernel stack id per key */
+#define FLAG_NETNS   4   /* count only drops in namespace config.netns */
+#define MAX_KEYS     10240
+
+struct drop_key {
+	__u64 location;      /* address the skb was freed from */
+	__u32 reason;        /* enum skb_drop_reason */
+	__u32 netns;         /* network namespace inode, 0 if unknown */
+	__s32 stack_id;      /* -1 when stacks are off or the stack could not be stored */
+	__u16 l3proto;       /* ethertype, host order (0x0800 IPv4) */
+	__u16 port;          /* the matching port when FLAG_PORT, else 0 */
+	__u8 l4proto;        /* IP protocol when IPv4, else 0 */
+	__u8 pad[7];
+};
+
+struct drops_config {
+	__u32 netns;         /* with FLAG_NETNS */
+	__u16 port;          /* with FLAG_PORT, host order */
+	__u8 l4proto;        /* 0: all protocols */
+	__u8 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MAX_KEYS);
+	__type(key, struct drop_key);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* [0] drops not stored because the hash was full; [1] drops counted (all keys), a cross-check */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct drops_config);
+} drops_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 1024);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, 127 * sizeof(__u64));
+} stacks SEC(".maps");
+
+static __always_inline void bump(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&drops_stats, &slot);
+	if (v)
+		*v += 1;   /* per-CPU slot: no other CPU writes it */
+}
+
+static __always_inline void count_drop(void *ctx, struct sk_buff *skb, __u64 location, __u32 reason)
+{
+	__u32 zero = 0;
+	struct drops_config *cfg = bpf_map_lookup_elem(&drops_cfg, &zero);
+	if (!cfg)
+		return;
+	__u8 flags = cfg->flags;
+
+	struct drop_key key = {};
+	key.location = location;
+	key.reason = reason;
+	key.stack_id = -1;
+	key.netns = skb_netns(skb);
+	if ((flags & FLAG_NETNS) && key.netns != cfg->netns)
+		return;
+	key.l3proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+
+	struct l34 h;
+	if (skb_l34(skb, &h) == 0)
+		key.l4proto = h.proto;
+	if (cfg->l4proto && key.l4proto != cfg->l4proto)
+		return;
+	if (flags & FLAG_PORT) {
+		__u16 port = cfg->port;
+		if (bpf_ntohs(h.sport) != port && bpf_ntohs(h.dport) != port)
+			return;
+		key.port = port;
+	}
+	if (flags & FLAG_STACKS) {
+		long id = bpf_get_stackid(ctx, &stacks, 0);
+		key.stack_id = id < 0 ? -1 : (__s32)id;
+	}
+
+	bump(1);
+	__u64 *count = bpf_map_lookup_elem(&drops, &key);
+	if (count) {
+		*count += 1;
+		return;
+	}
+	__u64 one = 1;
+	long err = bpf_map_update_elem(&drops, &key, &one, BPF_NOEXIST);
+	if (err == -17 /* EEXIST: created meanwhile by this CPU's interrupted twin */) {
+		count = bpf_map_lookup_elem(&drops, &key);
+		if (count)
+			*count += 1;
+	} else if (err) {
+		bump(0);
+	}
+}
+
+/* The kernel also passes rx_sk (6.10+); only the first three arguments are read, so older kernels with
+ * (skb, location, reason) load the same program. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(drops_btf, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	count_drop(ctx, skb, (__u64)location, (__u32)reason);
+	return 0;
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int drops_tp(struct trace_event_raw_kfree_skb *args)
+{
+	__u32 reason = 0;
+	if (bpf_core_field_exists(args->reason))
+		reason = args->reason;
+	count_drop(args, (struct sk_buff *)args->skbaddr, (__u64)args->location, reason);
+	return 0;
+}

@@ -1,0 +1,127 @@
+"""Names for network namespaces: what BPF programs report (a namespace's inode number) turned into what a
+user knows ("host", an `ip netns` name, a Docker container's name), and back for --netns NAME.
+
+Sources, cheapest first: the root namespace (/proc/1/ns/net), /run/netns/* (ip netns), then Docker
+(container State.Pid -> /proc/PID/ns/net). Docker is asked only when an inode is not known otherwise, at
+most once every few seconds, and a missing engine is simply no names from Docker.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from dnattrace.errors import UsageError
+
+log = logging.getLogger("dnattrace.netns")
+
+NETNS_DIR = "/run/netns"
+ROOT_NS = "/proc/1/ns/net"
+OWN_NS = "/proc/self/ns/net"
+HOST = "host"
+_DOCKER_RETRY_S = 5.0
+
+
+def _inode(path):
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def root():
+    """(inode, path) of the host namespace: init's, or ours when init's cannot be read (a sandbox)."""
+    for path in (ROOT_NS, OWN_NS):
+        ino = _inode(path)
+        if ino is not None:
+            return ino, path
+    return None, None
+
+
+def ip_netns():
+    """{name: (inode, path)} of the namespaces `ip netns` knows."""
+    out = {}
+    try:
+        names = sorted(os.listdir(NETNS_DIR))
+    except OSError:
+        return out
+    for name in names:
+        path = os.path.join(NETNS_DIR, name)
+        ino = _inode(path)
+        if ino is not None:
+            out[name] = (ino, path)
+    return out
+
+
+def docker_netns():
+    """{container name: (inode, /proc/PID/ns/net)} of running containers; {} when Docker is not there."""
+    try:
+        import docker
+        client = docker.from_env(version="auto", timeout=3)
+    except Exception as e:   # no SDK, no socket, engine down: no names from Docker
+        log.debug("no Docker names: %s", e)
+        return {}
+    out = {}
+    try:
+        for c in client.containers.list():
+            pid = (c.attrs.get("State") or {}).get("Pid") or 0
+            if not pid:
+                continue
+            path = "/proc/%d/ns/net" % pid
+            ino = _inode(path)
+            if ino is not None:
+                out[c.name] = (ino, path)
+    except Exception as e:
+        log.debug("Docker listing failed: %s", e)
+    finally:
+        client.close()
+    return out
+
+
+class Namer:
+    """Turns namespace inodes into names; cached, refreshed when an unknown inode shows up."""
+
+    def __init__(self, use_docker=True):
+        self.use_docker = use_docker
+        self._names: dict[int, str] = {}
+        self._docker_checked = -1e9
+        self.refresh(docker_too=False)
+
+    def refresh(self, docker_too=True):
+        names = {}
+        if docker_too and self.use_docker:
+            self._docker_checked = time.monotonic()
+            for name, (ino, _path) in docker_netns().items():
+                names[ino] = name
+        for name, (ino, _path) in ip_netns().items():
+            names.setdefault(ino, name)
+        host, _path = root()
+        if host is not None:
+            names[host] = HOST
+        # keep names already learnt (a container that stopped still explains its earlier drops)
+        self._names.update(names)
+
+    def name(self, inode):
+        if not inode:
+            return "?"
+        if inode not in self._names:
+            docker_due = time.monotonic() - self._docker_checked >= _DOCKER_RETRY_S
+            self.refresh(docker_too=docker_due)
+        return self._names.get(inode, "netns:%d" % inode)
+
+
+def resolve(name):
+    """(inode, path) of the namespace a user named with --netns; UsageError when there is none."""
+    if name in (HOST, "root"):
+        return root()
+    if name.startswith("netns:") and name[6:].isdigit():
+        ino = int(name[6:])
+        return ino, None
+    found = ip_netns().get(name)
+    if found:
+        return found
+    found = docker_netns().get(name.lstrip("/"))
+    if found:
+        return found
+    raise UsageError("unknown network namespace %r: not 'host', an `ip netns` name or a running container"
+                     % name)
