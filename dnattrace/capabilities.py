@@ -277,7 +277,8 @@ class PlanEntry:
 
 
 def _no(caps, name):
-    return "%s: %s" % (name, caps[name].detail or "no")
+    """Why an option was passed over, in a few words (the capability's detail says more)."""
+    return "no %s" % name
 
 
 class _Planner:
@@ -323,7 +324,8 @@ class _Planner:
         prios = NETFILTER_PRIORITIES[hook]
         tried = []
         if self.caps.has("netfilter_link"):
-            return PlanEntry(point, "netfilter link %s prio %s" % (hook, ",".join(map(str, prios))),
+            names = {loader.NF_PRIO_MIN: "first", loader.NF_PRIO_MAX: "last"}
+            return PlanEntry(point, "netfilter link %s at %s" % (hook, ", ".join(names.get(p, str(p)) for p in prios)),
                              "netfilter_link", prios)
         tried.append(("netfilter link", _no(self.caps, "netfilter_link")))
         e = self.function_exit(point, ["nf_hook_slow"], tried)
