@@ -1,0 +1,188 @@
+"""Lab instance state: one JSON file per instance under /run/dnattrace/lab/, and the undo log in it.
+
+Every object `up` makes (namespace, link, sysctl with its old value, process, container, directory) is
+appended to the file *before* it is made, so `down` can remove exactly that even after a crash half way
+through `up`. Undoing is idempotent: each step checks whether its object still exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from dnattrace.lab import net
+
+STATE_DIR = "/run/dnattrace/lab"
+
+
+@dataclasses.dataclass
+class Instance:
+    """A running lab instance: where its pieces are and what the client should connect to."""
+    name: str
+    scenario: str
+    docker: bool
+    token: str                      # short prefix of interface names (<= 9 characters)
+    client_ns: str                  # ip-netns name of the outside client
+    host_ns: str | None             # ip-netns name of the host, None for the root namespace (--docker)
+    container_ns: str | None        # ip-netns name, or /proc/PID/ns/net of a Docker container
+    container_name: str | None      # Docker container name (--docker), else None
+    client_addr: str
+    target_addr: str                # what the client connects to
+    target_port: int
+    proto: str
+    container_addr: str
+    container_port: int
+    outside_if: str                 # host-side interface facing the client
+    bridge: str
+    created: float = 0.0
+    objects: list = dataclasses.field(default_factory=list)   # the undo log, in creation order
+
+    # -- persistence ---------------------------------------------------------------------------------
+    @property
+    def path(self):
+        return state_path(self.name)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def public_dict(self):
+        d = self.to_dict()
+        del d["objects"]
+        return d
+
+    def save(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        os.replace(tmp, self.path)
+
+    def record(self, kind, **fields):
+        """Note an object in the undo log and persist it, before the caller makes the object."""
+        self.objects.append(dict(kind=kind, **fields))
+        self.save()
+
+    # -- traffic -------------------------------------------------------------------------------------
+    def traffic(self, attempts=1, timeout=2.0):
+        """Bounded TCP connect + small HTTP GET from the client namespace; a TrafficResult."""
+        from dnattrace.lab import traffic
+        return traffic.request(self, attempts=attempts, timeout=timeout)
+
+    def syn_burst(self, count=10, timeout=0.2):
+        """Send `count` SYNs quickly (parallel non-blocking connects, all closed after `timeout`)."""
+        from dnattrace.lab import traffic
+        return traffic.syn_burst(self, count=count, timeout=timeout)
+
+
+def state_path(name):
+    return os.path.join(STATE_DIR, name + ".json")
+
+
+def create(inst):
+    """Claim the instance name atomically; False when a state file already exists."""
+    os.makedirs(STATE_DIR, exist_ok=True)
+    try:
+        fd = os.open(inst.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    inst.save()
+    return True
+
+
+def load(name):
+    """The instance named `name`, or None when it has no state file."""
+    try:
+        with open(state_path(name)) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        return None
+    return Instance(**d)
+
+
+def names():
+    if not os.path.isdir(STATE_DIR):
+        return []
+    return sorted(f[:-5] for f in os.listdir(STATE_DIR) if f.endswith(".json"))
+
+
+# -- undo ---------------------------------------------------------------------------------------------
+
+def _proc_start(pid):
+    """Start time of a process (field 22 of /proc/PID/stat), to avoid killing a reused pid."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid):
+    return _proc_start(pid)
+
+
+def _undo_process(obj):
+    pid = obj["pid"]
+    if _proc_start(pid) != obj.get("start"):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:  # reap it if it is our own child (same process ran up and down, e.g. tests)
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            pass
+        if _proc_start(pid) != obj.get("start"):
+            return
+        with open("/proc/%d/stat" % pid) as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        time.sleep(0.02)
+
+
+def _undo_sysctl(obj):
+    ns = obj.get("netns")
+    if ns and not net.netns_exists(ns):
+        return
+    try:
+        net.sysctl_set(obj["key"], obj["old"], ns)
+    except net.NetError:
+        pass
+
+
+def _undo_container(obj):
+    subprocess.run(["docker", "rm", "-f", obj["name"]], capture_output=True, timeout=60)
+
+
+UNDO = {
+    "netns": lambda o: net.del_netns(o["name"]),
+    "link": lambda o: net.del_link(o["name"], o.get("netns")) if (o.get("netns") is None or
+                                                                  net.netns_exists(o["netns"])) else None,
+    "sysctl": _undo_sysctl,
+    "process": _undo_process,
+    "container": _undo_container,
+    "dir": lambda o: shutil.rmtree(o["path"], ignore_errors=True),
+}
+
+
+def undo(inst):
+    """Remove every recorded object, newest first, then the state file. Safe to run twice."""
+    errors = []
+    for obj in reversed(inst.objects):
+        try:
+            UNDO[obj["kind"]](obj)
+        except Exception as e:  # keep going: one stuck object must not leave the others behind
+            errors.append("%s %s: %s" % (obj["kind"], obj.get("name") or obj.get("key") or obj.get("pid"), e))
+    if not errors:
+        try:
+            os.unlink(inst.path)
+        except FileNotFoundError:
+            pass
+    return errors
