@@ -142,3 +142,22 @@ def neighbour(addr: str, netns=None) -> Optional[dict]:
 
 def local_addresses(link_list: list[Link]) -> list[str]:
     return [c.split("/")[0] for l in link_list for c in l.addresses]
+
+
+def routes(netns=None) -> list[str]:
+    """The main table's IPv4 routes as short lines ("default via 172.17.0.1 dev eth0", "172.17.0.0/16 dev
+    docker0"), enough to show whether a namespace can reach a client at all."""
+    with entered(netns):
+        with _ipr() as ipr:
+            raw = ipr.get_routes(family=2, table=254)
+            names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+    out = []
+    for r in raw:
+        dst = r.get_attr("RTA_DST")
+        line = "%s/%d" % (dst, r["dst_len"]) if dst else "default"
+        gw, oif = r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_OIF")
+        line += (" via %s" % gw if gw else "") + (" dev %s" % names.get(oif, oif) if oif else "")
+        if r["type"] != 1:
+            line = "%s %s" % (RTN_TYPES.get(r["type"], r["type"]), line)
+        out.append(line)
+    return out

@@ -1,0 +1,196 @@
+"""One read-only picture of everything the cause catalogue weighs, for the host namespace and (when
+there is one) the container's: sysctls, links, routes, neighbours, listeners, firewall rules with
+counters, conntrack and SNMP counters. Taken before and after a capture; diff() gives the counters that
+moved in between, which is what names the rule that dropped the packets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from dnattrace.errors import DnattraceError
+from dnattrace.system import conntrack, firewall, links, snmp, sockets, sysctl
+from dnattrace.system.firewall import CounterMove, Ruleset
+from dnattrace.system.links import Link, RouteResult
+from dnattrace.system.ns import inode as ns_inode
+from dnattrace.system.sockets import Listener
+
+
+@dataclass
+class Target:
+    """What the user asked about: a published port and where DNAT sends it (addr "" = a local service)."""
+    proto: str = "tcp"
+    port: int = 0
+    addr: str = ""
+    addr_port: int = 0
+    container: str = ""
+    rule: str = ""
+
+    @property
+    def service_port(self) -> int:
+        return self.addr_port or self.port
+
+
+@dataclass
+class NsEvidence:
+    name: str                                       # "host", the container's name, ...
+    netns: Optional[str] = None                     # path it was read from (None = the caller's)
+    inode: int = 0
+    sysctls: dict[str, str] = field(default_factory=dict)
+    links: list[Link] = field(default_factory=list)
+    routes: list[str] = field(default_factory=list)  # main table, short lines
+    lookups: list[RouteResult] = field(default_factory=list)
+    neighbours: list[dict] = field(default_factory=list)
+    listeners: list[Listener] = field(default_factory=list)
+    rules: Optional[Ruleset] = None
+    conntrack: dict[str, int] = field(default_factory=dict)
+    snmp: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # evidence that could not be read, and why
+
+    def link(self, name: str) -> Optional[Link]:
+        return next((l for l in self.links if l.name == name), None)
+
+    def lookup(self, dst: str) -> Optional[RouteResult]:
+        return next((r for r in self.lookups if r.dst == dst), None)
+
+    def neighbour(self, addr: str) -> Optional[dict]:
+        return next((n for n in self.neighbours if n.get("addr") == addr), None)
+
+    def has_address(self, addr: str) -> bool:
+        return addr in links.local_addresses(self.links)
+
+    def prefix(self) -> str:
+        """Command prefix for fixes that must run in this namespace ("" for the caller's own)."""
+        return "nsenter --net=%s " % self.netns if self.netns else ""
+
+
+def _gather(ev: NsEvidence, what, *args, **kw):
+    """Run one reader; a failure becomes a line in ev.errors instead of stopping the whole snapshot."""
+    try:
+        return what(*args, **kw)
+    except DnattraceError as e:
+        ev.errors.append("%s: %s" % (what.__name__, e))
+    except Exception as e:  # pyroute2 / OS errors: keep the rest of the evidence
+        ev.errors.append("%s: %s" % (what.__name__, e))
+    return None
+
+
+def read_namespace(name: str, netns=None, ports=(), proto="tcp", lookups=(), neighbours=(),
+                   counters_only=False) -> NsEvidence:
+    """Evidence from one namespace. lookups: (dst, iif, src) route questions; neighbours: addresses."""
+    ev = NsEvidence(name=name, netns=netns, inode=ns_inode(netns))
+    ev.rules = _gather(ev, firewall.read_iptables, netns)
+    ev.conntrack = _gather(ev, conntrack.stats, netns) or {}
+    ev.snmp = _gather(ev, snmp.counters, netns) or {}
+    if counters_only:
+        return ev
+    ev.sysctls = _gather(ev, sysctl.read_all, netns) or {}
+    ev.links = _gather(ev, links.links, netns) or []
+    ev.routes = _gather(ev, links.routes, netns) or []
+    for dst, iif, src in lookups:
+        r = _gather(ev, links.route_get, dst, iif=iif, src=src, netns=netns)
+        if r is not None:
+            ev.lookups.append(r)
+    for addr in neighbours:
+        n = _gather(ev, links.neighbour, addr, netns=netns)
+        if n is not None:
+            ev.neighbours.append(n)
+    found = _gather(ev, sockets.listeners, None, proto, netns) or []
+    ev.listeners = [l for l in found if not ports or l.port in ports]
+    return ev
+
+
+@dataclass
+class Snapshot:
+    target: Target
+    host: NsEvidence
+    container: Optional[NsEvidence] = None
+    taken_at: float = 0.0
+
+    @classmethod
+    def take(cls, host_netns=None, container_netns=None, target: Optional[Target] = None,
+             ingress: Optional[str] = None, client: Optional[str] = None, container_name: str = "container",
+             counters_only: bool = False) -> "Snapshot":
+        """Read the evidence. ingress/client (the interface and source address the requests arrive with),
+        when known, make the host's route lookup the packet's own input lookup; without them it is an
+        output lookup."""
+        target = target or Target()
+        host_lookups, nbrs, ports = [], [], {target.port, target.service_port} - {0}
+        if target.addr:
+            host_lookups.append((target.addr, ingress, client))
+            nbrs.append(target.addr)
+        host = read_namespace("host", host_netns, ports, target.proto, host_lookups, nbrs, counters_only)
+        cont = None
+        if container_netns:
+            c_lookups = [(client, None, None)] if client else []
+            cont = read_namespace(target.container or container_name, container_netns, {target.service_port},
+                                  target.proto, c_lookups, (), counters_only)
+        return cls(target, host, cont, time.time())
+
+    def namespaces(self) -> list[NsEvidence]:
+        return [self.host] + ([self.container] if self.container else [])
+
+    def by_inode(self, inode: int) -> NsEvidence:
+        """The evidence of the namespace a step happened in (the host's when unknown)."""
+        return next((e for e in self.namespaces() if inode and e.inode == inode), self.host)
+
+    def to_dict(self):
+        def ns(e: Optional[NsEvidence]):
+            if e is None:
+                return None
+            d = dataclasses.asdict(dataclasses.replace(e, rules=None))
+            d["rules"] = e.rules.to_dict() if e.rules else None
+            return d
+        return {"target": dataclasses.asdict(self.target), "taken_at": self.taken_at,
+                "host": ns(self.host), "container": ns(self.container)}
+
+    @classmethod
+    def from_dict(cls, d) -> "Snapshot":
+        def ns(e):
+            if not e:
+                return None
+            e = dict(e)
+            e["links"] = [Link(**l) for l in e.get("links", [])]
+            e["lookups"] = [RouteResult(**r) for r in e.get("lookups", [])]
+            e["listeners"] = [Listener(**l) for l in e.get("listeners", [])]
+            e["rules"] = Ruleset.from_dict(e["rules"]) if e.get("rules") else None
+            return NsEvidence(**e)
+        return cls(Target(**d.get("target", {})), ns(d["host"]), ns(d.get("container")), d.get("taken_at", 0.0))
+
+
+@dataclass
+class NsDelta:
+    """What moved in one namespace during the capture."""
+    name: str
+    inode: int
+    netns: Optional[str]
+    moves: list[CounterMove] = field(default_factory=list)
+    conntrack: dict[str, int] = field(default_factory=dict)
+    snmp: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Delta:
+    namespaces: list[NsDelta] = field(default_factory=list)
+
+    def by_inode(self, inode: int) -> Optional[NsDelta]:
+        return next((d for d in self.namespaces if inode and d.inode == inode),
+                    self.namespaces[0] if self.namespaces else None)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def diff(before: Snapshot, after: Snapshot) -> Delta:
+    """Counters that moved between two snapshots of the same namespaces."""
+    out = Delta()
+    for b in before.namespaces():
+        a = next((e for e in after.namespaces() if e.inode == b.inode), None)
+        if a is None:
+            continue
+        moves = firewall.counter_delta(b.rules, a.rules) if b.rules and a.rules else []
+        out.namespaces.append(NsDelta(b.name, b.inode, b.netns, moves, conntrack.delta(b.conntrack, a.conntrack),
+                                      snmp.delta(b.snmp, a.snmp)))
+    return out
