@@ -42,16 +42,12 @@ static __always_inline __u32 dev_netns(struct net_device *dev)
 	return dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
 }
 
-/* Read the IPv4 and L4 header fields at the skb's network header. Returns 0 on success. */
-static __always_inline int skb_l34(struct sk_buff *skb, struct l34 *out)
+/* Read the IPv4 and L4 header fields of the IPv4 header at l3. Returns 0 on success. */
+static __always_inline int l34_at(unsigned char *l3, struct l34 *out)
 {
-	__builtin_memset(out, 0, sizeof(*out));
-	if (BPF_CORE_READ(skb, protocol) != ETH_P_IP_BE)
-		return -1;
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
 	struct iphdr ip;
-	if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+	__builtin_memset(out, 0, sizeof(*out));
+	if (bpf_probe_read_kernel(&ip, sizeof(ip), l3))
 		return -1;
 	if (ip.version != 4)
 		return -1;
@@ -62,7 +58,7 @@ static __always_inline int skb_l34(struct sk_buff *skb, struct l34 *out)
 	/* only the first fragment carries ports */
 	if (ip.frag_off & bpf_htons(0x1fff))
 		return 0;
-	unsigned char *l4 = head + nh + ip.ihl * 4;
+	unsigned char *l4 = l3 + ip.ihl * 4;
 	if (ip.protocol == IPPROTO_TCP_) {
 		struct tcphdr th;
 		if (bpf_probe_read_kernel(&th, sizeof(th), l4) == 0) {
@@ -78,6 +74,26 @@ static __always_inline int skb_l34(struct sk_buff *skb, struct l34 *out)
 		}
 	}
 	return 0;
+}
+
+/* Headers at the skb's network header (set once the IP layer has the packet: netfilter, drops). */
+static __always_inline int skb_l34(struct sk_buff *skb, struct l34 *out)
+{
+	if (BPF_CORE_READ(skb, protocol) != ETH_P_IP_BE) {
+		__builtin_memset(out, 0, sizeof(*out));
+		return -1;
+	}
+	return l34_at(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header), out);
+}
+
+/* Headers at skb->data: at device receive the network header is not reset yet, data is past L2. */
+static __always_inline int skb_l34_data(struct sk_buff *skb, struct l34 *out)
+{
+	if (BPF_CORE_READ(skb, protocol) != ETH_P_IP_BE) {
+		__builtin_memset(out, 0, sizeof(*out));
+		return -1;
+	}
+	return l34_at(BPF_CORE_READ(skb, data), out);
 }
 
 #endif

@@ -69,8 +69,9 @@ def _print_cb(level, fmt, va_list):
     text = buf.value.decode(errors="replace").rstrip("\n")
     for sink in _log_capture:
         sink.append(text)
-    # libbpf levels: 0 warn, 1 info, 2 debug
-    log.log(logging.WARNING if level == 0 else logging.DEBUG, "%s", text)
+    # Debug level whatever libbpf's level: a failed trial is expected while probing, and a real failure
+    # reaches the user through the BpfError that carries the captured text.
+    log.debug("%s", text)
     return 0
 
 

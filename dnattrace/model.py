@@ -18,7 +18,9 @@ ROUTE = "route"        # route decision for the packet (fib lookup / route input
 XMIT = "xmit"          # handed to a device for transmit (net_dev_xmit)
 DROP = "drop"          # freed as dropped (kfree_skb): location + reason
 CONSUME = "consume"    # freed as consumed (consume_skb): delivered to a socket or done after transmit
-POINTS = (RX, NF, ROUTE, XMIT, DROP, CONSUME)
+VERDICT = "verdict"    # a netfilter hook's verdict when it was not ACCEPT (fexit/kretprobe nf_hook_slow)
+RTRESULT = "rtresult"  # the route input result (fexit/kretprobe ip_route_input_noref): location = dst->input
+POINTS = (RX, NF, ROUTE, XMIT, DROP, CONSUME, VERDICT, RTRESULT)
 
 # Step.stage values for NF steps: where inside the hook the probe sits
 STAGES = ("first", "conntrack", "dnat", "filter", "snat", "last")
@@ -70,6 +72,7 @@ class RouteInfo:
     dst: str = ""                   # address looked up
     gateway: str = ""
     local: Optional[bool] = None    # True: delivered locally; False: must be forwarded; None: unknown
+    reverse: bool = False           # the reverse-path (source validation) lookup, not the forward one
 
 
 @dataclass
@@ -123,6 +126,10 @@ class Journey:
         if end.point == DROP:
             return "dropped"
         if end.point == CONSUME:
+            # freed after it was handed to a device: it left this host (transmit completion)
+            before = [s for s in self.steps if s.ts_ns <= end.ts_ns and s is not end]
+            if before and before[-1].point == XMIT:
+                return "sent"
             return "delivered"
         return "sent"
 

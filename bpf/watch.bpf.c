@@ -1,0 +1,492 @@
+/* dnattrace watch: follow the packets of chosen flows through the kernel, point by point.
+ *
+ * A packet is followed when its (proto, port, address) matches the filter map on either side, or when
+ * its skb address is already in `tracked` (so it stays followed after NAT rewrites its addresses and
+ * across veth pairs, where the skb itself moves to the peer). Every program only observes: netfilter
+ * programs return NF_ACCEPT, tracing programs return 0. Which of the alternative programs get loaded
+ * (tp_btf / raw_tp / tracepoint, netfilter links / fexit / kprobe) is decided in user space by probing.
+ */
+#include "skb.h"
+#include "watch.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define NF_ACCEPT 1
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define HOOK_PRE 0
+#define HOOK_IN 1
+#define HOOK_FWD 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct dt_filter_key);
+	__type(value, __u8);
+} filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dt_config);
+} watch_config SEC(".maps");
+
+/* skb address -> time it was first seen; removed when the skb is freed or consumed */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} tracked SEC(".maps");
+
+/* The followed packet this CPU is routing: set when PREROUTING ends, so the fib lookup that follows on
+ * the same CPU (softirq, no preemption) can be tied to it. */
+struct routing {
+	__u64 skb;
+	__u32 daddr;
+	__u32 saddr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct routing);
+} cur SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+/* kprobe fallbacks stash their entry arguments per thread until the return probe runs */
+struct entry_args {
+	__u64 skb;
+	__u32 hook;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, struct entry_args);
+} entries SEC(".maps");
+
+static __always_inline void stat_inc(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &slot);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int filter_hit(__u8 proto, __u16 port, __u32 addr)
+{
+	struct dt_filter_key k = { .proto = proto, .port = port, .addr = addr };
+	if (bpf_map_lookup_elem(&filter, &k))
+		return 1;
+	k.addr = 0;
+	return bpf_map_lookup_elem(&filter, &k) != NULL;
+}
+
+/* Is this packet followed? Starts following it when it matches the filter. */
+static __always_inline int follow(__u64 skb, struct l34 *p)
+{
+	if (bpf_map_lookup_elem(&tracked, &skb))
+		return 1;
+	if (p->proto != IPPROTO_TCP_ && p->proto != IPPROTO_UDP_)
+		return 0;
+	if (!filter_hit(p->proto, p->dport, p->daddr) && !filter_hit(p->proto, p->sport, p->saddr))
+		return 0;
+	if (p->proto == IPPROTO_TCP_) {
+		__u32 zero = 0;
+		struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
+		if (!(cfg && cfg->all_packets) && !(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST)))
+			return 0;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&tracked, &skb, &now, BPF_ANY);
+	return 1;
+}
+
+static __always_inline void fill_ct(struct dt_event *e, struct sk_buff *skb)
+{
+	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+	struct nf_conn *ct = (struct nf_conn *)(nfct & ~7UL);
+	if (!ct) {
+		e->ctinfo = DT_NO_CT;
+		return;
+	}
+	e->ctinfo = nfct & 7;
+	e->ct_status = BPF_CORE_READ(ct, status);
+	e->ct_osrc = BPF_CORE_READ(ct, tuplehash[0].tuple.src.u3.ip);
+	e->ct_odst = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u3.ip);
+	e->ct_osport = BPF_CORE_READ(ct, tuplehash[0].tuple.src.u.all);
+	e->ct_odport = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u.all);
+	e->ct_rsrc = BPF_CORE_READ(ct, tuplehash[1].tuple.src.u3.ip);
+	e->ct_rdst = BPF_CORE_READ(ct, tuplehash[1].tuple.dst.u3.ip);
+	e->ct_rsport = BPF_CORE_READ(ct, tuplehash[1].tuple.src.u.all);
+	e->ct_rdport = BPF_CORE_READ(ct, tuplehash[1].tuple.dst.u.all);
+}
+
+static __always_inline void dev_name(char *dst, struct net_device *dev)
+{
+	if (dev)
+		BPF_CORE_READ_STR_INTO((char (*)[16])dst, dev, name);
+}
+
+/* Reserve and fill the common part of an event; the caller fills the rest and submits. */
+static __always_inline struct dt_event *emit(__u8 point, __u64 skbp, struct l34 *p, unsigned char *l3)
+{
+	struct dt_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(DT_STAT_LOST);
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	stat_inc(DT_STAT_EVENTS);
+	e->ts = bpf_ktime_get_ns();
+	e->skb = skbp;
+	e->point = point;
+	e->cpu = bpf_get_smp_processor_id();
+	e->ctinfo = DT_NO_CT;
+	e->proto = p->proto;
+	e->tcp_flags = p->tcp_flags;
+	e->saddr = p->saddr;
+	e->daddr = p->daddr;
+	e->sport = p->sport;
+	e->dport = p->dport;
+	if (l3) {
+		__u32 n = p->tot_len < DT_PKT_BYTES ? p->tot_len : DT_PKT_BYTES;
+		if (bpf_probe_read_kernel(e->pkt, DT_PKT_BYTES, l3) == 0)
+			e->caplen = n;
+	}
+	return e;
+}
+
+/* ---- device receive ---- */
+
+static __always_inline int on_rx(struct sk_buff *skb)
+{
+	struct l34 p;
+	if (skb_l34_data(skb, &p))
+		return 0;
+	if (!follow((__u64)skb, &p))
+		return 0;
+	struct dt_event *e = emit(DT_RX, (__u64)skb, &p, BPF_CORE_READ(skb, data));
+	if (!e)
+		return 0;
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	e->netns = dev_netns(dev);
+	e->ifindex = BPF_CORE_READ(dev, ifindex);
+	dev_name(e->ifname, dev);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(rx_btf, struct sk_buff *skb)
+{
+	return on_rx(skb);
+}
+
+SEC("raw_tp/netif_receive_skb")
+int BPF_PROG(rx_raw, struct sk_buff *skb)
+{
+	return on_rx(skb);
+}
+
+SEC("tracepoint/net/netif_receive_skb")
+int rx_tp(struct trace_event_raw_net_dev_template *ctx)
+{
+	return on_rx((struct sk_buff *)ctx->skbaddr);
+}
+
+/* ---- netfilter hooks (BPF netfilter links; one program per position inside a hook) ---- */
+
+static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
+{
+	struct sk_buff *skb = ctx->skb;
+	const struct nf_hook_state *state = ctx->state;
+	__u8 hook = BPF_CORE_READ(state, hook);
+	__u32 zero = 0;
+	struct l34 p;
+	int followed = skb_l34(skb, &p) == 0 && follow((__u64)skb, &p);
+
+	if (hook == HOOK_PRE && stage == DT_STAGE_LAST) {
+		struct routing r = {};
+		if (followed) {
+			r.skb = (__u64)skb;
+			r.daddr = p.daddr;
+			r.saddr = p.saddr;
+		}
+		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
+	} else if (followed && (hook == HOOK_IN || hook == HOOK_FWD) && stage == DT_STAGE_FIRST) {
+		struct routing r = {};
+		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
+	}
+	if (!followed)
+		return NF_ACCEPT;
+
+	struct dt_event *e = emit(DT_NF, (__u64)skb, &p,
+				  BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header));
+	if (!e)
+		return NF_ACCEPT;
+	e->hook = hook;
+	e->stage = stage;
+	e->netns = BPF_CORE_READ(state, net, ns.inum);
+	struct net_device *in = BPF_CORE_READ(state, in);
+	struct net_device *out = BPF_CORE_READ(state, out);
+	struct net_device *dev = in ? in : out;
+	if (dev) {
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		dev_name(e->ifname, dev);
+	}
+	dev_name(e->out_ifname, out);
+	fill_ct(e, skb);
+	bpf_ringbuf_submit(e, 0);
+	return NF_ACCEPT;
+}
+
+/* libbpf 1.1 does not know SEC("netfilter"): user space sets the program type before loading. */
+SEC("netfilter")
+int nf_first(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_FIRST); }
+SEC("netfilter")
+int nf_conntrack(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_CONNTRACK); }
+SEC("netfilter")
+int nf_dnat(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_DNAT); }
+SEC("netfilter")
+int nf_snat(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_SNAT); }
+SEC("netfilter")
+int nf_last(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_LAST); }
+
+/* ---- route decision: the fib lookup made for the packet this CPU is routing ---- */
+
+static __always_inline int on_fib(__u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
+{
+	__u32 zero = 0;
+	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
+	if (!r || !r->skb)
+		return 0;
+	__u32 daddr = BPF_CORE_READ(flp, daddr);
+	__u8 reverse;
+	if (daddr == r->daddr)
+		reverse = 0;
+	else if (daddr == r->saddr)
+		reverse = 1;    /* fib_validate_source: the reverse-path check */
+	else
+		return 0;
+	struct l34 p = {};
+	p.saddr = BPF_CORE_READ(flp, saddr);
+	p.daddr = daddr;
+	p.proto = BPF_CORE_READ(flp, __fl_common.flowic_proto);
+	struct dt_event *e = emit(DT_ROUTE, r->skb, &p, NULL);
+	if (!e)
+		return 0;
+	e->stage = reverse;
+	e->priority = table;
+	e->reason = (__u32)err;
+	if (nhc) {
+		struct net_device *dev = BPF_CORE_READ(nhc, nhc_dev);
+		e->netns = dev_netns(dev);
+		e->ifindex = BPF_CORE_READ(nhc, nhc_oif);
+		dev_name(e->out_ifname, dev);
+		if (BPF_CORE_READ(nhc, nhc_gw_family) == 2 /* AF_INET */)
+			e->gateway = BPF_CORE_READ(nhc, nhc_gw.ipv4);
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/fib_table_lookup")
+int BPF_PROG(fib_btf, u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
+{
+	return on_fib(table, flp, nhc, err);
+}
+
+SEC("raw_tp/fib_table_lookup")
+int BPF_PROG(fib_raw, u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
+{
+	return on_fib(table, flp, nhc, err);
+}
+
+/* ---- end of the road: drop, consume, transmit ---- */
+
+static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 reason, __u8 point)
+{
+	__u64 key = (__u64)skb;
+	if (!bpf_map_lookup_elem(&tracked, &key))
+		return 0;
+	bpf_map_delete_elem(&tracked, &key);
+	__u32 zero = 0;
+	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
+	if (r && r->skb == key)
+		r->skb = 0;
+	struct l34 p;
+	skb_l34(skb, &p);
+	struct dt_event *e = emit(point, key, &p, NULL);
+	if (!e)
+		return 0;
+	e->location = (__u64)location;
+	e->reason = reason;
+	e->netns = skb_netns(skb);
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev) {
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		dev_name(e->ifname, dev);
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(drop_btf, struct sk_buff *skb, void *location, int reason)
+{
+	return on_free(skb, location, reason, DT_DROP);
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int drop_tp(struct trace_event_raw_kfree_skb *ctx)
+{
+	return on_free((struct sk_buff *)ctx->skbaddr, ctx->location, ctx->reason, DT_DROP);
+}
+
+SEC("tp_btf/consume_skb")
+int BPF_PROG(consume_btf, struct sk_buff *skb, void *location)
+{
+	return on_free(skb, location, 0, DT_CONSUME);
+}
+
+SEC("tracepoint/skb/consume_skb")
+int consume_tp(struct trace_event_raw_consume_skb *ctx)
+{
+	return on_free((struct sk_buff *)ctx->skbaddr, ctx->location, 0, DT_CONSUME);
+}
+
+SEC("tp_btf/net_dev_xmit")
+int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
+{
+	__u64 key = (__u64)skb;
+	if (!bpf_map_lookup_elem(&tracked, &key))
+		return 0;
+	struct l34 p;
+	skb_l34(skb, &p);
+	struct dt_event *e = emit(DT_XMIT, key, &p, NULL);
+	if (!e)
+		return 0;
+	e->reason = (__u32)rc;
+	e->netns = dev_netns(dev);
+	e->ifindex = BPF_CORE_READ(dev, ifindex);
+	dev_name(e->ifname, dev);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ---- richer hooks where the kernel allows them (fexit, else kprobe/kretprobe) ---- */
+
+static __always_inline void verdict(struct sk_buff *skb, __u8 hook, int ret)
+{
+	__u64 key = (__u64)skb;
+	if (ret == 1 || !bpf_map_lookup_elem(&tracked, &key))
+		return;     /* only drops and steals are news: the links already show accepted packets */
+	struct l34 p = {};
+	struct dt_event *e = emit(DT_VERDICT, key, &p, NULL);
+	if (!e)
+		return;
+	e->hook = hook;
+	e->reason = (__u32)ret;
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("fexit/nf_hook_slow")
+int BPF_PROG(verdict_fexit, struct sk_buff *skb, struct nf_hook_state *state, void *entries, unsigned int s, int ret)
+{
+	verdict(skb, BPF_CORE_READ(state, hook), ret);
+	return 0;
+}
+
+static __always_inline void route_result(struct sk_buff *skb, long ret)
+{
+	__u64 key = (__u64)skb;
+	if (!bpf_map_lookup_elem(&tracked, &key))
+		return;
+	struct l34 p;
+	skb_l34(skb, &p);
+	struct dt_event *e = emit(DT_RTRESULT, key, &p, NULL);
+	if (!e)
+		return;
+	e->reason = (__u32)ret;
+	unsigned long refdst = BPF_CORE_READ(skb, _skb_refdst);
+	struct dst_entry *dst = (struct dst_entry *)(refdst & ~1UL);
+	if (dst) {
+		e->location = (__u64)BPF_CORE_READ(dst, input);
+		struct net_device *dev = BPF_CORE_READ(dst, dev);
+		dev_name(e->out_ifname, dev);
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("fexit/ip_route_input_noref")
+int BPF_PROG(route_fexit, struct sk_buff *skb, __u32 daddr, __u32 saddr, __u8 tos, struct net_device *dev, long ret)
+{
+	route_result(skb, ret);
+	return 0;
+}
+
+static __always_inline void stash(struct sk_buff *skb, __u32 hook)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct entry_args a = { .skb = (__u64)skb, .hook = hook };
+	bpf_map_update_elem(&entries, &id, &a, BPF_ANY);
+}
+
+static __always_inline struct entry_args *unstash(struct entry_args *out)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct entry_args *a = bpf_map_lookup_elem(&entries, &id);
+	if (!a)
+		return NULL;
+	*out = *a;
+	bpf_map_delete_elem(&entries, &id);
+	return out;
+}
+
+SEC("kprobe/nf_hook_slow")
+int BPF_KPROBE(verdict_kprobe, struct sk_buff *skb, struct nf_hook_state *state)
+{
+	stash(skb, BPF_CORE_READ(state, hook));
+	return 0;
+}
+
+SEC("kretprobe/nf_hook_slow")
+int BPF_KRETPROBE(verdict_kretprobe, int ret)
+{
+	struct entry_args a;
+	if (unstash(&a))
+		verdict((struct sk_buff *)a.skb, a.hook, ret);
+	return 0;
+}
+
+SEC("kprobe/ip_route_input_noref")
+int BPF_KPROBE(route_kprobe, struct sk_buff *skb)
+{
+	stash(skb, 0);
+	return 0;
+}
+
+SEC("kretprobe/ip_route_input_noref")
+int BPF_KRETPROBE(route_kretprobe, long ret)
+{
+	struct entry_args a;
+	if (unstash(&a))
+		route_result((struct sk_buff *)a.skb, ret);
+	return 0;
+}

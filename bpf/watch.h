@@ -1,0 +1,74 @@
+/* Event layout shared by bpf/watch.bpf.c and dnattrace/events.py (keep the two in step: events.py
+ * checks the record size at run time and tests/test_events.py checks it against this object's BTF). */
+#ifndef DNATTRACE_WATCH_H
+#define DNATTRACE_WATCH_H
+
+/* dt_event.point */
+#define DT_RX        1   /* netif_receive_skb: arrived on a device */
+#define DT_NF        2   /* netfilter link: hook in .hook, stage in .stage */
+#define DT_ROUTE     3   /* fib_table_lookup for the packet routed on this CPU; .stage 1 = reverse-path check */
+#define DT_XMIT      4   /* net_dev_xmit */
+#define DT_DROP      5   /* kfree_skb: .location, .reason */
+#define DT_CONSUME   6   /* consume_skb: .location */
+#define DT_VERDICT   7   /* fexit/kretprobe nf_hook_slow: .hook, .reason = return value */
+#define DT_RTRESULT  8   /* fexit/kretprobe ip_route_input_noref: .reason = return, .location = dst->input */
+
+/* dt_event.stage for DT_NF */
+#define DT_STAGE_FIRST     0
+#define DT_STAGE_CONNTRACK 1
+#define DT_STAGE_DNAT      2
+#define DT_STAGE_FILTER    3
+#define DT_STAGE_SNAT      4
+#define DT_STAGE_LAST      5
+
+#define DT_NO_CT 0xff
+#define DT_PKT_BYTES 128
+
+struct dt_event {
+	__u64 ts;
+	__u64 skb;
+	__u64 location;
+	__u32 netns;
+	__u32 ifindex;
+	__u32 reason;
+	__s32 priority;     /* DT_NF: the link's priority; DT_ROUTE: table id */
+	__u8 point;
+	__u8 hook;
+	__u8 stage;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 ctinfo;        /* enum ip_conntrack_info, DT_NO_CT when the packet has no conntrack entry */
+	__u16 caplen;
+	__u32 saddr, daddr;
+	__u16 sport, dport;
+	__u32 ct_status;
+	__u32 ct_osrc, ct_odst;
+	__u16 ct_osport, ct_odport;
+	__u32 ct_rsrc, ct_rdst;
+	__u16 ct_rsport, ct_rdport;
+	__u32 gateway;      /* DT_ROUTE: next hop gateway, 0 = directly connected */
+	__u32 cpu;
+	char ifname[16];
+	char out_ifname[16];
+	__u8 pkt[DT_PKT_BYTES];
+};
+
+/* filter map key: follow packets whose (proto, port, addr) matches on source or destination; addr 0 = any */
+struct dt_filter_key {
+	__u8 proto;
+	__u8 pad;
+	__u16 port;    /* network order */
+	__u32 addr;    /* network order */
+};
+
+struct dt_config {
+	__u32 all_packets;   /* 0: only SYN/RST (and UDP) packets start a journey; 1: every packet */
+	__u32 pad;
+};
+
+/* stats slots */
+#define DT_STAT_EVENTS 0
+#define DT_STAT_LOST   1
+#define DT_STAT_MAX    2
+
+#endif

@@ -1,0 +1,136 @@
+"""Decode raw watch records (struct dt_event in bpf/watch.h) into model.Step objects.
+
+The layout is mirrored here with the struct module; `RECORD_SIZE` is checked against every record so a
+change on one side that is not made on the other fails loudly instead of decoding garbage.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from dnattrace import model
+
+# struct dt_event (bpf/watch.h), little-endian, natural alignment
+_FMT = "<QQQIIIiBBBBBBHIIHHIIIHHIIHHII16s16s128s"
+RECORD_SIZE = struct.calcsize(_FMT)
+_FIELDS = ("ts skb location netns ifindex reason priority point hook stage proto tcp_flags ctinfo caplen "
+           "saddr daddr sport dport ct_status ct_osrc ct_odst ct_osport ct_odport ct_rsrc ct_rdst ct_rsport "
+           "ct_rdport gateway cpu ifname out_ifname pkt").split()
+
+DT_RX, DT_NF, DT_ROUTE, DT_XMIT, DT_DROP, DT_CONSUME, DT_VERDICT, DT_RTRESULT = range(1, 9)
+POINT_NAMES = {DT_RX: model.RX, DT_NF: model.NF, DT_ROUTE: model.ROUTE, DT_XMIT: model.XMIT,
+               DT_DROP: model.DROP, DT_CONSUME: model.CONSUME, DT_VERDICT: "verdict", DT_RTRESULT: "rtresult"}
+STAGE_NAMES = ("first", "conntrack", "dnat", "filter", "snat", "last")
+NO_CT = 0xFF
+# enum ip_conntrack_info
+CT_STATES = {0: "ESTABLISHED", 1: "RELATED", 2: "NEW", 3: "REPLY", 4: "RELATED_REPLY"}
+TCP_FLAG_LETTERS = ((0x02, "S"), (0x10, "A"), (0x01, "F"), (0x04, "R"), (0x08, "P"))
+
+
+@dataclass
+class RawEvent:
+    """One decoded record, still in kernel terms (addresses as ints, location unresolved)."""
+    ts: int
+    skb: int
+    location: int
+    netns: int
+    ifindex: int
+    reason: int
+    priority: int
+    point: int
+    hook: int
+    stage: int
+    proto: int
+    tcp_flags: int
+    ctinfo: int
+    caplen: int
+    saddr: int
+    daddr: int
+    sport: int
+    dport: int
+    ct_status: int
+    ct_osrc: int
+    ct_odst: int
+    ct_osport: int
+    ct_odport: int
+    ct_rsrc: int
+    ct_rdst: int
+    ct_rsport: int
+    ct_rdport: int
+    gateway: int
+    cpu: int
+    ifname: bytes
+    out_ifname: bytes
+    pkt: bytes
+
+    @property
+    def packet(self) -> bytes:
+        """The IPv4 packet bytes captured at this point (up to 128)."""
+        return self.pkt[: self.caplen]
+
+
+def decode(record: bytes) -> RawEvent:
+    if len(record) != RECORD_SIZE:
+        raise ValueError("watch record is %d bytes, expected %d: bpf/watch.h and events.py disagree"
+                         % (len(record), RECORD_SIZE))
+    return RawEvent(*struct.unpack(_FMT, record))
+
+
+def ip(addr_be: int) -> str:
+    """An IPv4 address as read from the kernel (network order, loaded little-endian) to dotted quad."""
+    return socket.inet_ntoa(struct.pack("<I", addr_be))
+
+
+def port(port_be: int) -> int:
+    return socket.ntohs(port_be)
+
+
+def flags_text(flags: int) -> str:
+    return "".join(letter for bit, letter in TCP_FLAG_LETTERS if flags & bit)
+
+
+def _name(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _tuple(proto, saddr, sport, daddr, dport) -> Optional[model.Tuple5]:
+    if not saddr and not daddr:
+        return None
+    return model.Tuple5(proto, ip(saddr), port(sport), ip(daddr), port(dport))
+
+
+def to_step(ev: RawEvent, symbolize: Callable[[int], str] = hex, reason_name: Callable[[int], str] = str,
+            netns_name: Callable[[int], str] = str) -> model.Step:
+    """Turn a raw event into a Step; the callables resolve kernel addresses, reasons and namespaces."""
+    point = POINT_NAMES.get(ev.point, "unknown")
+    step = model.Step(ts_ns=ev.ts, point=point, netns=ev.netns, netns_name=netns_name(ev.netns) if ev.netns else "",
+                      ifname=_name(ev.ifname), out_ifname=_name(ev.out_ifname),
+                      tuple=_tuple(ev.proto, ev.saddr, ev.sport, ev.daddr, ev.dport),
+                      tcp_flags=flags_text(ev.tcp_flags) if ev.proto == 6 else "")
+    if ev.point == DT_NF:
+        step.hook = model.HOOKS[ev.hook] if ev.hook < len(model.HOOKS) else str(ev.hook)
+        step.stage = STAGE_NAMES[ev.stage] if ev.stage < len(STAGE_NAMES) else str(ev.stage)
+        step.priority = ev.priority
+        if ev.ctinfo != NO_CT:
+            step.ct = model.CtInfo(
+                state=CT_STATES.get(ev.ctinfo, str(ev.ctinfo)), status=ev.ct_status,
+                orig=_tuple(ev.proto, ev.ct_osrc, ev.ct_osport, ev.ct_odst, ev.ct_odport),
+                reply=_tuple(ev.proto, ev.ct_rsrc, ev.ct_rsport, ev.ct_rdst, ev.ct_rdport))
+    elif ev.point == DT_ROUTE:
+        err = struct.unpack("<i", struct.pack("<I", ev.reason))[0]
+        step.route = model.RouteInfo(table=ev.priority, oif=_name(ev.out_ifname), err=err, dst=ip(ev.daddr),
+                                     gateway=ip(ev.gateway) if ev.gateway else "",
+                                     reverse=bool(ev.stage))
+        step.tuple = None   # a route lookup carries a flow key, not the packet's ports
+    elif ev.point in (DT_DROP, DT_CONSUME):
+        step.location = symbolize(ev.location) if ev.location else ""
+        if ev.point == DT_DROP:
+            step.reason = reason_name(ev.reason)
+    elif ev.point == DT_VERDICT:
+        step.hook = model.HOOKS[ev.hook] if ev.hook < len(model.HOOKS) else str(ev.hook)
+        step.reason = "NF_DROP" if struct.unpack("<i", struct.pack("<I", ev.reason))[0] < 0 else "NF_STOLEN"
+    elif ev.point == DT_RTRESULT:
+        step.location = symbolize(ev.location) if ev.location else ""   # dst->input: ip_forward, ip_error, ...
+    return step

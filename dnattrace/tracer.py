@@ -1,0 +1,158 @@
+"""The kernel side of `watch`: choose watch.bpf.o's programs by what this kernel allows (probed, never
+by version), load them, fill the filter map, attach the global tracepoints once and the netfilter links
+in every namespace that matters, and hand decoded records to the caller.
+
+Netfilter links are per network namespace, so they are attached in each namespace given (the host's,
+and a container's by its /proc/PID/ns/net path); the tracepoints see every namespace.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+from dnattrace import capabilities, events, loader
+from dnattrace.errors import CannotObserve
+
+log = logging.getLogger("dnattrace.watch")
+
+OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpfobj", "watch.bpf.o")
+
+# netfilter positions: (hook, program, priority). First and last of every hook; after conntrack and
+# after DNAT where NAT rewrites the destination; after SNAT where it rewrites the source.
+NF_POSITIONS = [
+    ("PREROUTING", "nf_first", loader.NF_PRIO_MIN), ("PREROUTING", "nf_conntrack", -199),
+    ("PREROUTING", "nf_dnat", -99), ("PREROUTING", "nf_last", loader.NF_PRIO_MAX),
+    ("INPUT", "nf_first", loader.NF_PRIO_MIN), ("INPUT", "nf_last", loader.NF_PRIO_MAX),
+    ("FORWARD", "nf_first", loader.NF_PRIO_MIN), ("FORWARD", "nf_last", loader.NF_PRIO_MAX),
+    ("OUTPUT", "nf_first", loader.NF_PRIO_MIN), ("OUTPUT", "nf_conntrack", -199),
+    ("OUTPUT", "nf_dnat", -99), ("OUTPUT", "nf_last", loader.NF_PRIO_MAX),
+    ("POSTROUTING", "nf_first", loader.NF_PRIO_MIN), ("POSTROUTING", "nf_snat", 101),
+    ("POSTROUTING", "nf_last", loader.NF_PRIO_MAX),
+]
+NF_PROGRAMS = sorted({p for _, p, _ in NF_POSITIONS})
+
+# For each point, the programs in order of preference and the capability each needs.
+CHOICES = {
+    "device receive": [("rx_btf", "tp_btf"), ("rx_raw", "raw_tp"), ("rx_tp", "tracepoint")],
+    "route decision": [("fib_btf", "fib_tracepoint"), ("fib_raw", "raw_tp")],
+    "route result": [("route_fexit", "fexit"), ("route_kprobe+route_kretprobe", "kprobe")],
+    "hook verdict": [("verdict_fexit", "fexit"), ("verdict_kprobe+verdict_kretprobe", "kprobe")],
+    "drop": [("drop_btf", "tp_btf"), ("drop_tp", "tracepoint")],
+    "consume": [("consume_btf", "tp_btf"), ("consume_tp", "tracepoint")],
+    "transmit": [("xmit_btf", "tp_btf")],
+}
+REQUIRED = ("device receive", "drop")
+
+
+@dataclass(frozen=True)
+class FilterEntry:
+    """Follow packets of `proto` with `port` (and `addr`, when given) as source or destination."""
+    proto: int
+    port: int
+    addr: Optional[str] = None
+
+    def key(self) -> bytes:
+        addr = socket.inet_aton(self.addr) if self.addr else b"\0\0\0\0"
+        return struct.pack("<BBH", self.proto, 0, socket.htons(self.port)) + addr
+
+
+def choose(caps) -> tuple[dict[str, list[str]], list[str]]:
+    """Programs to load for each point, and notes on what was unavailable (shown with --verbose)."""
+    chosen: dict[str, list[str]] = {}
+    notes = []
+    for point, options in CHOICES.items():
+        for progs, cap in options:
+            if caps.has(cap):
+                chosen[point] = progs.split("+")
+                break
+        else:
+            notes.append("%s: unavailable (%s)" % (point, ", ".join("%s needs %s" % o for o in options)))
+    if caps.has("netfilter_link"):
+        chosen["netfilter hooks"] = NF_PROGRAMS
+    else:
+        notes.append("netfilter hooks: no BPF netfilter links here; hooks show only through verdicts and drops")
+    for point in REQUIRED:
+        if point not in chosen:
+            raise CannotObserve("this kernel cannot trace the %s point (%s)" % (point, "; ".join(notes)))
+    return chosen, notes
+
+
+class WatchTracer:
+    """Loads and attaches the watch programs; poll() returns decoded RawEvents."""
+
+    def __init__(self, filters, netns_paths=(None,), all_packets=False, caps=None):
+        self.filters = list(filters)
+        self.netns_paths = list(netns_paths)
+        self.all_packets = all_packets
+        self.caps = caps or capabilities.probe()
+        self.chosen, self.notes = choose(self.caps)
+        self._obj = None
+        self._rb = None
+        self._pending: list = []
+
+    def start(self):
+        for note in self.notes:
+            log.info("%s", note)
+        obj = loader.BpfObject(OBJECT)
+        self._obj = obj
+        try:
+            names = [p for progs in self.chosen.values() for p in progs]
+            obj.only(*names)
+            for p in self.chosen.get("netfilter hooks", []):
+                obj.program(p).set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
+            obj.load()
+            obj.map("watch_config").update(struct.pack("<I", 0), struct.pack("<II", int(self.all_packets), 0))
+            for f in self.filters:
+                obj.map("filter").update(f.key(), b"\x01")
+            for point, progs in self.chosen.items():
+                if point == "netfilter hooks":
+                    continue
+                for p in progs:
+                    obj.program(p).attach()
+                    log.info("%s: %s", point, obj.program(p).section)
+            if "netfilter hooks" in self.chosen:
+                for path in self.netns_paths:
+                    self.attach_netns(path)
+            self._rb = obj.ring_buffer("events", self._on_record)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def attach_netns(self, path):
+        """Netfilter links in one more namespace (None = the current one)."""
+        for hook, prog, prio in NF_POSITIONS:
+            self._obj.program(prog).attach_netfilter(capabilities.HOOKS[hook], prio, netns_path=path)
+        log.info("netfilter links: %d positions in %s", len(NF_POSITIONS), path or "the current namespace")
+
+    def _on_record(self, data):
+        self._pending.append(events.decode(data))
+
+    def poll(self, timeout_ms=100):
+        self._rb.poll(timeout_ms)
+        out, self._pending = self._pending, []
+        return out
+
+    def stats(self):
+        """(events emitted, events lost) since start, summed over CPUs."""
+        m = self._obj.map("stats")
+        vals = []
+        for slot in (0, 1):
+            per_cpu = m.lookup(struct.pack("<I", slot)) or []
+            vals.append(sum(struct.unpack("<Q", v)[0] for v in per_cpu))
+        return tuple(vals)
+
+    def close(self):
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
