@@ -243,6 +243,7 @@ def _reason_names():
 
 GROUPINGS = {
     None: ("location", "reason", "netns", "proto", "port"),
+    "site": ("location", "reason"),       # dropwatch lines
     "location": ("location",),
     "reason": ("reason",),
     "netns": ("netns",),

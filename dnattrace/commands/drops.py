@@ -1,0 +1,143 @@
+"""`dnattrace drops`: where and why the kernel drops packets, every interval; a dropwatch replacement.
+
+Thin: parse and check options, run the DropCounter, render each interval as a table, JSON or
+dropwatch-shaped lines, and the cumulative table at the end (also on Ctrl-C)."""
+from __future__ import annotations
+
+import time
+
+import click
+
+from dnattrace import render
+from dnattrace.errors import UsageError
+
+COLUMNS = ("count", "rate", "location", "reason", "netns", "proto", "meaning")
+MEANING_WIDTH = 60
+STACK_ROWS = 3
+
+
+def _check(interval, duration, count, top, port):
+    if interval <= 0:
+        raise UsageError("--interval must be more than 0 seconds, not %g" % interval)
+    if duration is not None and duration <= 0:
+        raise UsageError("--duration must be more than 0 seconds, not %g" % duration)
+    if count is not None and count < 1:
+        raise UsageError("--count must be at least 1, not %d" % count)
+    if top is not None and top < 1:
+        raise UsageError("--top must be at least 1, not %d" % top)
+    if port is not None and not 1 <= port <= 65535:
+        raise UsageError("--port must be between 1 and 65535, not %d" % port)
+
+
+class Printer:
+    """Renders one span of drops in the chosen output shape."""
+
+    def __init__(self, describer, counter, by, top, as_json, dropwatch, stacks):
+        self.describer = describer
+        self.counter = counter
+        self.by = by
+        self.top = top
+        self.as_json = as_json
+        self.dropwatch = dropwatch
+        self.stacks = stacks
+
+    def _describe(self, rows, seconds):
+        from dnattrace import drops
+        out = []
+        for row in rows:
+            d = self.describer.describe(row, seconds)
+            if self.stacks and row.stack_id >= 0:
+                d["stack"] = self.describer.frames(self.counter.stack(row.stack_id), row.location)
+            out.append(d)
+        return drops.group(out, "site" if self.dropwatch else self.by)
+
+    def span(self, kind, rows, seconds, overflow):
+        described = self._describe(rows, seconds)
+        total = sum(d["count"] for d in described)
+        shown = described[: self.top] if self.top else described
+        if self.as_json:
+            render.emit(render.json_line({
+                "type": kind, "time": round(time.time(), 3), "seconds": round(seconds, 3),
+                "probe": self.counter.probe, "total": total, "overflow": overflow, "rows": shown}))
+        elif self.dropwatch:
+            for d in shown:
+                render.emit("%d drops at %s (%s) [%s]" % (d["count"], d["location"], d["address"], d["reason"]))
+            if overflow:
+                render.emit("%d drops not attributed (drop map full)" % overflow)
+        else:
+            self._table(kind, described, shown, total, seconds, overflow)
+
+    def _table(self, kind, described, shown, total, seconds, overflow):
+        stamp = time.strftime("%H:%M:%S")
+        title = "since start" if kind == "summary" else "in %.1f s" % seconds
+        if not described:
+            render.emit("%s  no drops %s" % (stamp, title))
+            return
+        render.emit("%s  %d drops %s at %d sites" % (stamp, total, title, len(described)))
+        rows = [dict(d, meaning=render.shorten(d["meaning"], MEANING_WIDTH)) for d in shown]
+        totals = {"count": total, "rate": round(total / seconds, 1) if seconds else None, "location": "total"}
+        if len(shown) < len(described):
+            totals["reason"] = "(%d more rows)" % (len(described) - len(shown))
+        render.emit(render.table(rows, COLUMNS, totals=totals))
+        for d in shown[:STACK_ROWS]:
+            if d.get("stack"):
+                render.emit("  stack at %s: %s" % (d["location"], " < ".join(d["stack"])))
+        if overflow:
+            render.emit("warning: %d drops not attributed: the drop map is full" % overflow)
+        render.emit("")
+
+
+@click.command()
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds per report.")
+@click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option("--count", type=int, help="Stop after this many intervals.")
+@click.option("--top", type=int, default=20, show_default=True, help="Show the N busiest rows.")
+@click.option("--by", type=click.Choice(["location", "reason", "netns", "proto"]),
+              help="Group rows by one field (default: site, reason, namespace and protocol).")
+@click.option("--netns", "netns_name", metavar="NAME",
+              help="Only drops in this namespace: host, an `ip netns` name, a container name.")
+@click.option("--proto", type=click.Choice(["tcp", "udp", "icmp", "all"]), default="all", show_default=True)
+@click.option("--port", type=int, help="Only IPv4 TCP/UDP packets from or to this port.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per interval.")
+@click.option("--dropwatch", is_flag=True, help="Lines shaped like `dropwatch -lkas` output.")
+@click.option("--stacks", is_flag=True, help="Show a few kernel stack frames for the top sites.")
+@click.pass_context
+def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_json, dropwatch, stacks):
+    """Count kernel packet drops: where (function+offset), why (drop reason), in which namespace."""
+    _check(interval, duration, count, top, port)
+    from dnattrace import drops as engine
+    from dnattrace import kallsyms, netns
+
+    ns_inode = netns.resolve(netns_name)[0] if netns_name else None
+    namer = netns.Namer()
+    symbols = kallsyms.load()
+    counter = engine.DropCounter(port=port, netns=ns_inode, proto=proto, stacks=stacks)
+    with counter:
+        printer = Printer(engine.Describer(namer, symbols), counter, by, top, as_json, dropwatch, stacks)
+        start = last = time.monotonic()
+        if not as_json and not dropwatch:
+            render.emit("Counting drops with %s%s; Ctrl-C for the totals." % (
+                counter.probe, " (every %g s)" % interval if interval != 1 else ""))
+        spans = 0
+        interrupted = False
+        try:
+            while True:
+                wake = last + interval
+                if duration is not None:
+                    wake = min(wake, start + duration)
+                time.sleep(max(0.0, wake - time.monotonic()))
+                now = time.monotonic()
+                rows = counter.read()
+                printer.span("interval", rows, now - last, counter.overflow)
+                last = now
+                spans += 1
+                if (count is not None and spans >= count) or (
+                        duration is not None and now - start >= duration - 1e-3):
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        # dropwatch never printed totals at a normal end; keep its output shape unless interrupted
+        if interrupted or not dropwatch:
+            if dropwatch:
+                render.emit("--- since start ---")
+            printer.span("summary", counter.cumulative(), time.monotonic() - start, counter.overflow_total)

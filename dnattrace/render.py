@@ -1,0 +1,44 @@
+"""Output helpers shared by the commands: tables for people (tabulate), one JSON object per line for
+programs. They know nothing about drops or journeys: callers pass rows as dicts and say which columns."""
+from __future__ import annotations
+
+import json
+import sys
+
+from tabulate import tabulate
+
+
+def table(rows, columns, headers=None, totals=None, floatfmt=".1f"):
+    """A plain-text table of `rows` (dicts) showing `columns`; `totals` (dict) becomes a last line."""
+    body = [[_cell(r.get(c)) for c in columns] for r in rows]
+    if totals is not None:
+        body.append([_cell(totals.get(c)) for c in columns])
+    return tabulate(body, headers=headers or list(columns), tablefmt="simple", floatfmt=floatfmt,
+                    disable_numparse=False)
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return " < ".join(str(v) for v in value)
+    return value
+
+
+def json_line(obj):
+    """One compact JSON object on one line (stable key order as given)."""
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+def emit(text, stream=None):
+    """Write a line and flush, so a pipe or a test reading the output sees each interval at once."""
+    stream = stream or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def shorten(text, width):
+    """Cut text to width characters with an ellipsis (meanings in narrow tables)."""
+    if text is None or len(text) <= width:
+        return text
+    return text[: width - 1] + "\u2026"
