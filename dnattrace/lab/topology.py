@@ -148,7 +148,7 @@ def build(inst, sc):
     net.run(["ip", "route", "add", "default", "via", BRIDGE_ADDR], netns=ctr)
 
     net.run(["iptables-restore"], netns=host,
-            input=docker_rules(n["bridge"], CONTAINER_ADDR, sc.dnat_target or CONTAINER_ADDR,
+            input=docker_rules(n["bridge"], sc.dnat_target or CONTAINER_ADDR, sc.dnat_target or CONTAINER_ADDR,
                                forward_accept=sc.forward_accept, input_drop=sc.input_drop))
 
     if sc.rp_filter:
@@ -160,6 +160,11 @@ def build(inst, sc):
             net.run(["ip", "link", "set", dev, "up"], netns=host)
         net.run(["ip", "route", "add", CLIENT_ADDR + "/32", "dev", up2], netns=host)
         net.sysctl_set("net.ipv4.conf.%s.rp_filter" % n["outside_if"], 1, host)
+        # The host would not even answer the client's ARP (arp_process checks the reverse path too), so
+        # the client knows the host's MAC already, as a client behind a router would: the SYN is sent.
+        mac = net.run(["cat", "/sys/class/net/%s/address" % n["outside_if"]], netns=host).stdout.strip()
+        net.run(["ip", "neigh", "replace", OUTSIDE_ADDR, "lladdr", mac, "dev", n["client_if"], "nud",
+                 "permanent"], netns=client)
 
     www = make_www(inst)
     if sc.input_drop:
