@@ -1,0 +1,155 @@
+"""doctor's answers must agree with independent trials made with other tools (bpftrace, bpftool, plain
+file reads), and the attach plan must follow DESIGN.md's order of preference whatever the kernel allows."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dnattrace import capabilities, host, tracefs
+from dnattrace.capabilities import Capabilities, Capability, plan
+
+
+# ---------------------------------------------------------------- plan: pure logic
+
+def caps_with(*yes):
+    return Capabilities([Capability(n, n in yes, "" if n in yes else "refused") for n in capabilities.NAMES])
+
+
+ALL = capabilities.NAMES
+
+
+def by_point(entries):
+    return {e.point: e for e in entries}
+
+
+def test_plan_prefers_function_exit_probes_when_the_kernel_has_them():
+    p = by_point(plan(caps_with(*ALL), kernel_has_function=lambda f: True, has_event=lambda c, n: True))
+    assert p["route decision"].probe == "fexit/ip_route_input_noref"
+    assert p["rule verdict"].probe == "fexit/nft_do_chain + fexit/ipt_do_table"
+    assert p["netfilter PREROUTING"].kind == "netfilter_link"
+    assert p["netfilter PREROUTING"].targets == (-(2 ** 31) + 1, -199, -99, 2 ** 31 - 2)
+    assert 101 in p["netfilter POSTROUTING"].targets and 101 not in p["netfilter FORWARD"].targets
+    assert p["drop"].probe == "tp_btf/kfree_skb" and p["device receive"].probe == "tp_btf/netif_receive_skb"
+
+
+def test_plan_on_a_kernel_like_the_development_one():
+    """No fentry, no kprobes: route falls back to the fib tracepoint, verdicts to counters."""
+    caps = caps_with("btf", "tracefs", "kallsyms", "tp_btf", "raw_tp", "tracepoint", "netfilter_link",
+                     "fib_tracepoint", "ringbuf", "drop_reason_enum")
+    p = by_point(plan(caps, kernel_has_function=lambda f: True, has_event=lambda c, n: True))
+    assert p["route decision"].probe == "tp_btf/fib_table_lookup + forwarding sysctl"
+    assert [t for t, _ in p["route decision"].tried] == ["fexit/ip_route_input_noref", "kretprobe/ip_route_input_noref"]
+    assert p["rule verdict"].kind == "counters"
+    assert all(p["netfilter %s" % h].kind == "netfilter_link" for h in capabilities.HOOKS)
+
+
+def test_plan_without_netfilter_links_uses_kretprobe_on_nf_hook_slow():
+    caps = caps_with("btf", "raw_tp", "kprobe")
+    p = by_point(plan(caps, kernel_has_function=lambda f: True, has_event=lambda c, n: True))
+    assert p["netfilter INPUT"].probe == "kretprobe/nf_hook_slow"
+    assert [t for t, _ in p["netfilter INPUT"].tried] == ["netfilter link", "fexit/nf_hook_slow"]
+    assert p["drop"].probe == "raw_tp/kfree_skb"
+    assert p["route decision"].probe == "kretprobe/ip_route_input_noref"
+
+
+def test_plan_skips_inlined_functions_and_missing_tracepoints():
+    caps = caps_with("btf", "tracepoint", "fexit")
+    p = by_point(plan(caps, kernel_has_function=lambda f: f != "ip_route_input_noref",
+                      has_event=lambda c, n: n != "net_dev_xmit"))
+    assert p["route decision"].probe == "fib:fib_table_lookup + forwarding sysctl"
+    assert ("fexit/ip_route_input_noref", "not in kallsyms: ip_route_input_noref") in p["route decision"].tried
+    assert p["egress device"].probe is None and "net:net_dev_xmit" in p["egress device"].why
+    assert p["drop"].probe == "skb:kfree_skb"
+
+
+def test_plan_says_why_a_point_is_unavailable():
+    p = by_point(plan(caps_with("btf"), kernel_has_function=lambda f: None, has_event=lambda c, n: None))
+    assert p["drop"].probe is None and p["drop"].why.startswith("unavailable:")
+    assert p["netfilter FORWARD"].probe is None and p["netfilter FORWARD"].why.startswith("unavailable:")
+    assert json.loads(json.dumps(p["drop"].to_dict()))["tried"][0] == {"probe": "tp_btf", "why": "no tp_btf"}
+
+
+def test_minimum():
+    assert caps_with("btf", "raw_tp").missing_minimum() == []
+    assert caps_with("raw_tp").missing_minimum() == ["BTF"]
+    assert len(caps_with("btf", "fentry", "kprobe").missing_minimum()) == 1
+
+
+# ---------------------------------------------------------------- agreement with independent trials
+
+@pytest.fixture(scope="module")
+def caps():
+    if os.geteuid() != 0:
+        pytest.fail("kernel tests need root")
+    return capabilities.probe()
+
+
+def bpftrace_attaches(probe):
+    """bpftrace attaches every probe before BEGIN runs, so exit() in BEGIN succeeds only if they all did."""
+    if not shutil.which("bpftrace"):
+        pytest.fail("bpftrace is needed for this test (scripts/bootstrap installs it)")
+    p = subprocess.run(["bpftrace", "-e", "%s {} BEGIN { exit(); }" % probe], capture_output=True, text=True,
+                       timeout=60)
+    return p.returncode == 0
+
+
+def test_tracepoint_agrees_with_bpftrace(caps):
+    assert caps.has("tracepoint") == bpftrace_attaches("tracepoint:skb:kfree_skb")
+
+
+def test_kprobe_agrees_with_bpftrace_and_kprobe_events(caps):
+    assert caps.has("kprobe") == bpftrace_attaches("kprobe:ip_rcv")
+    if not os.path.exists(os.path.join(tracefs.path(), "kprobe_events")):
+        assert not caps.has("kprobe") and "kprobe_events is absent" in caps["kprobe"].detail
+
+
+def test_fentry_agrees_with_bpftrace(caps):
+    assert caps.has("fentry") == bpftrace_attaches("kfunc:ip_rcv")
+    if not caps.has("fentry"):
+        assert caps["fentry"].detail.startswith(("load refused", "attach refused"))
+
+
+def test_btf_ringbuf_and_drop_reasons_agree_with_bpftool(caps):
+    dump = subprocess.run(["bpftool", "btf", "dump", "file", host.BTF_PATH, "format", "raw"],
+                          capture_output=True, text=True)
+    assert caps.has("btf") == (dump.returncode == 0)
+    features = json.loads(subprocess.run(["bpftool", "feature", "probe", "kernel", "-j"], capture_output=True,
+                                         text=True, check=True).stdout)
+    assert caps.has("ringbuf") == features["map_types"]["have_ringbuf_map_type"]
+    enum = caps["drop_reason_enum"]
+    if "BTF" in enum.detail:
+        m = re.search(r"ENUM 'skb_drop_reason' .* vlen=(\d+)", dump.stdout)
+        assert m and enum.value == int(m.group(1))
+    else:
+        assert enum.value == len(re.findall(r'\{ \d+, "', open(tracefs.event_dir("skb", "kfree_skb") + "/format").read()))
+
+
+def test_kallsyms_agrees_with_a_plain_read(caps):
+    first = open("/proc/kallsyms").readline().split()[0]
+    assert caps.has("kallsyms") == (int(first, 16) != 0)
+
+
+def test_doctor_cli_json_agrees_and_exits_0_with_the_minimum(caps):
+    p = subprocess.run([sys.executable, "-m", "dnattrace.cli", "doctor", "--json"], capture_output=True,
+                       text=True, timeout=60)
+    lines = [json.loads(l) for l in p.stdout.splitlines()]
+    got = {l["name"]: l["ok"] for l in lines if l["type"] == "capability"}
+    assert got == {c.name: c.ok for c in caps}
+    points = [l["point"] for l in lines if l["type"] == "plan"]
+    assert points == [e.point for e in plan(caps)]
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["minimum_ok"] == (caps.missing_minimum() == [])
+    assert p.returncode == (0 if summary["minimum_ok"] else 3), p.stderr
+
+
+def test_doctor_cli_table(caps):
+    p = subprocess.run([sys.executable, "-m", "dnattrace.cli", "doctor"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode in (0, 3)
+    for c in caps:
+        assert re.search(r"^%s\s+%s\s" % (c.name, "yes" if c.ok else "no"), p.stdout, re.M), c.name
+    assert "journey point" in p.stdout and "drop" in p.stdout
