@@ -1,0 +1,113 @@
+"""The --docker variant of the lab: the real Docker engine publishes the port, the client namespace is
+attached to the root namespace by a veth.
+
+    client ns {tok}c 198.51.100.2/24 --- {tok}o 198.51.100.1/24 (root ns) -- docker0 -- container (docker run -p 8080:80)
+
+Uses the docker CLI (no SDK version negotiation to get wrong, and the same commands a user would type).
+The image is built locally (no registry is reachable): `docker import` of a busybox-static root filesystem,
+tagged dnattrace-lab:busybox; it is kept between runs as a cache. forwarding-off switches
+net.ipv4.ip_forward off in the ROOT namespace: its old value is recorded before anything else, so `down`
+(and `down --all` after a crash) restores it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+
+from dnattrace.lab import net, state
+
+IMAGE = "dnattrace-lab:busybox"
+CLIENT_ADDR, OUTSIDE_ADDR = "198.51.100.2", "198.51.100.1"
+PUBLISHED_PORT, CONTAINER_PORT = 8080, 80
+
+
+def docker(*args, check=True, timeout=120, input=None):
+    p = subprocess.run(["docker"] + list(args), capture_output=True, timeout=timeout, input=input)
+    if check and p.returncode != 0:
+        raise net.NetError("docker %s failed: %s" % (" ".join(args[:2]), p.stderr.decode(errors="replace").strip()))
+    return p
+
+
+def _rootfs_tar():
+    """A tar of /bin/busybox, its applet symlinks and /www/index.html, built in memory."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ("bin", "www", "tmp"):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        tar.add(os.path.realpath(busybox), arcname="bin/busybox")
+        for applet in applets:
+            if applet != "busybox":
+                info = tarfile.TarInfo("bin/" + applet)
+                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(info)
+        page = b"dnattrace lab (docker)\n"
+        info = tarfile.TarInfo("www/index.html")
+        info.size, info.mode = len(page), 0o644
+        tar.addfile(info, io.BytesIO(page))
+    return buf.getvalue()
+
+
+def ensure_image():
+    if docker("image", "inspect", IMAGE, check=False).returncode != 0:
+        docker("import", "-", IMAGE, input=_rootfs_tar())
+
+
+def describe(name, token, sc):
+    return dict(client_ns=name + "-client", host_ns=None, container_ns=None, container_name=name + "-web",
+                client_addr=CLIENT_ADDR, target_addr=OUTSIDE_ADDR, target_port=PUBLISHED_PORT, proto="tcp",
+                container_addr="", container_port=CONTAINER_PORT, outside_if=token + "o", bridge="docker0")
+
+
+def _address_taken(addr):
+    out = net.run(["ip", "-j", "-4", "addr", "show"]).stdout
+    return any(a.get("local") == addr for link in json.loads(out) for a in link.get("addr_info", []))
+
+
+def build(inst, sc):
+    """Make the Docker variant of `sc`, recording each object in `inst` before making it."""
+    key = "net.ipv4.ip_forward"
+    if not sc.forwarding:  # recorded first: whatever happens next, down puts it back
+        inst.record("sysctl", key=key, old=net.sysctl_get(key), netns=None)
+    if _address_taken(OUTSIDE_ADDR):
+        raise net.NetError("%s is already on an interface of the root namespace (another --docker lab "
+                           "instance?)" % OUTSIDE_ADDR)
+    ensure_image()
+    client = inst.client_ns
+    inst.record("netns", name=client)
+    net.add_netns(client)
+    for k, v in (("net.ipv4.ip_forward", 0), ("net.ipv4.conf.all.rp_filter", 0),
+                 ("net.ipv4.conf.default.rp_filter", 0)):
+        net.sysctl_set(k, v, client)
+    inst.record("link", name=inst.outside_if, netns=None)
+    net.run(["ip", "link", "add", inst.outside_if, "type", "veth", "peer", "name", inst.token + "c",
+             "netns", client])
+    net.add_addr(inst.outside_if, OUTSIDE_ADDR + "/24")
+    net.run(["ip", "link", "set", inst.outside_if, "up"])
+    net.add_addr(inst.token + "c", CLIENT_ADDR + "/24", client)
+    net.run(["ip", "link", "set", inst.token + "c", "up"], netns=client)
+    net.run(["ip", "route", "add", "default", "via", OUTSIDE_ADDR], netns=client)
+
+    inst.record("container", name=inst.container_name)
+    docker("run", "-d", "--name", inst.container_name, "-p", "%d:%d" % (PUBLISHED_PORT, CONTAINER_PORT),
+           IMAGE, "busybox", "httpd", "-f", "-p", str(CONTAINER_PORT), "-h", "/www")
+    info = json.loads(docker("inspect", inst.container_name).stdout)[0]
+    inst.container_ns = "/proc/%d/ns/net" % info["State"]["Pid"]
+    inst.container_addr = info["NetworkSettings"]["IPAddress"]
+    inst.save()
+    deadline = time.monotonic() + 5
+    while not net.run(["nsenter", "--net=" + inst.container_ns, "ss", "-Hltn", "sport = :%d" % CONTAINER_PORT],
+                      check=False).stdout.strip():
+        if time.monotonic() > deadline:
+            raise net.NetError("the container %s does not listen on :%d" % (inst.container_name, CONTAINER_PORT))
+        time.sleep(0.05)
+    if not sc.forwarding:
+        net.sysctl_set(key, 0)
