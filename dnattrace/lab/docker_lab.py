@@ -75,11 +75,14 @@ def _address_taken(addr):
 def build(inst, sc):
     """Make the Docker variant of `sc`, recording each object in `inst` before making it."""
     key = "net.ipv4.ip_forward"
-    if not sc.forwarding:  # recorded first: whatever happens next, down puts it back
-        inst.record("sysctl", key=key, old=net.sysctl_get(key), netns=None)
     if _address_taken(OUTSIDE_ADDR):
         raise net.NetError("%s is already on an interface of the root namespace (another --docker lab "
                            "instance?)" % OUTSIDE_ADDR)
+    if docker("container", "inspect", inst.container_name, check=False).returncode == 0:
+        raise net.NetError("a container named %s exists already (not made by this instance)" % inst.container_name)
+    if not sc.forwarding:  # recorded before it is changed: whatever happens next, down puts it back
+        inst.record("sysctl", key=key, old=net.sysctl_get(key), netns=None)
+        net.sysctl_set(key, 0)
     ensure_image()
     client = inst.client_ns
     inst.record("netns", name=client)
@@ -109,5 +112,3 @@ def build(inst, sc):
         if time.monotonic() > deadline:
             raise net.NetError("the container %s does not listen on :%d" % (inst.container_name, CONTAINER_PORT))
         time.sleep(0.05)
-    if not sc.forwarding:
-        net.sysctl_set(key, 0)

@@ -80,10 +80,13 @@ def down(name):
     return True
 
 
-def down_all():
-    """Remove every instance, including leftovers of crashed runs (restores their sysctls). Their names."""
+def down_all(match=None):
+    """Remove every instance (or those whose name starts with `match`), including leftovers of crashed
+    runs (their sysctls are restored). Returns the names removed."""
     done, errors = [], []
     for inst in instances():
+        if match and not inst.name.startswith(match):
+            continue
         errs = state.undo(inst)
         (errors.extend(errs) if errs else done.append(inst.name))
     if errors:

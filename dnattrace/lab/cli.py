@@ -1,0 +1,107 @@
+"""`dnattrace lab`: list scenarios, bring instances up and down, send bounded client traffic."""
+from __future__ import annotations
+
+import json
+import os
+
+import click
+from tabulate import tabulate
+
+from dnattrace.errors import DnattraceError, UsageError
+from dnattrace.lab import manage, scenarios
+
+
+def _need_root():
+    if os.geteuid() != 0:
+        raise DnattraceError("the lab makes namespaces, links and firewall rules: run it as root")
+
+
+@click.group()
+def lab():
+    """Reproducible broken Docker-style hosts in network namespaces, each with its known cause."""
+
+
+@lab.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per scenario.")
+def list_(as_json):
+    """The scenarios and their ground truth."""
+    if as_json:
+        for s in scenarios.SCENARIOS:
+            click.echo(json.dumps(s.to_dict()))
+        return
+    rows = [(s.id, s.cause, "%s / %s" % (s.drop_function, s.drop_reason) if s.drop_function else "-",
+             s.drop_ns or "-", "yes" if s.docker else "", s.description) for s in scenarios.SCENARIOS]
+    click.echo(tabulate(rows, headers=("scenario", "cause", "drop (function / reason)", "netns", "--docker",
+                                       "what is broken")))
+
+
+@lab.command()
+@click.argument("scenario")
+@click.option("--prefix", help="Instance name (also the prefix of its namespaces); default: the scenario id.")
+@click.option("--docker", "use_docker", is_flag=True, help="Use the real Docker engine for the host.")
+def up(scenario, prefix, use_docker):
+    """Bring up SCENARIO."""
+    _need_root()
+    inst = manage.up(scenario, prefix=prefix, docker=use_docker)
+    click.echo("lab %s up (scenario %s%s): the client in netns %s connects to %s:%d"
+               % (inst.name, inst.scenario, ", docker" if inst.docker else "", inst.client_ns,
+                  inst.target_addr, inst.target_port))
+
+
+@lab.command()
+@click.argument("name")
+@click.option("--attempts", default=1, show_default=True, type=click.IntRange(1, 100))
+@click.option("--timeout", default=2.0, show_default=True, type=click.FloatRange(0.05, 30))
+@click.option("--json", "as_json", is_flag=True)
+def traffic(name, attempts, timeout, as_json):
+    """Send ATTEMPTS bounded TCP+HTTP requests from the client of instance NAME; exit 1 if any failed."""
+    _need_root()
+    inst = manage.get(name)
+    r = inst.traffic(attempts=attempts, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(dict(r.to_dict(), name=inst.name)))
+    else:
+        rows = [(i + 1, "ok" if a["ok"] else "FAILED", a["reason"], a["status"] or "", "%.3f" % a["seconds"])
+                for i, a in enumerate(r.attempts)]
+        click.echo("%s -> %s:%d" % (inst.client_addr, inst.target_addr, inst.target_port))
+        click.echo(tabulate(rows, headers=("attempt", "result", "reason", "status line", "seconds")))
+    return 0 if r.ok else 1
+
+
+@lab.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json):
+    """The running instances."""
+    insts = manage.instances()
+    if as_json:
+        for i in insts:
+            click.echo(json.dumps(i.public_dict()))
+        return
+    if not insts:
+        click.echo("no lab instances are up")
+        return
+    rows = [(i.name, i.scenario, "docker" if i.docker else "netns", i.client_ns, i.host_ns or "(root)",
+             "%s:%d" % (i.target_addr, i.target_port), "%s:%d" % (i.container_addr, i.container_port))
+            for i in insts]
+    click.echo(tabulate(rows, headers=("name", "scenario", "variant", "client netns", "host netns", "target",
+                                       "container")))
+
+
+@lab.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Every instance, including leftovers of crashed runs.")
+def down(name, all_):
+    """Remove instance NAME (or --all) and everything it made; a no-op if it is not up."""
+    _need_root()
+    if bool(name) == all_:
+        raise UsageError("give an instance name or --all (not both)")
+    if all_:
+        done = manage.down_all()
+        click.echo("removed %d lab instance(s)%s" % (len(done), (": " + ", ".join(done)) if done else ""))
+    elif manage.down(name):
+        click.echo("lab %s removed" % name)
+    else:
+        click.echo("lab %s is not up" % name)
+
+
+
