@@ -12,7 +12,7 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define FLAG_PORT    1   /* count only packets from or to config.port, and key by it */
+#define FLAG_PORT    1   /* count only packets from or to config.port (before or after NAT), key by it */
 #define FLAG_STACKS  2   /* record a kernel stack id per key */
 #define FLAG_NETNS   4   /* count only drops in namespace config.netns */
 #define MAX_KEYS     10240
@@ -42,7 +42,7 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
-/* [0] drops not stored because the hash was full; [1] drops counted (all keys), a cross-check */
+/* drops_stats: [0] drops not stored because the hash was full; [1] all drops counted, a cross-check */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 2);
@@ -71,6 +71,19 @@ static __always_inline void bump(__u32 slot)
 		*v += 1;   /* per-CPU slot: no other CPU writes it */
 }
 
+/* Whether the skb's conntrack entry was created for `port` (host order) in its original direction:
+ * after DNAT rewrote 8080 to 80, the dropped packet still belongs to --port 8080. */
+static __always_inline int ct_has_port(struct sk_buff *skb, __u16 port)
+{
+	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+	struct nf_conn *ct = (struct nf_conn *)(nfct & ~7UL);   /* NFCT_PTRMASK */
+	if (!ct)
+		return 0;
+	__u16 sport = BPF_CORE_READ(ct, tuplehash[0].tuple.src.u.all);
+	__u16 dport = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u.all);
+	return bpf_ntohs(sport) == port || bpf_ntohs(dport) == port;
+}
+
 static __always_inline void count_drop(void *ctx, struct sk_buff *skb, __u64 location, __u32 reason)
 {
 	__u32 zero = 0;
@@ -95,7 +108,7 @@ static __always_inline void count_drop(void *ctx, struct sk_buff *skb, __u64 loc
 		return;
 	if (flags & FLAG_PORT) {
 		__u16 port = cfg->port;
-		if (bpf_ntohs(h.sport) != port && bpf_ntohs(h.dport) != port)
+		if (bpf_ntohs(h.sport) != port && bpf_ntohs(h.dport) != port && !ct_has_port(skb, port))
 			return;
 		key.port = port;
 	}

@@ -130,8 +130,9 @@ class DropCounter:
         return obj
 
     def open(self):
-        if os.geteuid() != 0:
-            raise CannotObserve("counting drops needs root (CAP_BPF and CAP_PERFMON): run it with sudo")
+        if not _may_trace():
+            raise CannotObserve("counting drops needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): "
+                                "run it with sudo")
         choices = [("drops_btf", "tp_btf/kfree_skb"), ("drops_tp", "tracepoint/skb/kfree_skb")]
         if not self.prefer_btf:
             choices = choices[1:]
@@ -231,6 +232,20 @@ class Describer:
                     names = names[i:]
                     break
         return names[:STACK_FRAMES]
+
+
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+
+
+def _may_trace():
+    """Whether this process holds the capabilities to load and attach tracing programs."""
+    try:
+        with open("/proc/self/status") as f:
+            eff = next(int(l.split()[1], 16) for l in f if l.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return os.geteuid() == 0
+    has = lambda cap: bool(eff >> cap & 1)   # noqa: E731
+    return has(_CAP_SYS_ADMIN) or (has(_CAP_BPF) and has(_CAP_PERFMON))
 
 
 def _reason_names():

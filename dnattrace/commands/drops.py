@@ -115,7 +115,10 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
     with counter:
         printer = Printer(engine.Describer(namer, symbols), counter, by, top, as_json, dropwatch, stacks)
         start = last = time.monotonic()
-        if not as_json and not dropwatch:
+        if as_json:   # tells a reading program that counting has begun
+            render.emit(render.json_line({"type": "start", "time": round(time.time(), 3),
+                                          "probe": counter.probe, "interval": interval}))
+        elif not dropwatch:
             render.emit("Counting drops with %s%s; Ctrl-C for the totals." % (
                 counter.probe, " (every %g s)" % interval if interval != 1 else ""))
         spans = 0
