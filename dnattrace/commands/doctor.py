@@ -4,7 +4,6 @@ tracepoint) is there, 3 otherwise."""
 import json
 
 import click
-from tabulate import tabulate
 
 from dnattrace import capabilities, host, tracefs
 from dnattrace.errors import EXIT_CANNOT_OBSERVE, EXIT_OK
@@ -19,6 +18,7 @@ def _json_lines(caps, entries, missing):
 
 
 def _tables(caps, entries):
+    from tabulate import tabulate       # ~60 ms to import: only the human output pays for it
     rows = [(c.name, "yes" if c.ok else "no", c.detail, "%.1f" % c.ms) for c in caps]
     out = [tabulate(rows, headers=("capability", "ok", "detail", "ms"),
                     maxcolwidths=[None, None, 70, None]), ""]
