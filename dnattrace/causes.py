@@ -1,0 +1,570 @@
+"""The cause catalogue: why a connection failed, as data plus one small match function per cause.
+
+Each match function reads what the kernel reported about a failing connection (drop function and reason,
+the netfilter hook it last reached, the shape of the journey: routed towards a device, delivered to a
+namespace, answered with a RST, no reply ever left) and the evidence of a Snapshot and its counter Delta,
+and says how much of the cause's evidence is present. Nothing here matches on a scenario's name or on
+addresses: the same functions must explain faults nobody wrote a test for.
+
+Weights: every `_Score.add(weight, present, line)` is one piece of evidence the cause expects; the
+confidence is the share of the weight that is present. A cause only counts at all when its gate (what the
+kernel must have shown for the cause to be possible) holds. A healthy connection yields no finding.
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+from dnattrace.model import CONSUME, DROP, NF, ROUTE, RX, XMIT, Connection, Journey, Step
+from dnattrace.system import conntrack as ct_stats
+from dnattrace.system import sysctl
+from dnattrace.system.firewall import DROP_TARGETS, CounterMove
+from dnattrace.system.snapshot import Delta, NsDelta, NsEvidence, Snapshot
+
+try:
+    from dnattrace.reasons import meaning as reason_meaning
+except ImportError:  # the reasons table is optional for the catalogue
+    def reason_meaning(name):
+        return name or "no reason recorded"
+
+NONE = "none"               # the cause id of a healthy connection (no finding)
+PERSIST = "persist it in /etc/sysctl.d/ (e.g. /etc/sysctl.d/99-dnattrace.conf) so it survives a reboot"
+NETFILTER_FUNCS = ("nft_do_chain", "ipt_do_table", "nf_hook_slow")
+EVIDENCE_ONLY_CAP = 0.5     # no packet was seen: evidence alone is never more than a suspicion
+
+
+@dataclass
+class Finding:
+    cause_id: str
+    title: str
+    confidence: float                   # 0..1: share of the cause's expected evidence that is present
+    explanation: str                    # plain words, with this case's devices and addresses
+    evidence: list[str] = field(default_factory=list)   # "net.ipv4.conf.veth-ext.forwarding = 0", ...
+    fix: Optional[list[str]] = None     # commands to run, in order; None when no command can fix it
+    fix_note: str = ""                  # e.g. how to persist the fix, or an alternative
+    rule: Optional[dict] = None         # {"table", "chain", "rule", "packets"} of the rule/policy that dropped
+    netns: str = ""                     # name of the namespace where it happened ("host", a container)
+    connections: int = 1                # failing connections this finding explains
+
+    def to_dict(self):
+        return {k: v for k, v in asdict(self).items() if v is not None and v != "" and v != []}
+
+
+def top_cause(findings: list[Finding]) -> str:
+    """The top cause's id, or "none" for a healthy result."""
+    return findings[0].cause_id if findings else NONE
+
+
+# --- what one failing connection shows ---------------------------------------------------------------
+
+class Facts:
+    """The kernel's report on one failing connection, joined with the evidence of the namespace where
+    it ended. Match functions read only this."""
+
+    def __init__(self, conn: Optional[Connection], snapshot: Snapshot, delta: Optional[Delta]):
+        self.conn, self.snapshot, self.delta = conn, snapshot, delta
+        self.journey: Optional[Journey] = _representative(conn) if conn else None
+        j = self.journey
+        self.drop: Optional[Step] = j.drop if j else None
+        self.end: Optional[Step] = (j.end_step or j.last) if j and j.steps else None
+        self.func = self.drop.location.split("+")[0] if self.drop else ""
+        self.reason = self.drop.reason if self.drop else ""
+        where = self.end.netns if self.end else 0
+        self.ns: NsEvidence = snapshot.by_inode(where)
+        self.nsdelta: Optional[NsDelta] = delta.by_inode(self.ns.inode) if delta else None
+        self.nf: Optional[Step] = self._last(NF)
+        self.hook = self.nf.hook if self.nf else None
+        self.route: Optional[Step] = self._last(ROUTE)
+        rx = self._last(RX, same_ns=True)
+        self.ingress = rx.ifname if rx else ""
+        self.dest = self._dest()
+
+    def _last(self, point, same_ns=False) -> Optional[Step]:
+        if not self.journey:
+            return None
+        for s in reversed(self.journey.steps):
+            if s.point == point and (not same_ns or not self.end or s.netns == self.end.netns):
+                return s
+        return None
+
+    def _dest(self) -> tuple[str, int]:
+        """Where the packet was going after NAT: conntrack's view, else the last tuple, else the target."""
+        if self.journey:
+            for s in reversed(self.journey.steps):
+                if s.ct and s.ct.dnat:
+                    return s.ct.dnat
+            tuples = self.journey.tuples()
+            if tuples and self.journey.direction == "request":
+                return tuples[-1].dst, tuples[-1].dport
+        t = self.snapshot.target
+        return t.addr, t.service_port
+
+    @property
+    def seen(self) -> bool:
+        return self.journey is not None
+
+    @property
+    def netfilter_drop(self) -> bool:
+        return self.reason == "NETFILTER_DROP" or self.func in NETFILTER_FUNCS
+
+    @property
+    def stopped_in_hook(self) -> bool:
+        """No drop event, but the packet entered a hook and never reached that hook's last probe."""
+        return (self.journey is not None and self.drop is None and self.journey.outcome == "unfinished"
+                and self.nf is not None and self.nf.stage != "last")
+
+    def moves(self) -> list[CounterMove]:
+        return self.nsdelta.moves if self.nsdelta else []
+
+    def drop_line(self) -> str:
+        if not self.drop:
+            return ""
+        return "dropped at %s in %s, reason %s (%s)" % (self.drop.location or "?", self.ns.name,
+                                                        self.reason or "?", reason_meaning(self.reason))
+
+    def delivered_to_listener_ns(self) -> Optional[Journey]:
+        """A request journey that was delivered (consumed by a socket) somewhere."""
+        for j in (self.conn.requests if self.conn else []):
+            if j.outcome == "delivered":
+                return j
+        return None
+
+
+def _representative(conn: Connection) -> Optional[Journey]:
+    """The journey that says most about the failure: a dropped request, a dropped reply, an unfinished
+    request, else the last request."""
+    for group in (conn.requests, conn.replies):
+        for j in group:
+            if j.outcome == "dropped":
+                return j
+    for j in conn.requests:
+        if j.outcome == "unfinished":
+            return j
+    return conn.requests[-1] if conn.requests else (conn.replies[-1] if conn.replies else None)
+
+
+def failing(conn: Connection) -> bool:
+    """Healthy = answered by something other than a RST and no request dropped after the answer."""
+    return conn.outcome != "answered"
+
+
+class _Score:
+    def __init__(self):
+        self.got = self.total = 0.0
+        self.evidence: list[str] = []
+
+    def add(self, weight: float, present, line: str = ""):
+        self.total += weight
+        if present:
+            self.got += weight
+            if line:
+                self.evidence.append(line)
+
+    def note(self, line: str):
+        """Evidence shown for context that does not weigh either way."""
+        if line:
+            self.evidence.append(line)
+
+    @property
+    def value(self) -> float:
+        return self.got / self.total if self.total else 0.0
+
+
+@dataclass
+class Match:
+    score: _Score
+    explanation: str
+    fix: Optional[list[str]] = None
+    fix_note: str = ""
+    rule: Optional[CounterMove] = None
+
+
+@dataclass(frozen=True)
+class Cause:
+    id: str
+    title: str
+    match: Callable[[Facts], Optional[Match]]
+
+
+# --- helpers on evidence ------------------------------------------------------------------------------
+
+def _kv(values: dict, key: str) -> str:
+    return "%s = %s" % (key, values.get(key, "?"))
+
+
+def _is_bridged(f: Facts) -> bool:
+    """A FORWARD step that bridging, not routing, produced (br_netfilter calls the IPv4 hooks with the
+    bridge as both devices): in and out are the same device, or ports of one bridge, or the packet came
+    from a bridge or bridge port without any route decision before it. Routed traffic into a bridge
+    (a DNATed packet towards docker0) has a route decision and a different input device."""
+    for i, s in enumerate(f.journey.steps if f.journey else []):
+        if s.point != NF or s.hook != "FORWARD":
+            continue
+        ev = f.snapshot.by_inode(s.netns)
+        inl, outl = ev.link(s.ifname), ev.link(s.out_ifname)
+        if s.ifname and s.ifname == s.out_ifname:
+            return True
+        if inl and outl and inl.master and inl.master == outl.master:
+            return True
+        routed = any(b.point == ROUTE for b in f.journey.steps[:i])
+        if not routed and inl and (inl.kind == "bridge" or inl.master):
+            return True
+    return False
+
+
+def _drop_moves(f: Facts, hook: str) -> list[CounterMove]:
+    """DROP/REJECT rules and DROP policies that moved, in chains a packet entering `hook` visits."""
+    out = []
+    rules = f.ns.rules
+    for table in ("filter", "ip filter"):
+        chains = rules.reachable(table, hook) if rules else {hook}
+        for m in f.moves():
+            if m.table == table and m.chain in chains and m.target in DROP_TARGETS:
+                out.append(m)
+    return out
+
+
+def _rule_dict(m: Optional[CounterMove]) -> Optional[dict]:
+    return None if m is None else {"table": m.table, "chain": m.chain, "rule": m.rule, "packets": m.packets}
+
+
+def _packet(f: Facts) -> tuple[str, str, int]:
+    """(proto name, destination address, destination port) of the packet where it was dropped."""
+    s = f.drop or f.nf or f.end
+    if s is not None and s.tuple is not None:
+        return s.tuple.proto_name, s.tuple.dst, s.tuple.dport
+    return f.snapshot.target.proto, f.dest[0], f.dest[1]
+
+
+# --- the causes ---------------------------------------------------------------------------------------
+
+def match_forwarding_off(f: Facts) -> Optional[Match]:
+    v = f.ns.sysctls
+    on = sysctl.forwarding_on(v, f.ingress or None)
+    lookup = f.ns.lookup(f.dest[0]) if f.dest[0] else None
+    lookup_unreach = lookup is not None and lookup.err == errno.EHOSTUNREACH
+    if f.seen:
+        if f.journey.outcome in ("delivered", "sent") or (f.drop and f.func != "ip_error"):
+            return None     # delivered, forwarded, or dropped by something else: forwarding was not in the way
+        routed_error = f.func == "ip_error" or (f.route and f.route.route and f.route.route.err)
+        if not (routed_error or lookup_unreach):
+            return None
+    elif not (f.snapshot.target.addr and not f.ns.has_address(f.snapshot.target.addr)):
+        return None         # evidence only: matters only when the target must be forwarded
+    if on is not False and not lookup_unreach:
+        return None
+    s = _Score()
+    s.add(3, f.func == "ip_error", f.drop_line())
+    s.add(2, f.reason == "IP_INADDRERRORS")
+    keys = sysctl.forwarding(v, f.ingress or None)
+    off = [k for k, val in keys.items() if val == 0]
+    s.add(3, bool(off), "; ".join("%s = 0" % k for k in off))
+    r = f.route.route if f.route and f.route.route else None
+    s.add(1, r is not None and (r.local is False or (r.oif and r.oif != "lo")),
+          "route %s -> dev %s (must be forwarded)" % (r.dst or f.dest[0], r.oif) if r else "")
+    s.add(1, lookup_unreach, str(lookup) if lookup else "")
+    glob = sysctl.as_int(v, "net.ipv4.ip_forward") == 0 or sysctl.as_int(v, sysctl.conf_key("all", "forwarding")) == 0
+    key = "net.ipv4.ip_forward" if glob or not f.ingress else sysctl.conf_key(f.ingress, "forwarding")
+    where = "on this host" if glob else "on %s" % f.ingress
+    dest = "%s:%d" % f.dest if f.dest[0] else "its destination"
+    return Match(s, "IPv4 forwarding is off %s, so a packet arriving there for %s (not an address of this "
+                    "namespace, it must be forwarded) gets an unreachable route and is dropped by ip_error."
+                 % (where, dest), [f.ns.prefix() + "sysctl -w %s=1" % key], PERSIST)
+
+
+def match_no_route(f: Facts) -> Optional[Match]:
+    if not f.seen:
+        return None
+    r = f.route.route if f.route and f.route.route else None
+    route_err = bool(r and r.err)
+    if not (f.func == "ip_error" or f.reason in ("IP_INNOROUTES", "IP_OUTNOROUTES") or route_err):
+        return None
+    if sysctl.forwarding_on(f.ns.sysctls, f.ingress or None) is False:
+        return None         # that is forwarding-off
+    s = _Score()
+    s.add(2, f.func == "ip_error" or f.reason in ("IP_INNOROUTES", "IP_OUTNOROUTES"), f.drop_line())
+    s.add(2, f.reason in ("IP_INNOROUTES", "IP_OUTNOROUTES"))
+    s.add(2, route_err, "route lookup for %s failed: %s" % (r.dst, errno.errorcode.get(-r.err, r.err)) if r else "")
+    lookup = f.ns.lookup(f.dest[0]) if f.dest[0] else None
+    s.add(1, lookup is not None and lookup.err, str(lookup) if lookup else "")
+    s.note(_kv(f.ns.sysctls, sysctl.conf_key(f.ingress or "all", "forwarding")))
+    return Match(s, "The kernel has no usable route for %s in %s: the packet cannot be delivered or forwarded. "
+                    "Add a route to it (or fix the NAT target)." % (f.dest[0] or "the destination", f.ns.name))
+
+
+def _filter_match(f: Facts, hook: str) -> Optional[Match]:
+    if not f.seen:
+        moves = _drop_moves(f, hook)
+        if not moves:
+            return None
+        s = _Score()
+        s.add(1, True, "%s (counter moved during the capture)" % moves[0])
+        return _filter_result(f, s, hook, moves[0])
+    if f.hook != hook or not (f.netfilter_drop or f.stopped_in_hook):
+        return None
+    s = _Score()
+    s.add(3, True, "last netfilter hook reached: %s/%s in %s" % (f.nf.hook, f.nf.stage, f.ns.name))
+    s.add(2, f.netfilter_drop, f.drop_line())
+    moves = _drop_moves(f, hook)
+    s.add(3, bool(moves), "%s (counter moved during the capture)" % moves[0] if moves else "")
+    policy = f.ns.rules.chain("filter", hook) if f.ns.rules else None
+    if not moves and policy is not None:
+        s.add(1, policy.policy == "DROP", "filter %s policy DROP" % hook)
+    return _filter_result(f, s, hook, moves[0] if moves else None)
+
+
+def _filter_result(f: Facts, s: _Score, hook: str, move: Optional[CounterMove]) -> Match:
+    proto, dst, dport = _packet(f)
+    chain = move.chain if move else hook
+    accept = "%siptables -I %s -d %s -p %s --dport %d -j ACCEPT" % (f.ns.prefix(), chain, dst, proto, dport)
+    if move and not move.policy:
+        fix = ["%siptables -t %s -D %s" % (f.ns.prefix(), move.table, move.rule.split(None, 1)[1])]
+        note = "or, to keep the rule, let this traffic through before it: " + accept
+        what = "the rule `%s` in chain %s" % (move.rule, move.chain)
+    else:
+        fix = [accept]
+        note = "replies need accepting too if nothing accepts established traffic: %siptables -I %s -m conntrack " \
+               "--ctstate RELATED,ESTABLISHED -j ACCEPT" % (f.ns.prefix(), hook)
+        what = "the %s chain's DROP policy" % hook
+    return Match(s, "The firewall (filter table, %s hook) in %s drops the packet for %s:%d: %s."
+                 % (hook, f.ns.name, dst, dport, what), fix, note, move)
+
+
+def match_filter_forward_drop(f: Facts) -> Optional[Match]:
+    m = _filter_match(f, "FORWARD")
+    if m and f.seen and _is_bridged(f) and sysctl.as_int(f.ns.sysctls, "net.bridge.bridge-nf-call-iptables") == 1:
+        m.score.add(2, False)   # bridged traffic in FORWARD: br-netfilter explains it better
+    return m
+
+
+def match_filter_input_drop(f: Facts) -> Optional[Match]:
+    return _filter_match(f, "INPUT")
+
+
+def match_no_listener(f: Facts) -> Optional[Match]:
+    refused = f.conn is not None and f.conn.outcome == "refused"
+    no_socket = f.reason == "NO_SOCKET"
+    if f.seen and not (refused or no_socket):
+        return None
+    ns = f.ns
+    if refused and not no_socket and f.conn.replies:
+        ns = f.snapshot.by_inode(f.conn.replies[0].first.netns)
+    port = f.dest[1] if f.seen else f.snapshot.target.service_port
+    if not f.seen and (f.snapshot.container is None or ns is not f.snapshot.container):
+        ns = f.snapshot.container
+        if ns is None:
+            return None
+    listening = [l for l in ns.listeners if l.port == port]
+    usable = [l for l in listening if l.accepts(f.dest[0]) or not f.dest[0]]
+    if not f.seen and usable:
+        return None
+    s = _Score()
+    if f.seen:
+        s.add(3, True, f.drop_line() if no_socket else "the reply was a RST (connection refused)")
+    s.add(3, not usable, "nothing listens on %s port %d in %s%s" % (
+        f.snapshot.target.proto, port, ns.name,
+        " (only on %s)" % ", ".join(str(l) for l in listening) if listening else ""))
+    loop = [l for l in listening if l.loopback_only]
+    hint = " It listens only on %s, which a forwarded packet cannot reach; bind it to 0.0.0.0." % loop[0] \
+        if loop and not usable else ""
+    return Match(s, "The packet reached %s, but no socket listens on port %d there, so the kernel answers "
+                    "with a RST. Start the service (or publish the port it really listens on).%s"
+                 % (ns.name, port, hint))
+
+
+def match_neigh_failed(f: Facts) -> Optional[Match]:
+    nb = f.ns.neighbour(f.dest[0]) if f.dest[0] else None
+    failed = nb is not None and any(st in nb["state"] for st in ("FAILED", "INCOMPLETE"))
+    reason = f.reason == "NEIGH_FAILED" or f.func == "neigh_invalidate"
+    stalled = f.seen and f.drop is None and f.journey.outcome == "unfinished" and f.route is not None
+    if not (reason or (failed and (stalled or not f.seen))):
+        return None
+    s = _Score()
+    s.add(3, reason, f.drop_line())
+    s.add(2, failed, "neighbour %s on %s: %s" % (nb["addr"], nb["dev"], nb["state"]) if nb else "")
+    r = f.route.route if f.route and f.route.route else None
+    s.add(1, r is not None and r.oif, "route %s -> dev %s" % (f.dest[0], r.oif) if r else "")
+    t = f.snapshot.target
+    if t.rule:
+        s.note("DNAT rule: %s" % t.rule)
+    return Match(s, "Nothing at %s answers ARP%s: the address the packet is sent to (the DNAT target) is "
+                    "wrong or its container is down. Check the container's address (docker inspect) and "
+                    "the DNAT rule." % (f.dest[0] or "the next hop", " on %s" % r.oif if r and r.oif else ""))
+
+
+def match_conntrack_full(f: Facts) -> Optional[Match]:
+    full_ns = next((e for e in [f.ns] + f.snapshot.namespaces() if ct_stats.is_full(e.conntrack)), None)
+    moved = {k: v for d in (f.delta.namespaces if f.delta else []) for k, v in d.conntrack.items()
+             if k in ("drop", "early_drop", "insert_failed")}
+    if not (full_ns or moved):
+        return None
+    if f.seen and f.drop and not (f.func == "nf_hook_slow" or f.netfilter_drop):
+        return None
+    s = _Score()
+    st = (full_ns or f.ns).conntrack
+    s.add(3, full_ns is not None, "nf_conntrack_count = %s, nf_conntrack_max = %s" % (st.get("count"), st.get("max")))
+    s.add(2, bool(moved), "conntrack stats moved: %s" % ", ".join("%s +%d" % kv for kv in sorted(moved.items())))
+    if f.seen:
+        s.add(2, f.func == "nf_hook_slow", f.drop_line())
+        s.add(1, f.hook in ("PREROUTING", "OUTPUT"))
+    new_max = max(2 * int(st.get("max") or 65536), 131072)
+    return Match(s, "The connection tracking table is full, so conntrack refuses new connections and "
+                    "netfilter drops their first packets before any rule sees them.",
+                 ["sysctl -w net.netfilter.nf_conntrack_max=%d" % new_max], PERSIST)
+
+
+def match_rp_filter(f: Facts) -> Optional[Match]:
+    if f.reason != "IP_RPFILTER":
+        return None
+    rp = sysctl.rp_filter(f.ns.sysctls, f.ingress or None)
+    s = _Score()
+    s.add(3, True, f.drop_line())
+    s.add(2, rp["effective"] == 1, "rp_filter on %s: all = %s, %s = %s (effective %s, strict)" % (
+        f.ingress or "?", rp["all"], f.ingress or "if", rp["if"], rp["effective"]))
+    src = f.drop.tuple.src if f.drop and f.drop.tuple else "the source"
+    iface = f.ingress or "all"
+    return Match(s, "Strict reverse-path filtering on %s dropped the packet: the route back to %s does not "
+                    "leave by %s. Use loose mode (2) or fix the routes." % (iface, src, iface),
+                 [f.ns.prefix() + "sysctl -w %s=2" % sysctl.conf_key(iface, "rp_filter")], PERSIST)
+
+
+MARTIAN_REASONS = ("IP_LOCAL_SOURCE", "IP_LOCALNET", "IP_INVALID_SOURCE", "IP_INVALID_DEST")
+
+
+def match_martian_source(f: Facts) -> Optional[Match]:
+    if f.reason not in MARTIAN_REASONS:
+        return None
+    v, iface = f.ns.sysctls, f.ingress or "all"
+    s = _Score()
+    s.add(3, True, f.drop_line())
+    src = f.drop.tuple.src if f.drop and f.drop.tuple else ""
+    fix, note = None, ""
+    if f.reason == "IP_LOCALNET":
+        key = sysctl.conf_key(iface, "route_localnet")
+        s.add(2, sysctl.as_int(v, key) == 0, _kv(v, key))
+        text = "a loopback (127.0.0.0/8) address arrived on %s, which the kernel refuses unless route_localnet " \
+               "is set" % iface
+        fix = [f.ns.prefix() + "sysctl -w %s=1" % key]
+    elif f.reason == "IP_LOCAL_SOURCE":
+        key = sysctl.conf_key(iface, "accept_local")
+        s.add(2, f.ns.has_address(src) if src else False, "%s is an address of %s itself" % (src, f.ns.name))
+        s.note(_kv(v, key))
+        text = "the source address %s is one of this namespace's own addresses (a duplicate or spoofed " \
+               "address)" % (src or "?")
+        note = "better: give the client an address of its own; accepting it: sysctl -w %s=1" % key
+    else:
+        text = "the source or destination address is invalid (martian) on %s" % iface
+    return Match(s, "The packet was dropped as a martian: %s." % text, fix, note)
+
+
+def match_br_netfilter(f: Facts) -> Optional[Match]:
+    if not f.seen:
+        return None
+    on = sysctl.as_int(f.ns.sysctls, "net.bridge.bridge-nf-call-iptables") == 1
+    if not on or not _is_bridged(f) or not (f.hook == "FORWARD" and (f.netfilter_drop or f.stopped_in_hook)):
+        return None
+    s = _Score()
+    s.add(3, True, "net.bridge.bridge-nf-call-iptables = 1")
+    s.add(3, True, "bridged packet (no route decision; in/out are bridge ports) reached iptables FORWARD")
+    s.add(2, f.netfilter_drop, f.drop_line())
+    moves = _drop_moves(f, "FORWARD")
+    s.add(1, bool(moves), "%s (counter moved during the capture)" % moves[0] if moves else "")
+    return Match(s, "br_netfilter sends traffic bridged between ports of one bridge through iptables, and the "
+                    "FORWARD chain drops it; the packet never needed routing.",
+                 [f.ns.prefix() + "sysctl -w net.bridge.bridge-nf-call-iptables=0"],
+                 "or keep br_netfilter and accept bridged traffic: iptables -I FORWARD -m physdev "
+                 "--physdev-is-bridged -j ACCEPT; " + PERSIST, moves[0] if moves else None)
+
+
+def match_reply_no_route(f: Facts) -> Optional[Match]:
+    if not f.seen or f.conn.answered:
+        return None
+    done = f.delivered_to_listener_ns()
+    if done is None or any(j.outcome == "dropped" for j in f.conn.requests):
+        return None
+    ns = f.snapshot.by_inode(done.end_step.netns)
+    d = f.delta.by_inode(ns.inode) if f.delta else None
+    noroutes = (d.snmp.get("IpOutNoRoutes", 0) if d else 0)
+    client = f.conn.key.src
+    lookup = ns.lookup(client)
+    s = _Score()
+    s.add(3, True, "the request was delivered in %s, but no reply ever left" % ns.name)
+    s.add(3, noroutes > 0, "IpOutNoRoutes +%d in %s" % (noroutes, ns.name))
+    s.add(2, lookup is not None and lookup.err, str(lookup) if lookup else "")
+    s.add(1, d is not None and d.snmp.get("TcpExtListenDrops", 0) > 0,
+          "TcpExtListenDrops +%d" % (d.snmp.get("TcpExtListenDrops", 0) if d else 0))
+    if s.got <= 3:
+        return None     # delivered and silent, but nothing says "no route": not this cause
+    s.note("routes in %s: %s" % (ns.name, "; ".join(ns.routes) or "none"))
+    gw = _gateway_for(f.snapshot, ns)
+    fix = [ns.prefix() + "ip route add default via %s" % gw] if gw else None
+    return Match(s, "The service in %s got the request, but it has no route back to the client %s, so its "
+                    "reply is never sent (no packet is dropped: the reply is never built)." % (ns.name, client),
+                 fix)
+
+
+def _gateway_for(snap: Snapshot, ns: NsEvidence) -> str:
+    """The host's address on the subnet the namespace is attached to: its natural default gateway."""
+    import ipaddress
+    if ns is snap.host:
+        return ""
+    for own in (c for l in ns.links for c in l.addresses):
+        net = ipaddress.ip_interface(own).network
+        if net.prefixlen >= 31 or ipaddress.ip_interface(own).ip.is_loopback:
+            continue
+        for l in snap.host.links:
+            for c in l.addresses:
+                if ipaddress.ip_interface(c).ip in net:
+                    return c.split("/")[0]
+    return ""
+
+
+CATALOGUE: tuple[Cause, ...] = (
+    Cause("forwarding-off", "IPv4 forwarding is off", match_forwarding_off),
+    Cause("filter-forward-drop", "A firewall rule or policy in FORWARD drops it", match_filter_forward_drop),
+    Cause("filter-input-drop", "A firewall rule or policy in INPUT drops it", match_filter_input_drop),
+    Cause("no-listener", "Nothing listens on the target port", match_no_listener),
+    Cause("no-route", "No route can deliver or forward it", match_no_route),
+    Cause("neigh-failed", "The next hop does not answer ARP", match_neigh_failed),
+    Cause("conntrack-full", "The conntrack table is full", match_conntrack_full),
+    Cause("rp-filter", "Reverse-path filtering drops it", match_rp_filter),
+    Cause("martian-source", "Martian or local source address", match_martian_source),
+    Cause("br-netfilter", "Bridged traffic filtered by iptables (br_netfilter)", match_br_netfilter),
+    Cause("reply-no-route", "The reply cannot be routed back", match_reply_no_route),
+)
+CAUSE_IDS = tuple(c.id for c in CATALOGUE) + (NONE,)
+
+
+def _findings_for(facts: Facts, cap: float = 1.0) -> list[Finding]:
+    out = []
+    for cause in CATALOGUE:
+        m = cause.match(facts)
+        if m is None or m.score.value <= 0:
+            continue
+        out.append(Finding(cause.id, cause.title, round(min(m.score.value, cap), 2), m.explanation,
+                           [e for e in m.score.evidence if e], m.fix, m.fix_note, _rule_dict(m.rule),
+                           facts.ns.name))
+    return out
+
+
+def explain(connections: list[Connection], snapshot: Snapshot, delta: Optional[Delta] = None) -> list[Finding]:
+    """Ranked findings for the failing connections (highest confidence first). Healthy connections give
+    none; with no connection at all, what the evidence alone shows (confidence at most 0.5)."""
+    found: dict[str, Finding] = {}
+    failures = [c for c in connections if failing(c)]
+    if connections and not failures:
+        return []
+    groups = [_findings_for(Facts(c, snapshot, delta)) for c in failures] if failures else \
+        [_findings_for(Facts(None, snapshot, delta), EVIDENCE_ONLY_CAP)]
+    for fs in groups:
+        for fnd in fs:
+            old = found.get(fnd.cause_id)
+            if old is None:
+                found[fnd.cause_id] = fnd
+            else:
+                best = fnd if fnd.confidence > old.confidence else old
+                best.connections = old.connections + 1
+                found[fnd.cause_id] = best
+    order = {c.id: i for i, c in enumerate(CATALOGUE)}
+    return sorted(found.values(), key=lambda x: (-x.confidence, -x.connections, order[x.cause_id]))

@@ -1,0 +1,319 @@
+"""The cause catalogue on recorded journeys: each cause is the top finding for the journey shape and
+evidence the kernel gives for it, with the right fix; healthy connections give no finding.
+
+Journeys are built with the model's dataclasses the way the watch machinery records them; snapshots
+are built from the system module's dataclasses (and one case goes through JSON both ways).
+"""
+import json
+
+import pytest
+
+from dnattrace import causes
+from dnattrace.model import (CONSUME, DROP, NF, ROUTE, RX, XMIT, Connection, CtInfo, Journey, RouteInfo, Step,
+                             Tuple5, connection_from_dict, to_dict)
+from dnattrace.system.firewall import CounterMove, parse_iptables_save
+from dnattrace.system.links import Link, RouteResult
+from dnattrace.system.snapshot import Delta, NsDelta, NsEvidence, Snapshot, Target
+from dnattrace.system.sockets import Listener
+
+HOST, CONT = 4026531001, 4026532002
+CLIENT, PUBLIC, INNER = "198.51.100.2", "198.51.100.1", "172.17.0.2"
+T_IN = Tuple5(6, CLIENT, 41822, PUBLIC, 8080)
+T_NAT = Tuple5(6, CLIENT, 41822, INNER, 80)
+CT = CtInfo("NEW", orig=T_IN, reply=Tuple5(6, INNER, 80, CLIENT, 41822))
+FWD_ON = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.forwarding": "1", "net.ipv4.conf.veth-ext.forwarding": "1",
+          "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.veth-ext.rp_filter": "0"}
+RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER-USER - [0:0]
+[0:0] -A FORWARD -j DOCKER-USER
+[0:0] -A DOCKER-USER -j RETURN
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+[1:60] -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+[1:60] -A DOCKER ! -i br0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80
+COMMIT
+"""
+
+
+def s(point, ts=0, netns=HOST, **kw):
+    return Step(ts_ns=ts, point=point, netns=netns, **kw)
+
+
+def prerouting(t_in=T_IN, t_nat=T_NAT, ct=CT, ifname="veth-ext", netns=HOST):
+    return [s(RX, ifname=ifname, tuple=t_in, tcp_flags="S", netns=netns),
+            s(NF, hook="PREROUTING", stage="first", ifname=ifname, tuple=t_in, netns=netns),
+            s(NF, hook="PREROUTING", stage="dnat", ifname=ifname, tuple=t_nat, ct=ct, netns=netns)]
+
+
+def forwarded(t_nat=T_NAT, oif="br0"):
+    return [s(ROUTE, route=RouteInfo(254, oif=oif, dst=t_nat.dst, local=False), tuple=t_nat),
+            s(NF, hook="FORWARD", stage="first", ifname="veth-ext", out_ifname=oif, tuple=t_nat)]
+
+
+def drop(location, reason, t=T_NAT, netns=HOST):
+    return s(DROP, location=location, reason=reason, tuple=t, netns=netns)
+
+
+def conn(*request_steps, replies=(), attempts=1, key=T_IN):
+    return Connection(key=key, requests=[Journey(skb=0x1000 + i, steps=list(request_steps)) for i in range(attempts)],
+                      replies=[Journey(skb=0x2000 + i, steps=list(r), direction="reply") for i, r in enumerate(replies)])
+
+
+def host(sysctls=None, rules=RULES, **kw):
+    links = kw.pop("links", [Link("veth-ext", 2, "UP", True, "veth", "", ["198.51.100.1/24"]),
+                             Link("br0", 3, "UP", True, "bridge", "", ["172.17.0.1/16"])])
+    return NsEvidence(name="host", inode=HOST, sysctls=dict(FWD_ON if sysctls is None else sysctls), links=links,
+                      rules=parse_iptables_save(rules) if rules else None, **kw)
+
+
+def container(**kw):
+    kw.setdefault("links", [Link("eth0", 2, "UP", True, "veth", "", ["172.17.0.2/16"])])
+    return NsEvidence(name="web", netns="/proc/4242/ns/net", inode=CONT, sysctls=dict(FWD_ON), **kw)
+
+
+def snap(h=None, c=None, target=None):
+    return Snapshot(target or Target("tcp", 8080, INNER, 80, "web"), h or host(), c)
+
+
+def delta(*moves, ns=HOST, **kw):
+    return Delta([NsDelta("host" if ns == HOST else "web", ns, None, list(moves), **kw)])
+
+
+def top(findings):
+    assert findings, "expected a finding"
+    return findings[0]
+
+
+def forwarding_off_conn(attempts=3):
+    return conn(*prerouting(), *forwarded()[:1], drop("ip_error+0x68", "IP_INADDRERRORS"), attempts=attempts)
+
+
+def test_forwarding_off_globally():
+    off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0",
+                          "net.ipv4.conf.veth-ext.forwarding": "0"})
+    f = top(causes.explain([forwarding_off_conn()], snap(host(off))))
+    assert f.cause_id == "forwarding-off"
+    assert f.fix == ["sysctl -w net.ipv4.ip_forward=1"]
+    assert "/etc/sysctl.d/" in f.fix_note
+    assert "net.ipv4.conf.veth-ext.forwarding = 0" in "; ".join(f.evidence)
+    assert f.confidence >= 0.9
+    assert any("ip_error+0x68" in e for e in f.evidence)
+
+
+def test_forwarding_off_on_the_ingress_interface_only_names_that_interface():
+    # other addresses and names than the lab's: the catalogue must not depend on them
+    t_in, t_nat = Tuple5(6, "10.9.8.7", 5555, "10.0.0.1", 443), Tuple5(6, "10.9.8.7", 5555, "10.244.1.5", 8443)
+    ct = CtInfo("NEW", orig=t_in, reply=Tuple5(6, "10.244.1.5", 8443, "10.9.8.7", 5555))
+    c = conn(*prerouting(t_in, t_nat, ct, "ens5"), *forwarded(t_nat, "cni0")[:1],
+             drop("ip_error+0x68", "IP_INADDRERRORS", t_nat), key=t_in)
+    sysctls = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.forwarding": "1", "net.ipv4.conf.ens5.forwarding": "0"}
+    h = host(sysctls, links=[Link("ens5", 2, "UP", True, "", "", ["10.0.0.1/24"])])
+    f = top(causes.explain([c], snap(h, target=Target("tcp", 443))))
+    assert f.cause_id == "forwarding-off"
+    assert f.fix == ["sysctl -w net.ipv4.conf.ens5.forwarding=1"]
+    assert "10.244.1.5:8443" in f.explanation
+
+
+def test_forwarding_off_but_delivered_locally_is_not_forwarding_off():
+    off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0",
+                          "net.ipv4.conf.veth-ext.forwarding": "0"})
+    local = Tuple5(6, CLIENT, 41822, PUBLIC, 8080)
+    steps = [s(RX, ifname="veth-ext", tuple=local), s(NF, hook="PREROUTING", stage="first", tuple=local),
+             s(ROUTE, route=RouteInfo(255, oif="lo", dst=PUBLIC, local=True)), s(NF, hook="INPUT", stage="last"),
+             s(CONSUME, location="tcp_v4_rcv+0x1")]
+    target = Target("tcp", 8080)
+    answered = conn(*steps, replies=[[s(XMIT, ifname="veth-ext", tcp_flags="SA")]])
+    assert causes.explain([answered], snap(host(off), target=target)) == []
+    silent = conn(*steps)      # delivered, no reply, and nothing else known: still not forwarding
+    assert "forwarding-off" not in [f.cause_id for f in causes.explain([silent], snap(host(off), target=target))]
+
+
+def test_healthy_connection_gives_no_finding():
+    steps = prerouting() + forwarded() + [s(XMIT, ifname="br0", tuple=T_NAT),
+                                          s(RX, ifname="eth0", netns=CONT, tuple=T_NAT),
+                                          s(CONSUME, netns=CONT, location="tcp_v4_rcv+0x3b")]
+    c = conn(*steps, replies=[[s(RX, netns=CONT, tcp_flags="SA"), s(XMIT, ifname="veth-ext", tcp_flags="SA")]])
+    found = causes.explain([c], snap())
+    assert found == [] and causes.top_cause(found) == "none"
+
+
+def test_forward_policy_drop_names_the_policy():
+    rules = RULES.replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]")
+    c = conn(*prerouting(), *forwarded(), drop("nft_do_chain+0x4f2", "NETFILTER_DROP"), attempts=2)
+    d = delta(CounterMove("filter", "FORWARD", "policy DROP", 2, 120, "DROP", policy=True))
+    f = top(causes.explain([c], snap(host(rules=rules)), d))
+    assert f.cause_id == "filter-forward-drop"
+    assert f.rule == {"table": "filter", "chain": "FORWARD", "rule": "policy DROP", "packets": 2}
+    assert f.fix == ["iptables -I FORWARD -d 172.17.0.2 -p tcp --dport 80 -j ACCEPT"]
+
+
+def test_docker_user_rule_is_named_and_removed():
+    rule = "-A DOCKER-USER -s 198.51.100.0/24 -j DROP"
+    rules = RULES.replace("[0:0] -A DOCKER-USER -j RETURN", "[0:0] %s\n[0:0] -A DOCKER-USER -j RETURN" % rule)
+    c = conn(*prerouting(), *forwarded(), drop("nft_do_chain+0x4f2", "NETFILTER_DROP"))
+    before = parse_iptables_save(rules)
+    after = parse_iptables_save(rules.replace("[0:0] %s" % rule, "[3:180] %s" % rule))
+    from dnattrace.system.firewall import counter_delta
+    d = delta(*counter_delta(before, after))
+    f = top(causes.explain([c], snap(host(rules=rules)), d))
+    assert f.cause_id == "filter-forward-drop"
+    assert f.rule["chain"] == "DOCKER-USER" and f.rule["packets"] == 3
+    assert f.fix == ["iptables -t filter -D DOCKER-USER -s 198.51.100.0/24 -j DROP"]
+
+
+def test_packet_that_entered_forward_and_never_left_it_is_a_forward_drop():
+    c = conn(*prerouting(), *forwarded())       # no drop event (e.g. lost), last seen at FORWARD/first
+    rules = RULES.replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]")
+    f = top(causes.explain([c], snap(host(rules=rules))))
+    assert f.cause_id == "filter-forward-drop"
+
+
+def test_input_rule_drop_on_a_host_published_port():
+    local = Tuple5(6, CLIENT, 41822, PUBLIC, 2222)
+    rule = "-A INPUT -p tcp -m tcp --dport 2222 -j DROP"
+    rules = RULES.replace(":OUTPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]\n[0:0] " + rule)
+    steps = [s(RX, ifname="veth-ext", tuple=local), s(NF, hook="PREROUTING", stage="first", tuple=local),
+             s(ROUTE, route=RouteInfo(255, oif="lo", dst=PUBLIC, local=True), tuple=local),
+             s(NF, hook="INPUT", stage="first", tuple=local),
+             drop("nft_do_chain+0x4f2", "NETFILTER_DROP", local)]
+    d = delta(CounterMove("filter", "INPUT", rule, 2, 120, "DROP"))
+    found = causes.explain([conn(*steps, key=local)], snap(host(rules=rules), target=Target("tcp", 2222)), d)
+    f = top(found)
+    assert f.cause_id == "filter-input-drop"
+    assert f.rule["rule"] == rule
+    assert f.fix == ["iptables -t filter -D INPUT -p tcp -m tcp --dport 2222 -j DROP"]
+    assert "filter-forward-drop" not in [x.cause_id for x in found]
+
+
+def test_no_socket_in_the_container_is_no_listener():
+    steps = prerouting() + forwarded() + [s(XMIT, ifname="br0", tuple=T_NAT),
+                                          s(RX, ifname="eth0", netns=CONT, tuple=T_NAT),
+                                          s(NF, hook="INPUT", stage="last", netns=CONT, tuple=T_NAT),
+                                          drop("tcp_v4_rcv+0x7a", "NO_SOCKET", netns=CONT)]
+    c = conn(*steps, replies=[[s(RX, netns=CONT, tcp_flags="R"), s(XMIT, ifname="veth-ext", tcp_flags="R")]])
+    cont = container(listeners=[Listener("tcp", "0.0.0.0", 8081, 1)])
+    f = top(causes.explain([c], snap(c=cont)))
+    assert f.cause_id == "no-listener"
+    assert f.netns == "web" and f.fix is None
+    assert any("nothing listens on tcp port 80 in web" in e for e in f.evidence)
+
+
+def test_rst_reply_with_a_loopback_only_listener_says_so():
+    steps = prerouting() + forwarded() + [s(RX, ifname="eth0", netns=CONT, tuple=T_NAT)]
+    c = conn(*steps, replies=[[s(RX, netns=CONT, tcp_flags="R", tuple=T_NAT.reversed())]])
+    cont = container(listeners=[Listener("tcp", "127.0.0.1", 80, 1)])
+    f = top(causes.explain([c], snap(c=cont)))
+    assert f.cause_id == "no-listener"
+    assert "127.0.0.1" in f.explanation
+
+
+def test_no_route_with_forwarding_on():
+    c = conn(*prerouting(), s(ROUTE, route=RouteInfo(254, err=-101, dst=INNER)),
+             drop("ip_error+0x68", "IP_INNOROUTES"))
+    f = top(causes.explain([c], snap()))
+    assert f.cause_id == "no-route"
+    assert "forwarding-off" not in [x.cause_id for x in causes.explain([c], snap())]
+
+
+def test_neighbour_that_never_answers_arp():
+    c = conn(*prerouting(), *forwarded(), drop("neigh_invalidate+0x9c", "NEIGH_FAILED"))
+    h = host(neighbours=[{"addr": INNER, "dev": "br0", "state": "FAILED", "lladdr": ""}])
+    f = top(causes.explain([c], snap(h)))
+    assert f.cause_id == "neigh-failed"
+    assert "neighbour 172.17.0.2 on br0: FAILED" in f.evidence
+
+
+def test_conntrack_table_full():
+    c = conn(s(RX, ifname="veth-ext", tuple=T_IN), s(NF, hook="PREROUTING", stage="first", tuple=T_IN),
+             drop("nf_hook_slow+0xb2", "NETFILTER_DROP", T_IN))
+    h = host(conntrack={"count": 1024, "max": 1024, "drop": 7})
+    d = delta(conntrack={"drop": 3})
+    f = top(causes.explain([c], snap(h), d))
+    assert f.cause_id == "conntrack-full"
+    assert f.fix == ["sysctl -w net.netfilter.nf_conntrack_max=131072"]
+
+
+def test_reverse_path_filter():
+    c = conn(s(RX, ifname="veth-ext", tuple=T_IN), drop("ip_rcv_finish_core+0x1a1", "IP_RPFILTER", T_IN))
+    h = host(dict(FWD_ON, **{"net.ipv4.conf.all.rp_filter": "1"}))
+    f = top(causes.explain([c], snap(h)))
+    assert f.cause_id == "rp-filter"
+    assert f.fix == ["sysctl -w net.ipv4.conf.veth-ext.rp_filter=2"]
+    assert f.confidence == 1.0
+
+
+def test_loopback_source_is_martian():
+    t = Tuple5(6, "127.0.0.5", 1000, PUBLIC, 8080)
+    c = conn(s(RX, ifname="veth-ext", tuple=t), drop("ip_rcv_finish_core+0x2f0", "IP_LOCALNET", t), key=t)
+    h = host(dict(FWD_ON, **{"net.ipv4.conf.veth-ext.route_localnet": "0"}))
+    f = top(causes.explain([c], snap(h)))
+    assert f.cause_id == "martian-source"
+    assert f.fix == ["sysctl -w net.ipv4.conf.veth-ext.route_localnet=1"]
+
+
+def test_bridged_traffic_dropped_by_br_netfilter_ranks_above_a_plain_forward_drop():
+    t = Tuple5(6, "172.17.0.3", 40000, INNER, 80)
+    steps = [s(RX, ifname="veth-a", tuple=t),
+             s(NF, hook="PREROUTING", stage="first", ifname="br0", tuple=t),
+             s(NF, hook="FORWARD", stage="first", ifname="br0", out_ifname="br0", tuple=t),
+             drop("nft_do_chain+0x4f2", "NETFILTER_DROP", t)]
+    rules = RULES.replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]")
+    h = host(dict(FWD_ON, **{"net.bridge.bridge-nf-call-iptables": "1"}), rules=rules)
+    d = delta(CounterMove("filter", "FORWARD", "policy DROP", 1, 60, "DROP", policy=True))
+    found = causes.explain([conn(*steps, key=t)], snap(h), d)
+    assert [f.cause_id for f in found][:2] == ["br-netfilter", "filter-forward-drop"]
+    assert found[0].fix == ["sysctl -w net.bridge.bridge-nf-call-iptables=0"]
+    # the same drop on a routed path (a route decision, in != out) is not br-netfilter
+    routed = prerouting() + forwarded() + [drop("nft_do_chain+0x4f2", "NETFILTER_DROP")]
+    assert top(causes.explain([conn(*routed)], snap(h), d)).cause_id == "filter-forward-drop"
+
+
+def test_reply_that_cannot_be_routed():
+    steps = prerouting() + forwarded() + [s(XMIT, ifname="br0", tuple=T_NAT),
+                                          s(RX, ifname="eth0", netns=CONT, tuple=T_NAT),
+                                          s(CONSUME, netns=CONT, location="tcp_v4_rcv+0x3b")]
+    cont = container(lookups=[RouteResult(CLIENT, err=101, error="ENETUNREACH")], routes=["172.17.0.0/16 dev eth0"],
+                     listeners=[Listener("tcp", "0.0.0.0", 80, 1)])
+    d = Delta([NsDelta("host", HOST, None), NsDelta("web", CONT, "/proc/4242/ns/net", snmp={"IpOutNoRoutes": 2})])
+    f = top(causes.explain([conn(*steps, attempts=2)], snap(c=cont), d))
+    assert f.cause_id == "reply-no-route"
+    assert f.fix == ["nsenter --net=/proc/4242/ns/net ip route add default via 172.17.0.1"]
+    # delivered and silent with no sign of a routing failure: not this cause
+    assert "reply-no-route" not in [x.cause_id for x in causes.explain([conn(*steps)], snap(c=container()))]
+
+
+def test_evidence_alone_when_no_packet_was_seen():
+    off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0"})
+    found = causes.explain([], snap(host(off)))
+    assert found[0].cause_id == "forwarding-off" and found[0].confidence <= causes.EVIDENCE_ONLY_CAP
+    assert causes.explain([], snap()) == []
+
+
+def test_recorded_json_round_trip_gives_the_same_finding():
+    c = forwarding_off_conn()
+    off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0",
+                          "net.ipv4.conf.veth-ext.forwarding": "0"})
+    sn = snap(host(off), c=container(listeners=[Listener("tcp", "0.0.0.0", 80, 1)]))
+    c2 = connection_from_dict(json.loads(json.dumps(to_dict(c))))
+    sn2 = Snapshot.from_dict(json.loads(json.dumps(sn.to_dict())))
+    a, b = causes.explain([c], sn), causes.explain([c2], sn2)
+    assert [f.to_dict() for f in a] == [f.to_dict() for f in b]
+    assert a[0].cause_id == "forwarding-off"
+
+
+def test_several_connections_are_merged_per_cause():
+    off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0",
+                          "net.ipv4.conf.veth-ext.forwarding": "0"})
+    found = causes.explain([forwarding_off_conn(), forwarding_off_conn()], snap(host(off)))
+    assert found[0].cause_id == "forwarding-off" and found[0].connections == 2
+
+
+@pytest.mark.parametrize("cause_id", [c.id for c in causes.CATALOGUE])
+def test_every_cause_has_a_title_and_a_function(cause_id):
+    cause = next(c for c in causes.CATALOGUE if c.id == cause_id)
+    assert cause.title and callable(cause.match)
