@@ -1,0 +1,57 @@
+"""dnattrace.kallsyms on a recorded sample of /proc/kallsyms (6.18, root) and on the running kernel."""
+import pytest
+
+from dnattrace import kallsyms
+from dnattrace.errors import CannotObserve
+
+SAMPLE = """\
+ffffffff81000000 T srso_alias_untrain_ret
+ffffffff81000000 T _stext
+ffffffff81fbdf90 T nft_do_chain
+ffffffff82000000 D some_data
+ffffffff8204c370 t ip_error
+ffffffff82054970 t ip_rcv_finish_core
+ffffffff82094270 T tcp_v4_rcv
+ffffffff820a7a70 T __udp4_lib_rcv
+ffffffffc000188c t bpf_prog_551e255c984fbf12_nf_first\t[bpf]
+ffffffffc0002000 t veth_xmit\t[veth]
+"""
+
+UNPRIVILEGED = """\
+0000000000000000 T _stext
+0000000000000000 t ip_error
+"""
+
+
+def test_resolves_function_and_offset():
+    s = kallsyms.parse(SAMPLE)
+    assert s.format(0xFFFFFFFF8204C370 + 0x68) == "ip_error+0x68"
+    assert s.function(0xFFFFFFFF8204C370 + 0x68) == "ip_error"
+    assert s.format(0xFFFFFFFF820A7A70) == "__udp4_lib_rcv+0x0"
+    assert s.resolve(0xFFFFFFFF81000010) == ("srso_alias_untrain_ret", 0x10, None)   # first alias wins
+
+
+def test_data_symbols_are_not_functions():
+    s = kallsyms.parse(SAMPLE)
+    # some_data (D) is skipped: an address after it belongs to nft_do_chain
+    assert s.function(0xFFFFFFFF82000010) == "nft_do_chain"
+    assert len(s) == 8
+
+
+def test_modules_and_unknown_addresses():
+    s = kallsyms.parse(SAMPLE)
+    assert s.format(0xFFFFFFFFC0002010) == "veth_xmit+0x10 [veth]"
+    assert s.format(0x1000) == "0x1000"
+    assert s.format(0xFFFFFFFFC0002000 + (2 << 20)) == "%#x" % (0xFFFFFFFFC0002000 + (2 << 20))
+
+
+def test_zero_addresses_mean_not_root():
+    with pytest.raises(CannotObserve, match="root"):
+        kallsyms.parse(UNPRIVILEGED)
+
+
+def test_running_kernel(root):
+    s = kallsyms.load()
+    assert s is kallsyms.load()                   # read once
+    hit = s.resolve(s._addrs[len(s) // 2] + 1)
+    assert hit and hit[1] == 1

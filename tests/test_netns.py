@@ -1,0 +1,28 @@
+"""Namespace names: host, `ip netns` names, unknown inodes; --netns resolution."""
+import pytest
+
+from dnattrace import netns as names
+from dnattrace.errors import UsageError
+from dnattrace.lab import net
+
+
+def test_host_and_ip_netns_names(netns):
+    made = netns("n")
+    namer = names.Namer(use_docker=False)
+    assert namer.name(names.root()[0]) == "host"
+    assert namer.name(net.netns_inode(made)) == made
+    assert namer.name(12345) == "netns:12345" and namer.name(0) == "?"
+    assert names.resolve(made) == (net.netns_inode(made), net.netns_path(made))
+    assert names.resolve("host")[0] == names.root()[0]
+    assert names.resolve("netns:12345") == (12345, None)
+
+
+def test_a_namespace_made_later_is_named_on_first_sight(netns):
+    namer = names.Namer(use_docker=False)
+    made = netns("m")
+    assert namer.name(net.netns_inode(made)) == made
+
+
+def test_unknown_name_is_a_usage_error(root):
+    with pytest.raises(UsageError, match="unknown network namespace"):
+        names.resolve("no-such-namespace-dt")
