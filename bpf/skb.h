@@ -23,6 +23,9 @@ struct l34 {
 	__u8 ihl_ok;
 	__u8 pad;
 	__u32 tot_len;
+	__u16 ipid;          /* IP id: with seq/ack it tells a packet from a later one reusing the skb */
+	__u16 udp_len;
+	__u32 seq, ack;      /* TCP sequence and acknowledgement numbers (network order) */
 };
 
 /* The namespace an skb is in: its device's, else its socket's; 0 when neither is known. */
@@ -55,6 +58,7 @@ static __always_inline int l34_at(unsigned char *l3, struct l34 *out)
 	out->daddr = ip.daddr;
 	out->proto = ip.protocol;
 	out->tot_len = bpf_ntohs(ip.tot_len);
+	out->ipid = ip.id;
 	/* only the first fragment carries ports */
 	if (ip.frag_off & bpf_htons(0x1fff))
 		return 0;
@@ -65,12 +69,15 @@ static __always_inline int l34_at(unsigned char *l3, struct l34 *out)
 			out->sport = th.source;
 			out->dport = th.dest;
 			out->tcp_flags = ((__u8 *)&th)[13];
+			out->seq = th.seq;
+			out->ack = th.ack_seq;
 		}
 	} else if (ip.protocol == IPPROTO_UDP_) {
 		struct udphdr uh;
 		if (bpf_probe_read_kernel(&uh, sizeof(uh), l4) == 0) {
 			out->sport = uh.source;
 			out->dport = uh.dest;
+			out->udp_len = uh.len;
 		}
 	}
 	return 0;

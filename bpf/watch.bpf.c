@@ -32,13 +32,33 @@ struct {
 	__type(value, struct dt_config);
 } watch_config SEC(".maps");
 
-/* skb address -> time it was first seen; removed when the skb is freed or consumed */
+/* skb address -> identity of the packet followed in it; removed when the skb is freed or consumed.
+ * Some paths free an skb without a tracepoint (TCP frees most received segments with __kfree_skb), and
+ * the memory is soon reused for another packet: the identity (IP id, TCP seq/ack, which NAT does not
+ * change) tells the followed packet from a stranger in a recycled skb. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, __u64);
 } tracked SEC(".maps");
+
+static __always_inline __u64 ident(struct l34 *p)
+{
+	return ((__u64)p->seq << 32 | p->ack) ^ ((__u64)p->ipid << 16 | p->udp_len) ^ 1;
+}
+
+/* Is the skb followed, and still carrying the packet it was followed for? Forgets a recycled skb. */
+static __always_inline int is_tracked(__u64 skb, struct l34 *p)
+{
+	__u64 *id = bpf_map_lookup_elem(&tracked, &skb);
+	if (!id)
+		return 0;
+	if (*id == ident(p))
+		return 1;
+	bpf_map_delete_elem(&tracked, &skb);
+	return 0;
+}
 
 /* The followed packet this CPU is routing: set when PREROUTING ends, so the fib lookup that follows on
  * the same CPU (softirq, no preemption) can be tied to it. */
@@ -97,10 +117,11 @@ static __always_inline int filter_hit(__u8 proto, __u16 port, __u32 addr)
 	return bpf_map_lookup_elem(&filter, &k) != NULL;
 }
 
-/* Is this packet followed? Starts following it when it matches the filter. */
+/* Is this packet followed? Starts following it when it matches the filter: returns 0 (not followed),
+ * 1 (followed already) or 2 (a new journey starts here). */
 static __always_inline int follow(__u64 skb, struct l34 *p)
 {
-	if (bpf_map_lookup_elem(&tracked, &skb))
+	if (is_tracked(skb, p))
 		return 1;
 	if (p->proto != IPPROTO_TCP_ && p->proto != IPPROTO_UDP_)
 		return 0;
@@ -112,9 +133,9 @@ static __always_inline int follow(__u64 skb, struct l34 *p)
 		if (!(cfg && cfg->all_packets) && !(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST)))
 			return 0;
 	}
-	__u64 now = bpf_ktime_get_ns();
-	bpf_map_update_elem(&tracked, &skb, &now, BPF_ANY);
-	return 1;
+	__u64 id = ident(p);
+	bpf_map_update_elem(&tracked, &skb, &id, BPF_ANY);
+	return 2;
 }
 
 static __always_inline void fill_ct(struct dt_event *e, struct sk_buff *skb)
@@ -179,9 +200,10 @@ static __always_inline int on_rx(struct sk_buff *skb)
 	struct l34 p;
 	if (skb_l34_data(skb, &p))
 		return 0;
-	if (!follow((__u64)skb, &p))
+	int f = follow((__u64)skb, &p);
+	if (!f)
 		return 0;
-	struct dt_event *e = emit(DT_RX, (__u64)skb, &p, BPF_CORE_READ(skb, data));
+	struct dt_event *e = emit(DT_RX | (f == 2 ? DT_NEW : 0), (__u64)skb, &p, BPF_CORE_READ(skb, data));
 	if (!e)
 		return 0;
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
@@ -219,7 +241,7 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 	__u8 hook = BPF_CORE_READ(state, hook);
 	__u32 zero = 0;
 	struct l34 p;
-	int followed = skb_l34(skb, &p) == 0 && follow((__u64)skb, &p);
+	int followed = skb_l34(skb, &p) == 0 ? follow((__u64)skb, &p) : 0;
 
 	if (hook == HOOK_PRE && stage == DT_STAGE_LAST) {
 		struct routing r = {};
@@ -236,7 +258,7 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 	if (!followed)
 		return NF_ACCEPT;
 
-	struct dt_event *e = emit(DT_NF, (__u64)skb, &p,
+	struct dt_event *e = emit(DT_NF | (followed == 2 ? DT_NEW : 0), (__u64)skb, &p,
 				  BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header));
 	if (!e)
 		return NF_ACCEPT;
@@ -325,13 +347,16 @@ static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 re
 	__u64 key = (__u64)skb;
 	if (!bpf_map_lookup_elem(&tracked, &key))
 		return 0;
+	struct l34 p;
+	skb_l34(skb, &p);
+	int mine = is_tracked(key, &p);
 	bpf_map_delete_elem(&tracked, &key);
+	if (!mine)
+		return 0;
 	__u32 zero = 0;
 	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
 	if (r && r->skb == key)
 		r->skb = 0;
-	struct l34 p;
-	skb_l34(skb, &p);
 	struct dt_event *e = emit(point, key, &p, NULL);
 	if (!e)
 		return 0;
@@ -379,6 +404,8 @@ int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
 		return 0;
 	struct l34 p;
 	skb_l34(skb, &p);
+	if (!is_tracked(key, &p))
+		return 0;
 	struct dt_event *e = emit(DT_XMIT, key, &p, NULL);
 	if (!e)
 		return 0;
@@ -420,6 +447,8 @@ static __always_inline void route_result(struct sk_buff *skb, long ret)
 		return;
 	struct l34 p;
 	skb_l34(skb, &p);
+	if (!is_tracked(key, &p))
+		return;
 	struct dt_event *e = emit(DT_RTRESULT, key, &p, NULL);
 	if (!e)
 		return;

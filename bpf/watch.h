@@ -13,6 +13,8 @@
 #define DT_VERDICT   7   /* fexit/kretprobe nf_hook_slow: .hook, .reason = return value */
 #define DT_RTRESULT  8   /* fexit/kretprobe ip_route_input_noref: .reason = return, .location = dst->input */
 
+#define DT_NEW       0x80  /* or-ed into .point: a new journey starts at this event */
+
 /* dt_event.stage for DT_NF */
 #define DT_STAGE_FIRST     0
 #define DT_STAGE_CONNTRACK 1

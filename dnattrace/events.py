@@ -24,6 +24,7 @@ POINT_NAMES = {DT_RX: model.RX, DT_NF: model.NF, DT_ROUTE: model.ROUTE, DT_XMIT:
                DT_DROP: model.DROP, DT_CONSUME: model.CONSUME, DT_VERDICT: "verdict", DT_RTRESULT: "rtresult"}
 STAGE_NAMES = ("first", "conntrack", "dnat", "filter", "snat", "last")
 NO_CT = 0xFF
+DT_NEW = 0x80
 # enum ip_conntrack_info
 CT_STATES = {0: "ESTABLISHED", 1: "RELATED", 2: "NEW", 3: "REPLY", 4: "RELATED_REPLY"}
 TCP_FLAG_LETTERS = ((0x02, "S"), (0x10, "A"), (0x01, "F"), (0x04, "R"), (0x08, "P"))
@@ -65,6 +66,8 @@ class RawEvent:
     out_ifname: bytes
     pkt: bytes
 
+    new_journey: bool = False   # a new journey starts here (the skb was not followed, or held another packet)
+
     @property
     def packet(self) -> bytes:
         """The IPv4 packet bytes captured at this point (up to 128)."""
@@ -75,7 +78,10 @@ def decode(record: bytes) -> RawEvent:
     if len(record) != RECORD_SIZE:
         raise ValueError("watch record is %d bytes, expected %d: bpf/watch.h and events.py disagree"
                          % (len(record), RECORD_SIZE))
-    return RawEvent(*struct.unpack(_FMT, record))
+    ev = RawEvent(*struct.unpack(_FMT, record))
+    ev.new_journey = bool(ev.point & DT_NEW)
+    ev.point &= ~DT_NEW
+    return ev
 
 
 def ip(addr_be: int) -> str:

@@ -181,12 +181,18 @@ class Connection:
     replies: list[Journey] = field(default_factory=list)
 
     @property
+    def openers(self) -> list[Journey]:
+        """The transmissions of the attempt: the SYNs for TCP (first and retransmitted), every packet for UDP."""
+        syns = [j for j in self.requests if "S" in j.first.tcp_flags]
+        return syns if syns or self.key is None or self.key.proto != 6 else self.requests
+
+    @property
     def attempts(self) -> int:
-        return len(self.requests)
+        return len(self.openers)
 
     @property
     def dropped(self) -> int:
-        return sum(1 for j in self.requests if j.outcome == "dropped")
+        return sum(1 for j in self.openers if j.outcome == "dropped")
 
     @property
     def answered(self) -> bool:
@@ -200,9 +206,9 @@ class Connection:
             return "refused"
         if self.replies:
             return "answered"
-        if self.requests and all(j.outcome == "dropped" for j in self.requests):
+        if self.openers and all(j.outcome == "dropped" for j in self.openers):
             return "dropped"
-        if any(j.outcome == "unfinished" for j in self.requests):
+        if any(j.outcome == "unfinished" for j in self.openers):
             return "unfinished"
         return "no-reply"
 

@@ -146,6 +146,10 @@ class WatchTracer:
             vals.append(sum(struct.unpack("<Q", v)[0] for v in per_cpu))
         return tuple(vals)
 
+    @property
+    def started(self):
+        return self._obj is not None
+
     def close(self):
         if self._obj is not None:
             self._obj.close()

@@ -1,0 +1,89 @@
+"""`dnattrace watch`: follow each connection attempt (and its reply) hook by hook, live."""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from dnattrace import host, timeline
+from dnattrace.errors import UsageError
+
+
+def watch_options(f):
+    """Options shared by watch and diagnose: what to follow."""
+    f = click.option("--netns", "netns", metavar="NAME",
+                     help="The host's namespace if not this one (an `ip netns` name or a path).")(f)
+    f = click.option("--proto", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)(f)
+    f = click.option("--container", metavar="NAME|ID", help="Take the port, address and namespace from Docker.")(f)
+    f = click.option("--port", type=int, help="The published port (what clients connect to).")(f)
+    return f
+
+
+@click.command()
+@watch_options
+@click.option("--src", metavar="CIDR", help="Only connections from these clients.")
+@click.option("--dst", metavar="IP", help="Only connections to this published address.")
+@click.option("--all", "all_packets", is_flag=True, help="Every packet of the flows, not only SYN/SYN-ACK/RST.")
+@click.option("--duration", type=float, help="Stop after S seconds.")
+@click.option("--count", type=int, help="Stop after N connection attempts.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per finished journey, then a summary.")
+@click.option("--pcap", type=click.Path(dir_okay=False, writable=True), help="Write each point's packet to a pcapng file.")
+@click.pass_context
+def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, count, as_json, pcap):
+    """Follow each SYN (and its reply) through the kernel, hook by hook."""
+    from dnattrace import model, target as targets
+    from dnattrace.follow import Follower
+
+    if port is not None:
+        targets.check_port(port)
+    if src:
+        try:
+            model.ip_in("0.0.0.0", src)
+        except ValueError:
+            raise UsageError("--src %s is not an address range (CIDR)" % src) from None
+    if count is not None and count < 1:
+        raise UsageError("--count must be at least 1")
+    host.require_root()
+    t = targets.resolve(port=port, container=container, proto=proto, netns=netns, dst=dst)
+    writer = None
+    if pcap:
+        from dnattrace.pcapng import PcapngWriter
+        writer = PcapngWriter(pcap)
+    out = click.echo
+    if not as_json:
+        out("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
+    t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    shown: list = []
+
+    def wanted(c):
+        return not src or model.ip_in(c.key.src, src)
+
+    def on_journey(j, c):
+        if not wanted(c):
+            return
+        if c not in shown:
+            shown.append(c)
+        if as_json:
+            out(json.dumps(timeline.journey_json(j, c)))
+        else:
+            out(timeline.render_journey(j, c, t0))
+
+    def enough():
+        return count is not None and sum(1 for c in shown if c.requests) >= count
+
+    f = Follower(t, all_packets=all_packets, pcap=writer)
+    try:
+        with f:
+            f.run(on_journey, duration=duration, stop=enough)
+    except KeyboardInterrupt:
+        pass    # Ctrl-C ends the watch: the summary below is what the user wants
+    finally:
+        if writer:
+            writer.close()
+    lost = f.lost_events
+    conns = [c for c in f.builder.connections if wanted(c)]
+    if as_json:
+        out(json.dumps(timeline.summary_json(conns, lost)))
+    else:
+        out("\n" + timeline.summary_table(conns, lost))

@@ -1,0 +1,73 @@
+"""Following packets live: the tracer's raw events become steps (symbolized, named), steps become
+journeys and connections. Used by `watch` and by `diagnose`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+from dnattrace import btf, events, journey, kallsyms, model, netns
+from dnattrace.tracer import WatchTracer
+
+
+class Follower:
+    """Run the watch tracer for a Target and call on_journey(journey, connection) as packets finish."""
+
+    def __init__(self, target, all_packets=False, idle_s=1.0, caps=None, pcap=None):
+        self.target = target
+        self.tracer = WatchTracer(target.filters(), target.netns_paths(), all_packets=all_packets, caps=caps)
+        self.builder = journey.JourneyBuilder(journey.request_matcher(target.services()), idle_s=idle_s)
+        self.symbols = kallsyms.load()
+        self.reasons = btf.drop_reasons()
+        self.namer = netns.Namer()
+        self.pcap = pcap
+        self.events_seen = 0
+        self.lost_events = 0
+
+    def start(self):
+        self.tracer.start()
+        return self
+
+    def close(self):
+        """Detach everything; the lost-event count is read first so it can still be reported."""
+        try:
+            self.lost_events = self.lost()
+        except Exception:
+            pass
+        self.tracer.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _step(self, ev) -> model.Step:
+        return events.to_step(ev, self.symbols.format, lambda r: self.reasons.get(r, str(r)), self.namer.name)
+
+    def poll(self, timeout_ms=100) -> list:
+        """Process what the kernel sent; returns finished (journey, connection) pairs."""
+        done = []
+        for ev in self.tracer.poll(timeout_ms):
+            self.events_seen += 1
+            step = self._step(ev)
+            if self.pcap is not None and ev.caplen:
+                self.pcap.write(step, ev.packet)
+            done += self.builder.add(step, ev.skb, ev.new_journey)
+        done += self.builder.expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+        return done
+
+    def lost(self) -> int:
+        return self.tracer.stats()[1] if self.tracer.started else self.lost_events
+
+    def run(self, on_journey: Callable, duration: Optional[float] = None,
+            stop: Optional[Callable[[], bool]] = None):
+        """Poll until duration elapses or stop() says so; then finish what is still open."""
+        end = time.monotonic() + duration if duration else None
+        try:
+            while (end is None or time.monotonic() < end) and not (stop and stop()):
+                for j, c in self.poll(100):
+                    on_journey(j, c)
+        finally:
+            for j, c in self.poll(0) + self.builder.flush():
+                on_journey(j, c)

@@ -1,0 +1,132 @@
+"""Group steps into journeys (one per skb) and journeys into connections (one per client tuple).
+
+A journey is one packet: it starts at the first step seen for an skb address and ends when the skb is
+dropped or consumed, or when nothing has been seen of it for `idle_s` (a packet that left the host by a
+real device may be freed much later, or by a path without a tracepoint).
+
+A connection groups the client's packets with the same tuple (so retransmitted SYNs are one attempt
+with several transmissions) and the replies: a reply belongs to the connection whose journeys carried
+its reversed tuple at some point (before or after NAT), which is how an un-NATed SYN-ACK finds the SYN.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+from dnattrace import model
+
+
+class JourneyBuilder:
+    """Feed steps in arrival order; finished journeys come out of add()/flush() as (journey, connection)."""
+
+    def __init__(self, is_request: Callable[[model.Tuple5], Optional[bool]], idle_s: float = 1.0):
+        """is_request(tuple) says whether a packet with that first tuple goes towards the service (True),
+        comes from it (False), or cannot be told (None: treated as a request)."""
+        self.is_request = is_request
+        self.idle_ns = int(idle_s * 1e9)
+        self.open: dict[int, model.Journey] = {}
+        self.connections: list[model.Connection] = []
+        self._by_tuple: dict[model.Tuple5, model.Connection] = {}
+
+    # -- journeys --
+
+    def add(self, step: model.Step, skb: int, new: bool = False) -> list[tuple[model.Journey, model.Connection]]:
+        """Add one step (new: the kernel says a new packet starts here, even if the skb address is
+        known); returns journeys that finished because of it."""
+        done = []
+        if new and skb in self.open:
+            done.append(self._finish(self.open.pop(skb)))
+        j = self.open.get(skb)
+        if j is None:
+            j = self.open[skb] = model.Journey(skb=skb)
+        if not step.netns and j.steps:
+            step.netns, step.netns_name = j.steps[-1].netns, j.steps[-1].netns_name
+        j.steps.append(step)
+        if step.point in (model.DROP, model.CONSUME):
+            del self.open[skb]
+            done.append(self._finish(j))
+        return done
+
+    def expire(self, now_ns: int) -> list[tuple[model.Journey, model.Connection]]:
+        """Finish journeys idle for longer than idle_s (now_ns on the same clock as the events)."""
+        stale = [skb for skb, j in self.open.items() if now_ns - j.last.ts_ns > self.idle_ns]
+        return [self._finish(self.open.pop(skb)) for skb in stale]
+
+    def flush(self) -> list[tuple[model.Journey, model.Connection]]:
+        out = [self._finish(j) for j in self.open.values()]
+        self.open.clear()
+        return out
+
+    # -- connections --
+
+    def _finish(self, j: model.Journey) -> tuple[model.Journey, model.Connection]:
+        j.steps.sort(key=lambda s: s.ts_ns)
+        annotate_routes(j)
+        tuples = j.tuples() + [t for s in j.steps if s.ct for t in (s.ct.orig,) if t]
+        first = tuples[0] if tuples else None
+        j.direction = "reply" if first is not None and self.is_request(first) is False else "request"
+        conn = None
+        if j.direction == "reply":
+            for t in tuples:
+                conn = self._by_tuple.get(t.reversed())
+                if conn:
+                    break
+        else:
+            for t in tuples:
+                conn = self._by_tuple.get(t)
+                if conn:
+                    break
+        if conn is None:
+            key = first if j.direction == "request" or first is None else first.reversed()
+            conn = model.Connection(key=key)
+            self.connections.append(conn)
+        (conn.replies if j.direction == "reply" else conn.requests).append(j)
+        for t in tuples:
+            if j.direction == "reply":
+                self._by_tuple.setdefault(t.reversed(), conn)
+            else:
+                self._by_tuple.setdefault(t, conn)
+        return j, conn
+
+
+def annotate_routes(j: model.Journey) -> None:
+    """Fill RouteInfo.local from what happened next in the same namespace: INPUT means local delivery,
+    FORWARD (or a route result of ip_forward) means forwarding; left None when the packet went no further."""
+    for i, s in enumerate(j.steps):
+        if s.point != model.ROUTE or s.route is None or s.route.reverse:
+            continue
+        for later in j.steps[i + 1:]:
+            if later.point == model.NF and later.netns == s.netns and later.hook in ("INPUT", "FORWARD"):
+                s.route.local = later.hook == "INPUT"
+                break
+            if later.point == model.RTRESULT and later.location:
+                fn = later.location.split("+")[0]
+                if fn in ("ip_local_deliver", "ip_forward"):
+                    s.route.local = fn == "ip_local_deliver"
+                    break
+
+
+def build(steps: Iterable[tuple[int, model.Step]], is_request) -> list[model.Connection]:
+    """Build connections from recorded (skb, step) pairs in one go (tests and offline replays)."""
+    b = JourneyBuilder(is_request)
+    for skb, step in steps:
+        b.add(step, skb)
+    b.flush()
+    return b.connections
+
+
+def request_matcher(services: Iterable[tuple[int, int, Optional[str]]]):
+    """is_request for a set of service endpoints (proto, port, addr or None): a packet towards one of them
+    is a request, a packet from one of them is a reply."""
+    services = list(services)
+
+    def hit(proto, addr, port):
+        return any(p == proto and q == port and (a is None or a == addr) for p, q, a in services)
+
+    def is_request(t: model.Tuple5) -> Optional[bool]:
+        if hit(t.proto, t.dst, t.dport):
+            return True
+        if hit(t.proto, t.src, t.sport):
+            return False
+        return None
+
+    return is_request

@@ -1,0 +1,155 @@
+"""Turn what the user named (--port, --container, --netns) into what to follow: the published endpoint,
+where DNAT sends it, and the namespaces whose netfilter hooks must be watched.
+
+Sources, in order: the Docker engine (a container's published ports, address and namespace), then the
+host's own DNAT rules for the port (any NAT layout, Docker or not), else a local service on the port.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from dnattrace import model
+from dnattrace.errors import DnattraceError, UsageError
+from dnattrace.tracer import FilterEntry
+
+
+@dataclass
+class Endpoint:
+    addr: Optional[str]      # None: any address
+    port: int
+
+
+@dataclass
+class Target:
+    proto: str                                              # "tcp" | "udp"
+    port: int                                               # the published port (what clients connect to)
+    backends: list[Endpoint] = field(default_factory=list)  # where DNAT sends it (empty: a local service)
+    container: str = ""                                     # the Docker container, when known
+    host_netns: Optional[str] = None                        # path of the host's namespace (None = ours)
+    container_netns: Optional[str] = None                   # path of the container's namespace
+    dnat_rule: str = ""                                     # the rule text that does the DNAT
+    addr: Optional[str] = None                              # --dst: only this published address
+
+    @property
+    def proto_num(self) -> int:
+        return model.PROTO_NUMBERS[self.proto]
+
+    def filters(self) -> list[FilterEntry]:
+        out = [FilterEntry(self.proto_num, self.port, self.addr)]
+        out += [FilterEntry(self.proto_num, b.port, b.addr) for b in self.backends]
+        return out
+
+    def services(self) -> list[tuple[int, int, Optional[str]]]:
+        """(proto, port, addr) of the service side: a packet towards one of these is a request."""
+        return [(f.proto, f.port, f.addr) for f in self.filters()]
+
+    def netns_paths(self) -> list[Optional[str]]:
+        paths = [self.host_netns]
+        if self.container_netns and self.container_netns != self.host_netns:
+            paths.append(self.container_netns)
+        return paths
+
+    def describe(self) -> str:
+        head = "%s :%d" % (self.proto.upper(), self.port)
+        if self.container and self.backends:
+            b = self.backends[0]
+            return '%s is published by container "%s" -> %s:%d' % (head, self.container, b.addr, b.port)
+        if self.backends:
+            return "%s is DNATed to %s" % (head, ", ".join("%s:%d" % (b.addr, b.port) for b in self.backends))
+        return "%s (no DNAT for this port: a local service)" % head
+
+
+def check_port(port: int) -> int:
+    if not 1 <= int(port) <= 65535:
+        raise UsageError("port %s is out of range (1-65535)" % port)
+    return int(port)
+
+
+def netns_path_of(name: Optional[str]) -> Optional[str]:
+    """--netns NAME -> a path to enter; None for the current namespace."""
+    if not name or name in ("host", "root"):
+        return None
+    if os.path.exists(name):
+        return name
+    from dnattrace import netns
+    _inode, path = netns.resolve(name)
+    if path is None:
+        raise UsageError("network namespace %s has no path to enter" % name)
+    return path
+
+
+def from_container(name: str, proto: str = "tcp", port: Optional[int] = None) -> Target:
+    from dnattrace.system import docker_state
+    c = docker_state.container(name)
+    if not c.running:
+        raise UsageError("container %s is not running" % c.name)
+    bindings = c.published(proto)
+    if port is not None:
+        bindings = [b for b in bindings if b.host_port == port] or bindings
+    b = bindings[0]
+    if not os.path.exists(c.netns or ""):
+        raise UsageError("the network namespace of container %s is gone" % c.name)
+    return Target(proto=proto, port=b.host_port, backends=[Endpoint(c.address or None, b.container_port)],
+                  container=c.name, container_netns=c.netns)
+
+
+def from_port(port: int, proto: str = "tcp", host_netns: Optional[str] = None) -> Target:
+    """A port: the Docker container publishing it, else the DNAT rules for it, else a local service."""
+    port = check_port(port)
+    if host_netns is None:
+        try:
+            from dnattrace.system import docker_state
+            found = docker_state.publisher(port, proto)
+        except DnattraceError:
+            found = None    # no Docker engine: fall back to the rules
+        if found:
+            return from_container(found[0].name, proto, port)
+    from dnattrace.system import firewall
+    try:
+        rules = firewall.read_iptables(host_netns)
+        targets = firewall.dnat_targets(rules, port, proto)
+    except Exception:   # no iptables on this host: follow the port alone
+        targets = []
+    backends = []
+    for t in targets:
+        if t.addr and all((b.addr, b.port) != (t.addr, t.target_port) for b in backends):
+            backends.append(Endpoint(t.addr, t.target_port))
+    return Target(proto=proto, port=port, backends=backends, host_netns=host_netns,
+                  dnat_rule=targets[0].rule if targets else "")
+
+
+def owner_netns(addr: str, exclude=()) -> Optional[str]:
+    """Path of the namespace (an `ip netns` one or a Docker container's) that holds `addr`, or None.
+
+    The container side of a DNAT is where a SYN is finally delivered or refused, so its netfilter
+    hooks are watched too; Docker tells us the namespace of its containers, other layouts do not.
+    """
+    from dnattrace import netns as nsnames
+    from dnattrace.system import links
+    candidates = [path for _name, (_ino, path) in nsnames.ip_netns().items()]
+    candidates += [path for _name, (_ino, path) in nsnames.docker_netns().items()]
+    for path in candidates:
+        if not path or path in exclude:
+            continue
+        try:
+            if any(cidr.split("/")[0] == addr for link in links.links(path) for cidr in link.addresses):
+                return path
+        except Exception:   # a namespace that vanished meanwhile
+            continue
+    return None
+
+
+def resolve(port: Optional[int] = None, container: Optional[str] = None, proto: str = "tcp",
+            netns: Optional[str] = None, dst: Optional[str] = None) -> Target:
+    """The Target for the command-line options (--port / --container / --netns / --dst)."""
+    if not port and not container:
+        raise UsageError("say what to watch: --port PORT or --container NAME")
+    host = netns_path_of(netns)
+    t = from_container(container, proto, port) if container else from_port(port, proto, host)
+    t.host_netns = host
+    t.addr = dst
+    if t.backends and not t.container_netns and t.backends[0].addr:
+        t.container_netns = owner_netns(t.backends[0].addr, exclude=(host,))
+    return t

@@ -1,0 +1,176 @@
+"""Human and JSON renderings of journeys and connections (watch and diagnose share them).
+
+A journey is printed as a short timeline: one line per device receive/transmit, one line per netfilter
+hook (its conntrack state and any NAT rewrite inside it, before -> after), the route decision, and the
+end (delivered, sent, or dropped with site and reason, naming the hook it was dropped in).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from tabulate import tabulate
+
+from dnattrace import model
+
+
+def _ns(step: model.Step) -> str:
+    return step.netns_name or ("netns:%d" % step.netns if step.netns else "?")
+
+
+def _rewrite(before: Optional[model.Tuple5], after: Optional[model.Tuple5]) -> str:
+    if not before or not after or before == after:
+        return ""
+    parts = []
+    if (before.dst, before.dport) != (after.dst, after.dport):
+        parts.append("DNAT %s:%d -> %s:%d" % (before.dst, before.dport, after.dst, after.dport))
+    if (before.src, before.sport) != (after.src, after.sport):
+        parts.append("SNAT %s:%d -> %s:%d" % (before.src, before.sport, after.src, after.sport))
+    return "; ".join(parts)
+
+
+def _hook_groups(steps):
+    """Split steps into runs: consecutive NF steps of one hook in one namespace form one group."""
+    groups: list[list[model.Step]] = []
+    for s in steps:
+        if (s.point == model.NF and groups and groups[-1][0].point == model.NF
+                and groups[-1][0].hook == s.hook and groups[-1][0].netns == s.netns):
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups
+
+
+def hook_line(group: list[model.Step]) -> str:
+    first, last = group[0], group[-1]
+    bits = []
+    ct = next((s.ct for s in reversed(group) if s.ct), None)
+    if ct:
+        bits.append("conntrack %s" % ct.state)
+    rw = _rewrite(first.tuple, last.tuple)
+    if rw:
+        bits.append(rw)
+    if last.stage != "last":
+        bits.append("did not pass (last seen %s)" % last.stage)
+    dev = first.ifname or ""
+    if first.out_ifname and first.out_ifname != dev:
+        dev = "%s->%s" % (dev, first.out_ifname) if dev else "->" + first.out_ifname
+    return "%-11s %-14s %-10s %s" % (first.hook, dev, _ns(first), "; ".join(bits) or "passed")
+
+
+def route_text(r: model.RouteInfo) -> str:
+    if r.err:
+        return "table %d: lookup for %s failed (%d)" % (r.table, r.dst, r.err)
+    where = {True: "local delivery", False: "must be forwarded", None: ""}[r.local]
+    via = " via %s" % r.gateway if r.gateway else ""
+    return "table %d: %s%s dev %s%s" % (r.table, r.dst, via, r.oif or "-", " (%s)" % where if where else "")
+
+
+def step_lines(j: model.Journey) -> list[str]:
+    lines = []
+    for group in _hook_groups(j.steps):
+        s = group[0]
+        if s.point == model.NF:
+            lines.append(hook_line(group))
+        elif s.point == model.RX:
+            lines.append("%-11s %-14s %-10s %s [%s]" % ("rx", s.ifname, _ns(s), s.tuple, s.tcp_flags))
+        elif s.point == model.XMIT:
+            lines.append("%-11s %-14s %-10s %s [%s]" % ("xmit", s.ifname, _ns(s), s.tuple, s.tcp_flags))
+        elif s.point == model.ROUTE and s.route:
+            if s.route.reverse and not s.route.err:
+                continue
+            lines.append("%-11s %-14s %-10s %s" % ("rp-check" if s.route.reverse else "route",
+                                                   s.route.oif, _ns(s), route_text(s.route)))
+        elif s.point == model.RTRESULT:
+            lines.append("%-11s %-14s %-10s input handler %s" % ("route", s.out_ifname, _ns(s), s.location))
+        elif s.point == model.VERDICT:
+            lines.append("%-11s %-14s %-10s verdict %s" % (s.hook, "", _ns(s), s.reason))
+        elif s.point == model.DROP:
+            hook = drop_hook(j)
+            lines.append("%-11s %-14s %-10s %s reason %s%s" % ("drop", s.ifname, _ns(s), s.location, s.reason,
+                                                             " (inside %s)" % hook if hook else ""))
+        elif s.point == model.CONSUME:
+            label = "done" if j.outcome == "sent" else "delivered"
+            lines.append("%-11s %-14s %-10s consumed at %s" % (label, "", _ns(s), s.location))
+    return lines
+
+
+def drop_hook(j: model.Journey) -> Optional[str]:
+    """The netfilter hook a dropped packet was inside: its last NF step did not reach the hook's end."""
+    if j.drop is None:
+        return None
+    nf = j.last_nf()
+    if nf is None or nf.stage == "last":
+        return None
+    after = [s for s in j.steps if s.ts_ns > nf.ts_ns and s.point not in (model.DROP, model.VERDICT)]
+    return nf.hook if not after else None
+
+
+def journey_end(j: model.Journey) -> str:
+    end = j.end_step
+    if j.outcome == "dropped":
+        hook = drop_hook(j)
+        return "dropped at %s (%s)%s" % (end.location, end.reason, " in %s" % hook if hook else "")
+    if j.outcome == "delivered":
+        return "delivered in %s" % _ns(end)
+    if j.outcome == "sent":
+        x = next((s for s in reversed(j.steps) if s.point == model.XMIT), end)
+        return "sent out of %s (%s)" % (x.ifname, _ns(x))
+    return "no end seen (last: %s in %s)" % (j.last.where, _ns(j.last))
+
+
+def same_path(a: model.Journey, b: model.Journey) -> bool:
+    """Two transmissions that took the same way and ended the same way (retransmissions usually do)."""
+    def sig(j):
+        return [(s.point, s.hook, s.stage, s.ifname, s.location) for s in j.steps]
+    return sig(a) == sig(b)
+
+
+def render_journey(j: model.Journey, conn: model.Connection, t0_ns: int) -> str:
+    """The text printed when a journey finishes."""
+    reqs = conn.openers
+    at = (j.first.ts_ns - t0_ns) / 1e9
+    if j in reqs:
+        n = reqs.index(j) + 1
+        head = "%s %s" % ("SYN" if j.first.tcp_flags == "S" else conn.key.proto_name.upper(), conn.key)
+        if n > 1 and same_path(reqs[n - 2], j):
+            return "  transmission %d at +%.2fs: same path, %s" % (n, at, journey_end(j))
+        title = "%s  transmission %d at +%.2fs" % (head, n, at)
+    elif j.direction == "request":
+        title = "  client [%s] %s  at +%.2fs" % (j.first.tcp_flags, j.first.tuple, at)
+    else:
+        title = "  reply [%s] %s  at +%.2fs" % (j.first.tcp_flags, j.first.tuple, (j.first.ts_ns - t0_ns) / 1e9)
+    lines = [title] + ["    " + l for l in step_lines(j)]
+    if j.lost_events:
+        lines.append("    (%d events lost while this packet was followed)" % j.lost_events)
+    return "\n".join(lines)
+
+
+def connection_row(c: model.Connection) -> list:
+    ends = [journey_end(j) for j in c.requests]
+    where = ends[-1] if ends else ""
+    replies = ", ".join(sorted({"[%s]" % r.first.tcp_flags for r in c.replies})) or "none"
+    return [str(c.key), c.attempts, c.outcome, where, replies]
+
+
+def summary_table(conns: list[model.Connection], lost: int) -> str:
+    rows = [connection_row(c) for c in conns]
+    out = tabulate(rows, headers=["connection", "transmissions", "outcome", "ended", "replies"]) if rows \
+        else "no matching packets were seen"
+    if lost:
+        out += "\nWARNING: %d events were lost: journeys above may be incomplete, none is reported as not dropped." % lost
+    return out
+
+
+def journey_json(j: model.Journey, c: model.Connection) -> dict:
+    d = model.to_dict(j)
+    d.update({"type": "journey", "connection": model.to_dict(c.key), "outcome": j.outcome,
+              "transmission": (c.openers.index(j) + 1) if j in c.openers else None,
+              "end": journey_end(j), "drop_hook": drop_hook(j)})
+    return d
+
+
+def summary_json(conns: list[model.Connection], lost: int) -> dict:
+    return {"type": "summary", "lost_events": lost,
+            "connections": [{"key": model.to_dict(c.key), "transmissions": c.attempts, "outcome": c.outcome,
+                             "dropped": c.dropped, "replies": [r.first.tcp_flags for r in c.replies],
+                             "ended": connection_row(c)[3]} for c in conns]}
