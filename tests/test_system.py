@@ -192,3 +192,30 @@ def test_a_namespace_that_is_not_there_is_one_clear_error():
         sysctl.read_all("/run/netns/dnattrace-no-such-ns")
     with pytest.raises(UsageError, match="not there"):
         firewall.read_iptables("/run/netns/dnattrace-no-such-ns")
+
+
+def test_real_evidence_alone_points_at_forwarding_off(topo):
+    """No journey: the snapshot of a router with forwarding off on its ingress is enough for a suspicion."""
+    from dnattrace import causes
+    net.sysctl_set("net.ipv4.conf.all.forwarding", 0, topo["rname"])
+    snap = Snapshot.take(host_netns=topo["r"], target=Target("tcp", 8080, SERVER, 80),
+                         ingress=topo["rc"], client=CLIENT)
+    assert snap.host.lookup(SERVER).err == errno.EHOSTUNREACH
+    found = causes.explain([], snap)
+    assert found[0].cause_id == "forwarding-off"
+    assert found[0].fix == ["nsenter --net=%s sysctl -w net.ipv4.ip_forward=1" % topo["r"]]
+
+
+def test_real_counter_delta_alone_names_the_forward_rule(topo):
+    from dnattrace import causes
+    iptables(topo, "-N", "DOCKER-USER")
+    iptables(topo, "-A", "FORWARD", "-j", "DOCKER-USER")
+    iptables(topo, "-A", "DOCKER-USER", "-s", CLIENT, "-j", "DROP")
+    target = Target("tcp", 9, SERVER, 9)
+    before = Snapshot.take(host_netns=topo["r"], target=target)
+    syn(topo["c"], SERVER, 9)
+    d = diff(before, Snapshot.take(host_netns=topo["r"], target=target, counters_only=True))
+    f = causes.explain([], before, d)[0]
+    assert f.cause_id == "filter-forward-drop"
+    assert f.rule == {"table": "filter", "chain": "DOCKER-USER", "rule": "-A DOCKER-USER -s %s/32 -j DROP" % CLIENT,
+                      "packets": 1}
