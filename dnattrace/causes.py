@@ -16,7 +16,7 @@ import errno
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from dnattrace.model import CONSUME, DROP, NF, ROUTE, RX, XMIT, Connection, Journey, Step
+from dnattrace.model import NF, ROUTE, RX, Connection, Journey, Step
 from dnattrace.system import conntrack as ct_stats
 from dnattrace.system import sysctl
 from dnattrace.system.firewall import DROP_TARGETS, CounterMove

@@ -219,3 +219,15 @@ def test_real_counter_delta_alone_names_the_forward_rule(topo):
     assert f.cause_id == "filter-forward-drop"
     assert f.rule == {"table": "filter", "chain": "DOCKER-USER", "rule": "-A DOCKER-USER -s %s/32 -j DROP" % CLIENT,
                       "packets": 1}
+
+
+def test_native_nftables_counters(topo):
+    script = ("add table ip dtt\n"
+              "add chain ip dtt fw { type filter hook forward priority 0; policy accept; }\n"
+              "add rule ip dtt fw tcp dport 9 counter drop\n")
+    net.run(["nft", "-f", "-"], netns=topo["rname"], input=script)
+    before = firewall.read_nft(topo["r"])
+    for _ in range(2):
+        syn(topo["c"], SERVER, 9)
+    moves = firewall.counter_delta(before, firewall.read_nft(topo["r"]))
+    assert [(m.table, m.chain, m.target, m.packets) for m in moves] == [("ip dtt", "fw", "DROP", 2)]
