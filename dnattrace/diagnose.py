@@ -1,0 +1,112 @@
+"""One-shot root cause: snapshot the evidence, follow the attempts until one fails (or succeeds, or time
+runs out), snapshot again, and let the cause catalogue explain what was seen.
+
+It stops as soon as the first attempt has failed (dropped, refused) or been answered, so the cause is
+printed within about a second of the first failure; the second snapshot is taken with the ingress
+interface and client address the packets really had, so the route lookup in the evidence is the
+packet's own. Nothing on the system changes unless apply_fix() is called.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from dnattrace import causes, model
+from dnattrace.follow import Follower
+from dnattrace.system import snapshot as snap
+from dnattrace.target import Target
+
+# After the first failed attempt, keep watching this long for the reply or more of the story
+# (a RST from the container, a retransmission) before explaining.
+SETTLE_S = 0.25
+
+
+@dataclass
+class Result:
+    target: Target
+    connections: list[model.Connection] = field(default_factory=list)
+    findings: list[causes.Finding] = field(default_factory=list)
+    snapshot: Optional[snap.Snapshot] = None
+    lost_events: int = 0
+    first_failure_at: Optional[float] = None     # monotonic time the first failure was seen
+    explained_at: Optional[float] = None         # monotonic time the findings were ready
+    watched_s: float = 0.0
+
+    @property
+    def seen(self) -> bool:
+        return any(c.requests for c in self.connections)
+
+    @property
+    def healthy(self) -> bool:
+        return self.seen and not self.findings and all(not causes.failing(c) for c in self.connections)
+
+    @property
+    def representative(self) -> Optional[model.Connection]:
+        failing = [c for c in self.connections if causes.failing(c)]
+        pool = failing or [c for c in self.connections if c.requests]
+        return max(pool, key=lambda c: c.attempts) if pool else None
+
+
+def snapshot_target(t: Target) -> snap.Target:
+    b = t.backends[0] if t.backends else None
+    return snap.Target(proto=t.proto, port=t.port, addr=(b.addr or "") if b else "",
+                       addr_port=b.port if b else 0, container=t.container, rule=t.dnat_rule)
+
+
+def _decided(c: model.Connection) -> bool:
+    """The attempt's fate is known: dropped, refused or answered."""
+    return bool(c.replies) or any(j.outcome == "dropped" for j in c.openers)
+
+
+def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
+        traffic: Optional[Callable[[], None]] = None, caps=None) -> Result:
+    """Watch until an attempt is decided or `timeout` passes; `traffic` (optional) is called once the
+    probes are attached, to make attempts (demo, --probe)."""
+    res = Result(target=t)
+    st = snapshot_target(t)
+    before = snap.Snapshot.take(t.host_netns, t.container_netns, st, counters_only=True)
+    start = time.monotonic()
+    follower = Follower(t, caps=caps)
+    with follower:
+        if traffic:
+            traffic()
+        deadline = start + timeout
+        settle_until = None
+        while time.monotonic() < deadline:
+            for j, c in follower.poll(50):
+                if on_journey:
+                    on_journey(j, c)
+                if settle_until is None and _decided(c):
+                    res.first_failure_at = time.monotonic()
+                    settle_until = res.first_failure_at + SETTLE_S
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+        res.watched_s = time.monotonic() - start
+    res.lost_events = follower.lost_events
+    res.connections = [c for c in follower.builder.connections if c.requests or c.replies]
+    first = next((j for c in res.connections for j in c.requests), None)
+    ingress = client = None
+    if first is not None:
+        rx = next((s for s in first.steps if s.point == model.RX), None)
+        ingress = rx.ifname if rx else None
+        client = first.tuples()[0].src if first.tuples() else None
+    after = snap.Snapshot.take(t.host_netns, t.container_netns, st, ingress=ingress, client=client)
+    res.snapshot = after
+    res.findings = causes.explain(res.connections, after, snap.diff(before, after))
+    res.explained_at = time.monotonic()
+    return res
+
+
+def apply_fix(finding: causes.Finding) -> list[tuple[str, str]]:
+    """Run the finding's fix commands; returns (command, what it printed) for each. Stops at a failure."""
+    done = []
+    for cmd in finding.fix or []:
+        p = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=30)
+        out = (p.stdout + p.stderr).strip()
+        done.append((cmd, out if p.returncode == 0 else "FAILED (%d): %s" % (p.returncode, out)))
+        if p.returncode != 0:
+            break
+    return done

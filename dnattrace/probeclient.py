@@ -1,0 +1,80 @@
+"""`diagnose --probe`: make the attempts ourselves from a temporary namespace attached to the host by a
+veth, for when no client is at hand. The namespace, the veth and the addresses (a /30 from 203.0.113.0/24,
+a documentation range) are removed afterwards whatever happens."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from typing import Optional
+
+from dnattrace.lab import net
+
+_CONNECT = """
+import socket, sys, time
+dst, port, n, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.connect((dst, port))
+    except OSError:
+        pass
+    finally:
+        s.close()
+"""
+
+
+def start_connects(netns: str, dst: str, port: int, count: int = 2, timeout: float = 1.0) -> subprocess.Popen:
+    """Connect `count` times from namespace `netns` (each bounded by `timeout`), in the background."""
+    return subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", _CONNECT, dst, str(port),
+                             str(count), str(timeout)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(proc: Optional[subprocess.Popen]):
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+class ProbeClient:
+    """A throw-away client namespace: up() builds it, attempts() connects, down() removes it."""
+
+    def __init__(self, host_netns: Optional[str] = None):
+        self.host_ns = host_netns     # a path, or None for the current namespace
+        token = net.unique("dp")
+        self.ns, self.host_if, self.peer_if = token, token + "h", token + "p"
+        base = 4 * random.randrange(1, 63)
+        self.host_addr = "203.0.113.%d" % (base + 1)
+        self.client_addr = "203.0.113.%d" % (base + 2)
+        self._proc = None
+
+    def _host_cmd(self, cmd):
+        prefix = ["nsenter", "--net=%s" % self.host_ns] if self.host_ns else []
+        net.run(prefix + cmd)
+
+    def up(self):
+        net.add_netns(self.ns)
+        try:
+            net.run(["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if,
+                     "netns", self.ns])
+            if self.host_ns:
+                net.run(["ip", "link", "set", self.host_if, "netns", self.host_ns])
+            self._host_cmd(["ip", "addr", "add", self.host_addr + "/30", "dev", self.host_if])
+            self._host_cmd(["ip", "link", "set", self.host_if, "up"])
+            net.add_addr(self.peer_if, self.client_addr + "/30", self.ns)
+            net.run(["ip", "link", "set", self.peer_if, "up"], netns=self.ns)
+            net.add_route("default", via=self.host_addr, netns=self.ns)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def start_attempts(self, port: int, count: int = 2, timeout: float = 1.0):
+        """Connect `count` times (each bounded by `timeout`) in the background."""
+        self._proc = start_connects(self.ns, self.host_addr, port, count, timeout)
+
+    def down(self):
+        stop(self._proc)
+        self._proc = None
+        net.del_netns(self.ns)    # deleting the namespace deletes the veth pair with it

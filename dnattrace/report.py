@@ -1,0 +1,75 @@
+"""How a diagnosis is shown: the attempt, one representative journey, then the causes ranked, each with
+its plain-words explanation, evidence and fix; or that the connection works; or that nothing arrived."""
+from __future__ import annotations
+
+from dnattrace import model, timeline
+from dnattrace.diagnose import Result
+
+
+def _attempt_line(c: model.Connection) -> str:
+    what = "SYN" if c.key.proto == 6 else c.key.proto_name.upper()
+    n, d = c.attempts, c.dropped
+    tail = "%d transmission%s" % (n, "" if n == 1 else "s")
+    if d:
+        tail += ", %d dropped" % d
+    if c.replies:
+        tail += ", reply %s" % " ".join("[%s]" % r.first.tcp_flags for r in c.replies[:3])
+    return "%s %s   %s" % (what, c.key, tail)
+
+
+def text(res: Result) -> str:
+    out = []
+    c = res.representative
+    if c is not None:
+        out.append(_attempt_line(c))
+        j = next((j for j in c.openers if j.outcome == "dropped"), None) or (c.openers or c.requests)[-1]
+        out += ["  " + l for l in timeline.step_lines(j)]
+        if c.replies:
+            out.append("  reply:")
+            out += ["  " + l for l in timeline.step_lines(c.replies[0])]
+    if res.lost_events:
+        out.append("WARNING: %d events were lost; the journey may be incomplete." % res.lost_events)
+    if res.healthy:
+        out.append("No fault: the connection works (%s)." % timeline.journey_end(c.openers[0] if c.openers else c.requests[0]))
+        return "\n".join(out)
+    if not res.seen:
+        out.append("Nothing arrived within %.0f s: no packet for this port reached any interface of this host,"
+                   % res.watched_s)
+        out.append("so the fault is before this host (network, firewall or security group, the client).")
+        if res.findings:
+            out.append("Still, the host's own state shows:")
+    for i, f in enumerate(res.findings):
+        head = "Cause" if i == 0 else "Also possible"
+        out.append("%s: %s  (%s, confidence %d%%)" % (head, f.explanation or f.title, f.cause_id,
+                                                      round(f.confidence * 100)))
+        for e in f.evidence:
+            out.append("  evidence  %s" % e)
+        if f.rule:
+            out.append("  rule      %s %s: %s  (%s packets)" % (f.rule.get("table"), f.rule.get("chain"),
+                                                              f.rule.get("rule"), f.rule.get("packets")))
+        for cmd in f.fix or []:
+            out.append("  fix       %s" % cmd)
+        if f.fix_note:
+            out.append("            (%s)" % f.fix_note)
+        if i == 2:
+            break
+    return "\n".join(out)
+
+
+def as_dict(res: Result) -> dict:
+    c = res.representative
+    return {
+        "type": "diagnosis",
+        "target": {"proto": res.target.proto, "port": res.target.port, "container": res.target.container,
+                   "backends": [{"addr": b.addr, "port": b.port} for b in res.target.backends]},
+        "seen": res.seen,
+        "healthy": res.healthy,
+        "top_cause": res.findings[0].cause_id if res.findings else "none",
+        "findings": [f.to_dict() for f in res.findings],
+        "connection": timeline.summary_json([c], 0)["connections"][0] if c else None,
+        "journey": timeline.journey_json(c.openers[0] if c.openers else c.requests[0], c) if c and c.requests else None,
+        "lost_events": res.lost_events,
+        "watched_s": round(res.watched_s, 3),
+        "explain_ms_after_first_failure": round((res.explained_at - res.first_failure_at) * 1000)
+        if res.first_failure_at and res.explained_at else None,
+    }
