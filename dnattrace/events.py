@@ -23,6 +23,9 @@ DT_RX, DT_NF, DT_ROUTE, DT_XMIT, DT_DROP, DT_CONSUME, DT_VERDICT, DT_RTRESULT = 
 POINT_NAMES = {DT_RX: model.RX, DT_NF: model.NF, DT_ROUTE: model.ROUTE, DT_XMIT: model.XMIT,
                DT_DROP: model.DROP, DT_CONSUME: model.CONSUME, DT_VERDICT: "verdict", DT_RTRESULT: "rtresult"}
 STAGE_NAMES = ("first", "conntrack", "dnat", "filter", "snat", "last")
+# the priority each stage's link is attached at (tracer.NF_POSITIONS): a program does not know its own
+STAGE_PRIORITY = {"first": -(2 ** 31) + 1, "conntrack": -199, "dnat": -99, "filter": 0, "snat": 101,
+                  "last": 2 ** 31 - 2}
 NO_CT = 0xFF
 DT_NEW = 0x80
 # enum ip_conntrack_info
@@ -118,7 +121,7 @@ def to_step(ev: RawEvent, symbolize: Callable[[int], str] = hex, reason_name: Ca
     if ev.point == DT_NF:
         step.hook = model.HOOKS[ev.hook] if ev.hook < len(model.HOOKS) else str(ev.hook)
         step.stage = STAGE_NAMES[ev.stage] if ev.stage < len(STAGE_NAMES) else str(ev.stage)
-        step.priority = ev.priority
+        step.priority = STAGE_PRIORITY.get(step.stage)
         if ev.ctinfo != NO_CT:
             step.ct = model.CtInfo(
                 state=CT_STATES.get(ev.ctinfo, str(ev.ctinfo)), status=ev.ct_status,

@@ -26,3 +26,33 @@ def test_a_namespace_made_later_is_named_on_first_sight(netns):
 def test_unknown_name_is_a_usage_error(root):
     with pytest.raises(UsageError, match="unknown network namespace"):
         names.resolve("no-such-namespace-dt")
+
+
+def _docker_engine():
+    try:
+        import docker
+        client = docker.from_env(version="auto", timeout=5)
+        client.ping()
+        client.close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.docker
+def test_a_container_is_named_by_its_docker_name(root):
+    from conftest import require
+    require(_docker_engine(), "a running Docker engine")
+    from dnattrace.lab import docker_lab
+    docker_lab.ensure_image()
+    name = net.unique("dtn")
+    try:
+        docker_lab.docker("run", "-d", "--name", name, "--network", "none", docker_lab.IMAGE, "sleep", "60")
+        pid = int(docker_lab.docker("inspect", "-f", "{{.State.Pid}}", name).stdout)
+        inode, path = names.resolve(name)
+        assert path == "/proc/%d/ns/net" % pid
+        import os
+        assert inode == os.stat(path).st_ino != names.root()[0]
+        assert names.Namer().name(inode) == name
+    finally:
+        docker_lab.docker("rm", "-f", name, check=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import click
@@ -51,8 +52,6 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         from dnattrace.pcapng import PcapngWriter
         writer = PcapngWriter(pcap)
     out = click.echo
-    if not as_json:
-        out("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
     t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     shown: list = []
 
@@ -75,6 +74,13 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     f = Follower(t, all_packets=all_packets, pcap=writer)
     try:
         with f:
+            # said once the probes are attached, so a script can start its traffic on this line
+            if as_json:
+                out(json.dumps({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
+                                "probes": f.tracer.chosen}), nl=True)
+            else:
+                out("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
+            sys.stdout.flush()
             f.run(on_journey, duration=duration, stop=enough)
     except KeyboardInterrupt:
         pass    # Ctrl-C ends the watch: the summary below is what the user wants

@@ -1,0 +1,23 @@
+"""Recorded watch steps (tests/data/steps-SCENARIO.jsonl, taken from the lab on kernel 6.18 by
+scripts/record_steps; each line is {skb, new, step}) replayed into the journey builder."""
+import json
+import os
+
+from dnattrace import journey, model
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+# the lab's service: published 8080, DNAT target 172.31.0.2:80
+SERVICES = [(6, 8080, None), (6, 80, "172.31.0.2")]
+
+
+def rows(scenario):
+    with open(os.path.join(DATA, "steps-%s.jsonl" % scenario)) as f:
+        return [json.loads(line) for line in f]
+
+
+def connections(scenario):
+    b = journey.JourneyBuilder(journey.request_matcher(SERVICES))
+    for r in rows(scenario):
+        b.add(model.step_from_dict(r["step"]), r["skb"], r["new"])
+    b.flush()
+    return b.connections

@@ -1,0 +1,93 @@
+"""Journey building on recorded kernel data: grouping per skb, retransmissions, replies across NAT."""
+from dnattrace import journey, model, timeline
+
+from recorded import connections, rows
+
+
+def test_forwarding_off_retransmissions_are_one_attempt_dropped_at_ip_error():
+    conns = [c for c in connections("forwarding-off") if c.requests]
+    assert len(conns) == 1
+    c = conns[0]
+    assert c.attempts >= 2, "a 2.5 s connect sends the SYN and at least one retransmission"
+    assert c.outcome == "dropped" and not c.replies
+    for j in c.openers:
+        assert j.outcome == "dropped"
+        assert j.drop.location.startswith("ip_error+")
+        assert j.drop.reason == "IP_INADDRERRORS"
+        # the drop comes right after the route decision towards the bridge
+        kinds = [s.point for s in j.steps]
+        assert kinds.index(model.ROUTE) == len(kinds) - 2
+        assert j.routes()[0].route.oif.endswith("br")
+        assert j.hooks_seen() == ["PREROUTING"]
+
+
+def test_dnat_rewrite_is_visible_in_prerouting():
+    c = next(c for c in connections("forwarding-off") if c.requests)
+    j = c.openers[0]
+    assert j.tuples()[0].dport == 8080 and j.tuples()[-1] == model.Tuple5(6, "198.51.100.2", c.key.sport, "172.31.0.2", 80)
+    line = next(l for l in timeline.step_lines(j) if l.startswith("PREROUTING"))
+    assert "DNAT 198.51.100.1:8080 -> 172.31.0.2:80" in line and "conntrack NEW" in line
+
+
+def test_healthy_syn_delivered_in_container_and_syn_ack_unnated():
+    c = next(c for c in connections("healthy") if c.openers)
+    syn = c.openers[0]
+    assert syn.outcome == "delivered"
+    assert syn.end_step.netns != syn.first.netns, "delivered in the container's namespace, not the host's"
+    assert syn.hooks_seen(syn.first.netns) == ["PREROUTING", "FORWARD", "POSTROUTING"]
+    route = syn.routes()[0].route
+    assert route.local is False, "the host must forward the DNATed SYN"
+    synack = next(r for r in c.replies if r.first.tcp_flags == "SA")
+    post = [s for s in synack.steps if s.point == model.NF and s.hook == "POSTROUTING" and s.netns == syn.first.netns]
+    assert post[0].tuple.src == "172.31.0.2" and post[-1].tuple.src == "198.51.100.1", "un-NATed on its way out"
+    assert c.outcome == "answered"
+
+
+def test_no_listener_rst_is_the_reply():
+    c = next(c for c in connections("no-listener") if c.openers)
+    assert c.outcome == "refused"
+    assert c.openers[0].drop.reason == "NO_SOCKET"
+    assert any("R" in r.first.tcp_flags for r in c.replies)
+
+
+def test_forward_policy_drop_names_the_hook():
+    c = next(c for c in connections("forward-policy-drop") if c.openers)
+    j = c.openers[0]
+    assert j.drop.reason == "NETFILTER_DROP"
+    assert timeline.drop_hook(j) == "FORWARD"
+    assert "in FORWARD" in timeline.journey_end(j)
+
+
+def test_recycled_skb_starts_a_new_journey():
+    """The kernel flags a new packet in an skb address already followed: it must not extend the old journey."""
+    def step(ts, point, flags, **kw):
+        return model.Step(ts_ns=ts, point=point, tcp_flags=flags,
+                          tuple=model.Tuple5(6, "198.51.100.2", 5000, "198.51.100.1", 8080), **kw)
+    b = journey.JourneyBuilder(journey.request_matcher([(6, 8080, None)]))
+    b.add(step(1, model.RX, "S"), 0xabc, new=True)
+    b.add(step(2, model.RX, "R"), 0xabc, new=True)
+    b.flush()
+    (c,) = b.connections
+    assert [len(j.steps) for j in c.requests] == [1, 1]
+    assert c.attempts == 1, "the RST is not a transmission of the attempt"
+
+
+def test_idle_journeys_expire():
+    b = journey.JourneyBuilder(journey.request_matcher([(6, 8080, None)]), idle_s=1.0)
+    b.add(model.Step(ts_ns=10, point=model.RX, tcp_flags="S",
+                     tuple=model.Tuple5(6, "198.51.100.2", 1, "198.51.100.1", 8080)), 1)
+    assert b.expire(10 + 500_000_000) == []
+    (done,) = b.expire(10 + 1_500_000_000)
+    assert done[0].outcome == "unfinished"
+
+
+def test_json_round_trip_of_recorded_connections():
+    for scenario in ("healthy", "forwarding-off", "no-listener", "forward-policy-drop"):
+        for c in connections(scenario):
+            again = model.connection_from_dict(model.to_dict(c))
+            assert model.to_dict(again) == model.to_dict(c)
+            assert again.outcome == c.outcome
+
+
+def test_recorded_rows_have_kernel_names():
+    assert any(r["step"].get("reason") == "IP_INADDRERRORS" for r in rows("forwarding-off"))

@@ -1,0 +1,193 @@
+"""`dnattrace watch` on the real kernel, against lab scenarios (namespace hosts and real Docker)."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dnattrace import lab, probeclient
+from dnattrace.lab import net
+
+pytestmark = pytest.mark.kernel
+
+
+def start_watch(*args):
+    """Start `dnattrace watch --json ...` and wait until it says its probes are attached."""
+    p = subprocess.Popen([sys.executable, "-m", "dnattrace.cli", "watch", "--json"] + list(args),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if not line:
+        p.wait(10)
+        pytest.fail("watch did not start: %s" % p.stderr.read())
+    assert json.loads(line)["type"] == "start"
+    return p
+
+
+def finish(p, timeout=30):
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, err
+    objs = [json.loads(l) for l in out.splitlines() if l.strip()]
+    assert objs and objs[-1]["type"] == "summary", out
+    return [o for o in objs if o["type"] == "journey"], objs[-1]
+
+
+@pytest.fixture
+def instance(root, request):
+    made = []
+
+    def up(scenario, docker=False):
+        inst = lab.up(scenario, prefix=net.unique("tw"), docker=docker)
+        made.append(inst.name)
+        return inst
+
+    yield up
+    for name in made:
+        lab.down(name)
+
+
+def watch_lab(inst, attempts=1, timeout=2.5, extra=()):
+    args = ["--port", str(inst.target_port), "--duration", str(timeout + 1.5)] + list(extra)
+    if inst.host_ns:
+        args += ["--netns", inst.host_ns]
+    p = start_watch(*args)
+    client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, attempts, timeout)
+    try:
+        return finish(p)
+    finally:
+        probeclient.stop(client)
+
+
+def points(j):
+    return [(s["point"], s.get("hook"), s.get("stage")) for s in j["steps"]]
+
+
+def mine(journeys, inst):
+    """Journeys of this instance's client (other sessions may run lab instances with the same addresses)."""
+    return [j for j in journeys if any(s.get("netns_name", "").startswith(inst.name) for s in j["steps"])]
+
+
+def test_healthy_journey_hook_by_hook(instance):
+    inst = instance("healthy")
+    journeys, summary = watch_lab(inst)
+    assert summary["lost_events"] == 0
+    js = mine(journeys, inst)
+    syn = next(j for j in js if j["steps"][0].get("tcp_flags") == "S")
+    host, ctr = inst.name + "-host", inst.name + "-ctr"
+    steps = syn["steps"]
+    assert steps[0]["point"] == "rx" and steps[0]["ifname"] == inst.outside_if and steps[0]["netns_name"] == host
+    pre = [s for s in steps if s.get("hook") == "PREROUTING" and s["netns_name"] == host]
+    assert pre[0]["tuple"]["dst"] == inst.target_addr and pre[-1]["tuple"]["dst"] == inst.container_addr, \
+        "PREROUTING shows the DNAT rewrite to the container"
+    route = next(s for s in steps if s["point"] == "route")
+    assert route["route"]["oif"] == inst.bridge and route["route"]["local"] is False
+    host_hooks = []
+    for s in steps:
+        if s["point"] == "nf" and s["netns_name"] == host and (not host_hooks or host_hooks[-1] != s["hook"]):
+            host_hooks.append(s["hook"])
+    assert host_hooks == ["PREROUTING", "FORWARD", "POSTROUTING"]
+    assert any(s["point"] == "xmit" and s["netns_name"] == host for s in steps)
+    assert any(s["point"] == "rx" and s["netns_name"] == ctr for s in steps)
+    assert syn["outcome"] == "delivered" and steps[-1]["netns_name"] == ctr
+    synack = next(j for j in js if j["direction"] == "reply" and j["steps"][0].get("tcp_flags") == "SA")
+    out = [s for s in synack["steps"] if s["point"] == "xmit" and s["ifname"] == inst.outside_if]
+    assert out and out[0]["tuple"]["src"] == inst.target_addr and out[0]["tuple"]["sport"] == inst.target_port, \
+        "the SYN-ACK leaves by the outside interface un-NATed"
+    conn = next(c for c in summary["connections"] if c["key"]["dport"] == inst.target_port)
+    assert conn["outcome"] == "answered"
+
+
+def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(instance):
+    inst = instance("forwarding-off")
+    journeys, summary = watch_lab(inst, timeout=2.5)
+    syns = [j for j in mine(journeys, inst) if j["transmission"]]
+    assert len(syns) >= 2 and len({json.dumps(j["connection"]) for j in syns}) == 1, \
+        "the SYN and its retransmissions are one attempt"
+    assert [j["transmission"] for j in syns] == list(range(1, len(syns) + 1))
+    for j in syns:
+        last, before = j["steps"][-1], j["steps"][-2]
+        assert last["point"] == "drop" and last["location"].startswith("ip_error+")
+        assert last["reason"] == "IP_INADDRERRORS"
+        assert before["point"] == "route" and before["route"]["oif"] == inst.bridge
+    conn = next(c for c in summary["connections"] if c["key"] == syns[0]["connection"])
+    assert conn["outcome"] == "dropped" and conn["dropped"] == conn["transmissions"] == len(syns)
+
+
+def test_forward_policy_drop_names_the_hook(instance):
+    inst = instance("forward-policy-drop")
+    journeys, _ = watch_lab(inst, timeout=1.2)
+    j = next(j for j in mine(journeys, inst) if j["transmission"])
+    assert j["steps"][-1]["reason"] == "NETFILTER_DROP"
+    assert j["drop_hook"] == "FORWARD"
+    assert ("nf", "FORWARD", "first") in points(j) and ("nf", "FORWARD", "last") not in points(j)
+
+
+def test_no_listener_shows_the_rst_reply(instance):
+    inst = instance("no-listener")
+    journeys, summary = watch_lab(inst, timeout=1.2)
+    js = mine(journeys, inst)
+    syn = next(j for j in js if j["transmission"])
+    assert syn["steps"][-1]["reason"] == "NO_SOCKET" and syn["steps"][-1]["netns_name"] == inst.name + "-ctr"
+    rst = [j for j in js if j["direction"] == "reply" and "R" in j["steps"][0]["tcp_flags"]]
+    assert rst and rst[0]["connection"] == syn["connection"], "the container's RST is shown under the same connection"
+    conn = next(c for c in summary["connections"] if c["key"] == syn["connection"])
+    assert conn["outcome"] == "refused"
+
+
+def test_pcap_has_one_record_per_point(instance, tmp_path):
+    from scapy.utils import RawPcapNgReader
+    inst = instance("forwarding-off")
+    pcap = tmp_path / "j.pcapng"
+    journeys, _ = watch_lab(inst, timeout=1.2, extra=["--pcap", str(pcap)])
+    with_packet = sum(1 for j in journeys for s in j["steps"] if s["point"] in ("rx", "nf"))
+    records = list(RawPcapNgReader(str(pcap)))
+    assert records, "the pcapng file has records"
+    # every receive and hook point carries the packet as captured there; drop/route/xmit carry none
+    assert len(records) == with_packet
+    first = records[0][0]
+    assert first[0] >> 4 == 4 and first[9] == 6, "raw IPv4 carrying TCP"
+
+
+@pytest.mark.docker
+def test_container_option_follows_into_docker(instance):
+    inst = instance("healthy", docker=True)
+    p = start_watch("--container", inst.container_name, "--duration", "3")
+    r = inst.traffic(attempts=1, timeout=2.0)
+    journeys, summary = finish(p)
+    assert r.ok
+    syn = next(j for j in journeys if j["transmission"])
+    names = {s["netns_name"] for s in syn["steps"]}
+    assert "host" in names and inst.container_name in names, names
+    assert any(s["point"] == "nf" and s["netns_name"] == inst.container_name for s in syn["steps"]), \
+        "--container attaches the hooks in the container's namespace too"
+    assert syn["outcome"] == "delivered"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--port", "0"], "out of range"),
+    (["--port", "70000"], "out of range"),
+    (["--container", "no-such-container-dnattrace"], "no container"),
+    (["--netns", "no-such-netns-dnattrace", "--port", "80"], "unknown network namespace"),
+    ([], "--port PORT or --container"),
+])
+def test_bad_input_is_one_line(root, args, needle):
+    p = subprocess.run([sys.executable, "-m", "dnattrace.cli", "watch", "--duration", "1"] + args,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+
+
+@pytest.mark.docker
+def test_container_without_published_port(root):
+    from dnattrace.lab import docker_lab
+    name = net.unique("dtnp")
+    image = docker_lab.ensure_image()
+    subprocess.run(["docker", "run", "-d", "--name", name, image, "sleep", "60"], check=True, capture_output=True)
+    try:
+        p = subprocess.run([sys.executable, "-m", "dnattrace.cli", "watch", "--container", name, "--duration", "1"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "publishes no port" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
