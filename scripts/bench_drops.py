@@ -6,7 +6,8 @@ flood:    N UDP datagrams (default 1,000,000) to a closed port inside a namespac
           reports the drops process's CPU as a share of one core (from /proc/PID/stat).
 overhead: UDP request/response rate between two namespaces over a veth, with nothing attached, with
           `dnattrace drops` attached, and with an equivalent bpftrace one-liner on the same tracepoint;
-          runs alternate (R rounds) and the medians are compared. Prints both ratios side by side.
+          each attached run is paired with the baseline runs around it (R rounds) and the median paired
+          ratio is reported. Prints both ratios side by side.
 
 Everything runs in namespaces created here and removed at the end, even on failure.
 """
@@ -25,6 +26,7 @@ from dnattrace.lab import net  # noqa: E402
 
 CLOSED_PORT = 9
 RR_PORT = 7007
+RR_CPU = str(os.cpu_count() - 1)
 A_IP, B_IP = "203.0.113.1", "203.0.113.2"
 BPFTRACE = "tracepoint:skb:kfree_skb { @[kstack(3)] = count(); }"
 
@@ -146,11 +148,13 @@ class RrPair:
         net.add_addr(vb, B_IP + "/24", self.b)
 
     def rate(self, seconds):
-        server = subprocess.Popen(["ip", "netns", "exec", self.b, sys.executable, "-c", RR_SERVER, "2"],
+        # both ends pinned to one CPU: a ping-pong whose rate does not depend on where the scheduler puts them
+        server = subprocess.Popen(["ip", "netns", "exec", self.b, "taskset", "-c", RR_CPU,
+                                   sys.executable, "-c", RR_SERVER, "2"],
                                   stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout.readline().strip() == "ready"
-            out = net.run([sys.executable, "-c", RR_CLIENT, str(seconds), "5000000", B_IP], netns=self.a,
+            out = net.run(["taskset", "-c", RR_CPU, sys.executable, "-c", RR_CLIENT, str(seconds), "5000000", B_IP], netns=self.a,
                           timeout=seconds + 30).stdout
             return float(out)
         finally:
@@ -184,24 +188,34 @@ def with_bpftrace(pair, seconds):
 
 
 def overhead(seconds, rounds):
+    """Paired runs: baseline, attached, baseline, ...; each attached run is compared with the mean of the
+    baseline runs just before and after it, so slow drift (other load on the machine) cancels out."""
     pair = RrPair()
     runs = {"baseline": [], "drops": [], "bpftrace": []}
+    ratios = {"drops": [], "bpftrace": []}
     try:
         pair.rate(1)   # warm-up
-        for _ in range(rounds):
-            runs["baseline"].append(pair.rate(seconds))
-            runs["drops"].append(with_drops(pair, seconds))
-            runs["bpftrace"].append(with_bpftrace(pair, seconds))
+        prev = pair.rate(seconds)
+        runs["baseline"].append(prev)
+        for i in range(rounds):
+            for name, attached in (("drops", with_drops), ("bpftrace", with_bpftrace))[:: 1 if i % 2 == 0 else -1]:
+                rate = attached(pair, seconds)
+                after = pair.rate(seconds)
+                runs[name].append(rate)
+                runs["baseline"].append(after)
+                ratios[name].append(rate / ((prev + after) / 2))
+                prev = after
     finally:
         pair.close()
-    med = {k: statistics.median(v) for k, v in runs.items()}
     return {
-        "workload": "UDP request/response over a veth between two namespaces, %g s per run, %d rounds"
-                    % (seconds, rounds),
-        "rate_baseline": round(med["baseline"]), "rate_drops": round(med["drops"]),
-        "rate_bpftrace": round(med["bpftrace"]),
-        "ratio_drops": round(med["drops"] / med["baseline"], 3),
-        "ratio_bpftrace": round(med["bpftrace"] / med["baseline"], 3),
+        "workload": "UDP request/response over a veth between two namespaces (one CPU), %g s per run, "
+                    "%d paired rounds" % (seconds, rounds),
+        "rate_baseline": round(statistics.median(runs["baseline"])),
+        "rate_drops": round(statistics.median(runs["drops"])),
+        "rate_bpftrace": round(statistics.median(runs["bpftrace"])),
+        "ratio_drops": round(statistics.median(ratios["drops"]), 3),
+        "ratio_bpftrace": round(statistics.median(ratios["bpftrace"]), 3),
+        "ratio_spread": {k: [round(min(v), 3), round(max(v), 3)] for k, v in ratios.items()},
         "runs": {k: [round(x) for x in v] for k, v in runs.items()},
     }
 
@@ -210,8 +224,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--seconds", type=float, default=120, help="bound on the flood's sending time")
-    ap.add_argument("--rr-seconds", type=float, default=3)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rr-seconds", type=float, default=2)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -227,10 +241,11 @@ def main():
         f["counted"], f["counted_by_intervals"], f["overflow"], "every drop counted" if f["all_counted"] else "MISMATCH"))
     print("  dnattrace drops CPU: %.2f%% of one core" % f["drops_cpu_pct_of_core"])
     print("overhead: %s" % o["workload"])
-    print("  %-28s %12s %8s" % ("", "req/s", "ratio"))
+    print("  %-28s %12s %8s  %s" % ("", "req/s", "ratio", "(median of paired ratios; min..max)"))
     print("  %-28s %12d %8s" % ("nothing attached", o["rate_baseline"], "1.000"))
-    print("  %-28s %12d %8.3f" % ("dnattrace drops", o["rate_drops"], o["ratio_drops"]))
-    print("  %-28s %12d %8.3f" % ("bpftrace kfree_skb kstack(3)", o["rate_bpftrace"], o["ratio_bpftrace"]))
+    for key, label in (("drops", "dnattrace drops"), ("bpftrace", "bpftrace kfree_skb kstack(3)")):
+        lo, hi = o["ratio_spread"][key]
+        print("  %-28s %12d %8.3f  %.3f..%.3f" % (label, o["rate_" + key], o["ratio_" + key], lo, hi))
     print("  runs: %s" % json.dumps(o["runs"]))
     return 0 if f["all_counted"] else 1
 

@@ -183,7 +183,8 @@ def test_bad_input_is_one_line(root, args, needle):
 def test_container_without_published_port(root):
     from dnattrace.lab import docker_lab
     name = net.unique("dtnp")
-    image = docker_lab.ensure_image()
+    docker_lab.ensure_image()
+    image = docker_lab.IMAGE
     subprocess.run(["docker", "run", "-d", "--name", name, image, "sleep", "60"], check=True, capture_output=True)
     try:
         p = subprocess.run([sys.executable, "-m", "dnattrace.cli", "watch", "--container", name, "--duration", "1"],
