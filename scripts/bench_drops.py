@@ -225,7 +225,7 @@ def main():
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--seconds", type=float, default=120, help="bound on the flood's sending time")
     ap.add_argument("--rr-seconds", type=float, default=2)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
