@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+"""Benchmark for `dnattrace watch` (scripts/bench watch [--connections N] [--seconds S] [--rounds R]).
+
+Connection rate through the DNAT path of a lab `healthy` host (namespace variant): a client in the lab's
+client namespace opens and closes short TCP connections to the published address 198.51.100.1, which the
+host namespace DNATs to the container namespace, as fast as one Python loop can. The lab's own server
+(busybox httpd, one fork per connection) cannot keep up with that, so the container side is a trivial
+accept-and-close server on port 81 started here, published as 8081 by two rules added next to the lab's
+own (Docker's layout: a DNAT rule in nat/DOCKER and an ACCEPT in filter/DOCKER), removed at the end.
+
+Conditions, interleaved in one run (A B C A B C ...) so that drift cancels out:
+  a  nothing attached
+  b  `dnattrace watch --json` attached in the host namespace following ANOTHER port (9999): every packet
+     of the benchmark passes the probes and is filtered out in the kernel
+  c  `dnattrace watch --json` following the benchmark's own port (default mode: SYN / SYN-ACK / RST)
+The watch runs as a subprocess, so its CPU (/proc/PID/stat) and peak RSS (VmHWM) are its own; it is
+stopped with SIGINT and its JSON summary gives lost_events; in (c) the connections it reports are
+compared with the connections made.
+
+Targets (issue 5): b/a >= 0.97, c/a >= 0.90, no events lost in c, watch RSS < 60 MB. A missed target is
+printed as MISSED and the exit status is 1.
+
+Everything lives in the lab's namespaces (removed by lab.down in a finally) and processes started here
+(killed by pid in a finally).
+"""
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dnattrace import lab  # noqa: E402
+from dnattrace.lab import net  # noqa: E402
+
+BENCH_PORT, SERVER_PORT, OTHER_PORT = 8081, 81, 9999
+TARGET_B, TARGET_C, TARGET_RSS_MB = 0.97, 0.90, 60.0
+TICK = os.sysconf("SC_CLK_TCK")
+
+# Accept and close, nothing else: the container side costs as little as possible. Ends by itself when
+# idle for a minute (bounded even if this script is killed hard).
+SERVER = r"""
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", %d))
+s.listen(4096)
+s.settimeout(60)
+print("ready", flush=True)
+try:
+    while True:
+        c, _ = s.accept()
+        c.close()
+except socket.timeout:
+    pass
+""" % SERVER_PORT
+
+# connect + close, N times or S seconds, whichever first; each connect bounded by 1 s.
+CLIENT = r"""
+import json, socket, sys, time
+n, seconds, addr, port = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+ok = failed = 0
+t0 = time.perf_counter()
+end = t0 + seconds
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(1.0)
+    try:
+        s.connect((addr, port))
+        ok += 1
+    except OSError:
+        failed += 1
+    s.close()
+    if time.perf_counter() >= end:
+        break
+print(json.dumps({"ok": ok, "failed": failed, "seconds": time.perf_counter() - t0}))
+"""
+
+DNATTRACE = "import sys; from dnattrace.cli import main; sys.argv[0] = 'dnattrace'; sys.exit(main())"
+# The same under cProfile (--profile): the watch catches SIGINT itself, so the profile is written.
+PROFILED = ("import sys, cProfile; from dnattrace.cli import main; out = sys.argv.pop(1); sys.argv[0] = 'dnattrace'; "
+            "cProfile.run('main()', out)")
+
+
+def publish(inst, add=True):
+    """The extra published port, laid out as Docker would: DNAT in nat/DOCKER, ACCEPT in filter/DOCKER."""
+    op = "-A" if add else "-D"
+    rules = [
+        ["-t", "nat", op, "DOCKER", "!", "-i", inst.bridge, "-p", "tcp", "-m", "tcp", "--dport", str(BENCH_PORT),
+         "-j", "DNAT", "--to-destination", "%s:%d" % (inst.container_addr, SERVER_PORT)],
+        ["-t", "filter", op, "DOCKER", "-d", inst.container_addr + "/32", "!", "-i", inst.bridge, "-o",
+         inst.bridge, "-p", "tcp", "-m", "tcp", "--dport", str(SERVER_PORT), "-j", "ACCEPT"],
+    ]
+    for r in rules:
+        net.run(["iptables", *r], netns=inst.host_ns, check=add)
+
+
+def start_server(ns):
+    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    if p.stdout.readline().strip() != "ready":
+        p.kill()
+        raise SystemExit("bench watch: the accept-and-close server did not start in %s" % ns)
+    return p
+
+
+def run_client(inst, n, seconds):
+    out = subprocess.run(["ip", "netns", "exec", inst.client_ns, sys.executable, "-c", CLIENT, str(n),
+                          str(seconds), inst.target_addr, str(BENCH_PORT)],
+                         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    return json.loads(out)
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def status_kb(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def attached(pid):
+    """The watch has its BPF links and sits in its poll loop (blocked in epoll)."""
+    links = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            links += os.readlink("/proc/%d/fd/%s" % (pid, fd)) == "anon_inode:bpf_link"
+        except OSError:
+            pass
+    with open("/proc/%d/wchan" % pid) as f:
+        wchan = f.read()
+    return links > 0 and "poll" in wchan
+
+
+def prog_ids(pid):
+    """The BPF programs a process holds (its program and link fds name them in fdinfo)."""
+    ids = set()
+    for fd in os.listdir("/proc/%d/fdinfo" % pid):
+        try:
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            pass
+    return sorted(ids)
+
+
+def prog_stats(ids):
+    """name, run count and total run time of each program (kernel.bpf_stats_enabled must be on)."""
+    out = []
+    for i in ids:
+        p = subprocess.run(["bpftool", "prog", "show", "id", str(i), "--json"], capture_output=True, text=True)
+        if p.returncode == 0:
+            d = json.loads(p.stdout)
+            out.append({"name": d.get("name", "?"), "cnt": d.get("run_cnt", 0), "ns": d.get("run_time_ns", 0)})
+    return out
+
+
+class Busy(Exception):
+    pass
+
+
+class Watch:
+    """`dnattrace watch --json` as a subprocess, with its output in a file."""
+
+    def __init__(self, inst, port, out_path, profile=None, tries=5):
+        self.out_path = out_path
+        for attempt in range(tries):
+            try:
+                self._start(inst, port, profile)
+                return
+            except Busy as e:
+                # Another watch (someone's test, on a lab holding the same container address) has the
+                # first/last netfilter priority in one of these namespaces: wait and try again.
+                print("  (watch could not attach, retrying: %s)" % e, flush=True)
+                time.sleep(2)
+        raise SystemExit("bench watch: dnattrace watch could not attach after %d tries" % tries)
+
+    def _start(self, inst, port, profile):
+        out_path = self.out_path
+        self.out = open(out_path, "w")
+        self.err = open(out_path + ".err", "w")
+        t0 = time.monotonic()
+        head = [sys.executable, "-c", PROFILED, profile] if profile else [sys.executable, "-c", DNATTRACE]
+        self.p = subprocess.Popen(head + ["watch", "--json", "--netns", inst.host_ns, "--port", str(port)],
+                                  stdout=self.out, stderr=self.err)
+        deadline = t0 + 30
+        while True:
+            if self.p.poll() is not None:
+                self.out.close()
+                self.err.close()
+                err = open(out_path + ".err").read().strip()
+                if "resource busy" in err:
+                    raise Busy(err.splitlines()[-1])
+                raise SystemExit("bench watch: dnattrace watch exited (%s): %s" % (self.p.returncode, err))
+            try:
+                if attached(self.p.pid):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise SystemExit("bench watch: dnattrace watch did not attach within 30 s")
+            time.sleep(0.05)
+        # Attached and polling: one more poll period so that every link is in place.
+        time.sleep(0.3)
+        self.startup_s = time.monotonic() - t0
+        self.cpu0 = cpu_seconds(self.p.pid)
+
+    def stop(self, bpf_stats=False):
+        """SIGINT (the user's Ctrl-C), wait for the summary; returns the figures."""
+        cpu = cpu_seconds(self.p.pid) - self.cpu0
+        hwm_kb = status_kb(self.p.pid, "VmHWM")
+        progs = prog_stats(prog_ids(self.p.pid)) if bpf_stats else []
+        self.p.send_signal(signal.SIGINT)
+        try:
+            _, status, usage = os.wait4(self.p.pid, 0)
+            self.p.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            usage = None
+        self.out.close()
+        self.err.close()
+        journeys, summary = 0, None
+        with open(self.out_path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                d = json.loads(line)
+                if d.get("type") == "summary":
+                    summary = d
+                else:
+                    journeys += 1
+        if summary is None:
+            raise SystemExit("bench watch: no summary from dnattrace watch (exit %s): %s"
+                             % (self.p.returncode, open(self.out_path + ".err").read().strip()[-500:]))
+        conns = summary["connections"]
+        return {"cpu_s": cpu, "hwm_mb": max(hwm_kb, usage.ru_maxrss if usage else 0) / 1024.0,
+                "lost": summary["lost_events"], "journeys": journeys, "connections": len(conns),
+                "answered": sum(1 for c in conns if c.get("replies")),
+                "startup_s": self.startup_s, "progs": progs}
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        for f in (self.out, self.err):
+            if not f.closed:
+                f.close()
+
+
+def measure(inst, cond, n, seconds, tmp, profile=None, bpf_stats=False):
+    watch = None
+    if cond == "b":
+        watch = Watch(inst, OTHER_PORT, os.path.join(tmp, "watch-b.jsonl"))
+    elif cond == "c":
+        watch = Watch(inst, BENCH_PORT, os.path.join(tmp, "watch-c.jsonl"), profile=profile)
+    else:
+        time.sleep(0.3)       # the same pause as after a watch attaches
+    try:
+        r = run_client(inst, n, seconds)
+        r["rate"] = r["ok"] / r["seconds"]
+        if watch:
+            r["watch_cpu_pct"] = 100.0 * (cpu_seconds(watch.p.pid) - watch.cpu0) / r["seconds"]
+            time.sleep(1.5)   # journeys still open finish (idle expiry) before the summary
+            r.update(watch.stop(bpf_stats))
+        return r
+    finally:
+        if watch:
+            watch.kill()
+
+
+def other_holders(inst):
+    """Other namespaces holding the container address (other labs running): `watch` picks the container
+    namespace by that address, so it may attach in one of those instead of this lab's."""
+    names = [line.split()[0] for line in net.run(["ip", "netns", "list"]).stdout.splitlines() if line.strip()]
+    out = []
+    for ns in names:
+        if ns == inst.container_ns:
+            continue
+        p = net.run(["ip", "-n", ns, "-o", "-4", "addr", "show"], check=False)
+        if " %s/" % inst.container_addr in p.stdout:
+            out.append(ns)
+    return out
+
+
+def profile_pass(inst, n, seconds, tmp, rate_a):
+    """One more b and c with kernel BPF run-time statistics on (not part of the ratios: the statistics
+    cost time themselves), and the watch process of c under cProfile."""
+    import pstats
+    key = "kernel.bpf_stats_enabled"
+    old = net.sysctl_get(key)
+    prof = os.path.join(tmp, "watch.prof")
+    try:
+        net.sysctl_set(key, 1)
+        for cond in "bc":
+            r = measure(inst, cond, n, seconds, tmp, profile=prof if cond == "c" else None, bpf_stats=True)
+            per_conn_us = 1e6 / rate_a
+            print("\nprofile %s: %d connections at %.0f conn/s (a: %.0f, %.0f us per connection); "
+                  "watch CPU %.0f%%" % (cond, r["ok"], r["rate"], rate_a, per_conn_us, r["watch_cpu_pct"]))
+            print("  %-16s %8s %10s %10s %12s" % ("BPF program", "progs", "runs/conn", "ns/run", "us/conn"))
+            agg = {}
+            for p in r["progs"]:
+                a = agg.setdefault(p["name"], [0, 0, 0])
+                a[0] += 1
+                a[1] += p["cnt"]
+                a[2] += p["ns"]
+            total = 0.0
+            for name, (k, cnt, ns) in sorted(agg.items(), key=lambda kv: -kv[1][2]):
+                us = ns / 1000.0 / max(r["ok"], 1)
+                total += us
+                print("  %-16s %8d %10.1f %10.0f %12.2f" % (name, k, cnt / max(r["ok"], 1), ns / max(cnt, 1), us))
+            print("  %-16s %8s %10s %10s %12.2f  (= %.0f%% of a connection's time without tracer)"
+                  % ("total", "", "", "", total, 100.0 * total / per_conn_us))
+        print("\nwatch process (c) under cProfile, top functions by own time:")
+        st = pstats.Stats(prof)
+        st.sort_stats("tottime").print_stats(15)
+    finally:
+        net.sysctl_set(key, old)
+
+
+def verdict(ok):
+    return "ok" if ok else "MISSED"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--connections", type=int, default=2000, help="connections per run (default 2000)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="at most this long per run (default 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of a, b, c (default 3)")
+    ap.add_argument("--profile", action="store_true",
+                    help="afterwards, one more b and c with BPF run-time statistics and cProfile on the watch")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("bench watch: needs root (namespaces, BPF)")
+
+    name = net.unique("bw")
+    tmp = "/tmp/%s" % name
+    os.makedirs(tmp)
+    server = None
+    inst = None
+    results = {"a": [], "b": [], "c": []}
+    try:
+        inst = lab.up("healthy", prefix=name, docker=False)
+        # Many short connections from one client address: a wide port range and TIME_WAIT reuse, in the
+        # lab's own client namespace (gone with it).
+        net.sysctl_set("net.ipv4.ip_local_port_range", "1024 65000", inst.client_ns)
+        net.sysctl_set("net.ipv4.tcp_tw_reuse", 1, inst.client_ns)
+        publish(inst)
+        server = start_server(inst.container_ns)
+        warm = run_client(inst, min(500, args.connections), args.seconds)
+        if warm["failed"] or not warm["ok"]:
+            raise SystemExit("bench watch: the DNAT path does not work (warm-up: %s)" % warm)
+        print("lab %s (healthy): client %s -> %s:%d, DNAT to %s:%d; %d connections or %g s per run, %d rounds"
+              % (inst.name, inst.client_addr, inst.target_addr, BENCH_PORT, inst.container_addr, SERVER_PORT,
+                 args.connections, args.seconds, args.rounds))
+        others = other_holders(inst)
+        if others:
+            print("note: %d other namespaces hold %s too (%s): watch may take one of them as the container's"
+                  % (len(others), inst.container_addr, ", ".join(others)))
+        print("%-5s %-4s %8s %6s %8s %9s %8s %6s %10s %9s" % ("round", "cond", "conns", "fail", "conn/s",
+                                                            "watchCPU%", "RSS MB", "lost", "followed", "startup"))
+        for rnd in range(1, args.rounds + 1):
+            for cond in "abc":
+                r = measure(inst, cond, args.connections, args.seconds, tmp)
+                results[cond].append(r)
+                print("%-5d %-4s %8d %6d %8.0f %9s %8s %6s %10s %9s" % (
+                    rnd, cond, r["ok"], r["failed"], r["rate"],
+                    "%.0f" % r["watch_cpu_pct"] if "watch_cpu_pct" in r else "-",
+                    "%.1f" % r["hwm_mb"] if "hwm_mb" in r else "-",
+                    r.get("lost", "-"),
+                    "%d/%d" % (r["answered"], r["ok"]) if cond == "c" else "-",
+                    "%.1fs" % r["startup_s"] if "startup_s" in r else "-"), flush=True)
+        if args.profile:
+            profile_pass(inst, args.connections, args.seconds, tmp,
+                         statistics.median(r["rate"] for r in results["a"]))
+    finally:
+        if server and server.poll() is None:
+            server.kill()
+            server.wait()
+        if inst is not None:
+            try:
+                publish(inst, add=False)
+            except Exception:
+                pass
+            lab.down(inst.name)
+        for f in sorted(os.listdir(tmp)):
+            os.unlink(os.path.join(tmp, f))
+        os.rmdir(tmp)
+
+    med = {c: statistics.median(r["rate"] for r in results[c]) for c in "abc"}
+    rb, rc = med["b"] / med["a"], med["c"] / med["a"]
+    lost = sum(r["lost"] for c in "bc" for r in results[c])
+    rss = max(r["hwm_mb"] for c in "bc" for r in results[c])
+    made = sum(r["ok"] for r in results["c"])
+    followed = sum(r["answered"] for r in results["c"])
+    cpu_c = statistics.median(r["watch_cpu_pct"] for r in results["c"])
+    cpu_b = statistics.median(r["watch_cpu_pct"] for r in results["b"])
+    print()
+    print("median conn/s: a (no tracer) %.0f, b (watch on another port) %.0f, c (watch on this port) %.0f"
+          % (med["a"], med["b"], med["c"]))
+    print("b/a = %.3f (target >= %.2f): %s" % (rb, TARGET_B, verdict(rb >= TARGET_B)))
+    print("c/a = %.3f (target >= %.2f): %s" % (rc, TARGET_C, verdict(rc >= TARGET_C)))
+    print("lost events (b and c, all runs) = %d (target 0): %s" % (lost, verdict(lost == 0)))
+    print("connections followed in c (reported with their SYN-ACK) = %d of %d made: %s"
+          % (followed, made, verdict(followed == made)))
+    print("watch peak RSS = %.1f MB (target < %.0f MB): %s" % (rss, TARGET_RSS_MB, verdict(rss < TARGET_RSS_MB)))
+    print("watch CPU (median, share of one core): b %.0f%%, c %.0f%%" % (cpu_b, cpu_c))
+    met = rb >= TARGET_B and rc >= TARGET_C and lost == 0 and followed == made and rss < TARGET_RSS_MB
+    print("all targets met" if met else "TARGETS MISSED (see above)")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
