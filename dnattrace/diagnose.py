@@ -62,28 +62,35 @@ def _decided(c: model.Connection) -> bool:
 
 
 def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
-        traffic: Optional[Callable[[], None]] = None, caps=None) -> Result:
-    """Watch until an attempt is decided or `timeout` passes; `traffic` (optional) is called once the
-    probes are attached, to make attempts (demo, --probe)."""
+        traffic: Optional[Callable[[], None]] = None, on_ready: Optional[Callable[[], None]] = None,
+        caps=None) -> Result:
+    """Watch until an attempt is decided or `timeout` passes. Once the probes are attached, on_ready()
+    is called (to tell the user or a script), then traffic() (to make attempts: demo, --probe)."""
     res = Result(target=t)
     st = snapshot_target(t)
     before = snap.Snapshot.take(t.host_netns, t.container_netns, st, counters_only=True)
     start = time.monotonic()
     follower = Follower(t, caps=caps)
     with follower:
+        if on_ready:
+            on_ready()
         if traffic:
             traffic()
         deadline = start + timeout
         settle_until = None
         while time.monotonic() < deadline:
-            for j, c in follower.poll(50):
+            finished = follower.poll(50)
+            for j, c in finished:
                 if on_journey:
                     on_journey(j, c)
-                if settle_until is None and _decided(c):
-                    res.first_failure_at = time.monotonic()
-                    settle_until = res.first_failure_at + SETTLE_S
+            if settle_until is None and (any(_decided(c) for _, c in finished) or follower.builder.open_replies()):
+                res.first_failure_at = time.monotonic()
+                settle_until = res.first_failure_at + SETTLE_S
             if settle_until is not None and time.monotonic() >= settle_until:
                 break
+        for j, c in follower.builder.flush():     # replies still open count as seen
+            if on_journey:
+                on_journey(j, c)
         res.watched_s = time.monotonic() - start
     res.lost_events = follower.lost_events
     res.connections = [c for c in follower.builder.connections if c.requests or c.replies]

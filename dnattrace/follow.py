@@ -16,7 +16,11 @@ class Follower:
     def __init__(self, target, all_packets=False, idle_s=1.0, caps=None, pcap=None):
         self.target = target
         self.tracer = WatchTracer(target.filters(), target.netns_paths(), all_packets=all_packets, caps=caps)
-        self.builder = journey.JourneyBuilder(journey.request_matcher(target.services()), idle_s=idle_s)
+        inodes = target.netns_inodes()
+        # only packets that entered the host (or container) being watched: another host on this
+        # machine (a lab, a nested setup) may use the same addresses and ports
+        self.builder = journey.JourneyBuilder(journey.request_matcher(target.services()), idle_s=idle_s,
+                                              keep=lambda j: any(s.netns in inodes for s in j.steps))
         self.symbols = kallsyms.load()
         self.reasons = btf.drop_reasons()
         self.namer = netns.Namer()

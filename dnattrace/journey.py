@@ -18,14 +18,21 @@ from dnattrace import model
 class JourneyBuilder:
     """Feed steps in arrival order; finished journeys come out of add()/flush() as (journey, connection)."""
 
-    def __init__(self, is_request: Callable[[model.Tuple5], Optional[bool]], idle_s: float = 1.0):
+    def __init__(self, is_request: Callable[[model.Tuple5], Optional[bool]], idle_s: float = 1.0,
+                 keep: Optional[Callable[[model.Journey], bool]] = None):
         """is_request(tuple) says whether a packet with that first tuple goes towards the service (True),
-        comes from it (False), or cannot be told (None: treated as a request)."""
+        comes from it (False), or cannot be told (None: treated as a request). keep(journey), when given,
+        drops journeys that do not concern us (e.g. never entered the host being diagnosed)."""
         self.is_request = is_request
+        self.keep = keep
         self.idle_ns = int(idle_s * 1e9)
         self.open: dict[int, model.Journey] = {}
         self.connections: list[model.Connection] = []
         self._by_tuple: dict[model.Tuple5, model.Connection] = {}
+        # journeys finished by idleness, kept a while: a packet parked in a queue (waiting for ARP, say)
+        # can still be dropped seconds later, and that end belongs to the same journey
+        self._expired: dict[int, model.Journey] = {}
+        self._conn_of: dict[int, model.Connection] = {}
 
     # -- journeys --
 
@@ -34,7 +41,9 @@ class JourneyBuilder:
         known); returns journeys that finished because of it."""
         done = []
         if new and skb in self.open:
-            done.append(self._finish(self.open.pop(skb)))
+            done += self._finished(self.open.pop(skb))
+        if skb not in self.open and not new and skb in self._expired:
+            self.open[skb] = self._expired.pop(skb)
         j = self.open.get(skb)
         if j is None:
             j = self.open[skb] = model.Journey(skb=skb)
@@ -43,24 +52,49 @@ class JourneyBuilder:
         j.steps.append(step)
         if step.point in (model.DROP, model.CONSUME):
             del self.open[skb]
-            done.append(self._finish(j))
+            done += self._finished(j)
         return done
 
     def expire(self, now_ns: int) -> list[tuple[model.Journey, model.Connection]]:
         """Finish journeys idle for longer than idle_s (now_ns on the same clock as the events)."""
         stale = [skb for skb, j in self.open.items() if now_ns - j.last.ts_ns > self.idle_ns]
-        return [self._finish(self.open.pop(skb)) for skb in stale]
+        out = []
+        for skb in stale:
+            j = self._expired[skb] = self.open.pop(skb)
+            out += self._finished(j)
+        for skb in [k for k, j in self._expired.items() if now_ns - j.last.ts_ns > 10 * self.idle_ns]:
+            del self._expired[skb]
+        return out
 
     def flush(self) -> list[tuple[model.Journey, model.Connection]]:
-        out = [self._finish(j) for j in self.open.values()]
+        out = [pair for j in self.open.values() for pair in self._finished(j)]
         self.open.clear()
+        return out
+
+    def open_replies(self) -> list[model.Connection]:
+        """Connections with a reply still on its way (seen, not finished): already answered, even if
+        that reply's skb will be freed silently (TCP frees received segments without a tracepoint)."""
+        out = []
+        for j in self.open.values():
+            t = next((s.tuple for s in j.steps if s.tuple), None)
+            if t is not None and self.is_request(t) is False:
+                conn = self._by_tuple.get(t.reversed())
+                if conn is not None and conn not in out:
+                    out.append(conn)
         return out
 
     # -- connections --
 
-    def _finish(self, j: model.Journey) -> tuple[model.Journey, model.Connection]:
+    def _finished(self, j: model.Journey) -> list[tuple[model.Journey, model.Connection]]:
         j.steps.sort(key=lambda s: s.ts_ns)
+        if self.keep is not None and not self.keep(j):
+            return []
+        return [self._finish(j)]
+
+    def _finish(self, j: model.Journey) -> tuple[model.Journey, model.Connection]:
         annotate_routes(j)
+        if id(j) in self._conn_of:       # finished before by idleness, now with its real end
+            return j, self._conn_of[id(j)]
         tuples = j.tuples() + [t for s in j.steps if s.ct for t in (s.ct.orig,) if t]
         first = tuples[0] if tuples else None
         j.direction = "reply" if first is not None and self.is_request(first) is False else "request"
@@ -80,6 +114,7 @@ class JourneyBuilder:
             conn = model.Connection(key=key)
             self.connections.append(conn)
         (conn.replies if j.direction == "reply" else conn.requests).append(j)
+        self._conn_of[id(j)] = conn
         for t in tuples:
             if j.direction == "reply":
                 self._by_tuple.setdefault(t.reversed(), conn)

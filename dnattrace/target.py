@@ -51,6 +51,10 @@ class Target:
             paths.append(self.container_netns)
         return paths
 
+    def netns_inodes(self) -> set[int]:
+        """Inodes of the watched namespaces (what the BPF programs report per step)."""
+        return {os.stat(p or "/proc/self/ns/net").st_ino for p in self.netns_paths()}
+
     def describe(self) -> str:
         head = "%s :%d" % (self.proto.upper(), self.port)
         if self.container and self.backends:
@@ -120,25 +124,32 @@ def from_port(port: int, proto: str = "tcp", host_netns: Optional[str] = None) -
                   dnat_rule=targets[0].rule if targets else "")
 
 
-def owner_netns(addr: str, exclude=()) -> Optional[str]:
-    """Path of the namespace (an `ip netns` one or a Docker container's) that holds `addr`, or None.
+def owner_netns(addr: str, host_netns: Optional[str] = None) -> Optional[str]:
+    """Path of the namespace (an `ip netns` one or a Docker container's) that holds `addr` and is
+    linked to the host's namespace by a veth, or None.
 
     The container side of a DNAT is where a SYN is finally delivered or refused, so its netfilter
-    hooks are watched too; Docker tells us the namespace of its containers, other layouts do not.
+    hooks are watched too. Several namespaces may hold the same private address (one per lab or per
+    compose project): the one whose veth peer sits in the host's namespace is the one the host reaches.
     """
     from dnattrace import netns as nsnames
     from dnattrace.system import links
     candidates = [path for _name, (_ino, path) in nsnames.ip_netns().items()]
     candidates += [path for _name, (_ino, path) in nsnames.docker_netns().items()]
+    holders = []
     for path in candidates:
-        if not path or path in exclude:
+        if not path or path == host_netns:
             continue
         try:
             if any(cidr.split("/")[0] == addr for link in links.links(path) for cidr in link.addresses):
-                return path
+                holders.append(path)
         except Exception:   # a namespace that vanished meanwhile
             continue
-    return None
+    if len(holders) > 1:
+        peers = links.veth_peer_nsids(host_netns)
+        linked = [p for p in holders if links.nsid_of(p, host_netns) in peers]
+        holders = linked or holders
+    return holders[0] if holders else None
 
 
 def resolve(port: Optional[int] = None, container: Optional[str] = None, proto: str = "tcp",
@@ -151,5 +162,5 @@ def resolve(port: Optional[int] = None, container: Optional[str] = None, proto: 
     t.host_netns = host
     t.addr = dst
     if t.backends and not t.container_netns and t.backends[0].addr:
-        t.container_netns = owner_netns(t.backends[0].addr, exclude=(host,))
+        t.container_netns = owner_netns(t.backends[0].addr, host)
     return t

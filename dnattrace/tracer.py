@@ -7,6 +7,7 @@ and a container's by its /proc/PID/ns/net path); the tracepoints see every names
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -126,8 +127,22 @@ class WatchTracer:
     def attach_netns(self, path):
         """Netfilter links in one more namespace (None = the current one)."""
         for hook, prog, prio in NF_POSITIONS:
-            self._obj.program(prog).attach_netfilter(capabilities.HOOKS[hook], prio, netns_path=path)
+            self._attach_nf(prog, hook, prio, path)
         log.info("netfilter links: %d positions in %s", len(NF_POSITIONS), path or "the current namespace")
+
+    def _attach_nf(self, prog, hook, prio, path):
+        """The kernel allows one BPF netfilter link per (hook, priority) in a namespace: when another
+        dnattrace (a watch next to a diagnose) holds it, take the next free priority inwards."""
+        step = 1 if prio < 0 else -1
+        for i in range(8):
+            try:
+                return self._obj.program(prog).attach_netfilter(capabilities.HOOKS[hook], prio + i * step,
+                                                                 netns_path=path)
+            except loader.BpfError as e:
+                if e.errno != errno.EBUSY or i == 7:
+                    raise
+                log.info("%s priority %d is taken in %s, trying %d", hook, prio + i * step, path or "this namespace",
+                         prio + (i + 1) * step)
 
     def _on_record(self, data):
         self._pending.append(events.decode(data))

@@ -91,3 +91,17 @@ def test_json_round_trip_of_recorded_connections():
 
 def test_recorded_rows_have_kernel_names():
     assert any(r["step"].get("reason") == "IP_INADDRERRORS" for r in rows("forwarding-off"))
+
+
+def test_a_late_drop_completes_the_expired_journey():
+    """A SYN parked waiting for ARP is dropped (NEIGH_FAILED) seconds later: same journey, now ended."""
+    t = model.Tuple5(6, "198.51.100.2", 7, "198.51.100.1", 8080)
+    b = journey.JourneyBuilder(journey.request_matcher([(6, 8080, None)]), idle_s=1.0)
+    b.add(model.Step(ts_ns=0, point=model.RX, tcp_flags="S", tuple=t), 5, new=True)
+    (first,) = b.expire(2_000_000_000)
+    assert first[0].outcome == "unfinished"
+    (done,) = b.add(model.Step(ts_ns=3_000_000_000, point=model.DROP, tcp_flags="S", tuple=t,
+                               location="neigh_invalidate+0x8a", reason="NEIGH_FAILED"), 5)
+    assert done[0] is first[0] and done[0].outcome == "dropped"
+    (c,) = b.connections
+    assert c.attempts == 1 and c.outcome == "dropped"

@@ -20,6 +20,19 @@ def _print_result(res, as_json, verbose_journeys=False):
         click.echo(report.text(res))
 
 
+def _ready(t, timeout, as_json, client):
+    """Said once the probes are attached: a script can start its traffic on this line."""
+    if as_json:
+        click.echo(json.dumps({"type": "start", "target": t.describe(), "timeout": timeout,
+                               "probe_client": client.client_addr if client else None}))
+    else:
+        click.echo("%s. Watching for %g s ..." % (t.describe(), timeout))
+        if client:
+            click.echo("(--probe: connecting from a temporary namespace %s at %s to %s:%d; removed afterwards)"
+                       % (client.ns, client.client_addr, client.host_addr, t.port))
+    sys.stdout.flush()
+
+
 def _exit_code(res):
     return EXIT_OK if not res.findings else EXIT_FAULT
 
@@ -42,20 +55,15 @@ def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as
         raise UsageError("--timeout must be positive")
     host.require_root()
     t = targets.resolve(port=port, container=container, proto=proto, netns=netns)
-    if not as_json:
-        click.echo("%s. Watching for %g s ..." % (t.describe(), timeout))
     client = None
     traffic = None
     if probe:
         client = probeclient.ProbeClient(t.host_netns).up()
-        if not as_json:
-            click.echo("(--probe: connecting from a temporary namespace %s at %s to %s:%d; removed afterwards)"
-                       % (client.ns, client.client_addr, client.host_addr, t.port))
 
         def traffic():
             client.start_attempts(t.port, count=2, timeout=1.0)
     try:
-        res = dg.run(t, timeout=timeout, traffic=traffic)
+        res = dg.run(t, timeout=timeout, traffic=traffic, on_ready=lambda: _ready(t, timeout, as_json, client))
     finally:
         if client:
             client.down()
