@@ -166,8 +166,8 @@ class DropCounter:
         return decode_rows(self._obj.map("drops").items())
 
     def _stats(self):
-        per_cpu = self._obj.map("drops_stats")
-        return [sum(_U64.unpack_from(v)[0] for v in per_cpu.lookup(struct.pack("<I", i))) for i in (0, 1)]
+        stats = self._obj.map("drops_stats")
+        return [stats.counter(0), stats.counter(1)]
 
     def read(self):
         """DropRows gained since the previous read(); also updates .overflow (drops not stored)."""

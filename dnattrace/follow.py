@@ -58,6 +58,13 @@ class Follower:
             if self.pcap is not None and ev.caplen:
                 self.pcap.write(step, ev.packet)
             done += self.builder.add(step, ev.skb, ev.new_journey)
+        lost = self.lost()
+        if lost > self.lost_events:
+            # the ring buffer was full: any journey open now may miss steps, so none of them may be
+            # reported as complete without saying so
+            for j in self.builder.open.values():
+                j.lost_events += lost - self.lost_events
+            self.lost_events = lost
         done += self.builder.expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
         return done
 

@@ -276,6 +276,13 @@ class Map:
             return [raw[i * self.slot: i * self.slot + self.value_size] for i in range(self.ncpus)]
         return raw
 
+    def counter(self, index):
+        """A u64 counter slot of an array map (u32 index), summed over CPUs for a per-CPU map."""
+        v = self.lookup(index.to_bytes(4, "little"))
+        if v is None:
+            return 0
+        return sum(int.from_bytes(x[:8], "little") for x in (v if self.percpu else [v]))
+
     def update(self, key, value, flags=0):
         if self.percpu and isinstance(value, (bytes, bytearray)):
             value = [value] * self.ncpus

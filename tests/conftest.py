@@ -32,3 +32,21 @@ def netns(root):
     yield make
     for name in made:
         net.del_netns(name)
+
+
+@pytest.fixture
+def lab_instance(root):
+    """Factory: lab.up(scenario) with a unique prefix; every instance is brought down after the test,
+    even when it fails."""
+    from dnattrace import lab
+    from dnattrace.lab import net
+    made = []
+
+    def up(scenario_id, docker=False):
+        inst = lab.up(scenario_id, prefix=net.unique("tl"), docker=docker)
+        made.append(inst.name)
+        return inst
+
+    yield up
+    for name in made:
+        lab.down(name)

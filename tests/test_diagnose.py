@@ -15,18 +15,6 @@ pytestmark = pytest.mark.kernel
 CLI = [sys.executable, "-m", "dnattrace.cli"]
 
 
-@pytest.fixture
-def instance(root):
-    made = []
-
-    def up(scenario, docker=False):
-        inst = lab.up(scenario, prefix=net.unique("td"), docker=docker)
-        made.append(inst.name)
-        return inst
-
-    yield up
-    for name in made:
-        lab.down(name)
 
 
 def diagnose(inst, *extra, client=True, timeout=8):
@@ -49,9 +37,9 @@ def diagnose(inst, *extra, client=True, timeout=8):
 
 
 @pytest.mark.parametrize("scenario", [s.id for s in scenarios.SCENARIOS])
-def test_each_scenario_gets_its_ground_truth(instance, scenario):
+def test_each_scenario_gets_its_ground_truth(lab_instance, scenario):
     sc = scenarios.get(scenario)
-    inst = instance(scenario)
+    inst = lab_instance(scenario)
     rc, d, err = diagnose(inst, timeout=10 if sc.drop_delay else 8)
     assert d is not None, err
     assert d["top_cause"] == sc.cause, json.dumps(d["findings"], indent=1)
@@ -77,15 +65,15 @@ EXPECTED_FIX = {
 
 @pytest.mark.parametrize("scenario", ["forwarding-off", "forward-policy-drop", "input-drop", "rp-filter",
                                       "conntrack-full"])
-def test_fix_command_is_the_right_one(instance, scenario):
+def test_fix_command_is_the_right_one(lab_instance, scenario):
     sc = scenarios.get(scenario)
-    rc, d, err = diagnose(instance(scenario))
+    rc, d, err = diagnose(lab_instance(scenario))
     fix = " ".join(d["findings"][0]["fix"])
     assert EXPECTED_FIX[sc.cause] in fix, fix
 
 
-def test_fix_is_applied_only_when_asked_and_then_the_connection_works(instance):
-    inst = instance("forwarding-off")
+def test_fix_is_applied_only_when_asked_and_then_the_connection_works(lab_instance):
+    inst = lab_instance("forwarding-off")
     before = net.sysctl_get("net.ipv4.ip_forward", inst.host_ns)
     rc, d, _ = diagnose(inst)
     assert rc == 1 and net.sysctl_get("net.ipv4.ip_forward", inst.host_ns) == before == "0", \
@@ -101,8 +89,8 @@ def test_fix_is_applied_only_when_asked_and_then_the_connection_works(instance):
     assert inst.traffic(attempts=1, timeout=2.0).ok
 
 
-def test_probe_makes_its_own_traffic_and_cleans_up(instance):
-    inst = instance("forwarding-off")
+def test_probe_makes_its_own_traffic_and_cleans_up(lab_instance):
+    inst = lab_instance("forwarding-off")
     before = set(net.run(["ip", "netns", "list"]).stdout.split())
     rc, d, err = diagnose(inst, "--probe", client=False)
     assert rc == 1 and d["top_cause"] == "forwarding-off", err
@@ -111,8 +99,8 @@ def test_probe_makes_its_own_traffic_and_cleans_up(instance):
     assert not {n for n in after - before if n.startswith("dp")}, "the probe namespace is removed"
 
 
-def test_no_traffic_says_the_fault_is_before_the_host(instance):
-    inst = instance("healthy")
+def test_no_traffic_says_the_fault_is_before_the_host(lab_instance):
+    inst = lab_instance("healthy")
     args = CLI + ["diagnose", "--port", "8080", "--netns", inst.host_ns, "--timeout", "1.5"]
     p = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert "Nothing arrived" in p.stdout and "before this host" in p.stdout, p.stdout
@@ -121,9 +109,9 @@ def test_no_traffic_says_the_fault_is_before_the_host(instance):
 
 @pytest.mark.docker
 @pytest.mark.parametrize("scenario", ["healthy", "forwarding-off"])
-def test_docker_variant(instance, scenario):
+def test_docker_variant(lab_instance, scenario):
     sc = scenarios.get(scenario)
-    inst = instance(scenario, docker=True)
+    inst = lab_instance(scenario, docker=True)
     rc, d, err = diagnose(inst)
     assert d["top_cause"] == sc.cause, err + json.dumps(d["findings"], indent=1)
     if sc.cause == "forwarding-off":

@@ -90,19 +90,6 @@ def snapshot(inst_name, token):
                 state=os.path.exists(state.state_path(inst_name)))
 
 
-@pytest.fixture
-def instances(root):
-    """Factory: lab.up with a unique prefix; always brought down, even when the test fails."""
-    made = []
-
-    def make(scenario_id, docker=False):
-        inst = lab.up(scenario_id, prefix=net.unique("tl"), docker=docker)
-        made.append(inst.name)
-        return inst
-
-    yield make
-    for name in made:
-        lab.down(name)
 
 
 # ------------------------------------------------------------------------------- kernel: life cycle --
@@ -135,8 +122,8 @@ def test_scenario_up_traffic_down_leaves_nothing(root, scenario_id):
 
 
 @pytest.mark.kernel
-def test_syn_burst_is_bounded_and_reaches_the_container(instances):
-    inst = instances("healthy")
+def test_syn_burst_is_bounded_and_reaches_the_container(lab_instance):
+    inst = lab_instance("healthy")
     t0 = time.monotonic()
     out = inst.syn_burst(count=50, timeout=0.5)
     # busybox httpd has a small accept backlog: some SYNs wait for a retransmission, but many get through
@@ -221,9 +208,9 @@ def role_inode(inst, role):
 
 
 @pytest.mark.kernel
-def test_ground_truth_drops_measured_with_bpftrace(instances):
+def test_ground_truth_drops_measured_with_bpftrace(lab_instance):
     """All namespace scenarios at once (they share nothing), one bpftrace run, drops told apart by netns."""
-    insts = [instances(s.id) for s in scenarios.SCENARIOS]
+    insts = [lab_instance(s.id) for s in scenarios.SCENARIOS]
     results = {}
     with DropCounter() as counter:
         threads = [threading.Thread(target=lambda i=i: results.__setitem__(i.name, i.traffic(timeout=2.0)))
@@ -259,11 +246,11 @@ def docker_ready():
 
 @pytest.mark.kernel
 @pytest.mark.docker
-def test_docker_healthy_and_forwarding_off(instances):
+def test_docker_healthy_and_forwarding_off(lab_instance):
     require(docker_ready(), "docker engine")
     fwd = net.sysctl_get("net.ipv4.ip_forward")
     require(fwd == "1", "root net.ipv4.ip_forward=1 (as dockerd sets it)")
-    inst = instances("healthy", docker=True)
+    inst = lab_instance("healthy", docker=True)
     name, token = inst.name, inst.token
     assert inst.host_ns is None and inst.container_ns.startswith("/proc/")
     r = inst.traffic(timeout=2.0)
@@ -271,7 +258,7 @@ def test_docker_healthy_and_forwarding_off(instances):
     lab.down(name)
     assert snapshot(name, token)["containers"] == [] and not net.link_exists(token + "o")
 
-    inst = instances("forwarding-off", docker=True)
+    inst = lab_instance("forwarding-off", docker=True)
     assert net.sysctl_get("net.ipv4.ip_forward") == "0"
     with DropCounter() as counter:
         r = inst.traffic(timeout=1.0)

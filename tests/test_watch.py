@@ -33,18 +33,6 @@ def finish(p, timeout=30):
     return [o for o in objs if o["type"] == "journey"], objs[-1]
 
 
-@pytest.fixture
-def instance(root, request):
-    made = []
-
-    def up(scenario, docker=False):
-        inst = lab.up(scenario, prefix=net.unique("tw"), docker=docker)
-        made.append(inst.name)
-        return inst
-
-    yield up
-    for name in made:
-        lab.down(name)
 
 
 def watch_lab(inst, attempts=1, timeout=2.5, extra=()):
@@ -68,8 +56,8 @@ def mine(journeys, inst):
     return [j for j in journeys if any(s.get("netns_name", "").startswith(inst.name) for s in j["steps"])]
 
 
-def test_healthy_journey_hook_by_hook(instance):
-    inst = instance("healthy")
+def test_healthy_journey_hook_by_hook(lab_instance):
+    inst = lab_instance("healthy")
     journeys, summary = watch_lab(inst)
     assert summary["lost_events"] == 0
     js = mine(journeys, inst)
@@ -98,8 +86,8 @@ def test_healthy_journey_hook_by_hook(instance):
     assert conn["outcome"] == "answered"
 
 
-def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(instance):
-    inst = instance("forwarding-off")
+def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(lab_instance):
+    inst = lab_instance("forwarding-off")
     journeys, summary = watch_lab(inst, timeout=2.5)
     syns = [j for j in mine(journeys, inst) if j["transmission"]]
     assert len(syns) >= 2 and len({json.dumps(j["connection"]) for j in syns}) == 1, \
@@ -114,8 +102,8 @@ def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(instance
     assert conn["outcome"] == "dropped" and conn["dropped"] == conn["transmissions"] == len(syns)
 
 
-def test_forward_policy_drop_names_the_hook(instance):
-    inst = instance("forward-policy-drop")
+def test_forward_policy_drop_names_the_hook(lab_instance):
+    inst = lab_instance("forward-policy-drop")
     journeys, _ = watch_lab(inst, timeout=1.2)
     j = next(j for j in mine(journeys, inst) if j["transmission"])
     assert j["steps"][-1]["reason"] == "NETFILTER_DROP"
@@ -123,8 +111,8 @@ def test_forward_policy_drop_names_the_hook(instance):
     assert ("nf", "FORWARD", "first") in points(j) and ("nf", "FORWARD", "last") not in points(j)
 
 
-def test_no_listener_shows_the_rst_reply(instance):
-    inst = instance("no-listener")
+def test_no_listener_shows_the_rst_reply(lab_instance):
+    inst = lab_instance("no-listener")
     journeys, summary = watch_lab(inst, timeout=1.2)
     js = mine(journeys, inst)
     syn = next(j for j in js if j["transmission"])
@@ -135,9 +123,9 @@ def test_no_listener_shows_the_rst_reply(instance):
     assert conn["outcome"] == "refused"
 
 
-def test_pcap_has_one_record_per_point(instance, tmp_path):
+def test_pcap_has_one_record_per_point(lab_instance, tmp_path):
     from scapy.utils import RawPcapNgReader
-    inst = instance("forwarding-off")
+    inst = lab_instance("forwarding-off")
     pcap = tmp_path / "j.pcapng"
     journeys, _ = watch_lab(inst, timeout=1.2, extra=["--pcap", str(pcap)])
     with_packet = sum(1 for j in journeys for s in j["steps"] if s["point"] in ("rx", "nf"))
@@ -150,8 +138,8 @@ def test_pcap_has_one_record_per_point(instance, tmp_path):
 
 
 @pytest.mark.docker
-def test_container_option_follows_into_docker(instance):
-    inst = instance("healthy", docker=True)
+def test_container_option_follows_into_docker(lab_instance):
+    inst = lab_instance("healthy", docker=True)
     p = start_watch("--container", inst.container_name, "--duration", "3")
     r = inst.traffic(attempts=1, timeout=2.0)
     journeys, summary = finish(p)
