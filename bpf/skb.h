@@ -26,6 +26,7 @@ struct l34 {
 	__u16 ipid;          /* IP id: with seq/ack it tells a packet from a later one reusing the skb */
 	__u16 udp_len;
 	__u32 seq, ack;      /* TCP sequence and acknowledgement numbers (network order) */
+	__u32 payload;       /* TCP payload bytes in this packet */
 };
 
 /* The namespace an skb is in: its device's, else its socket's; 0 when neither is known. */
@@ -71,6 +72,8 @@ static __always_inline int l34_at(unsigned char *l3, struct l34 *out)
 			out->tcp_flags = ((__u8 *)&th)[13];
 			out->seq = th.seq;
 			out->ack = th.ack_seq;
+			__u32 hdrs = ip.ihl * 4 + th.doff * 4;
+			out->payload = out->tot_len > hdrs ? out->tot_len - hdrs : 0;
 		}
 	} else if (ip.protocol == IPPROTO_UDP_) {
 		struct udphdr uh;

@@ -43,6 +43,19 @@ struct {
 	__type(value, __u64);
 } tracked SEC(".maps");
 
+/* Flows whose first data packet has been followed already (each direction keyed separately). */
+struct flow_key {
+	__u32 saddr, daddr;
+	__u16 sport, dport;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct flow_key);
+	__type(value, __u8);
+} data_seen SEC(".maps");
+
 static __always_inline __u64 ident(struct l34 *p)
 {
 	return ((__u64)p->seq << 32 | p->ack) ^ ((__u64)p->ipid << 16 | p->udp_len) ^ 1;
@@ -127,11 +140,18 @@ static __always_inline int follow(__u64 skb, struct l34 *p)
 		return 0;
 	if (!filter_hit(p->proto, p->dport, p->daddr) && !filter_hit(p->proto, p->sport, p->saddr))
 		return 0;
-	if (p->proto == IPPROTO_TCP_) {
+	if (p->proto == IPPROTO_TCP_ && !(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST))) {
 		__u32 zero = 0;
 		struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
-		if (!(cfg && cfg->all_packets) && !(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST)))
-			return 0;
+		if (!(cfg && cfg->all_packets)) {
+			/* besides SYN, SYN-ACK and RST: the first data packet of each direction */
+			if (!p->payload)
+				return 0;
+			struct flow_key fk = { .saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport };
+			__u8 one = 1;
+			if (bpf_map_update_elem(&data_seen, &fk, &one, BPF_NOEXIST))
+				return 0;
+		}
 	}
 	__u64 id = ident(p);
 	bpf_map_update_elem(&tracked, &skb, &id, BPF_ANY);
