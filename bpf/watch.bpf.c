@@ -100,7 +100,15 @@ struct {
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
 
-/* kprobe fallbacks stash their entry arguments per thread until the return probe runs */
+/* The kprobe fallbacks stash their entry arguments until the return probe runs, per execution context
+ * (a task, or a CPU's idle task: all idle tasks are pid 0) and per probed function (ip_route_input_noref
+ * runs inside nf_hook_slow under br_netfilter). Only calls made for a followed skb are stashed. */
+struct stash_key {
+	__u32 pid;
+	__u32 cpu;      /* 1 + the CPU when pid is 0, else 0 */
+	__u32 kind;     /* STASH_VERDICT, STASH_ROUTE */
+};
+
 struct entry_args {
 	__u64 skb;
 	__u32 hook;
@@ -110,9 +118,18 @@ struct entry_args {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
-	__type(key, __u64);
+	__type(key, struct stash_key);
 	__type(value, struct entry_args);
 } entries SEC(".maps");
+
+/* fentry/nf_hook_slow -> fexit: the hook of each call made for a followed skb, by skb. A dropped skb is
+ * freed (and forgotten by `tracked`) before nf_hook_slow returns, so the exit cannot ask `tracked`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u32);
+} verdict_hooks SEC(".maps");
 
 static __always_inline void stat_inc(__u32 slot)
 {
@@ -437,15 +454,19 @@ int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
 	return 0;
 }
 
-/* ---- richer hooks where the kernel allows them (fexit, else kprobe/kretprobe) ---- */
+/* ---- richer hooks where the kernel allows them (fentry/fexit, else kprobe/kretprobe) ---- */
 
-static __always_inline void verdict(struct sk_buff *skb, __u8 hook, int ret)
+#define STASH_VERDICT 0
+#define STASH_ROUTE 1
+
+/* A netfilter verdict other than ACCEPT (ret 1) for a call made for a followed skb: a drop (ret < 0;
+ * the drop event itself comes from kfree_skb inside the call) or a steal (0: queued, or taken over). */
+static __always_inline void verdict(__u64 skb, __u8 hook, int ret)
 {
-	__u64 key = (__u64)skb;
-	if (ret == 1 || !bpf_map_lookup_elem(&tracked, &key))
+	if (ret == 1)
 		return;     /* only drops and steals are news: the links already show accepted packets */
 	struct l34 p = {};
-	struct dt_event *e = emit(DT_VERDICT, key, &p, NULL);
+	struct dt_event *e = emit(DT_VERDICT, skb, &p, NULL);
 	if (!e)
 		return;
 	e->hook = hook;
@@ -453,10 +474,27 @@ static __always_inline void verdict(struct sk_buff *skb, __u8 hook, int ret)
 	bpf_ringbuf_submit(e, 0);
 }
 
+SEC("fentry/nf_hook_slow")
+int BPF_PROG(verdict_fentry, struct sk_buff *skb, struct nf_hook_state *state)
+{
+	__u64 key = (__u64)skb;
+	if (!bpf_map_lookup_elem(&tracked, &key))
+		return 0;
+	__u32 hook = BPF_CORE_READ(state, hook);
+	bpf_map_update_elem(&verdict_hooks, &key, &hook, BPF_ANY);
+	return 0;
+}
+
 SEC("fexit/nf_hook_slow")
 int BPF_PROG(verdict_fexit, struct sk_buff *skb, struct nf_hook_state *state, void *entries, unsigned int s, int ret)
 {
-	verdict(skb, BPF_CORE_READ(state, hook), ret);
+	__u64 key = (__u64)skb;
+	__u32 *hook = bpf_map_lookup_elem(&verdict_hooks, &key);
+	if (!hook)
+		return 0;
+	__u8 h = *hook;
+	bpf_map_delete_elem(&verdict_hooks, &key);
+	verdict(key, h, ret);
 	return 0;
 }
 
@@ -490,28 +528,42 @@ int BPF_PROG(route_fexit, struct sk_buff *skb, __u32 daddr, __u32 saddr, __u8 to
 	return 0;
 }
 
-static __always_inline void stash(struct sk_buff *skb, __u32 hook)
+static __always_inline void stash_key(struct stash_key *k, __u32 kind)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct entry_args a = { .skb = (__u64)skb, .hook = hook };
-	bpf_map_update_elem(&entries, &id, &a, BPF_ANY);
+	__u32 pid = (__u32)bpf_get_current_pid_tgid();
+	k->pid = pid;
+	k->cpu = pid ? 0 : bpf_get_smp_processor_id() + 1;
+	k->kind = kind;
 }
 
-static __always_inline struct entry_args *unstash(struct entry_args *out)
+/* Entry: remember a call made for a followed skb (others are not stashed: they cost one lookup). */
+static __always_inline void stash(struct sk_buff *skb, __u32 hook, __u32 kind)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct entry_args *a = bpf_map_lookup_elem(&entries, &id);
+	__u64 key = (__u64)skb;
+	if (!bpf_map_lookup_elem(&tracked, &key))
+		return;
+	struct stash_key k;
+	stash_key(&k, kind);
+	struct entry_args a = { .skb = key, .hook = hook };
+	bpf_map_update_elem(&entries, &k, &a, BPF_ANY);
+}
+
+static __always_inline struct entry_args *unstash(struct entry_args *out, __u32 kind)
+{
+	struct stash_key k;
+	stash_key(&k, kind);
+	struct entry_args *a = bpf_map_lookup_elem(&entries, &k);
 	if (!a)
 		return NULL;
 	*out = *a;
-	bpf_map_delete_elem(&entries, &id);
+	bpf_map_delete_elem(&entries, &k);
 	return out;
 }
 
 SEC("kprobe/nf_hook_slow")
 int BPF_KPROBE(verdict_kprobe, struct sk_buff *skb, struct nf_hook_state *state)
 {
-	stash(skb, BPF_CORE_READ(state, hook));
+	stash(skb, BPF_CORE_READ(state, hook), STASH_VERDICT);
 	return 0;
 }
 
@@ -519,15 +571,15 @@ SEC("kretprobe/nf_hook_slow")
 int BPF_KRETPROBE(verdict_kretprobe, int ret)
 {
 	struct entry_args a;
-	if (unstash(&a))
-		verdict((struct sk_buff *)a.skb, a.hook, ret);
+	if (unstash(&a, STASH_VERDICT))
+		verdict(a.skb, a.hook, ret);
 	return 0;
 }
 
 SEC("kprobe/ip_route_input_noref")
 int BPF_KPROBE(route_kprobe, struct sk_buff *skb)
 {
-	stash(skb, 0);
+	stash(skb, 0, STASH_ROUTE);
 	return 0;
 }
 
@@ -535,7 +587,7 @@ SEC("kretprobe/ip_route_input_noref")
 int BPF_KRETPROBE(route_kretprobe, long ret)
 {
 	struct entry_args a;
-	if (unstash(&a))
+	if (unstash(&a, STASH_ROUTE))
 		route_result((struct sk_buff *)a.skb, ret);
 	return 0;
 }
