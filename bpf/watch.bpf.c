@@ -36,12 +36,28 @@ struct {
  * Some paths free an skb without a tracepoint (TCP frees most received segments with __kfree_skb), and
  * the memory is soon reused for another packet: the identity (IP id, TCP seq/ack, which NAT does not
  * change) tells the followed packet from a stranger in a recycled skb. */
+struct followed {
+	__u64 ident;
+	__u32 sig;       /* addresses and ports at the last event emitted: NAT rewrites change it */
+	__u8 ctinfo;     /* conntrack state at the last event emitted */
+	__u8 pad[3];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct followed);
 } tracked SEC(".maps");
+
+/* One bit per port that appears in the filter: the cheap first test every packet meets, so that the
+ * packets of other flows cost one header read and two inlined array lookups. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u64);
+} portbits SEC(".maps");
 
 /* Flows whose first data packet has been followed already (each direction keyed separately). */
 struct flow_key {
@@ -59,18 +75,6 @@ struct {
 static __always_inline __u64 ident(struct l34 *p)
 {
 	return ((__u64)p->seq << 32 | p->ack) ^ ((__u64)p->ipid << 16 | p->udp_len) ^ 1;
-}
-
-/* Is the skb followed, and still carrying the packet it was followed for? Forgets a recycled skb. */
-static __always_inline int is_tracked(__u64 skb, struct l34 *p)
-{
-	__u64 *id = bpf_map_lookup_elem(&tracked, &skb);
-	if (!id)
-		return 0;
-	if (*id == ident(p))
-		return 1;
-	bpf_map_delete_elem(&tracked, &skb);
-	return 0;
 }
 
 /* The followed packet this CPU is routing: set when PREROUTING ends, so the fib lookup that follows on
@@ -138,6 +142,42 @@ static __always_inline void stat_inc(__u32 slot)
 		*v += 1;
 }
 
+/* Is the skb followed, and still carrying the packet it was followed for? Forgets a recycled skb. */
+static __always_inline struct followed *is_tracked(__u64 skb, struct l34 *p)
+{
+	struct followed *t = bpf_map_lookup_elem(&tracked, &skb);
+	if (!t)
+		return NULL;
+	if (t->ident == ident(p))
+		return t;
+	bpf_map_delete_elem(&tracked, &skb);
+	return NULL;
+}
+
+static __always_inline int port_hit(__u16 port_be)
+{
+	__u32 port = bpf_ntohs(port_be);
+	__u32 idx = port >> 6;
+	__u64 *w = bpf_map_lookup_elem(&portbits, &idx);
+	return w && ((*w >> (port & 63)) & 1);
+}
+
+/* The cheap test: could the IPv4 packet at l3 belong to a followed flow? One read of 24 bytes. */
+static __always_inline int maybe(unsigned char *l3)
+{
+	struct {
+		struct iphdr ip;
+		__u16 sport, dport;
+	} h;
+	if (bpf_probe_read_kernel(&h, sizeof(h), l3))
+		return 0;
+	if (h.ip.protocol != IPPROTO_TCP_ && h.ip.protocol != IPPROTO_UDP_)
+		return 0;
+	if (h.ip.ihl != 5)
+		return 1;   /* IP options: the ports are further on, let the full parse decide */
+	return port_hit(h.sport) || port_hit(h.dport);
+}
+
 static __always_inline int filter_hit(__u8 proto, __u16 port, __u32 addr)
 {
 	struct dt_filter_key k = { .proto = proto, .port = port, .addr = addr };
@@ -147,19 +187,50 @@ static __always_inline int filter_hit(__u8 proto, __u16 port, __u32 addr)
 	return bpf_map_lookup_elem(&filter, &k) != NULL;
 }
 
-/* Is this packet followed? Starts following it when it matches the filter: returns 0 (not followed),
- * 1 (followed already) or 2 (a new journey starts here). */
-static __always_inline int follow(__u64 skb, struct l34 *p)
+/* The admission window for new journeys (max_new per second). Shared by all CPUs: a race at the
+ * window's turn admits a few more, which is harmless. */
+struct window {
+	__u64 start;
+	__u64 admitted;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct window);
+} admission SEC(".maps");
+
+static __always_inline int admit(struct dt_config *cfg)
 {
-	if (is_tracked(skb, p))
+	if (!cfg || !cfg->max_new)
 		return 1;
+	__u32 zero = 0;
+	struct window *w = bpf_map_lookup_elem(&admission, &zero);
+	if (!w)
+		return 1;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - w->start > 1000000000ULL) {
+		w->start = now;
+		w->admitted = 0;
+	}
+	if (w->admitted >= cfg->max_new) {
+		stat_inc(DT_STAT_SKIPPED);
+		return 0;
+	}
+	__sync_fetch_and_add(&w->admitted, 1);
+	return 1;
+}
+
+static __always_inline int wanted(struct l34 *p)
+{
 	if (p->proto != IPPROTO_TCP_ && p->proto != IPPROTO_UDP_)
 		return 0;
 	if (!filter_hit(p->proto, p->dport, p->daddr) && !filter_hit(p->proto, p->sport, p->saddr))
 		return 0;
+	__u32 zero = 0;
+	struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
 	if (p->proto == IPPROTO_TCP_ && !(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST))) {
-		__u32 zero = 0;
-		struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
 		if (!(cfg && cfg->all_packets)) {
 			/* besides SYN, SYN-ACK and RST: the first data packet of each direction */
 			if (!p->payload)
@@ -170,9 +241,26 @@ static __always_inline int follow(__u64 skb, struct l34 *p)
 				return 0;
 		}
 	}
-	__u64 id = ident(p);
-	bpf_map_update_elem(&tracked, &skb, &id, BPF_ANY);
-	return 2;
+	return admit(cfg);
+}
+
+/* The followed packet's entry, or NULL; starts following it when it matches the filter (*fresh = 1:
+ * a new journey starts here). */
+static __always_inline struct followed *follow(__u64 skb, struct l34 *p, int *fresh)
+{
+	*fresh = 0;
+	struct followed *t = is_tracked(skb, p);
+	if (t || !wanted(p))
+		return t;
+	struct followed nt = { .ident = ident(p), .sig = 0, .ctinfo = 0xfe };
+	bpf_map_update_elem(&tracked, &skb, &nt, BPF_ANY);
+	*fresh = 1;
+	return bpf_map_lookup_elem(&tracked, &skb);
+}
+
+static __always_inline __u32 sig(struct l34 *p)
+{
+	return p->saddr ^ (p->daddr * 2654435761u) ^ ((__u32)p->sport << 16 | p->dport);
 }
 
 static __always_inline void fill_ct(struct dt_event *e, struct sk_buff *skb)
@@ -201,15 +289,28 @@ static __always_inline void dev_name(char *dst, struct net_device *dev)
 		BPF_CORE_READ_STR_INTO((char (*)[16])dst, dev, name);
 }
 
-/* Reserve and fill the common part of an event; the caller fills the rest and submits. */
+#define DT_SHORT_EVENT __builtin_offsetof(struct dt_event, pkt)
+
+/* Reserve and fill the common part of an event; the caller fills the rest and submits. The packet's
+ * bytes are copied (a full-size record) only when a capture file is being written. */
 static __always_inline struct dt_event *emit(__u8 point, __u64 skbp, struct l34 *p, unsigned char *l3)
 {
-	struct dt_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		stat_inc(DT_STAT_LOST);
-		return NULL;
+	__u32 zero = 0;
+	struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
+	struct dt_event *e;
+	if (l3 && cfg && cfg->capture) {
+		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (!e)
+			goto lost;
+		__builtin_memset(e, 0, sizeof(*e));
+		if (bpf_probe_read_kernel(e->pkt, DT_PKT_BYTES, l3) == 0)
+			e->caplen = p->tot_len < DT_PKT_BYTES ? p->tot_len : DT_PKT_BYTES;
+	} else {
+		e = bpf_ringbuf_reserve(&events, DT_SHORT_EVENT, 0);
+		if (!e)
+			goto lost;
+		__builtin_memset(e, 0, DT_SHORT_EVENT);
 	}
-	__builtin_memset(e, 0, sizeof(*e));
 	stat_inc(DT_STAT_EVENTS);
 	e->ts = bpf_ktime_get_ns();
 	e->skb = skbp;
@@ -222,25 +323,32 @@ static __always_inline struct dt_event *emit(__u8 point, __u64 skbp, struct l34 
 	e->daddr = p->daddr;
 	e->sport = p->sport;
 	e->dport = p->dport;
-	if (l3) {
-		__u32 n = p->tot_len < DT_PKT_BYTES ? p->tot_len : DT_PKT_BYTES;
-		if (bpf_probe_read_kernel(e->pkt, DT_PKT_BYTES, l3) == 0)
-			e->caplen = n;
-	}
 	return e;
+lost:
+	stat_inc(DT_STAT_LOST);
+	return NULL;
 }
 
 /* ---- device receive ---- */
 
-static __always_inline int on_rx(struct sk_buff *skb)
+/* trusted: skb is a BTF pointer (tp_btf), so its fields are read with plain loads; else with
+ * bpf_probe_read (raw_tp, classic tracepoint). A constant after inlining: one branch is compiled. */
+#define SKB_FIELD(trusted, skb, field) ((trusted) ? (skb)->field : BPF_CORE_READ(skb, field))
+
+static __always_inline int on_rx(struct sk_buff *skb, const int trusted)
 {
+	if (SKB_FIELD(trusted, skb, protocol) != ETH_P_IP_BE)
+		return 0;
+	unsigned char *l3 = SKB_FIELD(trusted, skb, data);
+	if (!maybe(l3))
+		return 0;
 	struct l34 p;
-	if (skb_l34_data(skb, &p))
+	if (l34_at(l3, &p))
 		return 0;
-	int f = follow((__u64)skb, &p);
-	if (!f)
+	int fresh;
+	if (!follow((__u64)skb, &p, &fresh))
 		return 0;
-	struct dt_event *e = emit(DT_RX | (f == 2 ? DT_NEW : 0), (__u64)skb, &p, BPF_CORE_READ(skb, data));
+	struct dt_event *e = emit(DT_RX | (fresh ? DT_NEW : 0), (__u64)skb, &p, l3);
 	if (!e)
 		return 0;
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
@@ -254,19 +362,19 @@ static __always_inline int on_rx(struct sk_buff *skb)
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(rx_btf, struct sk_buff *skb)
 {
-	return on_rx(skb);
+	return on_rx(skb, 1);
 }
 
 SEC("raw_tp/netif_receive_skb")
 int BPF_PROG(rx_raw, struct sk_buff *skb)
 {
-	return on_rx(skb);
+	return on_rx(skb, 0);
 }
 
 SEC("tracepoint/net/netif_receive_skb")
 int rx_tp(struct trace_event_raw_net_dev_template *ctx)
 {
-	return on_rx((struct sk_buff *)ctx->skbaddr);
+	return on_rx((struct sk_buff *)ctx->skbaddr, 0);
 }
 
 /* ---- netfilter hooks (BPF netfilter links; one program per position inside a hook) ---- */
@@ -274,36 +382,45 @@ int rx_tp(struct trace_event_raw_net_dev_template *ctx)
 static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 {
 	struct sk_buff *skb = ctx->skb;
-	const struct nf_hook_state *state = ctx->state;
-	__u8 hook = BPF_CORE_READ(state, hook);
-	__u32 zero = 0;
+	if (skb->protocol != ETH_P_IP_BE)
+		return NF_ACCEPT;
+	unsigned char *l3 = skb->head + skb->network_header;
+	if (!maybe(l3))
+		return NF_ACCEPT;
 	struct l34 p;
-	int followed = skb_l34(skb, &p) == 0 ? follow((__u64)skb, &p) : 0;
-
+	if (l34_at(l3, &p))
+		return NF_ACCEPT;
+	int fresh;
+	struct followed *t = follow((__u64)skb, &p, &fresh);
+	if (!t)
+		return NF_ACCEPT;
+	const struct nf_hook_state *state = ctx->state;
+	__u8 hook = state->hook;
+	__u32 zero = 0;
 	if (hook == HOOK_PRE && stage == DT_STAGE_LAST) {
-		struct routing r = {};
-		if (followed) {
-			r.skb = (__u64)skb;
-			r.daddr = p.daddr;
-			r.saddr = p.saddr;
-		}
+		struct routing r = { .skb = (__u64)skb, .daddr = p.daddr, .saddr = p.saddr };
 		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
-	} else if (followed && (hook == HOOK_IN || hook == HOOK_FWD) && stage == DT_STAGE_FIRST) {
+	} else if ((hook == HOOK_IN || hook == HOOK_FWD) && stage == DT_STAGE_FIRST) {
 		struct routing r = {};
 		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
 	}
-	if (!followed)
+	/* inside a hook, only what changed is news: a NAT rewrite or a new conntrack state */
+	unsigned long nfct = skb->_nfct;
+	__u8 ctinfo = (nfct & ~7UL) ? (nfct & 7) : DT_NO_CT;
+	__u32 sg = sig(&p);
+	if (!fresh && stage != DT_STAGE_FIRST && stage != DT_STAGE_LAST && t->sig == sg && t->ctinfo == ctinfo)
 		return NF_ACCEPT;
+	t->sig = sg;
+	t->ctinfo = ctinfo;
 
-	struct dt_event *e = emit(DT_NF | (followed == 2 ? DT_NEW : 0), (__u64)skb, &p,
-				  BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header));
+	struct dt_event *e = emit(DT_NF | (fresh ? DT_NEW : 0), (__u64)skb, &p, l3);
 	if (!e)
 		return NF_ACCEPT;
 	e->hook = hook;
 	e->stage = stage;
 	e->netns = BPF_CORE_READ(state, net, ns.inum);
-	struct net_device *in = BPF_CORE_READ(state, in);
-	struct net_device *out = BPF_CORE_READ(state, out);
+	struct net_device *in = state->in;
+	struct net_device *out = state->out;
 	struct net_device *dev = in ? in : out;
 	if (dev) {
 		e->ifindex = BPF_CORE_READ(dev, ifindex);
@@ -386,7 +503,7 @@ static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 re
 		return 0;
 	struct l34 p;
 	skb_l34(skb, &p);
-	int mine = is_tracked(key, &p);
+	int mine = is_tracked(key, &p) != NULL;
 	bpf_map_delete_elem(&tracked, &key);
 	if (!mine)
 		return 0;

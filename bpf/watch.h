@@ -64,13 +64,16 @@ struct dt_filter_key {
 };
 
 struct dt_config {
-	__u32 all_packets;   /* 0: only SYN/RST (and UDP) packets start a journey; 1: every packet */
+	__u32 all_packets;   /* 0: SYN, RST, UDP and each direction's first data packet; 1: every packet */
+	__u32 capture;       /* 1: events carry the packet's bytes (for a pcapng file) */
+	__u32 max_new;       /* new journeys started per second at most (0: no limit); the rest are counted */
 	__u32 pad;
 };
 
 /* stats slots */
-#define DT_STAT_EVENTS 0
-#define DT_STAT_LOST   1
-#define DT_STAT_MAX    2
+#define DT_STAT_EVENTS  0
+#define DT_STAT_LOST    1
+#define DT_STAT_SKIPPED 2   /* packets that matched but were not followed: over the max_new rate */
+#define DT_STAT_MAX     3
 
 #endif

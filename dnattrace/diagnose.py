@@ -22,6 +22,8 @@ from dnattrace.target import Target
 # After the first failed attempt, keep watching this long for the reply or more of the story
 # (a RST from the container, a retransmission) before explaining.
 SETTLE_S = 0.25
+# A diagnosis needs a few attempts, not all of a busy port's traffic: new journeys a second at most.
+MAX_NEW = 1000
 
 
 @dataclass
@@ -70,7 +72,7 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
     st = snapshot_target(t)
     before = snap.Snapshot.take(t.host_netns, t.container_netns, st, counters_only=True)
     start = time.monotonic()
-    follower = Follower(t, caps=caps)
+    follower = Follower(t, caps=caps, max_new=MAX_NEW)
     with follower:
         if on_ready:
             on_ready()

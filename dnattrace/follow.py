@@ -13,9 +13,10 @@ from dnattrace.tracer import WatchTracer
 class Follower:
     """Run the watch tracer for a Target and call on_journey(journey, connection) as packets finish."""
 
-    def __init__(self, target, all_packets=False, idle_s=1.0, caps=None, pcap=None):
+    def __init__(self, target, all_packets=False, idle_s=1.0, caps=None, pcap=None, max_new=0):
         self.target = target
-        self.tracer = WatchTracer(target.filters(), target.netns_paths(), all_packets=all_packets, caps=caps)
+        self.tracer = WatchTracer(target.filters(), target.netns_paths(), all_packets=all_packets,
+                                  capture=pcap is not None, max_new=max_new, caps=caps)
         inodes = target.netns_inodes()
         # only packets that entered the host (or container) being watched: another host on this
         # machine (a lab, a nested setup) may use the same addresses and ports
@@ -26,7 +27,8 @@ class Follower:
         self.namer = netns.Namer()
         self.pcap = pcap
         self.events_seen = 0
-        self.lost_events = 0
+        self.lost_events = 0      # events the ring buffer had no room for
+        self.not_followed = 0     # matching packets not followed: over the max_new rate
 
     def start(self):
         self.tracer.start()
@@ -34,10 +36,8 @@ class Follower:
 
     def close(self):
         """Detach everything; the lost-event count is read first so it can still be reported."""
-        try:
-            self.lost_events = self.lost()
-        except Exception:
-            pass
+        if self.tracer.started:
+            self._read_counters()
         self.tracer.close()
 
     def __enter__(self):
@@ -58,18 +58,20 @@ class Follower:
             if self.pcap is not None and ev.caplen:
                 self.pcap.write(step, ev.packet)
             done += self.builder.add(step, ev.skb, ev.new_journey)
-        lost = self.lost()
-        if lost > self.lost_events:
+        before = self.lost_events
+        self._read_counters()
+        if self.lost_events > before:
             # the ring buffer was full: any journey open now may miss steps, so none of them may be
             # reported as complete without saying so
             for j in self.builder.open.values():
-                j.lost_events += lost - self.lost_events
-            self.lost_events = lost
-        done += self.builder.expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+                j.lost_events += self.lost_events - before
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        done += self.builder.expire(now)
+        self.builder.retire(now)
         return done
 
-    def lost(self) -> int:
-        return self.tracer.stats()[1] if self.tracer.started else self.lost_events
+    def _read_counters(self):
+        _emitted, self.lost_events, self.not_followed = self.tracer.stats()
 
     def run(self, on_journey: Callable, duration: Optional[float] = None,
             stop: Optional[Callable[[], bool]] = None):

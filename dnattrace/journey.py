@@ -33,6 +33,9 @@ class JourneyBuilder:
         # can still be dropped seconds later, and that end belongs to the same journey
         self._expired: dict[int, model.Journey] = {}
         self._conn_of: dict[int, model.Connection] = {}
+        self._last_seen: dict[int, int] = {}               # id(connection) -> ts of its last journey
+        self.retired: list[model.Connection] = []          # quiet ones, journeys cut to first and end
+        self.retired_untold = 0                            # quiet ones beyond the cap: only counted
 
     # -- journeys --
 
@@ -115,12 +118,39 @@ class JourneyBuilder:
             self.connections.append(conn)
         (conn.replies if j.direction == "reply" else conn.requests).append(j)
         self._conn_of[id(j)] = conn
+        self._last_seen[id(conn)] = j.last.ts_ns
         for t in tuples:
             if j.direction == "reply":
                 self._by_tuple.setdefault(t.reversed(), conn)
             else:
                 self._by_tuple.setdefault(t, conn)
         return j, conn
+
+
+    def retire(self, now_ns: int, after_s: float = 30.0, keep_rows: int = 10000):
+        """Forget the journeys of connections quiet for `after_s`, keeping a light summary of each (the
+        first transmission and the first reply), so a long watch on a busy port stays small."""
+        quiet = [c for c in self.connections if now_ns - self._last_seen.get(id(c), now_ns) > after_s * 1e9]
+        if not quiet:
+            return
+        gone = {id(c) for c in quiet}
+        self.connections = [c for c in self.connections if id(c) not in gone]
+        for t in [t for t, c in self._by_tuple.items() if id(c) in gone]:
+            del self._by_tuple[t]
+        for j in [k for k, c in self._conn_of.items() if id(c) in gone]:
+            del self._conn_of[j]
+        for c in quiet:
+            del self._last_seen[id(c)]
+            if len(self.retired) >= keep_rows:
+                self.retired_untold += 1
+                continue
+            for j in c.requests + c.replies:
+                if len(j.steps) > 3:   # enough to tell where it started and how it ended
+                    j.steps = j.steps[:1] + j.steps[-2:]
+            self.retired.append(c)
+
+    def all_connections(self) -> list[model.Connection]:
+        return self.retired + self.connections
 
 
 def annotate_routes(j: model.Journey) -> None:

@@ -2,16 +2,21 @@
 
 Why a sorted array and bisect: drop locations arrive as raw return addresses; there are ~120k text
 symbols, read once per process, and each lookup must be cheap when a table is rendered every second.
+The table is kept compact (addresses in an array('Q'), names in one bytes blob with offsets): as
+Python tuples it cost 25 MB, most of watch's memory budget.
 """
 from __future__ import annotations
 
 import bisect
 import functools
+from array import array
 
 from dnattrace.errors import CannotObserve
 
 KALLSYMS = "/proc/kallsyms"
 _TEXT_TYPES = frozenset("tTwW")
+# the padding in front of each function (call thunks, CFI): code never returns into it
+_PADDING = ("__pfx_", "__cfi_")
 # No kernel function is this long: an address further past the last symbol is not inside any of them.
 _MAX_OFFSET = 1 << 20
 
@@ -20,20 +25,34 @@ class Symbols:
     """A sorted table of text symbols; resolve() maps an address to (name, offset, module)."""
 
     def __init__(self, lines):
-        entries = {}
+        addrs, names = array("Q"), []
         for line in lines:
             parts = line.split()
-            if len(parts) < 3 or parts[1] not in _TEXT_TYPES:
+            if len(parts) < 3 or parts[1] not in _TEXT_TYPES or parts[2].startswith(_PADDING):
                 continue
-            addr = int(parts[0], 16)
-            module = parts[3].strip("[]") if len(parts) > 3 else None
-            # several names can share an address (aliases): keep the first, as the kernel lists it
-            entries.setdefault(addr, (parts[2], module))
-        if entries and max(entries) == 0:
+            addrs.append(int(parts[0], 16))
+            names.append(parts[2] + ("\t" + parts[3].strip("[]") if len(parts) > 3 else ""))
+        if addrs and max(addrs) == 0:
             raise CannotObserve("kernel symbol addresses read as zero (/proc/kallsyms): run as root "
                                 "(or set kernel.kptr_restrict=0)")
-        self._addrs = sorted(entries)
-        self._names = [entries[a] for a in self._addrs]
+        # sorted by address; of several names at one address (aliases) the first listed is kept
+        order = sorted(range(len(addrs)), key=addrs.__getitem__)
+        self._addrs = array("Q")
+        self._offsets = array("I")
+        blob = bytearray()
+        for i in order:
+            if self._addrs and self._addrs[-1] == addrs[i]:
+                continue
+            self._addrs.append(addrs[i])
+            self._offsets.append(len(blob))
+            blob += names[i].encode()
+        self._offsets.append(len(blob))
+        self._blob = bytes(blob)
+
+    def _entry(self, i):
+        text = self._blob[self._offsets[i]:self._offsets[i + 1]].decode()
+        name, _, module = text.partition("\t")
+        return name, module or None
 
     def __len__(self):
         return len(self._addrs)
@@ -43,7 +62,7 @@ class Symbols:
         i = bisect.bisect_right(self._addrs, addr) - 1
         if i < 0 or addr - self._addrs[i] >= _MAX_OFFSET:
             return None
-        name, module = self._names[i]
+        name, module = self._entry(i)
         return name, addr - self._addrs[i], module
 
     def format(self, addr):

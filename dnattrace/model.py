@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
@@ -29,8 +29,8 @@ PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
 
 
-@dataclass(frozen=True)
-class Tuple5:
+class Tuple5(NamedTuple):
+    """A packet's addresses; a named tuple because watch makes hundreds of thousands of them."""
     proto: int          # IP protocol number
     src: str            # dotted quad
     sport: int
@@ -42,6 +42,9 @@ class Tuple5:
 
     def __str__(self):
         return "%s:%d -> %s:%d" % (self.src, self.sport, self.dst, self.dport)
+
+    def __repr__(self):
+        return "Tuple5(%d, %s)" % (self.proto, self)
 
     @property
     def proto_name(self):
@@ -75,7 +78,7 @@ class RouteInfo:
     reverse: bool = False           # the reverse-path (source validation) lookup, not the forward one
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """One observation of one packet at one probe point."""
     ts_ns: int
@@ -217,6 +220,8 @@ class Connection:
 
 def to_dict(obj):
     """Dataclass -> plain dict, dropping None values to keep JSON lines short."""
+    if isinstance(obj, Tuple5):
+        return obj._asdict()
     if dataclasses.is_dataclass(obj):
         out = {}
         for f in dataclasses.fields(obj):

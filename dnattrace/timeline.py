@@ -152,10 +152,15 @@ def connection_row(c: model.Connection) -> list:
     return [str(c.key), c.attempts, c.outcome, where, replies]
 
 
-def summary_table(conns: list[model.Connection], lost: int) -> str:
+def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0) -> str:
     rows = [connection_row(c) for c in conns]
     out = tabulate(rows, headers=["connection", "transmissions", "outcome", "ended", "replies"]) if rows \
         else "no matching packets were seen"
+    if untold:
+        out += "\n(and %d more connections, not kept)" % untold
+    if not_followed:
+        out += ("\n%d matching packets were not followed: more new packets a second than --max-rate allows"
+                % not_followed)
     if lost:
         out += "\nWARNING: %d events were lost: journeys above may be incomplete, none is reported as not dropped." % lost
     return out
@@ -169,8 +174,8 @@ def journey_json(j: model.Journey, c: model.Connection) -> dict:
     return d
 
 
-def summary_json(conns: list[model.Connection], lost: int) -> dict:
-    return {"type": "summary", "lost_events": lost,
+def summary_json(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0) -> dict:
+    return {"type": "summary", "lost_events": lost, "not_followed": not_followed, "connections_not_kept": untold,
             "connections": [{"key": model.to_dict(c.key), "transmissions": c.attempts, "outcome": c.outcome,
                              "dropped": c.dropped, "replies": [r.first.tcp_flags for r in c.replies],
                              "ended": connection_row(c)[3]} for c in conns]}

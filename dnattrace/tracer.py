@@ -85,10 +85,14 @@ def choose(caps) -> tuple[dict[str, list[str]], list[str]]:
 class WatchTracer:
     """Loads and attaches the watch programs; poll() returns decoded RawEvents."""
 
-    def __init__(self, filters, netns_paths=(None,), all_packets=False, caps=None):
+    def __init__(self, filters, netns_paths=(None,), all_packets=False, capture=False, max_new=0, caps=None):
+        """max_new: start at most this many new journeys a second (0: no limit); the packets above it
+        are counted (stats()[2]), not followed, so a busy port cannot flood user space."""
         self.filters = list(filters)
         self.netns_paths = list(netns_paths)
         self.all_packets = all_packets
+        self.capture = capture
+        self.max_new = max_new
         self.caps = caps or capabilities.probe()
         self.chosen, self.notes = choose(self.caps)
         self._obj = None
@@ -106,9 +110,10 @@ class WatchTracer:
             for p in self.chosen.get("netfilter hooks", []):
                 obj.program(p).set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
             obj.load()
-            obj.map("watch_config").update(struct.pack("<I", 0), struct.pack("<II", int(self.all_packets), 0))
-            for f in self.filters:
-                obj.map("filter").update(f.key(), b"\x01")
+            obj.map("watch_config").update(struct.pack("<I", 0),
+                                           struct.pack("<IIII", int(self.all_packets), int(self.capture),
+                                                       int(self.max_new), 0))
+            self._fill_filter(obj)
             for point, progs in self.chosen.items():
                 if point == "netfilter hooks":
                     continue
@@ -123,6 +128,15 @@ class WatchTracer:
             self.close()
             raise
         return self
+
+    def _fill_filter(self, obj):
+        """The filter map, and the port bitmap every packet is tested against first."""
+        words: dict[int, int] = {}
+        for f in self.filters:
+            obj.map("filter").update(f.key(), b"\x01")
+            words[f.port >> 6] = words.get(f.port >> 6, 0) | 1 << (f.port & 63)
+        for idx, word in words.items():
+            obj.map("portbits").update(struct.pack("<I", idx), struct.pack("<Q", word))
 
     def attach_netns(self, path):
         """Netfilter links in one more namespace (None = the current one)."""
@@ -153,9 +167,9 @@ class WatchTracer:
         return out
 
     def stats(self):
-        """(events emitted, events lost) since start, summed over CPUs."""
+        """(events emitted, events lost, packets not followed over max_new) since start, over all CPUs."""
         m = self._obj.map("stats")
-        return m.counter(0), m.counter(1)
+        return m.counter(0), m.counter(1), m.counter(2)
 
     @property
     def started(self):

@@ -64,6 +64,11 @@ def test_record_layout_matches_the_c_header(tmp_path):
         assert offsets[name] == int(value), name
 
 
+def test_record_without_packet_bytes():
+    ev = events.decode(record(point=events.DT_RX, caplen=0)[: events.SHORT_SIZE])
+    assert ev.kind == events.DT_RX and ev.packet == b""
+
+
 def test_short_record_is_refused():
     with pytest.raises(ValueError, match="disagree"):
         events.decode(b"\0" * (events.RECORD_SIZE - 8))
@@ -76,7 +81,7 @@ def test_nf_event_with_conntrack_and_dnat():
                  ct_odport=be16(8080), ct_rsrc=be32("172.31.0.2"), ct_rdst=be32("198.51.100.2"),
                  ct_rsport=be16(80), ct_rdport=be16(41822), netns=77, ifname=b"veth-ext\0")
     ev = events.decode(raw)
-    assert ev.new_journey and ev.point == events.DT_NF
+    assert ev.new_journey and ev.kind == events.DT_NF
     s = events.to_step(ev, netns_name=lambda n: "host")
     assert (s.point, s.hook, s.stage, s.ifname, s.netns_name) == (model.NF, "PREROUTING", "dnat", "veth-ext", "host")
     assert s.tuple == model.Tuple5(6, "198.51.100.2", 41822, "172.31.0.2", 80)

@@ -30,8 +30,10 @@ def watch_options(f):
 @click.option("--count", type=int, help="Stop after N connection attempts.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finished journey, then a summary.")
 @click.option("--pcap", type=click.Path(dir_okay=False, writable=True), help="Write each point's packet to a pcapng file.")
+@click.option("--max-rate", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Follow at most this many new packets a second (0: no limit); the rest are counted.")
 @click.pass_context
-def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, count, as_json, pcap):
+def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, count, as_json, pcap, max_rate):
     """Follow each SYN (and its reply) through the kernel, hook by hook."""
     from dnattrace import model, target as targets
     from dnattrace.follow import Follower
@@ -53,7 +55,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         writer = PcapngWriter(pcap)
     out = click.echo
     t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    shown: list = []
+    shown: set[int] = set()     # ids of the connections printed so far
 
     def wanted(c):
         return not src or model.ip_in(c.key.src, src)
@@ -61,17 +63,17 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     def on_journey(j, c):
         if not wanted(c):
             return
-        if c not in shown:
-            shown.append(c)
+        if c.requests:
+            shown.add(id(c))
         if as_json:
             out(json.dumps(timeline.journey_json(j, c)))
         else:
             out(timeline.render_journey(j, c, t0))
 
     def enough():
-        return count is not None and sum(1 for c in shown if c.requests) >= count
+        return count is not None and len(shown) >= count
 
-    f = Follower(t, all_packets=all_packets, pcap=writer)
+    f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate)
     try:
         with f:
             # said once the probes are attached, so a script can start its traffic on this line
@@ -87,9 +89,9 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     finally:
         if writer:
             writer.close()
-    lost = f.lost_events
-    conns = [c for c in f.builder.connections if wanted(c)]
+    conns = [c for c in f.builder.all_connections() if wanted(c)]
+    counts = (f.lost_events, f.not_followed, f.builder.retired_untold)
     if as_json:
-        out(json.dumps(timeline.summary_json(conns, lost)))
+        out(json.dumps(timeline.summary_json(conns, *counts)))
     else:
-        out("\n" + timeline.summary_table(conns, lost))
+        out("\n" + timeline.summary_table(conns, *counts))
