@@ -21,7 +21,9 @@ class Follower:
         # only packets that entered the host (or container) being watched: another host on this
         # machine (a lab, a nested setup) may use the same addresses and ports
         self.builder = journey.JourneyBuilder(journey.request_matcher(target.services()), idle_s=idle_s,
-                                              keep=lambda j: any(s.netns in inodes for s in j.steps))
+                                              keep=self._keep)
+        self._inodes = inodes
+        self._local: dict[int, set[str]] = {}
         self.symbols = kallsyms.load()
         self.reasons = btf.drop_reasons()
         self.namer = netns.Namer()
@@ -31,8 +33,19 @@ class Follower:
         self.not_followed = 0     # matching packets not followed: over the max_new rate
 
     def start(self):
+        self._local = local_addresses(self.target.netns_paths())
         self.tracer.start()
         return self
+
+    def _keep(self, j: model.Journey) -> bool:
+        """Keep journeys that entered a watched namespace; settle their route decisions there: a
+        destination that is not one of the namespace's addresses must be forwarded."""
+        if not any(s.netns in self._inodes for s in j.steps):
+            return False
+        for s in j.steps:
+            if s.point == model.ROUTE and s.route and s.route.local is None and s.netns in self._local:
+                s.route.local = s.route.dst in self._local[s.netns]
+        return True
 
     def close(self):
         """Detach everything; the lost-event count is read first so it can still be reported."""
@@ -84,3 +97,17 @@ class Follower:
         finally:
             for j, c in self.poll(0) + self.builder.flush():
                 on_journey(j, c)
+
+
+def local_addresses(paths) -> dict[int, set[str]]:
+    """The IPv4 addresses of each namespace (by inode), read once when the watch starts."""
+    import os
+    from dnattrace.system import links
+    out = {}
+    for path in paths:
+        try:
+            out[os.stat(path or "/proc/self/ns/net").st_ino] = {
+                cidr.split("/")[0] for link in links.links(path) for cidr in link.addresses}
+        except Exception:     # evidence, not a precondition: the journey just says less
+            continue
+    return out

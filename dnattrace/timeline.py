@@ -54,7 +54,7 @@ def hook_line(group: list[model.Step]) -> str:
     dev = first.ifname or ""
     if first.out_ifname and first.out_ifname != dev:
         dev = "%s->%s" % (dev, first.out_ifname) if dev else "->" + first.out_ifname
-    return "%-11s %-14s %-10s %s" % (first.hook, dev, _ns(first), "; ".join(bits) or "passed")
+    return "%-11s %-14s %-12s %s" % (first.hook, dev, _ns(first), "; ".join(bits) or "passed")
 
 
 def route_text(r: model.RouteInfo) -> str:
@@ -72,25 +72,25 @@ def step_lines(j: model.Journey) -> list[str]:
         if s.point == model.NF:
             lines.append(hook_line(group))
         elif s.point == model.RX:
-            lines.append("%-11s %-14s %-10s %s [%s]" % ("rx", s.ifname, _ns(s), s.tuple, s.tcp_flags))
+            lines.append("%-11s %-14s %-12s %s [%s]" % ("rx", s.ifname, _ns(s), s.tuple, s.tcp_flags))
         elif s.point == model.XMIT:
-            lines.append("%-11s %-14s %-10s %s [%s]" % ("xmit", s.ifname, _ns(s), s.tuple, s.tcp_flags))
+            lines.append("%-11s %-14s %-12s %s [%s]" % ("xmit", s.ifname, _ns(s), s.tuple, s.tcp_flags))
         elif s.point == model.ROUTE and s.route:
             if s.route.reverse and not s.route.err:
                 continue
-            lines.append("%-11s %-14s %-10s %s" % ("rp-check" if s.route.reverse else "route",
+            lines.append("%-11s %-14s %-12s %s" % ("rp-check" if s.route.reverse else "route",
                                                    s.route.oif, _ns(s), route_text(s.route)))
         elif s.point == model.RTRESULT:
-            lines.append("%-11s %-14s %-10s input handler %s" % ("route", s.out_ifname, _ns(s), s.location))
+            lines.append("%-11s %-14s %-12s input handler %s" % ("route", s.out_ifname, _ns(s), s.location))
         elif s.point == model.VERDICT:
-            lines.append("%-11s %-14s %-10s verdict %s" % (s.hook, "", _ns(s), s.reason))
+            lines.append("%-11s %-14s %-12s verdict %s" % (s.hook, "", _ns(s), s.reason))
         elif s.point == model.DROP:
             hook = drop_hook(j)
-            lines.append("%-11s %-14s %-10s %s reason %s%s" % ("drop", s.ifname, _ns(s), s.location, s.reason,
+            lines.append("%-11s %-14s %-12s %s reason %s%s" % ("drop", s.ifname, _ns(s), s.location, s.reason,
                                                              " (inside %s)" % hook if hook else ""))
         elif s.point == model.CONSUME:
             label = "done" if j.outcome == "sent" else "delivered"
-            lines.append("%-11s %-14s %-10s consumed at %s" % (label, "", _ns(s), s.location))
+            lines.append("%-11s %-14s %-12s consumed at %s" % (label, "", _ns(s), s.location))
     return lines
 
 
