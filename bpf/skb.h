@@ -86,14 +86,20 @@ static __always_inline int l34_at(unsigned char *l3, struct l34 *out)
 	return 0;
 }
 
-/* Headers at the skb's network header (set once the IP layer has the packet: netfilter, drops). */
+/* The skb's network header (set once the IP layer has the packet: netfilter, transmit, drops). */
+static __always_inline unsigned char *skb_l3(struct sk_buff *skb)
+{
+	return BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
+}
+
+/* Headers at the skb's network header. */
 static __always_inline int skb_l34(struct sk_buff *skb, struct l34 *out)
 {
 	if (BPF_CORE_READ(skb, protocol) != ETH_P_IP_BE) {
 		__builtin_memset(out, 0, sizeof(*out));
 		return -1;
 	}
-	return l34_at(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header), out);
+	return l34_at(skb_l3(skb), out);
 }
 
 /* Headers at skb->data: at device receive the network header is not reset yet, data is past L2. */

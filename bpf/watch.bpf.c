@@ -511,7 +511,7 @@ static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 re
 	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
 	if (r && r->skb == key)
 		r->skb = 0;
-	struct dt_event *e = emit(point, key, &p, NULL);
+	struct dt_event *e = emit(point, key, &p, skb_l3(skb));
 	if (!e)
 		return 0;
 	e->location = (__u64)location;
@@ -539,15 +539,22 @@ int drop_tp(struct trace_event_raw_kfree_skb *ctx)
 }
 
 SEC("tp_btf/consume_skb")
-int BPF_PROG(consume_btf, struct sk_buff *skb, void *location)
+int BPF_PROG(consume_btf, struct sk_buff *skb)
 {
+	/* consume_skb gained its location argument in 6.3: read it only where the kernel has it */
+	void *location = NULL;
+	if (bpf_core_field_exists(struct trace_event_raw_consume_skb, location))
+		location = (void *)ctx[1];
 	return on_free(skb, location, 0, DT_CONSUME);
 }
 
 SEC("tracepoint/skb/consume_skb")
 int consume_tp(struct trace_event_raw_consume_skb *ctx)
 {
-	return on_free((struct sk_buff *)ctx->skbaddr, ctx->location, 0, DT_CONSUME);
+	void *location = NULL;
+	if (bpf_core_field_exists(ctx->location))
+		location = ctx->location;
+	return on_free((struct sk_buff *)ctx->skbaddr, location, 0, DT_CONSUME);
 }
 
 SEC("tp_btf/net_dev_xmit")
@@ -560,7 +567,7 @@ int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
 	skb_l34(skb, &p);
 	if (!is_tracked(key, &p))
 		return 0;
-	struct dt_event *e = emit(DT_XMIT, key, &p, NULL);
+	struct dt_event *e = emit(DT_XMIT, key, &p, skb_l3(skb));
 	if (!e)
 		return 0;
 	e->reason = (__u32)rc;

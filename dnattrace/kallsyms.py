@@ -14,6 +14,7 @@ from array import array
 from dnattrace.errors import CannotObserve
 
 KALLSYMS = "/proc/kallsyms"
+MODULES = "/proc/modules"
 _TEXT_TYPES = frozenset("tTwW")
 # the padding in front of each function (call thunks, CFI): code never returns into it
 _PADDING = ("__pfx_", "__cfi_")
@@ -48,6 +49,9 @@ class Symbols:
             blob += names[i].encode()
         self._offsets.append(len(blob))
         self._blob = bytes(blob)
+        core = [a for a, n in zip(addrs, names) if "\t" not in n]
+        self._core_end = max(core) if core else 0
+        self.reload = None        # set by load(): re-reads the table when the module list changed
 
     def _entry(self, i):
         text = self._blob[self._offsets[i]:self._offsets[i + 1]].decode()
@@ -59,6 +63,8 @@ class Symbols:
 
     def resolve(self, addr):
         """(name, offset, module or None), or None when the address is not inside a known function."""
+        if self.reload is not None and addr > self._core_end:
+            self.reload(self)      # module space: a module loaded since the table was read?
         i = bisect.bisect_right(self._addrs, addr) - 1
         if i < 0 or addr - self._addrs[i] >= _MAX_OFFSET:
             return None
@@ -85,11 +91,35 @@ def parse(text):
     return Symbols(text.splitlines())
 
 
-@functools.lru_cache(maxsize=1)
-def load(path=KALLSYMS):
-    """The running kernel's symbols, read once per process."""
+def _modules():
+    try:
+        with open(MODULES) as f:
+            return " ".join(line.split(None, 1)[0] for line in f)
+    except OSError:
+        return ""
+
+
+def _read(path):
     try:
         with open(path) as f:
             return Symbols(f)
     except OSError as e:
         raise CannotObserve("cannot read %s: %s" % (path, e.strerror)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def load(path=KALLSYMS):
+    """The running kernel's symbols, read once per process, and again when the module list changes
+    (a drop in a module loaded after start, nf_tables say, must not take a neighbour's name)."""
+    table = _read(path)
+    seen = {"modules": _modules()}
+
+    def reload(symbols):
+        now = _modules()
+        if now != seen["modules"]:
+            seen["modules"] = now
+            fresh = _read(path)
+            symbols.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "reload"})
+
+    table.reload = reload
+    return table

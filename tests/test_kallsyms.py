@@ -55,3 +55,24 @@ def test_running_kernel(root):
     assert s is kallsyms.load()                   # read once
     hit = s.resolve(s._addrs[len(s) // 2] + 1)
     assert hit and hit[1] == 1
+
+
+def test_table_is_read_again_when_a_module_loads(tmp_path, monkeypatch):
+    from dnattrace import kallsyms
+    syms, mods = tmp_path / "kallsyms", tmp_path / "modules"
+    syms.write_text("ffffffff81000000 T core_a\nffffffff81001000 T core_b\n"
+                    "ffffffffc0000000 t old_fn\t[oldmod]\n")
+    mods.write_text("oldmod 16384 0 - Live 0x0\n")
+    monkeypatch.setattr(kallsyms, "MODULES", str(mods))
+    kallsyms.load.cache_clear()
+    try:
+        table = kallsyms.load(str(syms))
+        assert table.format(0xffffffffc0000010) == "old_fn+0x10 [oldmod]"
+        assert table.format(0xffffffffc0100020) == "%#x" % 0xffffffffc0100020
+        # nf_tables loads after the table was read: its drop site must get its own name
+        syms.write_text(syms.read_text() + "ffffffffc0100000 t nft_do_chain\t[nf_tables]\n")
+        mods.write_text("nf_tables 16384 0 - Live 0x0\n" + mods.read_text())
+        assert table.format(0xffffffffc0100020) == "nft_do_chain+0x20 [nf_tables]"
+        assert table.format(0xffffffff81000004) == "core_a+0x4"
+    finally:
+        kallsyms.load.cache_clear()
