@@ -50,6 +50,37 @@ struct {
 	__type(value, struct followed);
 } tracked SEC(".maps");
 
+/* How many skbs are followed right now (approximately: LRU evictions are not seen, so it can only be
+ * too high). The transmit/free probes, which run for every skb in the system, skip everything while it
+ * is zero: a watch on a quiet port costs them one inlined array lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} live SEC(".maps");
+
+static __always_inline int none_followed(void)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&live, &zero);
+	return n && *n <= 0;
+}
+
+static __always_inline void live_add(__s64 d)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&live, &zero);
+	if (n)
+		__sync_fetch_and_add(n, d);
+}
+
+static __always_inline void untrack(__u64 skb)
+{
+	if (bpf_map_delete_elem(&tracked, &skb) == 0)
+		live_add(-1);
+}
+
 /* One bit per port that appears in the filter: the cheap first test every packet meets, so that the
  * packets of other flows cost one header read and two inlined array lookups. */
 struct {
@@ -150,7 +181,7 @@ static __always_inline struct followed *is_tracked(__u64 skb, struct l34 *p)
 		return NULL;
 	if (t->ident == ident(p))
 		return t;
-	bpf_map_delete_elem(&tracked, &skb);
+	untrack(skb);
 	return NULL;
 }
 
@@ -249,11 +280,19 @@ static __always_inline int wanted(struct l34 *p)
 static __always_inline struct followed *follow(__u64 skb, struct l34 *p, int *fresh)
 {
 	*fresh = 0;
+	if (p->proto == IPPROTO_TCP_ && !(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST)) && !p->payload) {
+		/* a bare ACK or FIN is followed only with --all: most of a busy port's packets stop here */
+		__u32 zero = 0;
+		struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
+		if (!(cfg && cfg->all_packets))
+			return NULL;
+	}
 	struct followed *t = is_tracked(skb, p);
 	if (t || !wanted(p))
 		return t;
 	struct followed nt = { .ident = ident(p), .sig = 0, .ctinfo = 0xfe };
-	bpf_map_update_elem(&tracked, &skb, &nt, BPF_ANY);
+	if (bpf_map_update_elem(&tracked, &skb, &nt, BPF_NOEXIST) == 0)
+		live_add(1);
 	*fresh = 1;
 	return bpf_map_lookup_elem(&tracked, &skb);
 }
@@ -499,12 +538,12 @@ int BPF_PROG(fib_raw, u32 table, const struct flowi4 *flp, const struct fib_nh_c
 static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 reason, __u8 point)
 {
 	__u64 key = (__u64)skb;
-	if (!bpf_map_lookup_elem(&tracked, &key))
+	if (none_followed() || !bpf_map_lookup_elem(&tracked, &key))
 		return 0;
 	struct l34 p;
 	skb_l34(skb, &p);
 	int mine = is_tracked(key, &p) != NULL;
-	bpf_map_delete_elem(&tracked, &key);
+	untrack(key);
 	if (!mine)
 		return 0;
 	__u32 zero = 0;
@@ -561,7 +600,7 @@ SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
 {
 	__u64 key = (__u64)skb;
-	if (!bpf_map_lookup_elem(&tracked, &key))
+	if (none_followed() || !bpf_map_lookup_elem(&tracked, &key))
 		return 0;
 	struct l34 p;
 	skb_l34(skb, &p);

@@ -13,10 +13,11 @@ from dnattrace.tracer import WatchTracer
 class Follower:
     """Run the watch tracer for a Target and call on_journey(journey, connection) as packets finish."""
 
-    def __init__(self, target, all_packets=False, idle_s=1.0, caps=None, pcap=None, max_new=0):
+    def __init__(self, target, all_packets=False, idle_s=1.0, caps=None, pcap=None, max_new=0,
+                 hook_detail=False):
         self.target = target
         self.tracer = WatchTracer(target.filters(), target.netns_paths(), all_packets=all_packets,
-                                  capture=pcap is not None, max_new=max_new, caps=caps)
+                                  capture=pcap is not None, max_new=max_new, hook_detail=hook_detail, caps=caps)
         inodes = target.netns_inodes()
         # only packets that entered the host (or container) being watched: another host on this
         # machine (a lab, a nested setup) may use the same addresses and ports

@@ -26,31 +26,34 @@ class Symbols:
     """A sorted table of text symbols; resolve() maps an address to (name, offset, module)."""
 
     def __init__(self, lines):
-        addrs, names = array("Q"), []
+        # /proc/kallsyms is in address order except for modules: build the compact table while
+        # reading, and sort afterwards only when needed (peak memory matters as much as the end state)
+        addrs, offsets, blob = array("Q"), array("I"), bytearray()
+        core_end, in_order = 0, True
         for line in lines:
             parts = line.split()
             if len(parts) < 3 or parts[1] not in _TEXT_TYPES or parts[2].startswith(_PADDING):
                 continue
-            addrs.append(int(parts[0], 16))
-            names.append(parts[2] + ("\t" + parts[3].strip("[]") if len(parts) > 3 else ""))
+            addr = int(parts[0], 16)
+            if addrs and addr == addrs[-1]:
+                continue     # an alias at the same address: the first listed is kept
+            in_order = in_order and (not addrs or addr > addrs[-1])
+            if len(parts) > 3:
+                name = parts[2] + "\t" + parts[3].strip("[]")
+            else:
+                name = parts[2]
+                core_end = max(core_end, addr)
+            addrs.append(addr)
+            offsets.append(len(blob))
+            blob += name.encode()
+        offsets.append(len(blob))
         if addrs and max(addrs) == 0:
             raise CannotObserve("kernel symbol addresses read as zero (/proc/kallsyms): run as root "
                                 "(or set kernel.kptr_restrict=0)")
-        # sorted by address; of several names at one address (aliases) the first listed is kept
-        order = sorted(range(len(addrs)), key=addrs.__getitem__)
-        self._addrs = array("Q")
-        self._offsets = array("I")
-        blob = bytearray()
-        for i in order:
-            if self._addrs and self._addrs[-1] == addrs[i]:
-                continue
-            self._addrs.append(addrs[i])
-            self._offsets.append(len(blob))
-            blob += names[i].encode()
-        self._offsets.append(len(blob))
-        self._blob = bytes(blob)
-        core = [a for a, n in zip(addrs, names) if "\t" not in n]
-        self._core_end = max(core) if core else 0
+        if not in_order:
+            addrs, offsets, blob = _sorted(addrs, offsets, blob)
+        self._addrs, self._offsets, self._blob = addrs, offsets, bytes(blob)
+        self._core_end = core_end
         self.reload = None        # set by load(): re-reads the table when the module list changed
 
     def _entry(self, i):
@@ -84,6 +87,20 @@ class Symbols:
         """Just the function name (or the hex address): what grouping by site and diagnose match on."""
         hit = self.resolve(addr)
         return hit[0] if hit else "%#x" % addr
+
+
+def _sorted(addrs, offsets, blob):
+    """The table in address order (of several names at one address, the first listed)."""
+    order = sorted(range(len(addrs)), key=addrs.__getitem__)
+    a, o, b = array("Q"), array("I"), bytearray()
+    for i in order:
+        if a and a[-1] == addrs[i]:
+            continue
+        a.append(addrs[i])
+        o.append(len(b))
+        b += blob[offsets[i]:offsets[i + 1]]
+    o.append(len(b))
+    return a, o, b
 
 
 def parse(text):

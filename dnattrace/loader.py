@@ -400,6 +400,9 @@ class BpfObject:
     def load(self):
         with capture_log() as sink:
             rc = lib().bpf_object__load(self._obj)
+        # libbpf parses the kernel's BTF (~12 MB) for each load and frees it after; give that memory
+        # back to the system, or every object loaded leaves the process that much bigger
+        _libc.malloc_trim(0)
         if rc != 0:
             err = -rc if rc < 0 else _errno()
             text = "\n".join(sink)

@@ -218,19 +218,35 @@ class Connection:
 
 # --- JSON round trip (stable field names; used by --json output and by recorded test journeys) ---
 
+_SCALARS = (str, int, float, bool)
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def to_dict(obj):
-    """Dataclass -> plain dict, dropping None values to keep JSON lines short."""
-    if isinstance(obj, Tuple5):
+    """Dataclass -> plain dict, dropping empty values to keep JSON lines short. (watch --json writes one
+    per journey: this is on its hot path, hence the cached field names and the scalar shortcut.)"""
+    t = type(obj)
+    if t in _SCALARS or obj is None:
+        return obj
+    if t is Tuple5:
         return obj._asdict()
+    if t is list:
+        return [to_dict(v) for v in obj]
     if dataclasses.is_dataclass(obj):
         out = {}
-        for f in dataclasses.fields(obj):
-            v = to_dict(getattr(obj, f.name))
-            if v is not None and v != "" and v != []:
-                out[f.name] = v
+        for name in _field_names(t):
+            v = getattr(obj, name)
+            if v is None or v == "" or v == []:
+                continue
+            out[name] = v if type(v) in _SCALARS else to_dict(v)
         return out
-    if isinstance(obj, list):
-        return [to_dict(v) for v in obj]
     return obj
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tabulate import tabulate
-
 from dnattrace import model
 
 
@@ -153,6 +151,8 @@ def connection_row(c: model.Connection) -> list:
 
 
 def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0) -> str:
+    # imported here: tabulate (with wcwidth's tables) is 8 MB, which a long watch does not need to hold
+    from tabulate import tabulate
     rows = [connection_row(c) for c in conns]
     out = tabulate(rows, headers=["connection", "transmissions", "outcome", "ended", "replies"]) if rows \
         else "no matching packets were seen"

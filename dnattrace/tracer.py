@@ -22,18 +22,16 @@ log = logging.getLogger("dnattrace.watch")
 
 OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpfobj", "watch.bpf.o")
 
-# netfilter positions: (hook, program, priority). First and last of every hook; after conntrack and
-# after DNAT where NAT rewrites the destination; after SNAT where it rewrites the source.
-NF_POSITIONS = [
-    ("PREROUTING", "nf_first", loader.NF_PRIO_MIN), ("PREROUTING", "nf_conntrack", -199),
-    ("PREROUTING", "nf_dnat", -99), ("PREROUTING", "nf_last", loader.NF_PRIO_MAX),
-    ("INPUT", "nf_first", loader.NF_PRIO_MIN), ("INPUT", "nf_last", loader.NF_PRIO_MAX),
-    ("FORWARD", "nf_first", loader.NF_PRIO_MIN), ("FORWARD", "nf_last", loader.NF_PRIO_MAX),
-    ("OUTPUT", "nf_first", loader.NF_PRIO_MIN), ("OUTPUT", "nf_conntrack", -199),
-    ("OUTPUT", "nf_dnat", -99), ("OUTPUT", "nf_last", loader.NF_PRIO_MAX),
-    ("POSTROUTING", "nf_first", loader.NF_PRIO_MIN), ("POSTROUTING", "nf_snat", 101),
-    ("POSTROUTING", "nf_last", loader.NF_PRIO_MAX),
-]
+# netfilter positions: (hook, program, priority). The first and last position of every hook tell
+# whether a packet got through it, and the NAT rewrite and conntrack state show as the difference
+# between them. The positions inside (after conntrack, after DNAT, after SNAT) tell where inside a
+# hook something happened; every packet of every flow pays for each position (scripts/bench watch:
+# ~20% of the probes' cost), so they are added on request (--hook-detail).
+NF_EDGES = [(hook, prog, prio) for hook in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+            for prog, prio in (("nf_first", loader.NF_PRIO_MIN), ("nf_last", loader.NF_PRIO_MAX))]
+NF_INSIDE = [("PREROUTING", "nf_conntrack", -199), ("PREROUTING", "nf_dnat", -99),
+             ("OUTPUT", "nf_conntrack", -199), ("OUTPUT", "nf_dnat", -99), ("POSTROUTING", "nf_snat", 101)]
+NF_POSITIONS = NF_EDGES + NF_INSIDE
 NF_PROGRAMS = sorted({p for _, p, _ in NF_POSITIONS})
 
 # For each point, the programs in order of preference and the capability each needs.
@@ -73,7 +71,7 @@ def choose(caps) -> tuple[dict[str, list[str]], list[str]]:
         else:
             notes.append("%s: unavailable (%s)" % (point, ", ".join("%s needs %s" % o for o in options)))
     if caps.has("netfilter_link"):
-        chosen["netfilter hooks"] = NF_PROGRAMS
+        chosen["netfilter hooks"] = NF_PROGRAMS   # loaded all; attached at the positions asked for
     else:
         notes.append("netfilter hooks: no BPF netfilter links here; hooks show only through verdicts and drops")
     for point in REQUIRED:
@@ -85,7 +83,8 @@ def choose(caps) -> tuple[dict[str, list[str]], list[str]]:
 class WatchTracer:
     """Loads and attaches the watch programs; poll() returns decoded RawEvents."""
 
-    def __init__(self, filters, netns_paths=(None,), all_packets=False, capture=False, max_new=0, caps=None):
+    def __init__(self, filters, netns_paths=(None,), all_packets=False, capture=False, max_new=0,
+                 hook_detail=False, caps=None):
         """max_new: start at most this many new journeys a second (0: no limit); the packets above it
         are counted (stats()[2]), not followed, so a busy port cannot flood user space."""
         self.filters = list(filters)
@@ -93,6 +92,7 @@ class WatchTracer:
         self.all_packets = all_packets
         self.capture = capture
         self.max_new = max_new
+        self.positions = NF_POSITIONS if hook_detail else NF_EDGES
         self.caps = caps or capabilities.probe()
         self.chosen, self.notes = choose(self.caps)
         self._obj = None
@@ -140,9 +140,9 @@ class WatchTracer:
 
     def attach_netns(self, path):
         """Netfilter links in one more namespace (None = the current one)."""
-        for hook, prog, prio in NF_POSITIONS:
+        for hook, prog, prio in self.positions:
             self._attach_nf(prog, hook, prio, path)
-        log.info("netfilter links: %d positions in %s", len(NF_POSITIONS), path or "the current namespace")
+        log.info("netfilter links: %d positions in %s", len(self.positions), path or "the current namespace")
 
     def _attach_nf(self, prog, hook, prio, path):
         """The kernel allows one BPF netfilter link per (hook, priority) in a namespace: when another

@@ -30,10 +30,13 @@ def watch_options(f):
 @click.option("--count", type=int, help="Stop after N connection attempts.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finished journey, then a summary.")
 @click.option("--pcap", type=click.Path(dir_okay=False, writable=True), help="Write each point's packet to a pcapng file.")
-@click.option("--max-rate", type=click.IntRange(min=0), default=1000, show_default=True,
+@click.option("--max-rate", type=click.IntRange(min=0), default=250, show_default=True,
               help="Follow at most this many new packets a second (0: no limit); the rest are counted.")
+@click.option("--hook-detail", is_flag=True,
+              help="Also probe inside hooks (after conntrack, after DNAT, after SNAT); costs every packet more.")
 @click.pass_context
-def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, count, as_json, pcap, max_rate):
+def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, count, as_json, pcap, max_rate,
+          hook_detail):
     """Follow each SYN (and its reply) through the kernel, hook by hook."""
     from dnattrace import model, target as targets
     from dnattrace.follow import Follower
@@ -73,7 +76,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     def enough():
         return count is not None and len(shown) >= count
 
-    f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate)
+    f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate, hook_detail=hook_detail)
     try:
         with f:
             # said once the probes are attached, so a script can start its traffic on this line
