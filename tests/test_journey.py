@@ -105,3 +105,14 @@ def test_a_late_drop_completes_the_expired_journey():
     assert done[0] is first[0] and done[0].outcome == "dropped"
     (c,) = b.connections
     assert c.attempts == 1 and c.outcome == "dropped"
+
+
+def test_fast_step_serialisation_says_what_the_generic_one_says():
+    import dataclasses
+    extra = [model.Step(ts_ns=1, point=model.VERDICT, hook="FORWARD", reason="NF_DROP"),
+             model.Step(ts_ns=2, point=model.ROUTE, route=model.RouteInfo(table=254, oif="br0", local=False))]
+    steps = [s for c in connections("healthy") for j in c.requests + c.replies for s in j.steps] + extra
+    for s in steps:
+        generic = {f.name: model.to_dict(getattr(s, f.name)) for f in dataclasses.fields(s)
+                   if getattr(s, f.name) not in (None, "", [])}
+        assert model.to_dict(s) == generic
