@@ -180,3 +180,26 @@ def test_container_without_published_port(root):
         assert p.returncode == 2 and "publishes no port" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_count_stops_after_n_attempts_and_src_filters(lab_instance):
+    inst = lab_instance("forwarding-off")
+    # --count 1: the watch ends by itself once one attempt was seen, well before --duration
+    p = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--count", "1", "--duration", "20")
+    t0 = time.monotonic()
+    client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 1, 1.0)
+    try:
+        journeys, summary = finish(p)
+    finally:
+        probeclient.stop(client)
+    assert time.monotonic() - t0 < 10
+    assert len({json.dumps(j["connection"]) for j in journeys}) == 1
+    # --src outside the client's range: the attempt is not shown
+    p = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--src", "203.0.113.0/24",
+                    "--duration", "2.5")
+    client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 1, 1.0)
+    try:
+        journeys, summary = finish(p)
+    finally:
+        probeclient.stop(client)
+    assert journeys == [] and summary["connections"] == []
