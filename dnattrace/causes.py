@@ -16,7 +16,7 @@ import errno
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from dnattrace.model import NF, ROUTE, RX, Connection, Journey, Step
+from dnattrace.model import NF, ROUTE, RX, VERDICT, Connection, Journey, Step
 from dnattrace.system import conntrack as ct_stats
 from dnattrace.system import sysctl
 from dnattrace.system.firewall import DROP_TARGETS, CounterMove
@@ -74,7 +74,10 @@ class Facts:
         self.ns: NsEvidence = snapshot.by_inode(where)
         self.nsdelta: Optional[NsDelta] = delta.by_inode(self.ns.inode) if delta else None
         self.nf: Optional[Step] = self._last(NF)
-        self.hook = self.nf.hook if self.nf else None
+        # where netfilter links are not available (kernels before 6.4) the hook comes from the verdict
+        # of nf_hook_slow (fexit/kretprobe)
+        verdict = self._last(VERDICT)
+        self.hook = self.nf.hook if self.nf else (verdict.hook if verdict else None)
         self.route: Optional[Step] = self._last(ROUTE)
         rx = self._last(RX, same_ns=True)
         self.ingress = rx.ifname if rx else ""

@@ -96,6 +96,9 @@ def drop_hook(j: model.Journey) -> Optional[str]:
     """The netfilter hook a dropped packet was inside: its last NF step did not reach the hook's end."""
     if j.drop is None:
         return None
+    verdict = next((s for s in reversed(j.steps) if s.point == model.VERDICT), None)
+    if verdict is not None:         # the kernel said which hook dropped it (fexit/kretprobe nf_hook_slow)
+        return verdict.hook
     nf = j.last_nf()
     if nf is None or nf.stage == "last":
         return None

@@ -116,3 +116,13 @@ def test_fast_step_serialisation_says_what_the_generic_one_says():
         generic = {f.name: model.to_dict(getattr(s, f.name)) for f in dataclasses.fields(s)
                    if getattr(s, f.name) not in (None, "", [])}
         assert model.to_dict(s) == generic
+
+
+def test_hook_verdict_names_the_hook_where_there_are_no_netfilter_links():
+    """Kernels before 6.4: no netfilter links, but fexit on nf_hook_slow reports the dropping hook."""
+    t = model.Tuple5(6, "198.51.100.2", 9, "198.51.100.1", 8080)
+    j = model.Journey(skb=1, steps=[
+        model.Step(ts_ns=1, point=model.RX, tuple=t, tcp_flags="S"),
+        model.Step(ts_ns=2, point=model.DROP, tuple=t, location="nft_do_chain+0x1", reason="NETFILTER_DROP"),
+        model.Step(ts_ns=3, point=model.VERDICT, hook="FORWARD", reason="NF_DROP")])
+    assert timeline.drop_hook(j) == "FORWARD"
