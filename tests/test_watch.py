@@ -203,3 +203,23 @@ def test_count_stops_after_n_attempts_and_src_filters(lab_instance):
     finally:
         probeclient.stop(client)
     assert journeys == [] and summary["connections"] == []
+
+
+def test_udp_to_a_closed_port_is_followed_to_its_drop(netns):
+    client, host = netns("c"), netns("h")
+    a, b = net.unique("dtc"), net.unique("dth")
+    net.add_veth(a, b, client, host)
+    net.add_addr(a, "198.51.100.2/24", client)
+    net.add_addr(b, "198.51.100.1/24", host)
+    p = start_watch("--proto", "udp", "--port", "19999", "--netns", host, "--duration", "2")
+    net.run([sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+             "[s.sendto(b'x', ('198.51.100.1', 19999)) for _ in range(3)]"], netns=client)
+    journeys, summary = finish(p)
+    dgrams = [j for j in journeys if j["direction"] == "request"]
+    assert len(dgrams) == 3, "each datagram is its own journey"
+    for j in dgrams:
+        hooks = [s.get("hook") for s in j["steps"] if s["point"] == "nf"]
+        assert "PREROUTING" in hooks and "INPUT" in hooks
+        route = next(s for s in j["steps"] if s["point"] == "route")
+        assert route["route"]["local"] is True
+        assert j["steps"][-1]["reason"] == "NO_SOCKET" and j["steps"][-1]["netns_name"] == host
