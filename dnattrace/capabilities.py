@@ -26,13 +26,14 @@ KALLSYMS = "/proc/kallsyms"
 NAMES = ("btf", "tracefs", "kallsyms", "tp_btf", "raw_tp", "tracepoint", "fentry", "fexit", "kprobe",
          "netfilter_link", "fib_tracepoint", "ringbuf", "drop_reason_enum")
 
-# BPF netfilter link priorities per hook (DESIGN.md): first, after conntrack, after DNAT, last; plus after
-# SNAT in POSTROUTING. INT_MIN and INT_MAX themselves are refused by the kernel.
 HOOKS = {"PREROUTING": loader.NF_INET_PRE_ROUTING, "INPUT": loader.NF_INET_LOCAL_IN,
          "FORWARD": loader.NF_INET_FORWARD, "OUTPUT": loader.NF_INET_LOCAL_OUT,
          "POSTROUTING": loader.NF_INET_POST_ROUTING}
-_EDGES = (loader.NF_PRIO_MIN, -199, -99, loader.NF_PRIO_MAX)
-NETFILTER_PRIORITIES = {hook: _EDGES + ((101,) if hook == "POSTROUTING" else ()) for hook in HOOKS}
+# BPF netfilter link priorities per hook (DESIGN.md). The edges (first, last) are always probed; the
+# positions inside (after conntrack, after DNAT; after SNAT in POSTROUTING) only with --hook-detail,
+# since every packet pays for each position. INT_MIN and INT_MAX themselves are refused by the kernel.
+EDGE_PRIORITIES = (loader.NF_PRIO_MIN, loader.NF_PRIO_MAX)
+INSIDE_PRIORITIES = {"PREROUTING": (-199, -99), "OUTPUT": (-199, -99), "POSTROUTING": (101,)}
 
 
 @dataclass(frozen=True)
@@ -321,12 +322,13 @@ class _Planner:
 
     def netfilter(self, hook):
         point = "netfilter %s" % hook
-        prios = NETFILTER_PRIORITIES[hook]
+        prios = tuple(sorted(EDGE_PRIORITIES + INSIDE_PRIORITIES.get(hook, ())))
         tried = []
         if self.caps.has("netfilter_link"):
-            names = {loader.NF_PRIO_MIN: "first", loader.NF_PRIO_MAX: "last"}
-            return PlanEntry(point, "netfilter link %s at %s" % (hook, ", ".join(names.get(p, str(p)) for p in prios)),
-                             "netfilter_link", prios)
+            inside = INSIDE_PRIORITIES.get(hook)
+            text = "netfilter link %s at first, last%s" % (
+                hook, " (%s with --hook-detail)" % ", ".join(str(p) for p in inside) if inside else "")
+            return PlanEntry(point, text, "netfilter_link", prios)
         tried.append(("netfilter link", _no(self.caps, "netfilter_link")))
         e = self.function_exit(point, ["nf_hook_slow"], tried)
         if e:

@@ -25,12 +25,13 @@ OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpfobj", "wat
 # netfilter positions: (hook, program, priority). The first and last position of every hook tell
 # whether a packet got through it, and the NAT rewrite and conntrack state show as the difference
 # between them. The positions inside (after conntrack, after DNAT, after SNAT) tell where inside a
-# hook something happened; every packet of every flow pays for each position (scripts/bench watch:
-# ~20% of the probes' cost), so they are added on request (--hook-detail).
-NF_EDGES = [(hook, prog, prio) for hook in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
-            for prog, prio in (("nf_first", loader.NF_PRIO_MIN), ("nf_last", loader.NF_PRIO_MAX))]
-NF_INSIDE = [("PREROUTING", "nf_conntrack", -199), ("PREROUTING", "nf_dnat", -99),
-             ("OUTPUT", "nf_conntrack", -199), ("OUTPUT", "nf_dnat", -99), ("POSTROUTING", "nf_snat", 101)]
+# hook something happened; every packet of every flow pays for each position (scripts/bench watch),
+# so they are added on request (--hook-detail). Priorities: capabilities.EDGE/INSIDE_PRIORITIES.
+_INSIDE_PROGRAM = {-199: "nf_conntrack", -99: "nf_dnat", 101: "nf_snat"}
+NF_EDGES = [(hook, prog, prio) for hook in capabilities.HOOKS
+            for prog, prio in zip(("nf_first", "nf_last"), capabilities.EDGE_PRIORITIES)]
+NF_INSIDE = [(hook, _INSIDE_PROGRAM[prio], prio)
+             for hook, prios in capabilities.INSIDE_PRIORITIES.items() for prio in prios]
 NF_POSITIONS = NF_EDGES + NF_INSIDE
 NF_PROGRAMS = sorted({p for _, p, _ in NF_POSITIONS})
 
