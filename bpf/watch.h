@@ -33,7 +33,7 @@ struct dt_event {
 	__u32 netns;
 	__u32 ifindex;
 	__u32 reason;
-	__s32 priority;     /* DT_NF: the link's priority; DT_ROUTE: table id */
+	__s32 priority;     /* DT_ROUTE: table id */
 	__u8 point;
 	__u8 hook;
 	__u8 stage;

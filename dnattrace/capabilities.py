@@ -338,29 +338,31 @@ class _Planner:
                          tried=tried)
 
     def route(self):
+        """What watch does: the fib lookup tied to the packet (every kernel with tracepoints), plus the
+        route input result (dst->input: ip_forward, ip_local_deliver, ip_error) where fexit/kretprobe
+        on ip_route_input_noref work."""
         point, tried = "route decision", []
-        e = self.function_exit(point, ["ip_route_input_noref"], tried)
-        if e:
-            e.point = point
-            return e
         fib = self.tracepoint(point, "fib", ["fib_table_lookup"])
+        result = self.function_exit(point, ["ip_route_input_noref"], tried)
         if fib.probe:
-            fib.probe += " + forwarding sysctl"
+            fib.probe += (" + %s (result)" % result.probe) if result else " + forwarding sysctl"
+            fib.tried = tried + fib.tried
+            return fib
+        if result:
+            result.point = point
+            return result
         fib.tried = tried + fib.tried
         return fib
 
     def rule_verdict(self):
-        point, tried = "rule verdict", []
-        e = self.function_exit(point, ["nft_do_chain", "ipt_do_table"], tried)
-        if e:
-            e.point = point
-            return e
+        """Which rule dropped a packet comes from rule and policy counter differences read before and
+        after (diagnose); fexit on nft_do_chain/ipt_do_table is not implemented."""
+        point = "rule verdict"
         tools = [t for t in ("iptables-save", "nft") if shutil.which(t)]
         if tools:
             return PlanEntry(point, "rule/policy counter differences (%s)" % ", ".join(tools), "counters",
-                             tuple(tools), tried=tried)
-        return PlanEntry(point, None, why="unavailable: no function-exit probes and neither iptables-save "
-                         "nor nft is installed", tried=tried)
+                             tuple(tools))
+        return PlanEntry(point, None, why="unavailable: neither iptables-save nor nft is installed")
 
     def all(self):
         entries = [self.tracepoint("device receive", "net", ["netif_receive_skb"])]

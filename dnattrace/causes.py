@@ -19,6 +19,7 @@ from typing import Callable, Optional
 from dnattrace.model import NF, ROUTE, RX, VERDICT, Connection, Journey, Step
 from dnattrace.system import conntrack as ct_stats
 from dnattrace.system import sysctl
+from dnattrace.system import firewall
 from dnattrace.system.firewall import DROP_TARGETS, CounterMove
 from dnattrace.system.snapshot import Delta, NsDelta, NsEvidence, Snapshot
 
@@ -322,7 +323,7 @@ def _filter_result(f: Facts, s: _Score, hook: str, move: Optional[CounterMove]) 
     chain = move.chain if move else hook
     accept = "%siptables -I %s -d %s -p %s --dport %d -j ACCEPT" % (f.ns.prefix(), chain, dst, proto, dport)
     if move and not move.policy:
-        fix = ["%siptables -t %s -D %s" % (f.ns.prefix(), move.table, move.rule.split(None, 1)[1])]
+        fix = [firewall.fix_delete(move, f.ns.netns)]
         note = "or, to keep the rule, let this traffic through before it: " + accept
         what = "the rule `%s` in chain %s" % (move.rule, move.chain)
     else:

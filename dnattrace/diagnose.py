@@ -90,7 +90,7 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
                 settle_until = res.first_failure_at + SETTLE_S
             if settle_until is not None and time.monotonic() >= settle_until:
                 break
-        for j, c in follower.builder.flush():     # replies still open count as seen
+        for j, c in follower.poll(0) + follower.builder.flush():     # replies still open count as seen
             if on_journey:
                 on_journey(j, c)
         res.watched_s = time.monotonic() - start
@@ -113,7 +113,11 @@ def apply_fix(finding: causes.Finding) -> list[tuple[str, str]]:
     """Run the finding's fix commands; returns (command, what it printed) for each. Stops at a failure."""
     done = []
     for cmd in finding.fix or []:
-        p = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=30)
+        try:
+            p = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            done.append((cmd, "FAILED: %s" % e))
+            break
         out = (p.stdout + p.stderr).strip()
         done.append((cmd, out if p.returncode == 0 else "FAILED (%d): %s" % (p.returncode, out)))
         if p.returncode != 0:

@@ -22,9 +22,11 @@ _FIELDS = ("ts skb location netns ifindex reason priority point hook stage proto
 
 DT_RX, DT_NF, DT_ROUTE, DT_XMIT, DT_DROP, DT_CONSUME, DT_VERDICT, DT_RTRESULT = range(1, 9)
 POINT_NAMES = {DT_RX: model.RX, DT_NF: model.NF, DT_ROUTE: model.ROUTE, DT_XMIT: model.XMIT,
-               DT_DROP: model.DROP, DT_CONSUME: model.CONSUME, DT_VERDICT: "verdict", DT_RTRESULT: "rtresult"}
-STAGE_NAMES = ("first", "conntrack", "dnat", "filter", "snat", "last")
-# the priority each stage's link is attached at (tracer.NF_POSITIONS): a program does not know its own
+               DT_DROP: model.DROP, DT_CONSUME: model.CONSUME, DT_VERDICT: model.VERDICT,
+               DT_RTRESULT: model.RTRESULT}
+STAGE_NAMES = model.STAGES            # indexed by dt_event.stage (DT_STAGE_* in bpf/watch.h)
+# the priority each stage's link is nominally attached at (capabilities.EDGE/INSIDE_PRIORITIES; a link
+# that found its place taken sits one or two further in): a program does not know its own
 STAGE_PRIORITY = {"first": -(2 ** 31) + 1, "conntrack": -199, "dnat": -99, "filter": 0, "snat": 101,
                   "last": 2 ** 31 - 2}
 NO_CT = 0xFF

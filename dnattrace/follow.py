@@ -102,13 +102,11 @@ class Follower:
 
 def local_addresses(paths) -> dict[int, set[str]]:
     """The IPv4 addresses of each namespace (by inode), read once when the watch starts."""
-    import os
-    from dnattrace.system import links
+    from dnattrace.system import links, ns
     out = {}
     for path in paths:
         try:
-            out[os.stat(path or "/proc/self/ns/net").st_ino] = {
-                cidr.split("/")[0] for link in links.links(path) for cidr in link.addresses}
+            out[ns.inode(path)] = set(links.local_addresses(links.links(path)))
         except Exception:     # evidence, not a precondition: the journey just says less
             continue
     return out

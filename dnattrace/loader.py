@@ -445,7 +445,9 @@ def release_memory():
     loads and frees it after; without this, every load leaves a long-running process that much bigger.
     Called after each load: it costs a few ms, and keeps the peak to one load's worth."""
     lib()
-    _libc.malloc_trim(0)
+    trim = getattr(_libc, "malloc_trim", None)     # glibc only
+    if trim is not None:
+        trim(0)
 
 
 def create_map(map_type, key_size, value_size, max_entries):

@@ -20,6 +20,7 @@ ROOT_NS = "/proc/1/ns/net"
 OWN_NS = "/proc/self/ns/net"
 HOST = "host"
 _DOCKER_RETRY_S = 5.0
+_UNKNOWN_RETRY_S = 2.0
 
 
 def _inode(path):
@@ -85,6 +86,7 @@ class Namer:
         self.use_docker = use_docker
         self._names: dict[int, str] = {}
         self._docker_checked = -1e9
+        self._unknown: dict[int, float] = {}    # inode -> when a refresh last failed to name it
         self.refresh(docker_too=False)
 
     def refresh(self, docker_too=True):
@@ -105,8 +107,14 @@ class Namer:
         if not inode:
             return "?"
         if inode not in self._names:
-            docker_due = time.monotonic() - self._docker_checked >= _DOCKER_RETRY_S
-            self.refresh(docker_too=docker_due)
+            # an unnamed namespace (a client's, say) shows up on every event of its packets: look
+            # again at most every few seconds, not per event (watch calls this on its hot path)
+            now = time.monotonic()
+            if now - self._unknown.get(inode, -1e9) < _UNKNOWN_RETRY_S:
+                return "netns:%d" % inode
+            self.refresh(docker_too=now - self._docker_checked >= _DOCKER_RETRY_S)
+            if inode not in self._names:
+                self._unknown[inode] = now
         return self._names.get(inode, "netns:%d" % inode)
 
 

@@ -53,7 +53,8 @@ class Target:
 
     def netns_inodes(self) -> set[int]:
         """Inodes of the watched namespaces (what the BPF programs report per step)."""
-        return {os.stat(p or "/proc/self/ns/net").st_ino for p in self.netns_paths()}
+        from dnattrace.system import ns
+        return {ns.inode(p) for p in self.netns_paths()}
 
     def describe(self) -> str:
         head = "%s :%d" % (self.proto.upper(), self.port)
@@ -141,7 +142,7 @@ def owner_netns(addr: str, host_netns: Optional[str] = None) -> Optional[str]:
         if not path or path == host_netns:
             continue
         try:
-            if any(cidr.split("/")[0] == addr for link in links.links(path) for cidr in link.addresses):
+            if addr in links.local_addresses(links.links(path)):
                 holders.append(path)
         except Exception:   # a namespace that vanished meanwhile
             continue
@@ -164,3 +165,14 @@ def resolve(port: Optional[int] = None, container: Optional[str] = None, proto: 
     if t.backends and not t.container_netns and t.backends[0].addr:
         t.container_netns = owner_netns(t.backends[0].addr, host)
     return t
+
+
+def from_lab(inst) -> Target:
+    """The Target of a lab instance (dnattrace.lab): its published port, DNAT target and namespaces."""
+    from dnattrace.lab import net
+    return Target(proto=inst.proto, port=inst.target_port,
+                  backends=[Endpoint(inst.container_addr, inst.container_port)],
+                  container=inst.container_name or "",
+                  host_netns=net.netns_path(inst.host_ns) if inst.host_ns else None,
+                  container_netns=inst.container_ns if inst.container_ns.startswith("/")
+                  else net.netns_path(inst.container_ns))

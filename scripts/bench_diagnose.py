@@ -29,21 +29,11 @@ SCENARIO = "forwarding-off"
 DNATTRACE = "import sys; from dnattrace.cli import main; sys.argv[0] = 'dnattrace'; sys.exit(main())"
 
 
-def target_for(inst):
-    """What to follow on a lab instance: its published port, its container, both namespaces."""
-    return targets.Target(proto=inst.proto, port=inst.target_port,
-                          backends=[targets.Endpoint(inst.container_addr, inst.container_port)],
-                          container=inst.container_name or "",
-                          host_netns=net.netns_path(inst.host_ns) if inst.host_ns else None,
-                          container_netns=inst.container_ns if inst.container_ns.startswith("/")
-                          else net.netns_path(inst.container_ns))
-
-
 def explain_runs(runs, timeout):
     inst = lab.up(SCENARIO, prefix=net.unique("bd"), docker=False)
     rows = []
     try:
-        t = target_for(inst)
+        t = targets.from_lab(inst)
         expected = lab.scenarios.get(SCENARIO).cause
         for i in range(runs):
             proc = None

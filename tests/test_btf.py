@@ -75,11 +75,11 @@ def test_running_kernel_drop_reasons():
     assert btf.enum_count("skb_drop_reason") == len(values)
     # the classic tracepoint's format file prints the same table: the two must agree
     fmt = "/sys/kernel/tracing/events/skb/kfree_skb/format"
-    if os.path.exists(fmt):
-        import re
-        text = open(fmt).read()
-        pairs = re.findall(r'\{ (\d+), "([A-Z0-9_]+)" \}', text)
-        assert pairs, "no reason table in %s" % fmt
-        for number, name in pairs:
-            assert values[name] == int(number), name
+    assert os.path.exists(fmt), "no kfree_skb format file (tracefs not mounted? scripts/bootstrap mounts it)"
+    import re
+    text = open(fmt).read()
+    pairs = re.findall(r'\{ (\d+), "([A-Z0-9_]+)" \}', text)
+    assert pairs, "no reason table in %s" % fmt
+    for number, name in pairs:
+        assert values[name] == int(number), name
     assert btf.drop_reasons()[values["NO_SOCKET"]] == "NO_SOCKET"

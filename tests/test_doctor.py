@@ -28,8 +28,9 @@ def by_point(entries):
 
 def test_plan_prefers_function_exit_probes_when_the_kernel_has_them():
     p = by_point(plan(caps_with(*ALL), kernel_has_function=lambda f: True, has_event=lambda c, n: True))
-    assert p["route decision"].probe == "fexit/ip_route_input_noref"
-    assert p["rule verdict"].probe == "fexit/nft_do_chain + fexit/ipt_do_table"
+    # what watch loads: the fib lookup tied to the packet, plus the route input result where fexit works
+    assert p["route decision"].probe == "tp_btf/fib_table_lookup + fexit/ip_route_input_noref (result)"
+    assert p["rule verdict"].kind == "counters"
     assert p["netfilter PREROUTING"].kind == "netfilter_link"
     assert p["netfilter PREROUTING"].targets == (-(2 ** 31) + 1, -199, -99, 2 ** 31 - 2)
     assert 101 in p["netfilter POSTROUTING"].targets and 101 not in p["netfilter FORWARD"].targets
@@ -53,7 +54,7 @@ def test_plan_without_netfilter_links_uses_kretprobe_on_nf_hook_slow():
     assert p["netfilter INPUT"].probe == "kretprobe/nf_hook_slow"
     assert [t for t, _ in p["netfilter INPUT"].tried] == ["netfilter link", "fexit/nf_hook_slow"]
     assert p["drop"].probe == "raw_tp/kfree_skb"
-    assert p["route decision"].probe == "kretprobe/ip_route_input_noref"
+    assert p["route decision"].probe == "raw_tp/fib_table_lookup + kretprobe/ip_route_input_noref (result)"
 
 
 def test_plan_skips_inlined_functions_and_missing_tracepoints():

@@ -162,7 +162,7 @@ def test_container_option_follows_into_docker(lab_instance):
 def test_bad_input_is_one_line(root, args, needle):
     p = subprocess.run([sys.executable, "-m", "dnattrace.cli", "watch", "--duration", "1"] + args,
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode != 0
+    assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], p.stderr
 
@@ -194,15 +194,20 @@ def test_count_stops_after_n_attempts_and_src_filters(lab_instance):
         probeclient.stop(client)
     assert time.monotonic() - t0 < 10
     assert len({json.dumps(j["connection"]) for j in journeys}) == 1
-    # --src outside the client's range: the attempt is not shown
-    p = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--src", "203.0.113.0/24",
-                    "--duration", "2.5")
+    # --src: two watches side by side, one for the client's range (sees the attempt), one for another
+    # range (does not)
+    inside = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--src", "198.51.100.0/24",
+                         "--duration", "2.5")
+    outside = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--src", "203.0.113.0/24",
+                          "--duration", "2.5")
     client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 1, 1.0)
     try:
-        journeys, summary = finish(p)
+        seen, _ = finish(inside)
+        unseen, summary = finish(outside)
     finally:
         probeclient.stop(client)
-    assert journeys == [] and summary["connections"] == []
+    assert [j for j in seen if j["transmission"]], "the client's own range sees the attempt"
+    assert unseen == [] and summary["connections"] == []
 
 
 def test_udp_to_a_closed_port_is_followed_to_its_drop(netns):

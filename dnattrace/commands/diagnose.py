@@ -12,7 +12,7 @@ from dnattrace.commands.watch import watch_options
 from dnattrace.errors import EXIT_FAULT, EXIT_OK, UsageError
 
 
-def _print_result(res, as_json, verbose_journeys=False):
+def _print_result(res, as_json):
     from dnattrace import report
     if as_json:
         click.echo(json.dumps(report.as_dict(res)))
@@ -54,6 +54,7 @@ def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as
     if timeout <= 0:
         raise UsageError("--timeout must be positive")
     host.require_root()
+    host.require_btf()
     t = targets.resolve(port=port, container=container, proto=proto, netns=netns)
     client = None
     traffic = None
@@ -96,12 +97,7 @@ def demo(ctx, scenario, docker, as_json):
     inst = lab.up(sc.id, prefix=net.unique("demo"), docker=docker)
     proc = None
     try:
-        t = targets.Target(proto=inst.proto, port=inst.target_port,
-                           backends=[targets.Endpoint(inst.container_addr, inst.container_port)],
-                           container=inst.container_name or "",
-                           host_netns=net.netns_path(inst.host_ns) if inst.host_ns else None,
-                           container_netns=inst.container_ns if inst.container_ns.startswith("/")
-                           else net.netns_path(inst.container_ns))
+        t = targets.from_lab(inst)
         if not as_json:
             click.echo("Lab %s (%s): %s" % (inst.name, sc.id, sc.description))
             click.echo("Client %s connects to %s:%d. %s." % (inst.client_addr, inst.target_addr, inst.target_port,

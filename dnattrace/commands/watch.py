@@ -51,11 +51,15 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     if count is not None and count < 1:
         raise UsageError("--count must be at least 1")
     host.require_root()
+    host.require_btf()
     t = targets.resolve(port=port, container=container, proto=proto, netns=netns, dst=dst)
     writer = None
     if pcap:
         from dnattrace.pcapng import PcapngWriter
-        writer = PcapngWriter(pcap)
+        try:
+            writer = PcapngWriter(pcap)
+        except OSError as e:
+            raise UsageError("cannot write %s: %s" % (pcap, e.strerror)) from None
     out = click.echo
     t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     shown: set[int] = set()     # ids of the connections printed so far

@@ -11,11 +11,13 @@ import os
 import secrets
 import subprocess
 
+from dnattrace.errors import DnattraceError
+
 NETNS_DIR = "/run/netns"
 
 
-class NetError(RuntimeError):
-    pass
+class NetError(DnattraceError):
+    """A command that builds or removes a topology failed (printed as one line by the CLI)."""
 
 
 def run(cmd, netns=None, check=True, timeout=30, input=None):
@@ -92,29 +94,3 @@ def sysctl_get(key, netns=None):
 
 def sysctl_set(key, value, netns=None):
     run(["sysctl", "-q", "-w", "%s=%s" % (key, value)], netns=netns)
-
-
-class SysctlGuard:
-    """Set sysctls and put the old values back on exit, even when the block fails."""
-
-    def __init__(self, netns=None):
-        self.netns = netns
-        self.saved: list[tuple[str, str]] = []
-
-    def set(self, key, value):
-        self.saved.append((key, sysctl_get(key, self.netns)))
-        sysctl_set(key, value, self.netns)
-
-    def restore(self):
-        while self.saved:
-            key, value = self.saved.pop()
-            try:
-                sysctl_set(key, value, self.netns)
-            except NetError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.restore()
