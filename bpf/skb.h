@@ -46,43 +46,62 @@ static __always_inline __u32 dev_netns(struct net_device *dev)
 	return dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
 }
 
+/* An IPv4 header with the first 20 bytes after it: the whole of a TCP or UDP header without options,
+ * which is what almost every packet has, read with one bpf_probe_read_kernel. */
+struct ip_l4 {
+	struct iphdr ip;
+	union {
+		struct tcphdr tcp;
+		struct udphdr udp;
+	};
+};
+
+static __always_inline void l34_ip(struct iphdr *ip, struct l34 *out)
+{
+	out->saddr = ip->saddr;
+	out->daddr = ip->daddr;
+	out->proto = ip->protocol;
+	out->tot_len = bpf_ntohs(ip->tot_len);
+	out->ipid = ip->id;
+}
+
+static __always_inline void l34_tcp(struct tcphdr *th, __u32 ihl, struct l34 *out)
+{
+	out->sport = th->source;
+	out->dport = th->dest;
+	out->tcp_flags = ((__u8 *)th)[13];
+	out->seq = th->seq;
+	out->ack = th->ack_seq;
+	__u32 hdrs = ihl * 4 + th->doff * 4;
+	out->payload = out->tot_len > hdrs ? out->tot_len - hdrs : 0;
+}
+
+static __always_inline void l34_udp(struct udphdr *uh, struct l34 *out)
+{
+	out->sport = uh->source;
+	out->dport = uh->dest;
+	out->udp_len = uh->len;
+}
+
 /* Read the IPv4 and L4 header fields of the IPv4 header at l3. Returns 0 on success. */
 static __always_inline int l34_at(unsigned char *l3, struct l34 *out)
 {
-	struct iphdr ip;
+	struct ip_l4 h;
 	__builtin_memset(out, 0, sizeof(*out));
-	if (bpf_probe_read_kernel(&ip, sizeof(ip), l3))
+	if (bpf_probe_read_kernel(&h, sizeof(h), l3))
 		return -1;
-	if (ip.version != 4)
+	if (h.ip.version != 4)
 		return -1;
-	out->saddr = ip.saddr;
-	out->daddr = ip.daddr;
-	out->proto = ip.protocol;
-	out->tot_len = bpf_ntohs(ip.tot_len);
-	out->ipid = ip.id;
+	l34_ip(&h.ip, out);
 	/* only the first fragment carries ports */
-	if (ip.frag_off & bpf_htons(0x1fff))
+	if (h.ip.frag_off & bpf_htons(0x1fff))
 		return 0;
-	unsigned char *l4 = l3 + ip.ihl * 4;
-	if (ip.protocol == IPPROTO_TCP_) {
-		struct tcphdr th;
-		if (bpf_probe_read_kernel(&th, sizeof(th), l4) == 0) {
-			out->sport = th.source;
-			out->dport = th.dest;
-			out->tcp_flags = ((__u8 *)&th)[13];
-			out->seq = th.seq;
-			out->ack = th.ack_seq;
-			__u32 hdrs = ip.ihl * 4 + th.doff * 4;
-			out->payload = out->tot_len > hdrs ? out->tot_len - hdrs : 0;
-		}
-	} else if (ip.protocol == IPPROTO_UDP_) {
-		struct udphdr uh;
-		if (bpf_probe_read_kernel(&uh, sizeof(uh), l4) == 0) {
-			out->sport = uh.source;
-			out->dport = uh.dest;
-			out->udp_len = uh.len;
-		}
-	}
+	if (h.ip.ihl != 5 && bpf_probe_read_kernel(&h.tcp, sizeof(h.tcp), l3 + h.ip.ihl * 4))
+		return 0;     /* IP options: the L4 header is further on */
+	if (h.ip.protocol == IPPROTO_TCP_)
+		l34_tcp(&h.tcp, h.ip.ihl, out);
+	else if (h.ip.protocol == IPPROTO_UDP_)
+		l34_udp(&h.udp, out);
 	return 0;
 }
 

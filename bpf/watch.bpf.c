@@ -193,20 +193,26 @@ static __always_inline int port_hit(__u16 port_be)
 	return w && ((*w >> (port & 63)) & 1);
 }
 
-/* The cheap test: could the IPv4 packet at l3 belong to a followed flow? One read of 24 bytes. */
-static __always_inline int maybe(unsigned char *l3)
+/* The cheap test every packet meets: could the IPv4 packet at l3 belong to a followed flow? One read of
+ * the IP and L4 headers; when it could, *p is filled (no second read). */
+static __always_inline int maybe(unsigned char *l3, struct l34 *p)
 {
-	struct {
-		struct iphdr ip;
-		__u16 sport, dport;
-	} h;
+	struct ip_l4 h;
 	if (bpf_probe_read_kernel(&h, sizeof(h), l3))
 		return 0;
-	if (h.ip.protocol != IPPROTO_TCP_ && h.ip.protocol != IPPROTO_UDP_)
+	if (h.ip.version != 4 || (h.ip.protocol != IPPROTO_TCP_ && h.ip.protocol != IPPROTO_UDP_))
 		return 0;
-	if (h.ip.ihl != 5)
-		return 1;   /* IP options: the ports are further on, let the full parse decide */
-	return port_hit(h.sport) || port_hit(h.dport);
+	if (h.ip.ihl != 5 || (h.ip.frag_off & bpf_htons(0x1fff)))
+		return l34_at(l3, p) == 0 && (port_hit(p->sport) || port_hit(p->dport));
+	if (!port_hit(h.tcp.source) && !port_hit(h.tcp.dest))   /* TCP and UDP ports sit in the same place */
+		return 0;
+	__builtin_memset(p, 0, sizeof(*p));
+	l34_ip(&h.ip, p);
+	if (h.ip.protocol == IPPROTO_TCP_)
+		l34_tcp(&h.tcp, 5, p);
+	else
+		l34_udp(&h.udp, p);
+	return 1;
 }
 
 static __always_inline int filter_hit(__u8 proto, __u16 port, __u32 addr)
@@ -379,10 +385,8 @@ static __always_inline int on_rx(struct sk_buff *skb, const int trusted)
 	if (SKB_FIELD(trusted, skb, protocol) != ETH_P_IP_BE)
 		return 0;
 	unsigned char *l3 = SKB_FIELD(trusted, skb, data);
-	if (!maybe(l3))
-		return 0;
 	struct l34 p;
-	if (l34_at(l3, &p))
+	if (!maybe(l3, &p))
 		return 0;
 	int fresh;
 	if (!follow((__u64)skb, &p, &fresh))
@@ -424,10 +428,8 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 	if (skb->protocol != ETH_P_IP_BE)
 		return NF_ACCEPT;
 	unsigned char *l3 = skb->head + skb->network_header;
-	if (!maybe(l3))
-		return NF_ACCEPT;
 	struct l34 p;
-	if (l34_at(l3, &p))
+	if (!maybe(l3, &p))
 		return NF_ACCEPT;
 	int fresh;
 	struct followed *t = follow((__u64)skb, &p, &fresh);
