@@ -108,7 +108,7 @@ def test_no_traffic_says_the_fault_is_before_the_host(lab_instance):
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("scenario", ["healthy", "forwarding-off"])
+@pytest.mark.parametrize("scenario", ["healthy", "forwarding-off", "forward-policy-drop"])
 def test_docker_variant(lab_instance, scenario):
     sc = scenarios.get(scenario)
     inst = lab_instance(scenario, docker=True)
@@ -117,6 +117,10 @@ def test_docker_variant(lab_instance, scenario):
     if sc.cause == "forwarding-off":
         assert d["findings"][0]["fix"] == ["sysctl -w net.ipv4.ip_forward=1"]
         assert d["target"]["container"] == inst.container_name
+    if sc.cause == "filter-forward-drop":
+        rule = d["findings"][0]["rule"]
+        assert rule["chain"] == "DOCKER-USER" and "-j DROP" in rule["rule"] and rule["packets"] >= 1, rule
+        assert d["findings"][0]["fix"] and "-D DOCKER-USER" in d["findings"][0]["fix"][0]
 
 
 def test_demo_end_to_end(root):

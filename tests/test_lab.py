@@ -303,3 +303,20 @@ def test_docker_failure_half_way_and_crash_restore_forwarding(root):
     assert net.sysctl_get("net.ipv4.ip_forward") == fwd
     snap = snapshot(name, name)
     assert snap["netns"] == [] and snap["containers"] == [] and not snap["state"]
+
+
+@pytest.mark.kernel
+@pytest.mark.docker
+def test_docker_user_rule_variant_is_removed_by_down(lab_instance):
+    require(docker_ready(), "docker engine")
+    before = net.run(["iptables-save", "-t", "filter"]).stdout
+    inst = lab_instance("forward-policy-drop", docker=True)
+    user_rules = [l for l in net.run(["iptables-save", "-t", "filter"]).stdout.splitlines()
+                  if l.startswith("-A DOCKER-USER") and inst.container_addr in l]
+    assert user_rules and user_rules[0].endswith("-j DROP"), "a DOCKER-USER rule drops traffic to the container"
+    r = inst.traffic(timeout=1.0)
+    assert not r.ok and r.reason == "timeout"
+    lab.down(inst.name)
+    after = net.run(["iptables-save", "-t", "filter"]).stdout
+    strip = lambda text: sorted(re.sub(r"\[\d+:\d+\]", "", l) for l in text.splitlines() if not l.startswith("#"))
+    assert strip(after) == strip(before), "down removes the DOCKER-USER rule and nothing else changes"

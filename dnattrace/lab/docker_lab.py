@@ -106,6 +106,13 @@ def build(inst, sc):
     inst.container_ns = "/proc/%d/ns/net" % info["State"]["Pid"]
     inst.container_addr = info["NetworkSettings"]["IPAddress"]
     inst.save()
+    if not sc.forward_accept:
+        # what users do to Docker: a DOCKER-USER rule (evaluated before Docker's own ACCEPT) that drops
+        # the traffic to the container
+        rule = ["DOCKER-USER", "-d", inst.container_addr + "/32", "-p", "tcp", "-m", "tcp",
+                "--dport", str(CONTAINER_PORT), "-j", "DROP"]
+        inst.record("rule", table="filter", rule=rule, netns=None)
+        net.run(["iptables", "-t", "filter", "-I"] + rule)
     deadline = time.monotonic() + 5
     while not net.run(["nsenter", "--net=" + inst.container_ns, "ss", "-Hltn", "sport = :%d" % CONTAINER_PORT],
                       check=False).stdout.strip():

@@ -157,6 +157,13 @@ def _undo_sysctl(obj):
         pass
 
 
+def _undo_rule(obj):
+    ns = obj.get("netns")
+    if ns and not net.netns_exists(ns):
+        return
+    net.run(["iptables", "-t", obj["table"], "-D"] + obj["rule"], netns=ns, check=False)
+
+
 def _undo_container(obj):
     subprocess.run(["docker", "rm", "-f", obj["name"]], capture_output=True, timeout=60)
 
@@ -168,6 +175,7 @@ UNDO = {
     "sysctl": _undo_sysctl,
     "process": _undo_process,
     "container": _undo_container,
+    "rule": _undo_rule,
     "dir": lambda o: shutil.rmtree(o["path"], ignore_errors=True),
 }
 
