@@ -48,7 +48,7 @@ SCENARIOS = [
              cause="forwarding-off", drop_function="ip_error", drop_reason="IP_INADDRERRORS", drop_ns="host",
              docker=True, forwarding=False),
     Scenario("forward-policy-drop", "filter FORWARD policy DROP and Docker's ACCEPT rule for the container "
-             "is missing.", cause="filter-forward-drop", drop_function="nft_do_chain",
+             "is missing (--docker: a DOCKER-USER rule drops the container's traffic).", cause="filter-forward-drop", drop_function="nft_do_chain",
              drop_reason="NETFILTER_DROP", drop_ns="host", forward_accept=False, docker=True),
     Scenario("no-listener", "The DNAT is right but nothing listens on the container port (RST).",
              cause="no-listener", drop_function="tcp_v4_rcv", drop_reason="NO_SOCKET", drop_ns="container",
