@@ -78,21 +78,21 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
             on_ready()
         if traffic:
             traffic()
-        deadline = start + timeout
-        settle_until = None
-        while time.monotonic() < deadline:
-            finished = follower.poll(50)
-            for j, c in finished:
-                if on_journey:
-                    on_journey(j, c)
-            if settle_until is None and (any(_decided(c) for _, c in finished) or follower.builder.open_replies()):
+
+        def seen(j, c):
+            if res.first_failure_at is None and _decided(c):
                 res.first_failure_at = time.monotonic()
-                settle_until = res.first_failure_at + SETTLE_S
-            if settle_until is not None and time.monotonic() >= settle_until:
-                break
-        for j, c in follower.poll(0) + follower.builder.flush():     # replies still open count as seen
             if on_journey:
                 on_journey(j, c)
+
+        def settled():
+            """Stop SETTLE_S after the first attempt was decided (a reply on its way counts)."""
+            if res.first_failure_at is None and follower.builder.open_replies():
+                res.first_failure_at = time.monotonic()
+            return res.first_failure_at is not None and time.monotonic() >= res.first_failure_at + SETTLE_S
+
+        # run() also finishes what is still open at the end: replies on their way count as seen
+        follower.run(seen, duration=timeout, stop=settled, poll_ms=50)
         res.watched_s = time.monotonic() - start
     res.lost_events = follower.lost_events
     res.connections = [c for c in follower.builder.connections if c.requests or c.replies]

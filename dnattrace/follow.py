@@ -32,6 +32,7 @@ class Follower:
         self.events_seen = 0
         self.lost_events = 0      # events the ring buffer had no room for
         self.not_followed = 0     # matching packets not followed: over the max_new rate
+        self._retired_at = 0
 
     def start(self):
         self._local = local_addresses(self.target.netns_paths())
@@ -81,19 +82,21 @@ class Follower:
                 j.lost_events += self.lost_events - before
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         done += self.builder.expire(now)
-        self.builder.retire(now)
+        if now - self._retired_at > 1e9:     # a scan of every connection: once a second is plenty
+            self.builder.retire(now)
+            self._retired_at = now
         return done
 
     def _read_counters(self):
         _emitted, self.lost_events, self.not_followed = self.tracer.stats()
 
     def run(self, on_journey: Callable, duration: Optional[float] = None,
-            stop: Optional[Callable[[], bool]] = None):
+            stop: Optional[Callable[[], bool]] = None, poll_ms: int = 100):
         """Poll until duration elapses or stop() says so; then finish what is still open."""
         end = time.monotonic() + duration if duration else None
         try:
             while (end is None or time.monotonic() < end) and not (stop and stop()):
-                for j, c in self.poll(100):
+                for j, c in self.poll(poll_ms):
                     on_journey(j, c)
         finally:
             for j, c in self.poll(0) + self.builder.flush():
