@@ -244,12 +244,18 @@ def docker_ready():
     return shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
-@pytest.mark.kernel
-@pytest.mark.docker
-def test_docker_healthy_and_forwarding_off(lab_instance):
+def require_docker_host():
+    """A Docker engine, and root forwarding on as dockerd leaves it; returns that forwarding value."""
     require(docker_ready(), "docker engine")
     fwd = net.sysctl_get("net.ipv4.ip_forward")
     require(fwd == "1", "root net.ipv4.ip_forward=1 (as dockerd sets it)")
+    return fwd
+
+
+@pytest.mark.kernel
+@pytest.mark.docker
+def test_docker_healthy_and_forwarding_off(lab_instance):
+    fwd = require_docker_host()
     inst = lab_instance("healthy", docker=True)
     name, token = inst.name, inst.token
     assert inst.host_ns is None and inst.container_ns.startswith("/proc/")
@@ -272,9 +278,7 @@ def test_docker_healthy_and_forwarding_off(lab_instance):
 @pytest.mark.kernel
 @pytest.mark.docker
 def test_docker_failure_half_way_and_crash_restore_forwarding(root):
-    require(docker_ready(), "docker engine")
-    fwd = net.sysctl_get("net.ipv4.ip_forward")
-    require(fwd == "1", "root net.ipv4.ip_forward=1 (as dockerd sets it)")
+    fwd = require_docker_host()
     # Half way: the published port is taken, so `docker run` fails after forwarding was switched off.
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -308,7 +312,7 @@ def test_docker_failure_half_way_and_crash_restore_forwarding(root):
 @pytest.mark.kernel
 @pytest.mark.docker
 def test_docker_user_rule_variant_is_removed_by_down(lab_instance):
-    require(docker_ready(), "docker engine")
+    require_docker_host()
     before = net.run(["iptables-save", "-t", "filter"]).stdout
     inst = lab_instance("forward-policy-drop", docker=True)
     user_rules = [l for l in net.run(["iptables-save", "-t", "filter"]).stdout.splitlines()
