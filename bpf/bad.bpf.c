@@ -19,3 +19,21 @@ int bad_unchecked_lookup(void *ctx)
 	*v += 1;   /* deliberately no NULL check */
 	return 0;
 }
+
+/* The same mistake after a long stretch of valid code: the verifier's log runs to tens of kilobytes
+ * and the reason is at its very end (a loader that keeps only a log's start shows no reason). */
+SEC("raw_tp/kfree_skb")
+int bad_after_long_log(void *ctx)
+{
+	__u32 zero = 0;
+	__u64 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 300; i++) {
+		__u64 *w = bpf_map_lookup_elem(&counter, &zero);
+		if (w)
+			sum += *w;
+	}
+	__u64 *v = bpf_map_lookup_elem(&counter, &zero);
+	*v += sum;   /* deliberately no NULL check */
+	return 0;
+}

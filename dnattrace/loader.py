@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import errno as errno_mod
 import logging
+import mmap
 import os
 import threading
 
@@ -63,10 +64,21 @@ _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes
 _SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
+# libbpf hands a failed load's whole verifier log to the print callback as one message, and the reason
+# for the refusal is at its end: the message buffer must hold megabytes. An anonymous mapping costs
+# memory only for the pages a message touches.
+_PRINT_BUF_SIZE = 16 << 20
+_print_buf = None         # (mapping, its address)
+
+
 def _print_cb(level, fmt, va_list):
-    buf = ctypes.create_string_buffer(4096)
-    _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(va_list))
-    text = buf.value.decode(errors="replace").rstrip("\n")
+    global _print_buf
+    if _print_buf is None:
+        m = mmap.mmap(-1, _PRINT_BUF_SIZE)
+        _print_buf = (m, ctypes.addressof(ctypes.c_char.from_buffer(m)))
+    buf, addr = _print_buf
+    n = _libc.vsnprintf(addr, _PRINT_BUF_SIZE, fmt, ctypes.c_void_p(va_list))
+    text = buf[:max(0, min(n, _PRINT_BUF_SIZE - 1))].decode(errors="replace").rstrip("\n")
     for sink in _log_capture:
         sink.append(text)
     # Debug level whatever libbpf's level: a failed trial is expected while probing, and a real failure
@@ -97,7 +109,7 @@ def lib():
         except OSError as e:
             raise BpfError("cannot load libbpf (%s); install libbpf1 (apt-get install libbpf1)" % e) from None
         _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+        _libc.vsnprintf.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
         _libc.syscall.restype = ctypes.c_long
         P, I, U, S = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_char_p
         _fn("libbpf_set_print", P, P)

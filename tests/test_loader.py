@@ -176,14 +176,18 @@ def test_map_round_trip(root):
         assert pc.lookup(k(8)) == [v(5)] * pc.ncpus
 
 
-def test_verifier_rejection_carries_the_verifiers_message(root):
+@pytest.mark.parametrize("prog", ["bad_unchecked_lookup", "bad_after_long_log"])
+def test_verifier_rejection_carries_the_verifiers_message(root, prog):
     with pytest.raises(loader.BpfError) as info:
         with loader.BpfObject(BAD) as obj:
+            obj.only(prog)
             obj.load()
     e = info.value
     assert "bad.bpf.o" in str(e).splitlines()[0]
     assert "map_value_or_null" in str(e)          # the verifier's own words
     assert "invalid mem access" in e.verifier_message()
+    if prog == "bad_after_long_log":
+        assert len(e.log) > 64 << 10              # the whole log came through, not its first page
 
 
 def test_missing_object_is_one_clear_line():
