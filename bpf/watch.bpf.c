@@ -17,6 +17,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define HOOK_PRE 0
 #define HOOK_IN 1
 #define HOOK_FWD 2
+#define HOOK_OUT 3
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -50,35 +51,41 @@ struct {
 	__type(value, struct followed);
 } tracked SEC(".maps");
 
-/* How many skbs are followed right now (approximately: LRU evictions are not seen, so it can only be
- * too high). The transmit/free probes, which run for every skb in the system, skip everything while it
- * is zero: a watch on a quiet port costs them one inlined array lookup. */
+/* Until when (in jiffies) the transmit/free probes and the netfilter links past a packet's first point
+ * must look at packets: every packet newly followed pushes it ACTIVE_JIFFIES ahead. These probes run
+ * for every packet in the system; while nothing was followed lately they cost one load of jiffies.
+ * A deadline rather than a count of followed skbs: TCP frees most received segments with __kfree_skb,
+ * which fires no tracepoint, so a count would never come back down. Jiffies, because tracing programs
+ * may not read the coarse clock and the precise one costs more; 10000 jiffies are 10-100 s (HZ 1000-100).
+ * A followed packet still in flight when the deadline passes loses its end: user space reports it as
+ * unknown. */
+#define ACTIVE_JIFFIES 10000ULL
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __s64);
-} live SEC(".maps");
+	__type(value, __u64);
+} active_until SEC(".maps");
 
 static __always_inline int none_followed(void)
 {
 	__u32 zero = 0;
-	__s64 *n = bpf_map_lookup_elem(&live, &zero);
-	return n && *n <= 0;
+	__u64 *until = bpf_map_lookup_elem(&active_until, &zero);
+	return until && bpf_jiffies64() > *until;
 }
 
-static __always_inline void live_add(__s64 d)
+static __always_inline void mark_active(void)
 {
 	__u32 zero = 0;
-	__s64 *n = bpf_map_lookup_elem(&live, &zero);
-	if (n)
-		__sync_fetch_and_add(n, d);
+	__u64 *until = bpf_map_lookup_elem(&active_until, &zero);
+	if (until)
+		*until = bpf_jiffies64() + ACTIVE_JIFFIES;
 }
 
 static __always_inline void untrack(__u64 skb)
 {
-	if (bpf_map_delete_elem(&tracked, &skb) == 0)
-		live_add(-1);
+	bpf_map_delete_elem(&tracked, &skb);
 }
 
 /* One bit per port that appears in the filter: the cheap first test every packet meets, so that the
@@ -130,10 +137,22 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+/* Sized by user space before loading (1 MB while --max-rate caps the flow, 4 MB without a cap). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
+
+/* User space reads the ring on a timer; a record wakes it only when this much is waiting. Waking it
+ * for every record costs a wake-up and a context switch per event, on the CPUs the traffic needs. */
+#define WAKEUP_BYTES (128 << 10)
+
+static __always_inline void submit(struct dt_event *e)
+{
+	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+										    : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
 
 /* The kprobe fallbacks stash their entry arguments until the return probe runs, per execution context
  * (a task, or a CPU's idle task: all idle tasks are pid 0) and per probed function (ip_route_input_noref
@@ -224,7 +243,7 @@ static __always_inline int filter_hit(__u8 proto, __u16 port, __u32 addr)
 	return bpf_map_lookup_elem(&filter, &k) != NULL;
 }
 
-/* The admission window for new journeys (max_new per second). Shared by all CPUs: a race at the
+/* The admission window for new connections (max_new per second). Shared by all CPUs: a race at the
  * window's turn admits a few more, which is harmless. */
 struct window {
 	__u64 start;
@@ -238,10 +257,25 @@ struct {
 	__type(value, struct window);
 } admission SEC(".maps");
 
-static __always_inline int admit(struct dt_config *cfg)
+/* The admission decision per connection, keyed by its client endpoint (the side that is not the
+ * filter's service): DNAT rewrites the service side only, so a SYN and the reply that comes back
+ * un-NATed find the same entry, and a connection is followed whole or not at all. */
+struct client_key {
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct client_key);
+	__type(value, __u8);
+} admitted SEC(".maps");
+
+static __always_inline int window_open(struct dt_config *cfg)
 {
-	if (!cfg || !cfg->max_new)
-		return 1;
 	__u32 zero = 0;
 	struct window *w = bpf_map_lookup_elem(&admission, &zero);
 	if (!w)
@@ -251,22 +285,42 @@ static __always_inline int admit(struct dt_config *cfg)
 		w->start = now;
 		w->admitted = 0;
 	}
-	if (w->admitted >= cfg->max_new) {
-		stat_inc(DT_STAT_SKIPPED);
+	if (w->admitted >= cfg->max_new)
 		return 0;
-	}
 	__sync_fetch_and_add(&w->admitted, 1);
 	return 1;
+}
+
+/* Is this packet's connection followed? Decided once per connection, at its first matching packet;
+ * a connection turned away is counted once (DT_STAT_SKIPPED), however many points its packets pass. */
+static __always_inline int admit(struct dt_config *cfg, struct l34 *p, int client_is_src)
+{
+	if (!cfg || !cfg->max_new)
+		return 1;
+	struct client_key k = { .proto = p->proto };
+	k.addr = client_is_src ? p->saddr : p->daddr;
+	k.port = client_is_src ? p->sport : p->dport;
+	__u8 *seen = bpf_map_lookup_elem(&admitted, &k);
+	if (seen)
+		return *seen;
+	__u8 yes = window_open(cfg);
+	bpf_map_update_elem(&admitted, &k, &yes, BPF_NOEXIST);
+	if (!yes)
+		stat_inc(DT_STAT_SKIPPED);
+	return yes;
 }
 
 static __always_inline int wanted(struct l34 *p)
 {
 	if (p->proto != IPPROTO_TCP_ && p->proto != IPPROTO_UDP_)
 		return 0;
-	if (!filter_hit(p->proto, p->dport, p->daddr) && !filter_hit(p->proto, p->sport, p->saddr))
+	int to_service = filter_hit(p->proto, p->dport, p->daddr);
+	if (!to_service && !filter_hit(p->proto, p->sport, p->saddr))
 		return 0;
 	__u32 zero = 0;
 	struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
+	if (!admit(cfg, p, to_service))
+		return 0;
 	if (p->proto == IPPROTO_TCP_ && !(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST))) {
 		if (!(cfg && cfg->all_packets)) {
 			/* besides SYN, SYN-ACK and RST: the first data packet of each direction */
@@ -278,7 +332,7 @@ static __always_inline int wanted(struct l34 *p)
 				return 0;
 		}
 	}
-	return admit(cfg);
+	return 1;
 }
 
 /* The followed packet's entry, or NULL; starts following it when it matches the filter (*fresh = 1:
@@ -297,8 +351,8 @@ static __always_inline struct followed *follow(__u64 skb, struct l34 *p, int *fr
 	if (t || !wanted(p))
 		return t;
 	struct followed nt = { .ident = ident(p), .sig = 0, .ctinfo = 0xfe };
-	if (bpf_map_update_elem(&tracked, &skb, &nt, BPF_NOEXIST) == 0)
-		live_add(1);
+	bpf_map_update_elem(&tracked, &skb, &nt, BPF_NOEXIST);
+	mark_active();
 	*fresh = 1;
 	return bpf_map_lookup_elem(&tracked, &skb);
 }
@@ -398,7 +452,7 @@ static __always_inline int on_rx(struct sk_buff *skb, const int trusted)
 	e->netns = dev_netns(dev);
 	e->ifindex = BPF_CORE_READ(dev, ifindex);
 	dev_name(e->ifname, dev);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -427,6 +481,12 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 	struct sk_buff *skb = ctx->skb;
 	if (skb->protocol != ETH_P_IP_BE)
 		return NF_ACCEPT;
+	const struct nf_hook_state *state = ctx->state;
+	__u8 hook = state->hook;
+	/* A packet is first seen by the receive probe, or here at OUTPUT when it is made on this host:
+	 * anywhere else, nothing is followed unless something was followed lately. */
+	if (!(hook == HOOK_OUT && stage == DT_STAGE_FIRST) && none_followed())
+		return NF_ACCEPT;
 	unsigned char *l3 = skb->head + skb->network_header;
 	struct l34 p;
 	if (!maybe(l3, &p))
@@ -435,8 +495,6 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 	struct followed *t = follow((__u64)skb, &p, &fresh);
 	if (!t)
 		return NF_ACCEPT;
-	const struct nf_hook_state *state = ctx->state;
-	__u8 hook = state->hook;
 	__u32 zero = 0;
 	if (hook == HOOK_PRE && stage == DT_STAGE_LAST) {
 		struct routing r = { .skb = (__u64)skb, .daddr = p.daddr, .saddr = p.saddr };
@@ -469,7 +527,7 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 	}
 	dev_name(e->out_ifname, out);
 	fill_ct(e, skb);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return NF_ACCEPT;
 }
 
@@ -519,7 +577,7 @@ static __always_inline int on_fib(__u32 table, const struct flowi4 *flp, const s
 		if (BPF_CORE_READ(nhc, nhc_gw_family) == 2 /* AF_INET */)
 			e->gateway = BPF_CORE_READ(nhc, nhc_gw.ipv4);
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -563,7 +621,7 @@ static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 re
 		e->ifindex = BPF_CORE_READ(dev, ifindex);
 		dev_name(e->ifname, dev);
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -615,7 +673,7 @@ int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
 	e->netns = dev_netns(dev);
 	e->ifindex = BPF_CORE_READ(dev, ifindex);
 	dev_name(e->ifname, dev);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -636,7 +694,7 @@ static __always_inline void verdict(__u64 skb, __u8 hook, int ret)
 		return;
 	e->hook = hook;
 	e->reason = (__u32)ret;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 SEC("fentry/nf_hook_slow")
@@ -683,7 +741,7 @@ static __always_inline void route_result(struct sk_buff *skb, long ret)
 		struct net_device *dev = BPF_CORE_READ(dst, dev);
 		dev_name(e->out_ifname, dev);
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 SEC("fexit/ip_route_input_noref")

@@ -31,7 +31,7 @@ class Follower:
         self.pcap = pcap
         self.events_seen = 0
         self.lost_events = 0      # events the ring buffer had no room for
-        self.not_followed = 0     # matching packets not followed: over the max_new rate
+        self.not_followed = 0     # matching connections not followed: over the max_new rate
         self._retired_at = 0
 
     def start(self):

@@ -162,7 +162,7 @@ def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 
     if untold:
         out += "\n(and %d more connections, not kept)" % untold
     if not_followed:
-        out += ("\n%d matching packets were not followed: more new packets a second than --max-rate allows"
+        out += ("\n%d connections were not followed: more new connections a second than --max-rate allows"
                 % not_followed)
     if lost:
         out += "\nWARNING: %d events were lost: journeys above may be incomplete, none is reported as not dropped." % lost

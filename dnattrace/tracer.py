@@ -21,6 +21,10 @@ from dnattrace.errors import CannotObserve
 log = logging.getLogger("dnattrace.watch")
 
 OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpfobj", "watch.bpf.o")
+# The event ring: mapped twice into this process (the kernel's wrap-around trick), so its size counts
+# double against watch's memory budget. Under --max-rate a second's events fit in 1 MB many times over;
+# without a cap (or with --all) the bigger ring rides out bursts.
+RING_CAPPED, RING_FULL = 1 << 20, 4 << 20
 
 # netfilter positions: (hook, program, priority). The first and last position of every hook tell
 # whether a packet got through it, and the NAT rewrite and conntrack state show as the difference
@@ -86,8 +90,9 @@ class WatchTracer:
 
     def __init__(self, filters, netns_paths=(None,), all_packets=False, capture=False, max_new=0,
                  hook_detail=False, caps=None):
-        """max_new: start at most this many new journeys a second (0: no limit); the packets above it
-        are counted (stats()[2]), not followed, so a busy port cannot flood user space."""
+        """max_new: follow at most this many new connections a second (0: no limit); the connections
+        above it are counted (stats()[2]), not followed, so a busy port cannot flood user space. The
+        decision is the kernel's, once per connection: a followed SYN's reply is followed too."""
         self.filters = list(filters)
         self.netns_paths = list(netns_paths)
         self.all_packets = all_packets
@@ -108,6 +113,7 @@ class WatchTracer:
         try:
             names = [p for progs in self.chosen.values() for p in progs]
             obj.only(*names)
+            obj.set_max_entries("events", RING_CAPPED if self.max_new and not self.all_packets else RING_FULL)
             for p in self.chosen.get("netfilter hooks", []):
                 obj.program(p).set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
             obj.load()
@@ -163,12 +169,15 @@ class WatchTracer:
         self._pending.append(events.decode(data))
 
     def poll(self, timeout_ms=100):
+        """Wait up to timeout_ms, then take everything waiting. The programs wake this process only
+        when a backlog builds up (see submit() in watch.bpf.c): the wait is the usual way out."""
         self._rb.poll(timeout_ms)
+        self._rb.consume()
         out, self._pending = self._pending, []
         return out
 
     def stats(self):
-        """(events emitted, events lost, packets not followed over max_new) since start, over all CPUs."""
+        """(events emitted, events lost, connections not followed over max_new) since start, over all CPUs."""
         m = self._obj.map("stats")
         return m.counter(0), m.counter(1), m.counter(2)
 

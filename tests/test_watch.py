@@ -228,3 +228,18 @@ def test_udp_to_a_closed_port_is_followed_to_its_drop(netns):
         route = next(s for s in j["steps"] if s["point"] == "route")
         assert route["route"]["local"] is True
         assert j["steps"][-1]["reason"] == "NO_SOCKET" and j["steps"][-1]["netns_name"] == host
+
+
+def test_max_rate_follows_whole_connections_and_counts_the_rest(lab_instance):
+    """--max-rate 3 and a burst of 10 connections well inside one second: exactly 3 are followed, each
+    with its SYN-ACK (the kernel decides per connection, not per packet), and the other 7 are counted
+    once each, however many probe points their packets passed."""
+    inst = lab_instance("healthy")
+    journeys, summary = watch_lab(inst, attempts=10, extra=("--max-rate", "3"))
+    conns = [c for c in summary["connections"] if c["key"]["src"] == inst.client_addr]
+    assert len(conns) == 3, summary
+    assert all(c["replies"] and c["outcome"] == "answered" for c in conns), conns
+    assert summary["not_followed"] == 7
+    assert summary["lost_events"] == 0
+    replies = [j for j in mine(journeys, inst) if j["direction"] == "reply"]
+    assert len({json.dumps(j["connection"]) for j in replies}) == 3

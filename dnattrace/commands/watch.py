@@ -31,7 +31,7 @@ def watch_options(f):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finished journey, then a summary.")
 @click.option("--pcap", type=click.Path(dir_okay=False, writable=True), help="Write each point's packet to a pcapng file.")
 @click.option("--max-rate", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Follow at most this many new packets a second (0: no limit); the rest are counted.")
+              help="Follow at most this many new connections a second (0: no limit); the rest are counted.")
 @click.option("--hook-detail", is_flag=True,
               help="Also probe inside hooks (after conntrack, after DNAT, after SNAT); costs every packet more.")
 @click.pass_context
