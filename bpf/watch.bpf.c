@@ -14,6 +14,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define NF_ACCEPT 1
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
 #define HOOK_PRE 0
 #define HOOK_IN 1
 #define HOOK_FWD 2
@@ -259,7 +260,9 @@ struct {
 
 /* The admission decision per connection, keyed by its client endpoint (the side that is not the
  * filter's service): DNAT rewrites the service side only, so a SYN and the reply that comes back
- * un-NATed find the same entry, and a connection is followed whole or not at all. */
+ * un-NATed find the same entry, and a connection is followed whole or not at all. A client reuses its
+ * ports (a TIME_WAIT port after a second), so the entry also holds the SYN's initial sequence number:
+ * a retransmitted SYN finds its own decision, a new connection on the same port gets one of its own. */
 struct client_key {
 	__u32 addr;
 	__u16 port;
@@ -267,11 +270,17 @@ struct client_key {
 	__u8 pad;
 };
 
+struct decision {
+	__u32 isn;      /* the TCP SYN's sequence number; 0 for UDP */
+	__u8 yes;
+	__u8 pad[3];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct client_key);
-	__type(value, __u8);
+	__type(value, struct decision);
 } admitted SEC(".maps");
 
 static __always_inline int window_open(struct dt_config *cfg)
@@ -300,14 +309,15 @@ static __always_inline int admit(struct dt_config *cfg, struct l34 *p, int clien
 	struct client_key k = { .proto = p->proto };
 	k.addr = client_is_src ? p->saddr : p->daddr;
 	k.port = client_is_src ? p->sport : p->dport;
-	__u8 *seen = bpf_map_lookup_elem(&admitted, &k);
-	if (seen)
-		return *seen;
-	__u8 yes = window_open(cfg);
-	bpf_map_update_elem(&admitted, &k, &yes, BPF_NOEXIST);
-	if (!yes)
+	int opening = p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	struct decision *seen = bpf_map_lookup_elem(&admitted, &k);
+	if (seen && !(opening && seen->isn != p->seq))
+		return seen->yes;
+	struct decision d = { .isn = opening ? p->seq : 0, .yes = window_open(cfg) };
+	bpf_map_update_elem(&admitted, &k, &d, BPF_ANY);
+	if (!d.yes)
 		stat_inc(DT_STAT_SKIPPED);
-	return yes;
+	return d.yes;
 }
 
 static __always_inline int wanted(struct l34 *p)
