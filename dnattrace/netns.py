@@ -3,7 +3,8 @@ user knows ("host", an `ip netns` name, a Docker container's name), and back for
 
 Sources, cheapest first: the root namespace (/proc/1/ns/net), /run/netns/* (ip netns), then Docker
 (container State.Pid -> /proc/PID/ns/net). Docker is asked only when an inode is not known otherwise, at
-most once every few seconds, and a missing engine is simply no names from Docker.
+most once every few seconds (in a child process for watch and drops), and a missing engine is simply no
+names from Docker.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import logging
 import os
 import time
 
-from dnattrace.errors import UsageError
+from dnattrace import apart
+from dnattrace.errors import DnattraceError, UsageError
 
 log = logging.getLogger("dnattrace.netns")
 
@@ -21,6 +23,7 @@ OWN_NS = "/proc/self/ns/net"
 HOST = "host"
 _DOCKER_RETRY_S = 5.0
 _UNKNOWN_RETRY_S = 2.0
+_DOCKER_TIMEOUT_S = 10.0
 
 
 def _inode(path):
@@ -55,7 +58,18 @@ def ip_netns():
 
 
 def docker_netns():
-    """{container name: (inode, /proc/PID/ns/net)} of running containers; {} when Docker is not there."""
+    """{container name: (inode, /proc/PID/ns/net)} of running containers; {} when Docker is not there.
+
+    In a long-lived watch or drops, which ask this now and then to name a new namespace, it is asked in a
+    short-lived child process (dnattrace.apart): the Docker SDK's imports (about 16 MB) must not stay."""
+    try:
+        return apart.lookup(_docker_netns, timeout=_DOCKER_TIMEOUT_S)
+    except DnattraceError as e:   # an engine that hangs: no names from Docker this time
+        log.debug("no Docker names: %s", e)
+        return {}
+
+
+def _docker_netns():
     try:
         import docker
         client = docker.from_env(version="auto", timeout=3)

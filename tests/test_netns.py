@@ -1,4 +1,7 @@
 """Namespace names: host, `ip netns` names, unknown inodes; --netns resolution."""
+import subprocess
+import sys
+
 import pytest
 
 from dnattrace import netns as names
@@ -26,6 +29,17 @@ def test_a_namespace_made_later_is_named_on_first_sight(netns):
 def test_unknown_name_is_a_usage_error(root):
     with pytest.raises(UsageError, match="unknown network namespace"):
         names.resolve("no-such-namespace-dt")
+
+
+def test_docker_is_asked_in_a_child_process():
+    """watch and drops name namespaces for their whole life: the Docker SDK's imports (requests,
+    urllib3, ...) must stay in the short-lived child that asks the engine, engine or not."""
+    code = ("import sys; from dnattrace import apart, netns; apart.stay_light(); netns.docker_netns(); "
+            "netns.Namer().refresh(); "
+            "print(sorted(m for m in ('docker', 'requests', 'urllib3') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
 
 
 def _docker_engine():

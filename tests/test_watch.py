@@ -13,23 +13,46 @@ from dnattrace.lab import net
 pytestmark = pytest.mark.kernel
 
 
-def start_watch(*args):
-    """Start `dnattrace watch --json ...` and wait until it says its probes are attached."""
-    p = subprocess.Popen([sys.executable, "-m", "dnattrace.cli", "watch", "--json"] + list(args),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+WATCH = (sys.executable, "-m", "dnattrace.cli", "watch", "--json")
+# The real CLI's watch in a Python that then reports what this process imported and its peak resident
+# memory: dnattrace.apart must have kept Docker's and pyroute2's imports in short-lived children.
+WATCH_THEN_REPORT = (sys.executable, "-c", """if True:
+    import json, sys
+    from dnattrace import cli
+    rc = cli.main(["watch", "--json"] + sys.argv[1:])
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    heavy = sorted(m for m in ("docker", "requests", "urllib3", "pyroute2") if m in sys.modules)
+    print(json.dumps({"type": "exit", "rc": rc, "heavy": heavy, "hwm_kb": hwm}))
+""")
+MEMORY_BUDGET_KB = 60 * 1024    # watch's peak resident memory (VmHWM)
+
+
+def start_watch(*args, command=WATCH):
+    """Start `dnattrace watch --json ...` and wait until it says its probes are attached; the start
+    record is kept as p.start."""
+    p = subprocess.Popen(list(command) + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     if not line:
         p.wait(10)
         pytest.fail("watch did not start: %s" % p.stderr.read())
-    assert json.loads(line)["type"] == "start"
+    p.start = json.loads(line)
+    assert p.start["type"] == "start"
     return p
 
 
-def finish(p, timeout=30):
+def records(p, timeout=30):
+    """The JSON records a watch printed after its start record; it must exit 0."""
     out, err = p.communicate(timeout=timeout)
     assert p.returncode == 0, err
-    objs = [json.loads(l) for l in out.splitlines() if l.strip()]
-    assert objs and objs[-1]["type"] == "summary", out
+    return [json.loads(l) for l in out.splitlines() if l.strip()]
+
+
+def finish(p, timeout=30):
+    return journeys_and_summary(records(p, timeout))
+
+
+def journeys_and_summary(objs):
+    assert objs and objs[-1]["type"] == "summary", objs
     return [o for o in objs if o["type"] == "journey"], objs[-1]
 
 
@@ -243,3 +266,38 @@ def test_max_rate_follows_whole_connections_and_counts_the_rest(lab_instance):
     assert summary["lost_events"] == 0
     replies = [j for j in mine(journeys, inst) if j["direction"] == "reply"]
     assert len({json.dumps(j["connection"]) for j in replies}) == 3
+
+
+def finish_light(p):
+    """finish() for WATCH_THEN_REPORT, checking its exit report: no Docker SDK, no pyroute2, and a
+    peak resident memory within the budget."""
+    objs = records(p)
+    report = objs.pop()
+    assert report["type"] == "exit" and report["rc"] == 0, report
+    assert report["heavy"] == [], "the watch process itself imported %s" % report["heavy"]
+    assert report["hwm_kb"] < MEMORY_BUDGET_KB, "watch peaked at %d kB resident" % report["hwm_kb"]
+    return journeys_and_summary(objs)
+
+
+def test_watch_process_never_imports_docker_or_pyroute2(lab_instance):
+    """The look-ups that need them (the DNAT rules and the namespace holding their target, the
+    namespaces' addresses) ran in child processes: their answers are there, their imports are not."""
+    inst = lab_instance("healthy")
+    p = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--duration", "3",
+                    command=WATCH_THEN_REPORT)
+    client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 1, 1.5)
+    try:
+        journeys, _summary = finish_light(p)
+    finally:
+        probeclient.stop(client)
+    assert "DNATed to %s:%d" % (inst.container_addr, inst.container_port) in p.start["target"]
+    assert p.start["netns"][1] == net.netns_path(inst.container_ns), "the container's namespace was found"
+    syn = next(j for j in mine(journeys, inst) if j["transmission"])
+    assert syn["outcome"] == "delivered" and syn["steps"][-1]["netns_name"] == inst.name + "-ctr"
+
+
+def test_watch_of_a_port_in_this_namespace_asks_docker_apart(root):
+    """A port of this namespace is first looked up in the Docker engine (whether or not one runs, the
+    SDK is imported for it), then in the DNAT rules: all of it in a child process."""
+    p = start_watch("--port", "9", "--duration", "1", command=WATCH_THEN_REPORT)
+    finish_light(p)

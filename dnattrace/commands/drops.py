@@ -106,8 +106,9 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
     """Count kernel packet drops: where (function+offset), why (drop reason), in which namespace."""
     _check(interval, duration, count, top, port)
     from dnattrace import drops as engine
-    from dnattrace import kallsyms, netns
+    from dnattrace import apart, kallsyms, netns
 
+    apart.stay_light()      # long-lived: Docker's names are asked in a child process (dnattrace.apart)
     ns_inode = netns.resolve(netns_name)[0] if netns_name else None
     namer = netns.Namer()
     symbols = kallsyms.load()

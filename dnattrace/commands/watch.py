@@ -38,7 +38,7 @@ def watch_options(f):
 def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, count, as_json, pcap, max_rate,
           hook_detail):
     """Follow each SYN (and its reply) through the kernel, hook by hook."""
-    from dnattrace import model, target as targets
+    from dnattrace import apart, model, target as targets
     from dnattrace.follow import Follower
 
     if port is not None:
@@ -52,7 +52,10 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         raise UsageError("--count must be at least 1")
     host.require_root()
     host.require_btf()
-    t = targets.resolve(port=port, container=container, proto=proto, netns=netns, dst=dst)
+    # a long-lived process with a memory budget: Docker's and pyroute2's imports stay in short-lived
+    # children, for the target here and for the look-ups made while watching (dnattrace.apart)
+    apart.stay_light()
+    t = apart.run_apart(targets.resolve, port=port, container=container, proto=proto, netns=netns, dst=dst)
     writer = None
     if pcap:
         from dnattrace.pcapng import PcapngWriter

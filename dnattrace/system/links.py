@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
+from dnattrace import apart
 from dnattrace.system.ns import entered
 
 NUD_STATES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
@@ -62,7 +63,14 @@ def _ipr():
 
 
 def links(netns=None) -> list[Link]:
-    """Every link with its state, kind, bridge master and IPv4 addresses."""
+    """Every link with its state, kind, bridge master and IPv4 addresses.
+
+    A long-lived watch reads its namespaces' addresses with this at start (follow.local_addresses) and
+    must not keep pyroute2's imports (about 20 MB): there it runs in a child process (dnattrace.apart)."""
+    return apart.lookup(_links, netns)
+
+
+def _links(netns=None) -> list[Link]:
     with entered(netns):
         with _ipr() as ipr:
             raw = ipr.get_links()
@@ -108,7 +116,7 @@ def route_get(dst: str, iif: Optional[str] = None, src: Optional[str] = None, ne
                     return res
                 kw["iif"] = idx[0]
                 if not src:
-                    src = res.src = _guess_src(links(None), iif)
+                    src = res.src = _guess_src(_links(None), iif)
             if src:
                 kw["src"] = src
             try:
