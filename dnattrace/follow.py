@@ -104,7 +104,13 @@ class Follower:
 
 
 def local_addresses(paths) -> dict[int, set[str]]:
-    """The IPv4 addresses of each namespace (by inode), read once when the watch starts."""
+    """The IPv4 addresses of each namespace (by inode), read once when the watch starts: in one look-up
+    (a child process when watch stays light: one pyroute2 import for all the namespaces, not one each)."""
+    from dnattrace import apart
+    return apart.lookup(_local_addresses, list(paths))
+
+
+def _local_addresses(paths) -> dict[int, set[str]]:
     from dnattrace.system import links, ns
     out = {}
     for path in paths:
