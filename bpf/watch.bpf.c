@@ -84,6 +84,18 @@ static __always_inline void mark_active(void)
 		*until = bpf_jiffies64() + ACTIVE_JIFFIES;
 }
 
+/* The skb's entry in `tracked`, without checking which packet it now holds (is_tracked does). */
+static __always_inline struct followed *tracked_entry(__u64 skb)
+{
+	return bpf_map_lookup_elem(&tracked, &skb);
+}
+
+static __always_inline void track(__u64 skb, struct followed *f)
+{
+	bpf_map_update_elem(&tracked, &skb, f, BPF_NOEXIST);
+	mark_active();
+}
+
 static __always_inline void untrack(__u64 skb)
 {
 	bpf_map_delete_elem(&tracked, &skb);
@@ -196,7 +208,7 @@ static __always_inline void stat_inc(__u32 slot)
 /* Is the skb followed, and still carrying the packet it was followed for? Forgets a recycled skb. */
 static __always_inline struct followed *is_tracked(__u64 skb, struct l34 *p)
 {
-	struct followed *t = bpf_map_lookup_elem(&tracked, &skb);
+	struct followed *t = tracked_entry(skb);
 	if (!t)
 		return NULL;
 	if (t->ident == ident(p))
@@ -361,8 +373,7 @@ static __always_inline struct followed *follow(__u64 skb, struct l34 *p, int *fr
 	if (t || !wanted(p))
 		return t;
 	struct followed nt = { .ident = ident(p), .sig = 0, .ctinfo = 0xfe };
-	bpf_map_update_elem(&tracked, &skb, &nt, BPF_NOEXIST);
-	mark_active();
+	track(skb, &nt);
 	*fresh = 1;
 	return bpf_map_lookup_elem(&tracked, &skb);
 }
@@ -493,16 +504,23 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 		return NF_ACCEPT;
 	const struct nf_hook_state *state = ctx->state;
 	__u8 hook = state->hook;
-	/* A packet is first seen by the receive probe, or here at OUTPUT when it is made on this host:
-	 * anywhere else, nothing is followed unless something was followed lately. */
-	if (!(hook == HOOK_OUT && stage == DT_STAGE_FIRST) && none_followed())
-		return NF_ACCEPT;
+	/* Whether a packet is followed is decided where it is first seen: the receive probe, or here at
+	 * OUTPUT's first position for a packet made in this namespace. Every other position only asks
+	 * whether this skb is followed (one lookup), so the packets of a busy watched port that were turned
+	 * away cost them no header read, no filter lookup and no admission lookup. */
 	unsigned char *l3 = skb->head + skb->network_header;
 	struct l34 p;
-	if (!maybe(l3, &p))
-		return NF_ACCEPT;
-	int fresh;
-	struct followed *t = follow((__u64)skb, &p, &fresh);
+	struct followed *t;
+	int fresh = 0;
+	if (hook == HOOK_OUT && stage == DT_STAGE_FIRST) {
+		if (!maybe(l3, &p))
+			return NF_ACCEPT;
+		t = follow((__u64)skb, &p, &fresh);
+	} else {
+		if (none_followed() || !tracked_entry((__u64)skb) || !maybe(l3, &p))
+			return NF_ACCEPT;
+		t = is_tracked((__u64)skb, &p);
+	}
 	if (!t)
 		return NF_ACCEPT;
 	__u32 zero = 0;
@@ -608,7 +626,7 @@ int BPF_PROG(fib_raw, u32 table, const struct flowi4 *flp, const struct fib_nh_c
 static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 reason, __u8 point)
 {
 	__u64 key = (__u64)skb;
-	if (none_followed() || !bpf_map_lookup_elem(&tracked, &key))
+	if (none_followed() || !tracked_entry(key))
 		return 0;
 	struct l34 p;
 	skb_l34(skb, &p);
@@ -670,7 +688,7 @@ SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
 {
 	__u64 key = (__u64)skb;
-	if (none_followed() || !bpf_map_lookup_elem(&tracked, &key))
+	if (none_followed() || !tracked_entry(key))
 		return 0;
 	struct l34 p;
 	skb_l34(skb, &p);
@@ -711,7 +729,7 @@ SEC("fentry/nf_hook_slow")
 int BPF_PROG(verdict_fentry, struct sk_buff *skb, struct nf_hook_state *state)
 {
 	__u64 key = (__u64)skb;
-	if (!bpf_map_lookup_elem(&tracked, &key))
+	if (!tracked_entry(key))
 		return 0;
 	__u32 hook = BPF_CORE_READ(state, hook);
 	bpf_map_update_elem(&verdict_hooks, &key, &hook, BPF_ANY);
@@ -734,7 +752,7 @@ int BPF_PROG(verdict_fexit, struct sk_buff *skb, struct nf_hook_state *state, vo
 static __always_inline void route_result(struct sk_buff *skb, long ret)
 {
 	__u64 key = (__u64)skb;
-	if (!bpf_map_lookup_elem(&tracked, &key))
+	if (!tracked_entry(key))
 		return;
 	struct l34 p;
 	skb_l34(skb, &p);
@@ -773,7 +791,7 @@ static __always_inline void stash_key(struct stash_key *k, __u32 kind)
 static __always_inline void stash(struct sk_buff *skb, __u32 hook, __u32 kind)
 {
 	__u64 key = (__u64)skb;
-	if (!bpf_map_lookup_elem(&tracked, &key))
+	if (!tracked_entry(key))
 		return;
 	struct stash_key k;
 	stash_key(&k, kind);
