@@ -8,7 +8,8 @@ host namespace DNATs to the container namespace, as fast as one Python loop can.
 accept-and-close server on port 81 started here, published as 8081 by two rules added next to the lab's
 own (Docker's layout: a DNAT rule in nat/DOCKER and an ACCEPT in filter/DOCKER), removed at the end.
 
-Conditions, interleaved in one run (A B C A B C ...) so that drift cancels out:
+Conditions, interleaved in one run, in a new random order each round (--seed), so that drift and a place
+in the round do not become part of one condition's figure:
   a  nothing attached
   b  `dnattrace watch --json` attached in the host namespace following ANOTHER port (9999): every packet
      of the benchmark passes the probes and is filtered out in the kernel
@@ -31,6 +32,7 @@ Everything lives in the lab's namespaces (removed by lab.down in a finally) and 
 import argparse
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -44,6 +46,7 @@ from dnattrace.lab import net  # noqa: E402
 BENCH_PORT, SERVER_PORT, OTHER_PORT = 8081, 81, 9999
 TARGET_B, TARGET_C, TARGET_RSS_MB = 0.97, 0.90, 60.0
 TARGETS = {"b": TARGET_B, "c": TARGET_C}
+SETTLE_S = 0.5
 LABELS = {"a": "no tracer", "b": "watch on another port", "c": "watch on this port",
           "d": "watch on this port, --max-rate 0"}
 TICK = os.sysconf("SC_CLK_TCK")
@@ -66,25 +69,34 @@ except socket.timeout:
     pass
 """ % SERVER_PORT
 
-# connect + close, N times or S seconds, whichever first; each connect bounded by 1 s.
+# connect, wait for the server's close, close; N times or S seconds, whichever first; each connection
+# bounded by 1 s. The server closes first, so TIME_WAIT stays on its side: a client that closed first
+# would pile up TIME_WAIT sockets, and picking a free port among them costs more with every run (the
+# machine's CPU per connection drifted by 50% across the runs of one benchmark that way).
 CLIENT = r"""
 import json, socket, sys, time
 n, seconds, addr, port = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 ok = failed = 0
-t0 = time.perf_counter()
+t0 = mark = time.perf_counter()
 end = t0 + seconds
+CHUNK, chunks = 200, []   # the rate of each 200 connections: the best of them is what the machine can do
 for _ in range(n):
     s = socket.socket()
     s.settimeout(1.0)
     try:
         s.connect((addr, port))
+        s.recv(1)
         ok += 1
     except OSError:
         failed += 1
     s.close()
+    if ok and ok % CHUNK == 0:
+        now = time.perf_counter()
+        chunks.append(CHUNK / (now - mark))
+        mark = now
     if time.perf_counter() >= end:
         break
-print(json.dumps({"ok": ok, "failed": failed, "seconds": time.perf_counter() - t0}))
+print(json.dumps({"ok": ok, "failed": failed, "seconds": time.perf_counter() - t0, "best": max(chunks or [0])}))
 """
 
 DNATTRACE = "import sys; from dnattrace.cli import main; sys.argv[0] = 'dnattrace'; sys.exit(main())"
@@ -268,7 +280,18 @@ class Watch:
                 f.close()
 
 
+def machine_cpu():
+    """(busy, steal) seconds of all CPUs so far (/proc/stat): busy is user, nice, system, irq and softirq
+    (the connections' work, the tracer's probes and its process), steal what the hypervisor took."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
+    return (user + nice + system + irq + softirq) / TICK, steal / TICK
+
+
 def measure(inst, cond, n, seconds, tmp, profile=None, bpf_stats=False):
+    # the previous condition's watch has exited; the kernel frees its programs and maps after that
+    time.sleep(SETTLE_S)
     watch = None
     if cond == "b":
         watch = Watch(inst, OTHER_PORT, os.path.join(tmp, "watch-b.jsonl"))
@@ -279,8 +302,14 @@ def measure(inst, cond, n, seconds, tmp, profile=None, bpf_stats=False):
     else:
         time.sleep(0.3)       # the same pause as after a watch attaches
     try:
+        busy0, steal0 = machine_cpu()
         r = run_client(inst, n, seconds)
+        busy1, steal1 = machine_cpu()
         r["rate"] = r["ok"] / r["seconds"]
+        # CPU the whole machine spent per connection: unlike the rate, it does not move with the time the
+        # hypervisor takes away (steal), which is most of this VM's noise
+        r["cpu_us"] = 1e6 * (busy1 - busy0) / max(r["ok"], 1)
+        r["steal_pct"] = 100.0 * (steal1 - steal0) / r["seconds"] / os.cpu_count()
         if watch:
             r["watch_cpu_pct"] = 100.0 * (cpu_seconds(watch.p.pid) - watch.cpu0) / r["seconds"]
             time.sleep(1.5)   # journeys still open finish (idle expiry) before the summary
@@ -358,6 +387,7 @@ def main(argv=None):
     ap.add_argument("--connections", type=int, default=2000, help="connections per run (default 2000)")
     ap.add_argument("--seconds", type=float, default=5.0, help="at most this long per run (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of a and the --conds (default 3)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of each round's order of conditions (default 1)")
     ap.add_argument("--conds", default="bcd", help="conditions besides a, in each round (default bcd)")
     ap.add_argument("--profile", action="store_true",
                     help="afterwards, one more b and c with BPF run-time statistics and cProfile on the watch")
@@ -378,6 +408,12 @@ def main(argv=None):
         # lab's own client namespace (gone with it).
         net.sysctl_set("net.ipv4.ip_local_port_range", "1024 65000", inst.client_ns)
         net.sysctl_set("net.ipv4.tcp_tw_reuse", 1, inst.client_ns)
+        # the host's conntrack entries of closed connections go in a second, not two minutes: a table
+        # growing through the runs makes each lookup dearer, a drift that is not the tracer's
+        net.sysctl_set("net.netfilter.nf_conntrack_tcp_timeout_time_wait", 1, inst.host_ns)
+        # and the server keeps no TIME_WAIT sockets: tens of thousands of them, met again when the client
+        # comes back to a port, slowed each run down more than the one before
+        net.sysctl_set("net.ipv4.tcp_max_tw_buckets", 0, inst.container_ns)
         publish(inst)
         server = start_server(inst.container_ns)
         warm = run_client(inst, min(500, args.connections), args.seconds)
@@ -392,14 +428,17 @@ def main(argv=None):
         if others:
             print("note: %d other namespaces hold %s too (%s): watch may take one of them as the container's"
                   % (len(others), inst.container_addr, ", ".join(others)))
-        print("%-5s %-4s %8s %6s %8s %9s %8s %6s %10s %9s" % ("round", "cond", "conns", "fail", "conn/s",
-                                                            "watchCPU%", "RSS MB", "lost", "followed", "startup"))
+        print("%-5s %-4s %8s %6s %8s %8s %6s %9s %8s %6s %10s %9s" % (
+            "round", "cond", "conns", "fail", "conn/s", "us CPU/c", "steal%", "watchCPU%", "RSS MB", "lost",
+            "followed", "startup"))
+        shuffle = random.Random(args.seed)
         for rnd in range(1, args.rounds + 1):
-            for cond in conds:
+            # a new order each round: a condition's place in the round must not become part of its figure
+            for cond in shuffle.sample(conds, len(conds)):
                 r = measure(inst, cond, args.connections, args.seconds, tmp)
                 results[cond].append(r)
-                print("%-5d %-4s %8d %6d %8.0f %9s %8s %6s %10s %9s" % (
-                    rnd, cond, r["ok"], r["failed"], r["rate"],
+                print("%-5d %-4s %8d %6d %8.0f %8.1f %6.1f %9s %8s %6s %10s %9s" % (
+                    rnd, cond, r["ok"], r["failed"], r["rate"], r["cpu_us"], r["steal_pct"],
                     "%.0f" % r["watch_cpu_pct"] if "watch_cpu_pct" in r else "-",
                     "%.1f" % r["hwm_mb"] if "hwm_mb" in r else "-",
                     r.get("lost", "-"),
@@ -442,7 +481,20 @@ def report(results, conds):
     print()
     print("median conn/s: " + ", ".join("%s (%s) %.0f" % (c, LABELS[c], statistics.median(r["rate"] for r in results[c]))
                                        for c in conds))
+    print("median machine CPU per connection (us): " + ", ".join(
+        "%s %.1f" % (c, statistics.median(r["cpu_us"] for r in results[c])) for c in conds))
+    print("median steal (share of all CPUs): " + ", ".join(
+        "%s %.1f%%" % (c, statistics.median(r["steal_pct"] for r in results[c])) for c in conds))
     met = not failed
+    for c in watched:
+        best = [r["best"] / a["best"] for r, a in zip(results[c], results["a"])]
+        print("%s: best 200-connection stretch, %s's rate / a's = %.3f (rounds %.3f-%.3f): interference only "
+              "ever slows a stretch down, so the best ones compare the conditions with less noise"
+              % (c, c, statistics.median(best), min(best), max(best)))
+    for c in watched:
+        cpu = [a["cpu_us"] / r["cpu_us"] for r, a in zip(results[c], results["a"])]
+        print("%s: a's CPU per connection / %s's = %.3f (rounds %.3f-%.3f): the rate ratio if CPU were all "
+              "that limits it" % (c, c, statistics.median(cpu), min(cpu), max(cpu)))
     for c in watched:
         med, lo, hi = paired(results, c)
         target = TARGETS.get(c)
@@ -466,8 +518,12 @@ def report(results, conds):
         followed = sum(r["answered"] for r in results["d"])
         lost = sum(r["lost"] for r in results["d"])
         print("d (--max-rate 0): %d of %d connections followed in full, %d events lost" % (followed, made, lost))
-    if watched:
-        rss = max(r["hwm_mb"] for c in watched for r in results[c])
+    targeted = [c for c in watched if c in TARGETS]
+    if "d" in conds:
+        print("d: watch peak RSS %.1f MB (its 4 MB ring, and the journeys it cannot keep up with)"
+              % max(r["hwm_mb"] for r in results["d"]))
+    if targeted:
+        rss = max(r["hwm_mb"] for c in targeted for r in results[c])
         print("watch peak RSS = %.1f MB (target < %.0f MB): %s" % (rss, TARGET_RSS_MB, verdict(rss < TARGET_RSS_MB)))
         met = met and rss < TARGET_RSS_MB
         print("watch CPU (median, share of one core): " + ", ".join(
