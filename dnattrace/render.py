@@ -2,14 +2,15 @@
 programs. They know nothing about drops or journeys: callers pass rows as dicts and say which columns."""
 from __future__ import annotations
 
-import json
 import sys
 
-from tabulate import tabulate
+import orjson
 
 
 def table(rows, columns, headers=None, totals=None, floatfmt=".1f"):
     """A plain-text table of `rows` (dicts) showing `columns`; `totals` (dict) becomes a last line."""
+    # imported here: tabulate (with wcwidth's tables) is 7 MB that `drops --json` has no use for
+    from tabulate import tabulate
     body = [[_cell(r.get(c)) for c in columns] for r in rows]
     if totals is not None:
         body.append([_cell(totals.get(c)) for c in columns])
@@ -26,8 +27,11 @@ def _cell(value):
 
 
 def json_line(obj):
-    """One compact JSON object on one line (stable key order as given)."""
-    return json.dumps(obj, separators=(",", ":"), default=str)
+    """One compact JSON object on one line (stable key order as given).
+
+    orjson rather than the json module: `watch --json` writes a line per journey, and on the development
+    VM the standard encoder took 185 of the 310 us a journey cost there (orjson: 28)."""
+    return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def emit(text, stream=None):

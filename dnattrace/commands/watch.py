@@ -1,13 +1,12 @@
 """`dnattrace watch`: follow each connection attempt (and its reply) hook by hook, live."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import click
 
-from dnattrace import host, timeline
+from dnattrace import host, render, timeline
 from dnattrace.errors import UsageError
 
 
@@ -76,7 +75,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         if c.requests:
             shown.add(id(c))
         if as_json:
-            out(json.dumps(timeline.journey_json(j, c)))
+            out(render.json_line(timeline.journey_json(j, c)))
         else:
             out(timeline.render_journey(j, c, t0))
 
@@ -88,8 +87,8 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         with f:
             # said once the probes are attached, so a script can start its traffic on this line
             if as_json:
-                out(json.dumps({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
-                                "probes": f.tracer.chosen}), nl=True)
+                out(render.json_line({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
+                                      "probes": f.tracer.chosen}), nl=True)
             else:
                 out("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
             sys.stdout.flush()
@@ -102,6 +101,6 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     conns = [c for c in f.builder.all_connections() if wanted(c)]
     counts = (f.lost_events, f.not_followed, f.builder.retired_untold)
     if as_json:
-        out(json.dumps(timeline.summary_json(conns, *counts)))
+        out(render.json_line(timeline.summary_json(conns, *counts)))
     else:
         out("\n" + timeline.summary_table(conns, *counts))
