@@ -5,6 +5,7 @@ journeys can be rebuilt from JSON in unit tests (to_dict / from_dict round-trip)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
@@ -266,11 +267,11 @@ def _step_dict(s: Step) -> dict:
     if s.priority is not None:
         d["priority"] = s.priority
     if s.tuple is not None:
-        d["tuple"] = s.tuple._asdict()
+        d["tuple"] = _tuple_dict(s.tuple)
     if s.tcp_flags:
         d["tcp_flags"] = s.tcp_flags
     if s.ct is not None:
-        d["ct"] = to_dict(s.ct)
+        d["ct"] = _ct_dict(s.ct)
     if s.route is not None:
         d["route"] = to_dict(s.route)
     if s.location:
@@ -279,6 +280,23 @@ def _step_dict(s: Step) -> dict:
         d["reason"] = s.reason
     if s.out_ifname:
         d["out_ifname"] = s.out_ifname
+    return d
+
+
+@functools.lru_cache(maxsize=4096)
+def _tuple_dict(t: Tuple5) -> dict:
+    """A tuple's dict, shared by every step that carries the tuple (the steps of one flow repeat a few
+    tuples many times; callers only read it)."""
+    return t._asdict()
+
+
+def _ct_dict(ct: CtInfo) -> dict:
+    d = {"state": ct.state}
+    if ct.orig is not None:
+        d["orig"] = _tuple_dict(ct.orig)
+    if ct.reply is not None:
+        d["reply"] = _tuple_dict(ct.reply)
+    d["status"] = ct.status
     return d
 
 
