@@ -29,7 +29,10 @@ def watch_options(f):
 @click.option("--count", type=int, help="Stop after N connection attempts.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finished journey, then a summary.")
 @click.option("--pcap", type=click.Path(dir_okay=False, writable=True), help="Write each point's packet to a pcapng file.")
-@click.option("--max-rate", type=click.IntRange(min=0), default=100, show_default=True,
+# 20: each followed connection is two journeys of ~15 lines, so 20 a second is already more than a person
+# reads, and a busy port's other connections are counted; at 100 the watch's own work (decoding and
+# printing every step) cost a busy 2-core host 12% of its connection rate (scripts/bench watch, c and e).
+@click.option("--max-rate", type=click.IntRange(min=0), default=20, show_default=True,
               help="Follow at most this many new connections a second (0: no limit); the rest are counted.")
 @click.option("--hook-detail", is_flag=True,
               help="Also probe inside hooks (after conntrack, after DNAT, after SNAT); costs every packet more.")
