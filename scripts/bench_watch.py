@@ -16,6 +16,8 @@ in the round do not become part of one condition's figure:
   c  `dnattrace watch --json` following the benchmark's own port (default mode: SYN / SYN-ACK / RST, at
      most --max-rate 20 new connections a second followed in full; the rest are counted, not lost)
   e  the same with `--max-rate 100` (a figure: what five times the default costs)
+  f  no watch: empty programs (bpf/floor.bpf.c) at the points b attaches to, the same tracepoints and
+     netfilter positions in the host namespace: what those points cost by themselves (b's floor)
   d  the same with `--max-rate 0`: every connection followed in full (a figure, not a target: at ~10k
      connections a second this is what the Python side can decode, not what a person can read)
 The watch runs as a subprocess, so its CPU (/proc/PID/stat) and peak RSS (VmHWM) are its own; it is
@@ -49,7 +51,8 @@ TARGET_B, TARGET_C, TARGET_RSS_MB = 0.97, 0.90, 60.0
 TARGETS = {"b": TARGET_B, "c": TARGET_C}
 SETTLE_S = 0.5
 LABELS = {"a": "no tracer", "b": "watch on another port", "c": "watch on this port",
-          "d": "watch on this port, --max-rate 0", "e": "watch on this port, --max-rate 100"}
+          "d": "watch on this port, --max-rate 0", "e": "watch on this port, --max-rate 100",
+          "f": "empty programs at b's points"}
 TICK = os.sysconf("SC_CLK_TCK")
 
 # Accept and close, nothing else: the container side costs as little as possible. Ends by itself when
@@ -187,6 +190,45 @@ def prog_stats(ids):
     return out
 
 
+# Holds floor.bpf.o attached at watch's default points until SIGINT (condition f).
+FLOOR = r"""
+import signal, sys
+from dnattrace import capabilities, loader
+obj = loader.BpfObject("dnattrace/bpfobj/floor.bpf.o")
+obj.program("floor_nf").set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
+obj.load()
+links = [obj.program(p).attach() for p in ("floor_rx", "floor_fib", "floor_xmit", "floor_drop", "floor_consume")]
+links += [obj.program("floor_nf").attach_netfilter(hook, prio, netns_path=sys.argv[1])
+          for hook in capabilities.HOOKS.values() for prio in capabilities.EDGE_PRIORITIES]
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+print("ready", len(links), flush=True)
+signal.sigwait({signal.SIGINT})
+"""
+
+
+class Floor:
+    """floor.bpf.o attached by a subprocess; stop() detaches (the process ends)."""
+
+    def __init__(self, inst):
+        self.p = subprocess.Popen([sys.executable, "-c", FLOOR, "/run/netns/" + inst.host_ns],
+                                  stdout=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline().split()
+        if not line or line[0] != "ready":
+            self.kill()
+            raise SystemExit("bench watch: the floor programs did not attach")
+        self.cpu0 = cpu_seconds(self.p.pid)
+
+    def stop(self, bpf_stats=False):
+        self.p.send_signal(signal.SIGINT)
+        self.p.wait(10)
+        return {}
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+
 class Busy(Exception):
     pass
 
@@ -298,6 +340,8 @@ def measure(inst, cond, n, seconds, tmp, profile=None, bpf_stats=False):
         watch = Watch(inst, OTHER_PORT, os.path.join(tmp, "watch-b.jsonl"))
     elif cond == "c":
         watch = Watch(inst, BENCH_PORT, os.path.join(tmp, "watch-c.jsonl"), profile=profile)
+    elif cond == "f":
+        watch = Floor(inst)
     elif cond == "e":
         watch = Watch(inst, BENCH_PORT, os.path.join(tmp, "watch-e.jsonl"), extra=("--max-rate", "100"))
     elif cond == "d":
@@ -315,7 +359,8 @@ def measure(inst, cond, n, seconds, tmp, profile=None, bpf_stats=False):
         r["steal_pct"] = 100.0 * (steal1 - steal0) / r["seconds"] / os.cpu_count()
         if watch:
             r["watch_cpu_pct"] = 100.0 * (cpu_seconds(watch.p.pid) - watch.cpu0) / r["seconds"]
-            time.sleep(1.5)   # journeys still open finish (idle expiry) before the summary
+            if cond != "f":
+                time.sleep(1.5)   # journeys still open finish (idle expiry) before the summary
             r.update(watch.stop(bpf_stats))
         return r
     finally:
@@ -391,7 +436,7 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=5.0, help="at most this long per run (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of a and the --conds (default 3)")
     ap.add_argument("--seed", type=int, default=1, help="seed of each round's order of conditions (default 1)")
-    ap.add_argument("--conds", default="bc", help="conditions besides a, in each round: b, c (the targets), e, d (default bc)")
+    ap.add_argument("--conds", default="bc", help="conditions besides a, in each round: b, c (the targets), e, d, f (default bc)")
     ap.add_argument("--profile", action="store_true",
                     help="afterwards, one more b and c with BPF run-time statistics and cProfile on the watch")
     args = ap.parse_args(argv)
@@ -403,7 +448,7 @@ def main(argv=None):
     os.makedirs(tmp)
     server = None
     inst = None
-    conds = "a" + "".join(c for c in "bced" if c in args.conds)
+    conds = "a" + "".join(c for c in "bcedf" if c in args.conds)
     results = {c: [] for c in conds}
     try:
         inst = lab.up("healthy", prefix=name, docker=False)
