@@ -192,9 +192,10 @@ def prog_stats(ids):
 
 # Holds floor.bpf.o attached at watch's default points until SIGINT (condition f).
 FLOOR = r"""
-import signal, sys
+import os, signal, sys
+import dnattrace
 from dnattrace import capabilities, loader
-obj = loader.BpfObject("dnattrace/bpfobj/floor.bpf.o")
+obj = loader.BpfObject(os.path.join(os.path.dirname(dnattrace.__file__), "bpfobj", "floor.bpf.o"))
 obj.program("floor_nf").set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
 obj.load()
 links = [obj.program(p).attach() for p in ("floor_rx", "floor_fib", "floor_xmit", "floor_drop", "floor_consume")]
