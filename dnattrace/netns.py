@@ -22,6 +22,10 @@ ROOT_NS = "/proc/1/ns/net"
 OWN_NS = "/proc/self/ns/net"
 HOST = "host"
 _DOCKER_RETRY_S = 5.0
+# Each Docker question costs a look-up child that imports the SDK (~0.2 s of CPU): while an unnamed
+# namespace keeps showing up (a namespace no tool named: podman's, a CNI's) and Docker has no name for
+# it, ask half as often each time, down to once every two minutes.
+_DOCKER_RETRY_MAX_S = 120.0
 _UNKNOWN_RETRY_S = 2.0
 _DOCKER_TIMEOUT_S = 10.0
 
@@ -100,6 +104,7 @@ class Namer:
         self.use_docker = use_docker
         self._names: dict[int, str] = {}
         self._docker_checked = -1e9
+        self._docker_every = _DOCKER_RETRY_S
         self._unknown: dict[int, float] = {}    # inode -> when a refresh last failed to name it
         self.refresh(docker_too=False)
 
@@ -126,7 +131,11 @@ class Namer:
             now = time.monotonic()
             if now - self._unknown.get(inode, -1e9) < _UNKNOWN_RETRY_S:
                 return "netns:%d" % inode
-            self.refresh(docker_too=now - self._docker_checked >= _DOCKER_RETRY_S)
+            asked = now - self._docker_checked >= self._docker_every
+            self.refresh(docker_too=asked)
+            if asked and self.use_docker:
+                self._docker_every = (_DOCKER_RETRY_S if inode in self._names
+                                      else min(2 * self._docker_every, _DOCKER_RETRY_MAX_S))
             if inode not in self._names:
                 self._unknown[inode] = now
         return self._names.get(inode, "netns:%d" % inode)

@@ -70,3 +70,32 @@ def test_a_container_is_named_by_its_docker_name(root):
         assert names.Namer().name(inode) == name
     finally:
         docker_lab.docker("rm", "-f", name, check=False)
+
+
+def test_docker_is_asked_less_often_while_it_cannot_name_a_namespace(monkeypatch):
+    """An unnamed namespace on every event for ten minutes: each Docker question is a look-up child that
+    imports the SDK, so they back off (5, 10, 20 ... 120 s) instead of one every 5 s; a container that
+    appears later is still named within the longest interval."""
+    clock = [1000.0]
+    asked = []
+    known = {}
+
+    def fake_docker():
+        asked.append(clock[0])
+        return dict(known)
+
+    monkeypatch.setattr(names.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(names, "docker_netns", fake_docker)
+    monkeypatch.setattr(names, "ip_netns", lambda: {})
+    monkeypatch.setattr(names, "root", lambda: (1, "/proc/1/ns/net"))
+    namer = names.Namer()
+    while clock[0] < 1600:
+        assert namer.name(4242) == "netns:4242"
+        clock[0] += 0.1
+    assert 6 <= len(asked) <= 12, asked            # 120 questions without the back-off
+    assert max(b - a for a, b in zip(asked, asked[1:])) <= names._DOCKER_RETRY_MAX_S + 3
+    known["late-container"] = (4242, "/proc/4242/ns/net")
+    end = clock[0] + names._DOCKER_RETRY_MAX_S + 3
+    while clock[0] < end and namer.name(4242) != "late-container":
+        clock[0] += 0.1
+    assert namer.name(4242) == "late-container"
