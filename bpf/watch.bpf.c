@@ -84,15 +84,53 @@ static __always_inline void mark_active(void)
 		*until = bpf_jiffies64() + ACTIVE_JIFFIES;
 }
 
+/* A packet passes a run of points on one CPU (receive, each netfilter position, transmit): the last
+ * skb this CPU found not followed is remembered, so the next points skip the hash lookup. The answer
+ * holds only while nothing new was followed anywhere (track_gen unchanged): a newly followed skb may
+ * be the one remembered. Only "not followed" is remembered; "followed" is always looked up. */
+struct not_followed {
+	__u64 skb;
+	__u64 gen;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct not_followed);
+} last_miss SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} track_gen SEC(".maps");
+
 /* The skb's entry in `tracked`, without checking which packet it now holds (is_tracked does). */
 static __always_inline struct followed *tracked_entry(__u64 skb)
 {
-	return bpf_map_lookup_elem(&tracked, &skb);
+	__u32 zero = 0;
+	struct not_followed *miss = bpf_map_lookup_elem(&last_miss, &zero);
+	__u64 *gen = bpf_map_lookup_elem(&track_gen, &zero);
+	if (miss && gen && miss->skb == skb && miss->gen == *gen)
+		return NULL;
+	struct followed *t = bpf_map_lookup_elem(&tracked, &skb);
+	if (!t && miss && gen) {
+		miss->skb = skb;
+		miss->gen = *gen;
+	}
+	return t;
 }
 
 static __always_inline void track(__u64 skb, struct followed *f)
 {
 	bpf_map_update_elem(&tracked, &skb, f, BPF_NOEXIST);
+	/* after the insert: a miss remembered before it carries the old generation */
+	__u32 zero = 0;
+	__u64 *gen = bpf_map_lookup_elem(&track_gen, &zero);
+	if (gen)
+		__sync_fetch_and_add(gen, 1);
 	mark_active();
 }
 
