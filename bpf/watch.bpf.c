@@ -107,7 +107,8 @@ struct {
 	__type(value, __u64);
 } track_gen SEC(".maps");
 
-/* The skb's entry in `tracked`, without checking which packet it now holds (is_tracked does). */
+/* The skb's entry in `tracked`, without checking which packet it now holds (same_packet does: the
+ * points that must read the headers first look the entry up once, then check it). */
 static __always_inline struct followed *tracked_entry(__u64 skb)
 {
 	__u32 zero = 0;
@@ -244,15 +245,18 @@ static __always_inline void stat_inc(__u32 slot)
 }
 
 /* Is the skb followed, and still carrying the packet it was followed for? Forgets a recycled skb. */
-static __always_inline struct followed *is_tracked(__u64 skb, struct l34 *p)
+static __always_inline struct followed *same_packet(__u64 skb, struct followed *t, struct l34 *p)
 {
-	struct followed *t = tracked_entry(skb);
-	if (!t)
-		return NULL;
 	if (t->ident == ident(p))
 		return t;
 	untrack(skb);
 	return NULL;
+}
+
+static __always_inline struct followed *is_tracked(__u64 skb, struct l34 *p)
+{
+	struct followed *t = tracked_entry(skb);
+	return t ? same_packet(skb, t, p) : NULL;
 }
 
 static __always_inline int port_hit(__u16 port_be)
@@ -555,9 +559,9 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 			return NF_ACCEPT;
 		t = follow((__u64)skb, &p, &fresh);
 	} else {
-		if (none_followed() || !tracked_entry((__u64)skb) || !maybe(l3, &p))
+		if (none_followed() || !(t = tracked_entry((__u64)skb)) || !maybe(l3, &p))
 			return NF_ACCEPT;
-		t = is_tracked((__u64)skb, &p);
+		t = same_packet((__u64)skb, t, &p);
 	}
 	if (!t)
 		return NF_ACCEPT;
@@ -664,11 +668,12 @@ int BPF_PROG(fib_raw, u32 table, const struct flowi4 *flp, const struct fib_nh_c
 static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 reason, __u8 point)
 {
 	__u64 key = (__u64)skb;
-	if (none_followed() || !tracked_entry(key))
+	struct followed *t;
+	if (none_followed() || !(t = tracked_entry(key)))
 		return 0;
 	struct l34 p;
 	skb_l34(skb, &p);
-	int mine = is_tracked(key, &p) != NULL;
+	int mine = t->ident == ident(&p);
 	untrack(key);
 	if (!mine)
 		return 0;
@@ -726,11 +731,12 @@ SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
 {
 	__u64 key = (__u64)skb;
-	if (none_followed() || !tracked_entry(key))
+	struct followed *t;
+	if (none_followed() || !(t = tracked_entry(key)))
 		return 0;
 	struct l34 p;
 	skb_l34(skb, &p);
-	if (!is_tracked(key, &p))
+	if (!same_packet(key, t, &p))
 		return 0;
 	struct dt_event *e = emit(DT_XMIT, key, &p, skb_l3(skb));
 	if (!e)
@@ -790,11 +796,12 @@ int BPF_PROG(verdict_fexit, struct sk_buff *skb, struct nf_hook_state *state, vo
 static __always_inline void route_result(struct sk_buff *skb, long ret)
 {
 	__u64 key = (__u64)skb;
-	if (!tracked_entry(key))
+	struct followed *t = tracked_entry(key);
+	if (!t)
 		return;
 	struct l34 p;
 	skb_l34(skb, &p);
-	if (!is_tracked(key, &p))
+	if (!same_packet(key, t, &p))
 		return;
 	struct dt_event *e = emit(DT_RTRESULT, key, &p, NULL);
 	if (!e)
