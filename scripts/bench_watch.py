@@ -518,9 +518,10 @@ def main(argv=None):
     return report(results, conds)
 
 
-def paired(results, cond):
-    """Each round's rate of cond over the same round's a: (median, lowest, highest)."""
-    ratios = [r["rate"] / a["rate"] for r, a in zip(results[cond], results["a"])]
+def paired(results, cond, key="rate", per_cost=False):
+    """Each round's figure of cond over the same round's a (a's over cond's for a cost, so that lower is
+    worse either way): (median, lowest, highest)."""
+    ratios = [(a[key] / r[key]) if per_cost else (r[key] / a[key]) for r, a in zip(results[cond], results["a"])]
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
@@ -540,14 +541,12 @@ def report(results, conds):
         "%s %.1f%%" % (c, statistics.median(r["steal_pct"] for r in results[c])) for c in conds))
     met = not failed
     for c in watched:
-        best = [r["best"] / a["best"] for r, a in zip(results[c], results["a"])]
         print("%s: best 200-connection stretch, %s's rate / a's = %.3f (rounds %.3f-%.3f): interference only "
               "ever slows a stretch down, so the best ones compare the conditions with less noise"
-              % (c, c, statistics.median(best), min(best), max(best)))
+              % ((c, c) + paired(results, c, "best")))
     for c in watched:
-        cpu = [a["cpu_us"] / r["cpu_us"] for r, a in zip(results[c], results["a"])]
         print("%s: a's CPU per connection / %s's = %.3f (rounds %.3f-%.3f): the rate ratio if CPU were all "
-              "that limits it" % (c, c, statistics.median(cpu), min(cpu), max(cpu)))
+              "that limits it" % ((c, c) + paired(results, c, "cpu_us", per_cost=True)))
     for c in watched:
         med, lo, hi = paired(results, c)
         target = TARGETS.get(c)
@@ -570,20 +569,20 @@ def report(results, conds):
         made = sum(r["ok"] for r in results["d"])
         followed = sum(r["answered"] for r in results["d"])
         lost = sum(r["lost"] for r in results["d"])
-        print("d (--max-rate 0): %d of %d connections followed in full, %d events lost" % (followed, made, lost))
+        print("d (--max-rate 0): %d of %d connections followed in full, %d events lost; peak RSS %.1f MB (its "
+              "4 MB ring, and the journeys it cannot keep up with)"
+              % (followed, made, lost, max(r["hwm_mb"] for r in results["d"])))
+    if watched:
+        print("watch CPU (median, share of one core): " + ", ".join(
+            "%s %.0f%%" % (c, statistics.median(r["watch_cpu_pct"] for r in results[c])) for c in watched))
     targeted = [c for c in watched if c in TARGETS]
-    if "d" in conds:
-        print("d: watch peak RSS %.1f MB (its 4 MB ring, and the journeys it cannot keep up with)"
-              % max(r["hwm_mb"] for r in results["d"]))
     if targeted:
         rss = max(r["hwm_mb"] for c in targeted for r in results[c])
         print("watch peak RSS = %.1f MB (target < %.0f MB): %s" % (rss, TARGET_RSS_MB, verdict(rss < TARGET_RSS_MB)))
         met = met and rss < TARGET_RSS_MB
-        print("watch CPU (median, share of one core): " + ", ".join(
-            "%s %.0f%%" % (c, statistics.median(r["watch_cpu_pct"] for r in results[c])) for c in watched))
-    if not any(c in TARGETS for c in conds):
-        print("no target among these conditions (the targets are b and c)")
     else:
+        print("no target among these conditions (the targets are b and c)")
+    if targeted:
         print("all targets met" if met else "TARGETS MISSED (see above)")
     return 0 if met else 1
 
