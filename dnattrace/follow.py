@@ -14,7 +14,9 @@ class Follower:
     """Run the watch tracer for a Target and call on_journey(journey, connection) as packets finish."""
 
     def __init__(self, target, all_packets=False, idle_s=1.0, caps=None, pcap=None, max_new=0,
-                 hook_detail=False):
+                 hook_detail=False, local=None):
+        """local: the watched namespaces' addresses when the caller already read them
+        (resolve_with_addresses); else start() reads them."""
         self.target = target
         self.tracer = WatchTracer(target.filters(), target.netns_paths(), all_packets=all_packets,
                                   capture=pcap is not None, max_new=max_new, hook_detail=hook_detail, caps=caps)
@@ -24,7 +26,7 @@ class Follower:
         self.builder = journey.JourneyBuilder(journey.request_matcher(target.services()), idle_s=idle_s,
                                               keep=self._keep)
         self._inodes = inodes
-        self._local: dict[int, set[str]] = {}
+        self._local: Optional[dict[int, set[str]]] = local
         self.symbols = kallsyms.load()
         self.reasons = btf.drop_reasons()
         self.namer = netns.Namer()
@@ -35,7 +37,8 @@ class Follower:
         self._retired_at = 0
 
     def start(self):
-        self._local = local_addresses(self.target.netns_paths())
+        if self._local is None:
+            self._local = local_addresses(self.target.netns_paths())
         self.tracer.start()
         return self
 
@@ -101,6 +104,14 @@ class Follower:
         finally:
             for j, c in self.poll(0) + self.builder.flush():
                 on_journey(j, c)
+
+
+def resolve_with_addresses(**options):
+    """(target.resolve(**options), the addresses of the namespaces it names): watch asks both in one
+    look-up child, so pyroute2 is imported once at start, not once for each."""
+    from dnattrace import target
+    t = target.resolve(**options)
+    return t, _local_addresses(t.netns_paths())
 
 
 def local_addresses(paths) -> dict[int, set[str]]:

@@ -41,7 +41,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
           hook_detail):
     """Follow each SYN (and its reply) through the kernel, hook by hook."""
     from dnattrace import apart, model, target as targets
-    from dnattrace.follow import Follower
+    from dnattrace.follow import Follower, resolve_with_addresses
 
     if port is not None:
         targets.check_port(port)
@@ -57,7 +57,8 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     # a long-lived process with a memory budget: Docker's and pyroute2's imports stay in short-lived
     # children, for the target here and for the look-ups made while watching (dnattrace.apart)
     apart.stay_light()
-    t = apart.run_apart(targets.resolve, port=port, container=container, proto=proto, netns=netns, dst=dst)
+    t, local = apart.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns,
+                               dst=dst)
     writer = None
     if pcap:
         from dnattrace.pcapng import PcapngWriter
@@ -85,7 +86,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     def enough():
         return count is not None and len(shown) >= count
 
-    f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate, hook_detail=hook_detail)
+    f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate, hook_detail=hook_detail, local=local)
     try:
         with f:
             # said once the probes are attached, so a script can start its traffic on this line
