@@ -74,3 +74,14 @@ int BPF_PROG(probe_fib, u32 table, const struct flowi4 *flp)
 	hit(7);
 	return 0;
 }
+
+/* Direct loads of packet bytes through bpf_rdonly_cast(ptr, 0) (see read_ip_l4 in skb.h). */
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(probe_direct_read, struct sk_buff *skb)
+{
+	struct ip_l4 h;
+	read_ip_l4(&h, skb->data, 1);
+	if (h.ip.version == 4)
+		hit(8);
+	return 0;
+}

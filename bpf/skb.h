@@ -83,6 +83,21 @@ static __always_inline void l34_udp(struct udphdr *uh, struct l34 *out)
 	out->udp_len = uh->len;
 }
 
+/* bpf_rdonly_cast(ptr, 0) turns any kernel address into read-only memory that the program may load
+ * from directly; the JIT guards each load as bpf_probe_read_kernel would (a bad address reads as 0),
+ * without a helper call per read. Kernels whose verifier only casts to structs refuse it: the programs
+ * that use it are alternatives, chosen by probing (capability direct_read). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* The IPv4 header at l3 and the 20 bytes after it. direct: a constant after inlining (see above). */
+static __always_inline int read_ip_l4(struct ip_l4 *h, unsigned char *l3, const int direct)
+{
+	if (!direct)
+		return bpf_probe_read_kernel(h, sizeof(*h), l3);
+	*h = *(const struct ip_l4 *)bpf_rdonly_cast(l3, 0);
+	return 0;
+}
+
 /* Read the IPv4 and L4 header fields of the IPv4 header at l3. Returns 0 on success. */
 static __always_inline int l34_at(unsigned char *l3, struct l34 *out)
 {

@@ -268,11 +268,12 @@ static __always_inline int port_hit(__u16 port_be)
 }
 
 /* The cheap test every packet meets: could the IPv4 packet at l3 belong to a followed flow? One read of
- * the IP and L4 headers; when it could, *p is filled (no second read). */
-static __always_inline int maybe(unsigned char *l3, struct l34 *p)
+ * the IP and L4 headers (direct loads where the kernel allows them, see read_ip_l4); when it could, *p
+ * is filled (no second read). */
+static __always_inline int maybe(unsigned char *l3, struct l34 *p, const int direct)
 {
 	struct ip_l4 h;
-	if (bpf_probe_read_kernel(&h, sizeof(h), l3))
+	if (read_ip_l4(&h, l3, direct))
 		return 0;
 	if (h.ip.version != 4 || (h.ip.protocol != IPPROTO_TCP_ && h.ip.protocol != IPPROTO_UDP_))
 		return 0;
@@ -494,16 +495,18 @@ lost:
 /* ---- device receive ---- */
 
 /* trusted: skb is a BTF pointer (tp_btf), so its fields are read with plain loads; else with
- * bpf_probe_read (raw_tp, classic tracepoint). A constant after inlining: one branch is compiled. */
+ * bpf_probe_read (raw_tp, classic tracepoint). A constant after inlining: one branch is compiled.
+ * direct: the packet's headers too (read_ip_l4). Every packet on the machine passes here, so the
+ * header read is most of this probe's cost while nothing is followed (scripts/bench watch --profile). */
 #define SKB_FIELD(trusted, skb, field) ((trusted) ? (skb)->field : BPF_CORE_READ(skb, field))
 
-static __always_inline int on_rx(struct sk_buff *skb, const int trusted)
+static __always_inline int on_rx(struct sk_buff *skb, const int trusted, const int direct)
 {
 	if (SKB_FIELD(trusted, skb, protocol) != ETH_P_IP_BE)
 		return 0;
 	unsigned char *l3 = SKB_FIELD(trusted, skb, data);
 	struct l34 p;
-	if (!maybe(l3, &p))
+	if (!maybe(l3, &p, direct))
 		return 0;
 	int fresh;
 	if (!follow((__u64)skb, &p, &fresh))
@@ -520,26 +523,32 @@ static __always_inline int on_rx(struct sk_buff *skb, const int trusted)
 }
 
 SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(rx_direct, struct sk_buff *skb)
+{
+	return on_rx(skb, 1, 1);
+}
+
+SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(rx_btf, struct sk_buff *skb)
 {
-	return on_rx(skb, 1);
+	return on_rx(skb, 1, 0);
 }
 
 SEC("raw_tp/netif_receive_skb")
 int BPF_PROG(rx_raw, struct sk_buff *skb)
 {
-	return on_rx(skb, 0);
+	return on_rx(skb, 0, 0);
 }
 
 SEC("tracepoint/net/netif_receive_skb")
 int rx_tp(struct trace_event_raw_net_dev_template *ctx)
 {
-	return on_rx((struct sk_buff *)ctx->skbaddr, 0);
+	return on_rx((struct sk_buff *)ctx->skbaddr, 0, 0);
 }
 
 /* ---- netfilter hooks (BPF netfilter links; one program per position inside a hook) ---- */
 
-static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
+static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int direct)
 {
 	struct sk_buff *skb = ctx->skb;
 	if (skb->protocol != ETH_P_IP_BE)
@@ -555,11 +564,11 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 	struct followed *t;
 	int fresh = 0;
 	if (hook == HOOK_OUT && stage == DT_STAGE_FIRST) {
-		if (!maybe(l3, &p))
+		if (!maybe(l3, &p, direct))
 			return NF_ACCEPT;
 		t = follow((__u64)skb, &p, &fresh);
 	} else {
-		if (none_followed() || !(t = tracked_entry((__u64)skb)) || !maybe(l3, &p))
+		if (none_followed() || !(t = tracked_entry((__u64)skb)) || !maybe(l3, &p, direct))
 			return NF_ACCEPT;
 		t = same_packet((__u64)skb, t, &p);
 	}
@@ -602,16 +611,20 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage)
 }
 
 /* libbpf 1.1 does not know SEC("netfilter"): user space sets the program type before loading. */
+/* Only the first position reads the headers of packets not followed (OUTPUT's decision), so only it
+ * has a direct-read twin. */
 SEC("netfilter")
-int nf_first(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_FIRST); }
+int nf_first_direct(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_FIRST, 1); }
 SEC("netfilter")
-int nf_conntrack(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_CONNTRACK); }
+int nf_first(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_FIRST, 0); }
 SEC("netfilter")
-int nf_dnat(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_DNAT); }
+int nf_conntrack(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_CONNTRACK, 0); }
 SEC("netfilter")
-int nf_snat(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_SNAT); }
+int nf_dnat(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_DNAT, 0); }
 SEC("netfilter")
-int nf_last(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_LAST); }
+int nf_snat(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_SNAT, 0); }
+SEC("netfilter")
+int nf_last(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_LAST, 0); }
 
 /* ---- route decision: the fib lookup made for the packet this CPU is routing ---- */
 

@@ -41,7 +41,7 @@ NF_PROGRAMS = sorted({p for _, p, _ in NF_POSITIONS})
 
 # For each point, the programs in order of preference and the capability each needs.
 CHOICES = {
-    "device receive": [("rx_btf", "tp_btf"), ("rx_raw", "raw_tp"), ("rx_tp", "tracepoint")],
+    "device receive": [("rx_direct", "direct_read"), ("rx_btf", "tp_btf"), ("rx_raw", "raw_tp"), ("rx_tp", "tracepoint")],
     "route decision": [("fib_btf", "fib_tracepoint"), ("fib_raw", "raw_tp")],
     "route result": [("route_fexit", "fexit"), ("route_kprobe+route_kretprobe", "kprobe")],
     "hook verdict": [("verdict_fentry+verdict_fexit", "fexit"), ("verdict_kprobe+verdict_kretprobe", "kprobe")],
@@ -50,6 +50,8 @@ CHOICES = {
     "transmit": [("xmit_btf", "tp_btf")],
 }
 REQUIRED = ("device receive", "drop")
+# Netfilter programs with a twin that reads packet headers with direct loads (capability direct_read).
+NF_DIRECT = {"nf_first": "nf_first_direct"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class FilterEntry:
         return struct.pack("<BBH", self.proto, 0, socket.htons(self.port)) + addr
 
 
+def nf_program(name, caps):
+    """The program that runs at a netfilter position: its direct-read twin where the kernel allows it."""
+    return NF_DIRECT.get(name, name) if caps.has("direct_read") else name
+
+
 def choose(caps) -> tuple[dict[str, list[str]], list[str]]:
     """Programs to load for each point, and notes on what was unavailable (shown with --verbose)."""
     chosen: dict[str, list[str]] = {}
@@ -76,7 +83,8 @@ def choose(caps) -> tuple[dict[str, list[str]], list[str]]:
         else:
             notes.append("%s: unavailable (%s)" % (point, ", ".join("%s needs %s" % o for o in options)))
     if caps.has("netfilter_link"):
-        chosen["netfilter hooks"] = NF_PROGRAMS   # loaded all; attached at the positions asked for
+        # loaded all; attached at the positions asked for
+        chosen["netfilter hooks"] = [nf_program(p, caps) for p in NF_PROGRAMS]
     else:
         notes.append("netfilter hooks: no BPF netfilter links here; hooks show only through verdicts and drops")
     for point in REQUIRED:
@@ -98,8 +106,9 @@ class WatchTracer:
         self.all_packets = all_packets
         self.capture = capture
         self.max_new = max_new
-        self.positions = NF_POSITIONS if hook_detail else NF_EDGES
         self.caps = caps or capabilities.probe()
+        self.positions = [(hook, nf_program(prog, self.caps), prio)
+                          for hook, prog, prio in (NF_POSITIONS if hook_detail else NF_EDGES)]
         self.chosen, self.notes = choose(self.caps)
         self._obj = None
         self._rb = None

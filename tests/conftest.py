@@ -17,6 +17,15 @@ def root():
         pytest.fail("kernel tests need root (CAP_BPF, CAP_NET_ADMIN); run scripts/test as root")
 
 
+@pytest.fixture(scope="session")
+def caps():
+    """What this kernel allows, probed once (dnattrace.capabilities; DNATTRACE_AVOID is honoured)."""
+    if os.geteuid() != 0:
+        pytest.fail("kernel tests need root")
+    from dnattrace import capabilities
+    return capabilities.probe()
+
+
 @pytest.fixture
 def netns(root):
     """Factory for uniquely named network namespaces that are deleted after the test."""

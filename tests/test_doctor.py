@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from dnattrace import capabilities, host, tracefs
+from dnattrace import capabilities, host, tracefs, tracer
 from dnattrace.capabilities import Capabilities, Capability, plan
+from dnattrace.errors import CannotObserve
 
 
 # ---------------------------------------------------------------- plan: pure logic
@@ -34,7 +35,8 @@ def test_plan_prefers_function_exit_probes_when_the_kernel_has_them():
     assert p["netfilter PREROUTING"].kind == "netfilter_link"
     assert p["netfilter PREROUTING"].targets == (-(2 ** 31) + 1, -199, -99, 2 ** 31 - 2)
     assert 101 in p["netfilter POSTROUTING"].targets and 101 not in p["netfilter FORWARD"].targets
-    assert p["drop"].probe == "tp_btf/kfree_skb" and p["device receive"].probe == "tp_btf/netif_receive_skb"
+    assert p["drop"].probe == "tp_btf/kfree_skb"
+    assert p["device receive"].probe == "tp_btf/netif_receive_skb (headers by direct loads)"
 
 
 def test_plan_on_a_kernel_like_the_development_one():
@@ -46,6 +48,8 @@ def test_plan_on_a_kernel_like_the_development_one():
     assert [t for t, _ in p["route decision"].tried] == ["fexit/ip_route_input_noref", "kretprobe/ip_route_input_noref"]
     assert p["rule verdict"].kind == "counters"
     assert all(p["netfilter %s" % h].kind == "netfilter_link" for h in capabilities.HOOKS)
+    assert p["device receive"].probe == "tp_btf/netif_receive_skb"
+    assert p["device receive"].tried == [("direct header loads", "no direct_read")]
 
 
 def test_plan_without_netfilter_links_uses_kretprobe_on_nf_hook_slow():
@@ -74,6 +78,23 @@ def test_plan_says_why_a_point_is_unavailable():
     assert json.loads(json.dumps(p["drop"].to_dict()))["tried"][0] == {"probe": "tp_btf", "why": "no tp_btf"}
 
 
+def test_watch_reads_headers_directly_where_the_kernel_allows_it():
+    chosen, _ = tracer.choose(caps_with(*ALL))
+    assert chosen["device receive"] == ["rx_direct"]
+    assert "nf_first_direct" in chosen["netfilter hooks"] and "nf_first" not in chosen["netfilter hooks"]
+    chosen, _ = tracer.choose(caps_with(*(n for n in ALL if n != "direct_read")))
+    assert chosen["device receive"] == ["rx_btf"]
+    assert "nf_first" in chosen["netfilter hooks"] and "nf_first_direct" not in chosen["netfilter hooks"]
+
+
+def test_avoided_capabilities_are_not_tried(monkeypatch):
+    monkeypatch.setenv(capabilities.AVOID_ENV, "direct_read, kprobe")
+    assert capabilities.avoided() == {"direct_read", "kprobe"}
+    monkeypatch.setenv(capabilities.AVOID_ENV, "direct_read,kprobes")
+    with pytest.raises(CannotObserve, match="unknown capabilities: kprobes"):
+        capabilities.avoided()
+
+
 def test_minimum():
     assert caps_with("btf", "raw_tp").missing_minimum() == []
     assert caps_with("raw_tp").missing_minimum() == ["BTF"]
@@ -81,13 +102,6 @@ def test_minimum():
 
 
 # ---------------------------------------------------------------- agreement with independent trials
-
-@pytest.fixture(scope="module")
-def caps():
-    if os.geteuid() != 0:
-        pytest.fail("kernel tests need root")
-    return capabilities.probe()
-
 
 def bpftrace_attaches(probe):
     """bpftrace attaches every probe before BEGIN runs, so exit() in BEGIN succeeds only if they all did."""

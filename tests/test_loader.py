@@ -64,13 +64,6 @@ def wait_for(cond, timeout=3.0):
     return cond()
 
 
-@pytest.fixture(scope="module")
-def caps():
-    if os.geteuid() != 0:
-        pytest.fail("kernel tests need root")
-    return capabilities.probe()
-
-
 @pytest.mark.parametrize("prog,slot,kind", [("probe_tp_btf", 0, "tp_btf"), ("probe_raw_tp", 1, "raw_tp"),
                                             ("probe_tracepoint", 2, "tracepoint")])
 def test_kfree_skb_program_counts_the_drops_we_cause(caps, netns, prog, slot, kind):

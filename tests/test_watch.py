@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from dnattrace import lab, probeclient
+from conftest import require
+from dnattrace import capabilities, lab, probeclient
 from dnattrace.lab import net
 
 pytestmark = pytest.mark.kernel
@@ -27,10 +28,11 @@ WATCH_THEN_REPORT = (sys.executable, "-c", """if True:
 MEMORY_BUDGET_KB = 60 * 1024    # watch's peak resident memory (VmHWM)
 
 
-def start_watch(*args, command=WATCH):
+def start_watch(*args, command=WATCH, env=None):
     """Start `dnattrace watch --json ...` and wait until it says its probes are attached; the start
-    record is kept as p.start."""
-    p = subprocess.Popen(list(command) + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record is kept as p.start. env: variables to add to this process's environment."""
+    p = subprocess.Popen(list(command) + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, **(env or {})))
     line = p.stdout.readline()
     if not line:
         p.wait(10)
@@ -58,11 +60,12 @@ def journeys_and_summary(objs):
 
 
 
-def watch_lab(inst, attempts=1, timeout=2.5, extra=()):
+def watch_lab(inst, attempts=1, timeout=2.5, extra=(), env=None):
     args = ["--port", str(inst.target_port), "--duration", str(timeout + 1.5)] + list(extra)
     if inst.host_ns:
         args += ["--netns", inst.host_ns]
-    p = start_watch(*args)
+    p = start_watch(*args, env=env)
+    watch_lab.start = p.start
     client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, attempts, timeout)
     try:
         return finish(p)
@@ -107,6 +110,22 @@ def test_healthy_journey_hook_by_hook(lab_instance):
         "the SYN-ACK leaves by the outside interface un-NATed"
     conn = next(c for c in summary["connections"] if c["key"]["dport"] == inst.target_port)
     assert conn["outcome"] == "answered"
+
+
+def test_direct_header_loads_and_the_helper_fallback_see_the_same_journey(lab_instance, caps):
+    """rx_direct / nf_first_direct (bpf_rdonly_cast loads) and rx_btf / nf_first (bpf_probe_read_kernel)
+    are alternatives chosen by probing: both must follow the SYN through the same points."""
+    require(caps.has("direct_read"), "direct_read")
+    inst = lab_instance("healthy")
+    seen = {}
+    for avoid in ("", "direct_read"):
+        journeys, summary = watch_lab(inst, env={capabilities.AVOID_ENV: avoid})
+        rx = watch_lab.start["probes"]["device receive"]
+        assert rx == (["rx_btf"] if avoid else ["rx_direct"])
+        syn = next(j for j in mine(journeys, inst) if j["steps"][0].get("tcp_flags") == "S")
+        assert syn["outcome"] == "delivered" and summary["lost_events"] == 0
+        seen[rx[0]] = [(s["point"], s.get("hook"), s["netns_name"], s.get("ifname")) for s in syn["steps"]]
+    assert seen["rx_direct"] == seen["rx_btf"]
 
 
 def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(lab_instance):
