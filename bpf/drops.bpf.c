@@ -17,17 +17,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FLAG_NETNS   4   /* count only drops in namespace config.netns */
 #define MAX_KEYS     10240
 
-struct drop_key {
-	__u64 location;      /* address the skb was freed from */
-	__u32 reason;        /* enum skb_drop_reason */
-	__u32 netns;         /* network namespace inode, 0 if unknown */
-	__s32 stack_id;      /* -1 when stacks are off or the stack could not be stored */
-	__u16 l3proto;       /* ethertype, host order (0x0800 IPv4) */
-	__u16 port;          /* the matching port when FLAG_PORT, else 0 */
-	__u8 l4proto;        /* IP protocol when IPv4, else 0 */
-	__u8 pad[7];
-};
-
 struct drops_config {
 	__u32 netns;         /* with FLAG_NETNS */
 	__u16 port;          /* with FLAG_PORT, host order */

@@ -146,4 +146,17 @@ static __always_inline int skb_l34_data(struct sk_buff *skb, struct l34 *out)
 	return l34_at(BPF_CORE_READ(skb, data), out);
 }
 
+/* The key of a count of drops: drops.bpf.c's, and watch.bpf.c's for the watched flows' packets dropped
+ * while not followed. dnattrace.drops decodes it (_KEY). */
+struct drop_key {
+	__u64 location;      /* address the skb was freed from */
+	__u32 reason;        /* enum skb_drop_reason */
+	__u32 netns;         /* network namespace inode, 0 if unknown */
+	__s32 stack_id;      /* -1 when stacks are off or the stack could not be stored */
+	__u16 l3proto;       /* ethertype, host order (0x0800 IPv4) */
+	__u16 port;          /* the port asked about (drops --port, watch's service), else 0 */
+	__u8 l4proto;        /* IP protocol when IPv4, else 0 */
+	__u8 pad[7];
+};
+
 #endif

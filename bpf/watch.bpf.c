@@ -400,18 +400,23 @@ static __always_inline int wanted(struct l34 *p)
 	return 1;
 }
 
+/* A bare ACK or FIN is followed only with --all: most of a busy port's packets stop here. */
+static __always_inline int kind_followed(struct l34 *p)
+{
+	if (p->proto != IPPROTO_TCP_ || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST)) || p->payload)
+		return 1;
+	__u32 zero = 0;
+	struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
+	return cfg && cfg->all_packets;
+}
+
 /* The followed packet's entry, or NULL; starts following it when it matches the filter (*fresh = 1:
  * a new journey starts here). */
 static __always_inline struct followed *follow(__u64 skb, struct l34 *p, int *fresh)
 {
 	*fresh = 0;
-	if (p->proto == IPPROTO_TCP_ && !(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST)) && !p->payload) {
-		/* a bare ACK or FIN is followed only with --all: most of a busy port's packets stop here */
-		__u32 zero = 0;
-		struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
-		if (!(cfg && cfg->all_packets))
-			return NULL;
-	}
+	if (!kind_followed(p))
+		return NULL;
 	struct followed *t = is_tracked(skb, p);
 	if (t || !wanted(p))
 		return t;
@@ -678,18 +683,54 @@ int BPF_PROG(fib_raw, u32 table, const struct flowi4 *flp, const struct fib_nh_c
 
 /* ---- end of the road: drop, consume, transmit ---- */
 
+/* Packets of the watched flows dropped while not followed (their connection was over --max-rate, or the
+ * drop came after the last follow's deadline), counted by drop site: a sample of connections must not
+ * hide a drop. Drops are rare next to packets, so the header read here costs little. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct drop_key);
+	__type(value, __u64);
+} unfollowed_drops SEC(".maps");
+
+static __always_inline void count_unfollowed_drop(struct sk_buff *skb, void *location, __u32 reason)
+{
+	struct l34 p;
+	if (skb_l34(skb, &p) || !kind_followed(&p))
+		return;
+	__u16 port;
+	if (filter_hit(p.proto, p.dport, p.daddr))
+		port = p.dport;
+	else if (filter_hit(p.proto, p.sport, p.saddr))
+		port = p.sport;
+	else
+		return;
+	struct drop_key k = { .location = (__u64)location, .reason = reason, .netns = skb_netns(skb),
+			      .stack_id = -1, .l3proto = 0x0800, .port = bpf_ntohs(port), .l4proto = p.proto };
+	__u64 one = 1;
+	__u64 *n = bpf_map_lookup_elem(&unfollowed_drops, &k);
+	if (n)
+		*n += 1;
+	else
+		bpf_map_update_elem(&unfollowed_drops, &k, &one, BPF_NOEXIST);
+}
+
 static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 reason, __u8 point)
 {
 	__u64 key = (__u64)skb;
-	struct followed *t;
-	if (none_followed() || !(t = tracked_entry(key)))
-		return 0;
+	struct followed *t = none_followed() ? NULL : tracked_entry(key);
 	struct l34 p;
-	skb_l34(skb, &p);
-	int mine = t->ident == ident(&p);
-	untrack(key);
-	if (!mine)
+	int mine = 0;
+	if (t) {
+		skb_l34(skb, &p);
+		mine = t->ident == ident(&p);
+		untrack(key);
+	}
+	if (!mine) {
+		if (point == DT_DROP)
+			count_unfollowed_drop(skb, location, reason);
 		return 0;
+	}
 	__u32 zero = 0;
 	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
 	if (r && r->skb == key)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
-from dnattrace import btf, events, journey, kallsyms, model, netns
+from dnattrace import btf, drops, events, journey, kallsyms, model, netns
 from dnattrace.tracer import WatchTracer
 
 
@@ -34,6 +34,7 @@ class Follower:
         self.events_seen = 0
         self.lost_events = 0      # events the ring buffer had no room for
         self.not_followed = 0     # matching connections not followed: over the max_new rate
+        self.unfollowed_drops: list[dict] = []   # their packets' drops, by site (read at close)
         self._retired_at = 0
 
     def start(self):
@@ -56,6 +57,9 @@ class Follower:
         """Detach everything; the lost-event count is read first so it can still be reported."""
         if self.tracer.started:
             self._read_counters()
+            describer = drops.Describer(self.namer, self.symbols, self.reasons)
+            rows = sorted(self.tracer.unfollowed_drops(), key=lambda r: -r.count)
+            self.unfollowed_drops = [describer.describe(r) for r in rows]
         self.tracer.close()
 
     def __enter__(self):

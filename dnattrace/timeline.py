@@ -153,7 +153,12 @@ def connection_row(c: model.Connection) -> list:
     return [str(c.key), c.attempts, c.outcome, where, replies]
 
 
-def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0) -> str:
+# what the summary says of each drop site of packets not followed (drops.Describer's names)
+UNFOLLOWED_DROP_FIELDS = ("count", "location", "function", "reason", "netns", "proto", "port")
+
+
+def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0,
+                  unfollowed_drops: list[dict] = ()) -> str:
     # imported here: tabulate (with wcwidth's tables) is 8 MB, which a long watch does not need to hold
     from tabulate import tabulate
     rows = [connection_row(c) for c in conns]
@@ -164,6 +169,10 @@ def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 
     if not_followed:
         out += ("\n%d connections were not followed: more new connections a second than --max-rate allows"
                 % not_followed)
+    if unfollowed_drops:
+        out += "\npackets of the watched flows dropped while not followed:"
+        for d in unfollowed_drops:
+            out += "\n  %d at %s (%s) in %s" % (d["count"], d["location"], d["reason"], d["netns"])
     if lost:
         out += "\nWARNING: %d events were lost: journeys above may be incomplete, none is reported as not dropped." % lost
     return out
@@ -177,8 +186,10 @@ def journey_json(j: model.Journey, c: model.Connection) -> dict:
     return d
 
 
-def summary_json(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0) -> dict:
+def summary_json(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0,
+                 unfollowed_drops: list[dict] = ()) -> dict:
     return {"type": "summary", "lost_events": lost, "not_followed": not_followed, "connections_not_kept": untold,
+            "unfollowed_drops": [{k: d.get(k) for k in UNFOLLOWED_DROP_FIELDS} for d in unfollowed_drops],
             "connections": [{"key": model.to_dict(c.key), "transmissions": c.attempts, "outcome": c.outcome,
                              "dropped": c.dropped, "replies": [r.first.tcp_flags for r in c.replies],
                              "ended": connection_row(c)[3]} for c in conns]}

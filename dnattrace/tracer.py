@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-from dnattrace import capabilities, events, loader
+from dnattrace import capabilities, drops, events, loader
 from dnattrace.errors import CannotObserve
 
 log = logging.getLogger("dnattrace.watch")
@@ -189,6 +189,10 @@ class WatchTracer:
         """(events emitted, events lost, connections not followed over max_new) since start, over all CPUs."""
         m = self._obj.map("stats")
         return m.counter(0), m.counter(1), m.counter(2)
+
+    def unfollowed_drops(self):
+        """The watched flows' packets dropped while not followed (drops.DropRow per drop site)."""
+        return drops.decode_rows(self._obj.map("unfollowed_drops").items())
 
     @property
     def started(self):

@@ -126,3 +126,17 @@ def test_hook_verdict_names_the_hook_where_there_are_no_netfilter_links():
         model.Step(ts_ns=2, point=model.DROP, tuple=t, location="nft_do_chain+0x1", reason="NETFILTER_DROP"),
         model.Step(ts_ns=3, point=model.VERDICT, hook="FORWARD", reason="NF_DROP")])
     assert timeline.drop_hook(j) == "FORWARD"
+
+
+def test_summary_lists_the_drops_of_packets_not_followed():
+    """Under --max-rate most connections are only counted: their packets' drops still show, by site."""
+    conns = [c for c in connections("forwarding-off") if c.requests]
+    site = {"count": 7, "location": "ip_error+0x59", "function": "ip_error", "reason": "IP_INADDRERRORS",
+            "netns": "lab-host", "proto": "tcp", "port": 80, "meaning": "not shown", "address": "0xffff"}
+    text = timeline.summary_table(conns, 0, 12, 0, [site])
+    assert "12 connections were not followed" in text
+    assert "\n  7 at ip_error+0x59 (IP_INADDRERRORS) in lab-host" in text
+    d = timeline.summary_json(conns, 0, 12, 0, [site])
+    assert d["unfollowed_drops"] == [{k: site[k] for k in timeline.UNFOLLOWED_DROP_FIELDS}]
+    assert timeline.summary_json(conns, 0)["unfollowed_drops"] == []
+    assert "dropped while not followed" not in timeline.summary_table(conns, 0)

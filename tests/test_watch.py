@@ -144,6 +144,21 @@ def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(lab_inst
     assert conn["outcome"] == "dropped" and conn["dropped"] == conn["transmissions"] == len(syns)
 
 
+def test_drops_of_connections_not_followed_are_counted_by_site(lab_instance):
+    """--max-rate 1 and four connections that forwarding-off drops, each given up before its SYN is sent
+    again: the one or two admitted are followed to ip_error, the others are counted as not followed, and
+    each of their SYNs' drops is still reported, by site."""
+    inst = lab_instance("forwarding-off")
+    journeys, summary = watch_lab(inst, attempts=4, timeout=0.4, extra=("--max-rate", "1"))
+    followed = [c for c in summary["connections"] if c["key"]["src"] == inst.client_addr]
+    assert all(c["outcome"] == "dropped" for c in followed) and 1 <= len(followed) <= 2
+    assert summary["not_followed"] == 4 - len(followed)
+    sites = [d for d in summary["unfollowed_drops"] if d["netns"] == inst.name + "-host"]
+    assert [(d["function"], d["reason"]) for d in sites] == [("ip_error", "IP_INADDRERRORS")], summary
+    assert sites[0]["count"] == summary["not_followed"]
+    assert sites[0]["port"] == inst.container_port and sites[0]["proto"] == "tcp"
+
+
 def test_forward_policy_drop_names_the_hook(lab_instance):
     inst = lab_instance("forward-policy-drop")
     journeys, _ = watch_lab(inst, timeout=1.2)

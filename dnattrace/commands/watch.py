@@ -103,7 +103,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         if writer:
             writer.close()
     conns = [c for c in f.builder.all_connections() if wanted(c)]
-    counts = (f.lost_events, f.not_followed, f.builder.retired_untold)
+    counts = (f.lost_events, f.not_followed, f.builder.retired_untold, f.unfollowed_drops)
     if as_json:
         out(render.json_line(timeline.summary_json(conns, *counts)))
     else:
