@@ -46,12 +46,17 @@ def cli(ctx, verbose):
                         format="%(name)s: %(message)s", stream=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout 60 dnattrace watch`, a service manager): stop as Ctrl-C would, so watch and drops
+    still print their summary, and every probe and lab resource is released on the way out."""
+
+
 def _sigterm(signum, frame):
-    raise SystemExit(128 + signum)
+    raise Terminated()
 
 
 def main(argv=None):
-    """Entry point: turns user errors into one line and an exit code, SIGTERM into a clean exit."""
+    """Entry point: turns user errors into one line and an exit code, SIGTERM into Ctrl-C's clean stop."""
     signal.signal(signal.SIGTERM, _sigterm)
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
     try:
@@ -61,6 +66,8 @@ def main(argv=None):
     except click.ClickException as e:
         e.show()
         return EXIT_USAGE
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
     except DnattraceError as e:

@@ -260,8 +260,11 @@ class Watch:
         self.err = open(out_path + ".err", "w")
         t0 = time.monotonic()
         head = [sys.executable, "-c", PROFILED, profile] if profile else [sys.executable, "-c", DNATTRACE]
+        # SIGINT back to its default: a shell without job control starts a background job (this benchmark
+        # under nohup ... &) with SIGINT ignored, and the watch would inherit that and never stop
         self.p = subprocess.Popen(head + ["watch", "--json", "--netns", inst.host_ns, "--port", str(port), *extra],
-                                  stdout=self.out, stderr=self.err)
+                                  stdout=self.out, stderr=self.err,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = t0 + 30
         while True:
             if self.p.poll() is not None:

@@ -1,6 +1,7 @@
 """`dnattrace watch` on the real kernel, against lab scenarios (namespace hosts and real Docker)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -126,6 +127,14 @@ def test_direct_header_loads_and_the_helper_fallback_see_the_same_journey(lab_in
         assert syn["outcome"] == "delivered" and summary["lost_events"] == 0
         seen[rx[0]] = [(s["point"], s.get("hook"), s["netns_name"], s.get("ifname")) for s in syn["steps"]]
     assert seen["rx_direct"] == seen["rx_btf"]
+
+
+def test_sigterm_stops_watch_like_ctrl_c_with_its_summary(netns):
+    """`timeout 60 dnattrace watch ...` sends SIGTERM: the summary must still come, and the exit be 0."""
+    p = start_watch("--port", "19998", "--netns", netns("st"))
+    p.send_signal(signal.SIGTERM)
+    journeys, summary = finish(p)
+    assert journeys == [] and summary["connections"] == [] and summary["lost_events"] == 0
 
 
 def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(lab_instance):
