@@ -491,6 +491,8 @@ static __always_inline struct dt_event *emit(__u8 point, __u64 skbp, struct l34 
 	e->daddr = p->daddr;
 	e->sport = p->sport;
 	e->dport = p->dport;
+	e->seq = p->seq;
+	e->ack = p->ack;
 	return e;
 lost:
 	stat_inc(DT_STAT_LOST);

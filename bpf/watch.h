@@ -50,6 +50,7 @@ struct dt_event {
 	__u16 ct_rsport, ct_rdport;
 	__u32 gateway;      /* DT_ROUTE: next hop gateway, 0 = directly connected */
 	__u32 cpu;
+	__u32 seq, ack;     /* TCP sequence and acknowledgement numbers (network order); 0 otherwise */
 	char ifname[16];
 	char out_ifname[16];
 	__u8 pkt[DT_PKT_BYTES];

@@ -14,11 +14,11 @@ from typing import Callable, Optional
 from dnattrace import model
 
 # struct dt_event (bpf/watch.h), little-endian, natural alignment
-_FMT = "<QQQIIIiBBBBBBHIIHHIIIHHIIHHII16s16s128s"
+_FMT = "<QQQIIIiBBBBBBHIIHHIIIHHIIHHIIII16s16s128s"
 RECORD_SIZE = struct.calcsize(_FMT)
 _FIELDS = ("ts skb location netns ifindex reason priority point hook stage proto tcp_flags ctinfo caplen "
            "saddr daddr sport dport ct_status ct_osrc ct_odst ct_osport ct_odport ct_rsrc ct_rdst ct_rsport "
-           "ct_rdport gateway cpu ifname out_ifname pkt").split()
+           "ct_rdport gateway cpu seq ack ifname out_ifname pkt").split()
 
 DT_RX, DT_NF, DT_ROUTE, DT_XMIT, DT_DROP, DT_CONSUME, DT_VERDICT, DT_RTRESULT = range(1, 9)
 POINT_NAMES = {DT_RX: model.RX, DT_NF: model.NF, DT_ROUTE: model.ROUTE, DT_XMIT: model.XMIT,
@@ -106,7 +106,8 @@ def to_step(ev: RawEvent, symbolize: Callable[[int], str] = hex, reason_name: Ca
     step = model.Step(ts_ns=ev.ts, point=point, netns=ev.netns, netns_name=netns_name(ev.netns) if ev.netns else "",
                       ifname=_name(ev.ifname), out_ifname=_name(ev.out_ifname),
                       tuple=_tuple(ev.proto, ev.saddr, ev.sport, ev.daddr, ev.dport),
-                      tcp_flags=flags_text(ev.tcp_flags) if ev.proto == 6 else "")
+                      tcp_flags=flags_text(ev.tcp_flags) if ev.proto == 6 else "",
+                      seq=socket.ntohl(ev.seq) if ev.proto == 6 and ev.seq else None)
     if kind == DT_NF:
         step.hook = model.HOOKS[ev.hook] if ev.hook < len(model.HOOKS) else str(ev.hook)
         step.stage = STAGE_NAMES[ev.stage] if ev.stage < len(STAGE_NAMES) else str(ev.stage)

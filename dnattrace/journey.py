@@ -112,6 +112,10 @@ class JourneyBuilder:
                 conn = self._by_tuple.get(t)
                 if conn:
                     break
+            if conn is not None and reuses_port(conn, j):
+                conn = None
+                for t in tuples:          # its reply must find the new connection, not the old one
+                    self._by_tuple.pop(t, None)
         if conn is None:
             key = first if j.direction == "request" or first is None else first.reversed()
             conn = model.Connection(key=key)
@@ -151,6 +155,17 @@ class JourneyBuilder:
 
     def all_connections(self) -> list[model.Connection]:
         return self.retired + self.connections
+
+
+def reuses_port(conn: model.Connection, j: model.Journey) -> bool:
+    """Is request j a SYN of a new connection from a client port that `conn` used before? A retransmitted
+    SYN keeps its initial sequence number; a new connection has its own. Busy clients reuse ports within
+    seconds (TIME_WAIT reuse), and their new connection must not read as a retransmission of the old."""
+    f = j.first
+    if f.tcp_flags != "S" or not f.seq:
+        return False
+    first = next((o.first.seq for o in conn.openers if o.first.seq), 0)
+    return bool(first) and first != f.seq
 
 
 def annotate_routes(j: model.Journey) -> None:

@@ -97,6 +97,7 @@ class Step:
     location: str = ""              # DROP / CONSUME: symbolized site, e.g. "ip_error+0x68"
     reason: str = ""                # DROP: kernel drop reason name, e.g. "IP_INADDRERRORS"
     out_ifname: str = ""            # NF: the hook's output device when known
+    seq: Optional[int] = None       # TCP: the sequence number (a SYN's tells a new connection on a reused port)
 
     @property
     def where(self) -> str:
@@ -280,6 +281,8 @@ def _step_dict(s: Step) -> dict:
         d["reason"] = s.reason
     if s.out_ifname:
         d["out_ifname"] = s.out_ifname
+    if s.seq is not None:
+        d["seq"] = s.seq
     return d
 
 

@@ -1,7 +1,7 @@
 """Journey building on recorded kernel data: grouping per skb, retransmissions, replies across NAT."""
 from dnattrace import journey, model, timeline
 
-from recorded import connections, rows
+from recorded import SERVICES, connections, rows
 
 
 def test_forwarding_off_retransmissions_are_one_attempt_dropped_at_ip_error():
@@ -140,3 +140,33 @@ def test_summary_lists_the_drops_of_packets_not_followed():
     assert d["unfollowed_drops"] == [{k: site[k] for k in timeline.UNFOLLOWED_DROP_FIELDS}]
     assert timeline.summary_json(conns, 0)["unfollowed_drops"] == []
     assert "dropped while not followed" not in timeline.summary_table(conns, 0)
+
+
+def _replay(runs):
+    """Connections from several replays of recorded rows: each run is (rows, SYN sequence number, skb
+    offset, time offset), as a client that reuses its port would produce them. Between runs the open
+    journeys go idle (a port is reused a second after its TIME_WAIT at the earliest)."""
+    b = journey.JourneyBuilder(journey.request_matcher(SERVICES))
+    for rs, seq, skb_off, dt in runs:
+        for r in rs:
+            d = dict(r["step"], ts_ns=r["step"]["ts_ns"] + dt)
+            if d.get("tcp_flags") == "S":
+                d["seq"] = seq
+            b.add(model.step_from_dict(d), r["skb"] + skb_off, r["new"])
+        b.expire(max(r["step"]["ts_ns"] for r in rs) + dt + 5 * 10 ** 9)
+    b.flush()
+    return [c for c in b.connections if c.openers]
+
+
+def test_a_new_connection_on_a_reused_client_port_is_not_a_retransmission():
+    healthy = rows("healthy")
+    conns = _replay([(healthy, 1000, 0, 0), (healthy, 2000, 1 << 20, 10 ** 9)])
+    assert [(c.attempts, c.outcome, len(c.replies)) for c in conns] == [(1, "answered", 1), (1, "answered", 1)]
+    assert conns[0].key == conns[1].key
+
+
+def test_retransmissions_keep_their_sequence_number_and_stay_one_attempt():
+    off = rows("forwarding-off")
+    n = len(connections("forwarding-off")[0].openers)
+    conns = _replay([(off, 1000, 0, 0), (off, 1000, 1 << 20, 10 ** 9)])
+    assert [c.attempts for c in conns] == [2 * n]
