@@ -617,9 +617,9 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int d
 	return NF_ACCEPT;
 }
 
-/* libbpf 1.1 does not know SEC("netfilter"): user space sets the program type before loading. */
-/* Only the first position reads the headers of packets not followed (OUTPUT's decision), so only it
- * has a direct-read twin. */
+/* libbpf 1.1 does not know SEC("netfilter"): user space sets the program type before loading. Only the
+ * first position reads the headers of packets not followed (OUTPUT's decision), so only it has a
+ * direct-read twin. */
 SEC("netfilter")
 int nf_first_direct(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_FIRST, 1); }
 SEC("netfilter")

@@ -41,7 +41,8 @@ NF_PROGRAMS = sorted({p for _, p, _ in NF_POSITIONS})
 
 # For each point, the programs in order of preference and the capability each needs.
 CHOICES = {
-    "device receive": [("rx_direct", "direct_read"), ("rx_btf", "tp_btf"), ("rx_raw", "raw_tp"), ("rx_tp", "tracepoint")],
+    "device receive": [("rx_direct", "direct_read"), ("rx_btf", "tp_btf"), ("rx_raw", "raw_tp"),
+                       ("rx_tp", "tracepoint")],
     "route decision": [("fib_btf", "fib_tracepoint"), ("fib_raw", "raw_tp")],
     "route result": [("route_fexit", "fexit"), ("route_kprobe+route_kretprobe", "kprobe")],
     "hook verdict": [("verdict_fentry+verdict_fexit", "fexit"), ("verdict_kprobe+verdict_kretprobe", "kprobe")],
