@@ -32,9 +32,12 @@ class Follower:
         self.namer = netns.Namer()
         self.pcap = pcap
         self.events_seen = 0
+        self.new_drops: list[dict] = []   # drops of packets not followed since run() last passed them on
         self.lost_events = 0      # events the ring buffer had no room for
         self.not_followed = 0     # matching connections not followed: over the max_new rate
         self.unfollowed_drops: list[dict] = []   # their packets' drops, by site (read at close)
+        self._drops_seen: dict = {}               # drop site key -> count already reported
+        self._describer = drops.Describer(self.namer, self.symbols, self.reasons)
         self._retired_at = 0
 
     def start(self):
@@ -57,9 +60,8 @@ class Follower:
         """Detach everything; the lost-event count is read first so it can still be reported."""
         if self.tracer.started:
             self._read_counters()
-            describer = drops.Describer(self.namer, self.symbols, self.reasons)
             rows = sorted(self.tracer.unfollowed_drops(), key=lambda r: -r.count)
-            self.unfollowed_drops = [describer.describe(r) for r in rows]
+            self.unfollowed_drops = [self._describer.describe(r) for r in rows]
         self.tracer.close()
 
     def __enter__(self):
@@ -92,19 +94,31 @@ class Follower:
         if now - self._retired_at > 1e9:     # a scan of every connection: once a second is plenty
             self.builder.retire(now)
             self._retired_at = now
+            self.new_drops += self._unfollowed_drops_since()
         return done
+
+    def _unfollowed_drops_since(self) -> list[dict]:
+        """Drop sites of packets not followed that gained drops since the last look, with the gain."""
+        gained, self._drops_seen = drops.deltas(self._drops_seen, self.tracer.unfollowed_drops())
+        return [self._describer.describe(r) for r in sorted(gained, key=lambda r: -r.count)]
 
     def _read_counters(self):
         _emitted, self.lost_events, self.not_followed = self.tracer.stats()
 
     def run(self, on_journey: Callable, duration: Optional[float] = None,
-            stop: Optional[Callable[[], bool]] = None, poll_ms: int = 100):
-        """Poll until duration elapses or stop() says so; then finish what is still open."""
+            stop: Optional[Callable[[], bool]] = None, poll_ms: int = 100, on_drops: Optional[Callable] = None):
+        """Poll until duration elapses or stop() says so; then finish what is still open. on_drops gets,
+        about once a second, the drop sites where packets not followed were dropped since (drops.Describer
+        dicts, count = the new drops)."""
         end = time.monotonic() + duration if duration else None
         try:
             while (end is None or time.monotonic() < end) and not (stop and stop()):
                 for j, c in self.poll(poll_ms):
                     on_journey(j, c)
+                if self.new_drops:
+                    if on_drops:
+                        on_drops(self.new_drops)
+                    self.new_drops = []
         finally:
             for j, c in self.poll(0) + self.builder.flush():
                 on_journey(j, c)

@@ -157,6 +157,16 @@ def connection_row(c: model.Connection) -> list:
 UNFOLLOWED_DROP_FIELDS = ("count", "location", "function", "reason", "netns", "proto", "port")
 
 
+def unfollowed_drops_text(ds: list[dict], at_s: float) -> str:
+    """The live line(s) for drops of packets not followed, as they are seen (about once a second)."""
+    return "\n".join("not followed: %d packets dropped at %s (%s) in %s  at +%.2fs"
+                     % (d["count"], d["location"], d["reason"], d["netns"], at_s) for d in ds)
+
+
+def unfollowed_drops_json(ds: list[dict]) -> dict:
+    return {"type": "unfollowed_drops", "drops": [{k: d.get(k) for k in UNFOLLOWED_DROP_FIELDS} for d in ds]}
+
+
 def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0,
                   unfollowed_drops: list[dict] = ()) -> str:
     # imported here: tabulate (with wcwidth's tables) is 8 MB, which a long watch does not need to hold
@@ -189,7 +199,7 @@ def journey_json(j: model.Journey, c: model.Connection) -> dict:
 def summary_json(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0,
                  unfollowed_drops: list[dict] = ()) -> dict:
     return {"type": "summary", "lost_events": lost, "not_followed": not_followed, "connections_not_kept": untold,
-            "unfollowed_drops": [{k: d.get(k) for k in UNFOLLOWED_DROP_FIELDS} for d in unfollowed_drops],
+            "unfollowed_drops": unfollowed_drops_json(unfollowed_drops)["drops"],
             "connections": [{"key": model.to_dict(c.key), "transmissions": c.attempts, "outcome": c.outcome,
                              "dropped": c.dropped, "replies": [r.first.tcp_flags for r in c.replies],
                              "ended": connection_row(c)[3]} for c in conns]}

@@ -310,7 +310,7 @@ class Watch:
                 d = json.loads(line)
                 if d.get("type") == "summary":
                     summary = d
-                else:
+                elif d.get("type") == "journey":
                     journeys += 1
         if summary is None:
             raise SystemExit("bench watch: no summary from dnattrace watch (exit %s): %s"

@@ -170,3 +170,12 @@ def test_retransmissions_keep_their_sequence_number_and_stay_one_attempt():
     n = len(connections("forwarding-off")[0].openers)
     conns = _replay([(off, 1000, 0, 0), (off, 1000, 1 << 20, 10 ** 9)])
     assert [c.attempts for c in conns] == [2 * n]
+
+
+def test_live_lines_for_drops_of_packets_not_followed():
+    site = {"count": 2, "location": "ip_error+0x94", "function": "ip_error", "reason": "IP_INADDRERRORS",
+            "netns": "host", "proto": "tcp", "port": 80}
+    assert timeline.unfollowed_drops_text([site], 2.5) == \
+        "not followed: 2 packets dropped at ip_error+0x94 (IP_INADDRERRORS) in host  at +2.50s"
+    d = timeline.unfollowed_drops_json([site, dict(site, count=1, netns="ctr")])
+    assert d["type"] == "unfollowed_drops" and [x["count"] for x in d["drops"]] == [2, 1]

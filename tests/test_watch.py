@@ -156,16 +156,26 @@ def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(lab_inst
 def test_drops_of_connections_not_followed_are_counted_by_site(lab_instance):
     """--max-rate 1 and four connections that forwarding-off drops, each given up before its SYN is sent
     again: the one or two admitted are followed to ip_error, the others are counted as not followed, and
-    each of their SYNs' drops is still reported, by site."""
+    each of their SYNs' drops is still reported by site: live, about once a second, and in the summary."""
     inst = lab_instance("forwarding-off")
-    journeys, summary = watch_lab(inst, attempts=4, timeout=0.4, extra=("--max-rate", "1"))
+    p = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--duration", "4",
+                    "--max-rate", "1")
+    client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 4, 0.4)
+    try:
+        objs = records(p)
+    finally:
+        probeclient.stop(client)
+    _journeys, summary = journeys_and_summary(objs)
     followed = [c for c in summary["connections"] if c["key"]["src"] == inst.client_addr]
     assert all(c["outcome"] == "dropped" for c in followed) and 1 <= len(followed) <= 2
     assert summary["not_followed"] == 4 - len(followed)
-    sites = [d for d in summary["unfollowed_drops"] if d["netns"] == inst.name + "-host"]
+    host = inst.name + "-host"
+    sites = [d for d in summary["unfollowed_drops"] if d["netns"] == host]
     assert [(d["function"], d["reason"]) for d in sites] == [("ip_error", "IP_INADDRERRORS")], summary
     assert sites[0]["count"] == summary["not_followed"]
     assert sites[0]["port"] == inst.container_port and sites[0]["proto"] == "tcp"
+    live = [d for o in objs if o["type"] == "unfollowed_drops" for d in o["drops"] if d["netns"] == host]
+    assert live and sum(d["count"] for d in live) == sites[0]["count"], "each drop told once as it came"
 
 
 def test_forward_policy_drop_names_the_hook(lab_instance):

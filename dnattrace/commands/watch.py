@@ -83,6 +83,12 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         else:
             out(timeline.render_journey(j, c, t0))
 
+    def on_drops(ds):
+        if as_json:
+            out(render.json_line(timeline.unfollowed_drops_json(ds)))
+        else:
+            out(timeline.unfollowed_drops_text(ds, (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - t0) / 1e9))
+
     def enough():
         return count is not None and len(shown) >= count
 
@@ -96,7 +102,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
             else:
                 out("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
             sys.stdout.flush()
-            f.run(on_journey, duration=duration, stop=enough)
+            f.run(on_journey, duration=duration, stop=enough, on_drops=on_drops)
     except KeyboardInterrupt:
         pass    # Ctrl-C ends the watch: the summary below is what the user wants
     finally:
