@@ -3,6 +3,9 @@ journeys and connections. Used by `watch` and by `diagnose`.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from typing import Callable, Optional
 
@@ -106,13 +109,19 @@ class Follower:
         _emitted, self.lost_events, self.not_followed = self.tracer.stats()
 
     def run(self, on_journey: Callable, duration: Optional[float] = None,
-            stop: Optional[Callable[[], bool]] = None, poll_ms: int = 100, on_drops: Optional[Callable] = None):
+            stop: Optional[Callable[[], bool]] = None, poll_ms: int = 100, on_drops: Optional[Callable] = None,
+            until_signal: bool = False):
         """Poll until duration elapses or stop() says so; then finish what is still open. on_drops gets,
         about once a second, the drop sites where packets not followed were dropped since (drops.Describer
-        dicts, count = the new drops)."""
+        dicts, count = the new drops). until_signal: SIGINT and SIGTERM end the run like the duration
+        does, between two polls, instead of interrupting one (see stop_signals)."""
         end = time.monotonic() + duration if duration else None
+        with stop_signals(until_signal) as signalled:
+            self._run(on_journey, end, stop, poll_ms, on_drops, signalled)
+
+    def _run(self, on_journey, end, stop, poll_ms, on_drops, signalled):
         try:
-            while (end is None or time.monotonic() < end) and not (stop and stop()):
+            while (end is None or time.monotonic() < end) and not (stop and stop()) and not signalled:
                 for j, c in self.poll(poll_ms):
                     on_journey(j, c)
                 if self.new_drops:
@@ -122,6 +131,27 @@ class Follower:
         finally:
             for j, c in self.poll(0) + self.builder.flush():
                 on_journey(j, c)
+
+
+@contextlib.contextmanager
+def stop_signals(active=True):
+    """SIGINT and SIGTERM append to the list yielded instead of raising. A poll decodes a whole batch of
+    records into journeys before any is printed; an interrupt inside it lost that batch's journeys from
+    the output (the summary still counted them): under a burst, most of them. Only in the main thread
+    (where Python runs handlers); an ignored SIGINT (a background job) stays ignored."""
+    caught: list[int] = []
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def resolve_with_addresses(**options):

@@ -102,7 +102,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
             else:
                 out("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
             sys.stdout.flush()
-            f.run(on_journey, duration=duration, stop=enough, on_drops=on_drops)
+            f.run(on_journey, duration=duration, stop=enough, on_drops=on_drops, until_signal=True)
     except KeyboardInterrupt:
         pass    # Ctrl-C ends the watch: the summary below is what the user wants
     finally:
