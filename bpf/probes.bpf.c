@@ -75,13 +75,13 @@ int BPF_PROG(probe_fib, u32 table, const struct flowi4 *flp)
 	return 0;
 }
 
-/* Direct loads of packet bytes through bpf_rdonly_cast(ptr, 0) (see read_ip_l4 in skb.h). */
+/* Direct loads of packet bytes through bpf_rdonly_cast(ptr, 0) (see ip_l4_at in skb.h). */
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(probe_direct_read, struct sk_buff *skb)
 {
-	struct ip_l4 h;
-	read_ip_l4(&h, skb->data, 1);
-	if (h.ip.version == 4)
+	struct ip_l4 copy;
+	const struct ip_l4 *h = ip_l4_at(&copy, skb->data, 1);
+	if (h && h->ip.version == 4)
 		hit(8);
 	return 0;
 }

@@ -56,7 +56,7 @@ struct ip_l4 {
 	};
 };
 
-static __always_inline void l34_ip(struct iphdr *ip, struct l34 *out)
+static __always_inline void l34_ip(const struct iphdr *ip, struct l34 *out)
 {
 	out->saddr = ip->saddr;
 	out->daddr = ip->daddr;
@@ -65,18 +65,18 @@ static __always_inline void l34_ip(struct iphdr *ip, struct l34 *out)
 	out->ipid = ip->id;
 }
 
-static __always_inline void l34_tcp(struct tcphdr *th, __u32 ihl, struct l34 *out)
+static __always_inline void l34_tcp(const struct tcphdr *th, __u32 ihl, struct l34 *out)
 {
 	out->sport = th->source;
 	out->dport = th->dest;
-	out->tcp_flags = ((__u8 *)th)[13];
+	out->tcp_flags = ((const __u8 *)th)[13];
 	out->seq = th->seq;
 	out->ack = th->ack_seq;
 	__u32 hdrs = ihl * 4 + th->doff * 4;
 	out->payload = out->tot_len > hdrs ? out->tot_len - hdrs : 0;
 }
 
-static __always_inline void l34_udp(struct udphdr *uh, struct l34 *out)
+static __always_inline void l34_udp(const struct udphdr *uh, struct l34 *out)
 {
 	out->sport = uh->source;
 	out->dport = uh->dest;
@@ -89,13 +89,14 @@ static __always_inline void l34_udp(struct udphdr *uh, struct l34 *out)
  * that use it are alternatives, chosen by probing (capability direct_read). */
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
-/* The IPv4 header at l3 and the 20 bytes after it. direct: a constant after inlining (see above). */
-static __always_inline int read_ip_l4(struct ip_l4 *h, unsigned char *l3, const int direct)
+/* The IPv4 header at l3 and the 20 bytes after it, to read fields from: the packet itself (direct, a
+ * constant after inlining: only the fields used are loaded), or a copy made in *copy; NULL when the
+ * copy cannot be made. */
+static __always_inline const struct ip_l4 *ip_l4_at(struct ip_l4 *copy, unsigned char *l3, const int direct)
 {
-	if (!direct)
-		return bpf_probe_read_kernel(h, sizeof(*h), l3);
-	*h = *(const struct ip_l4 *)bpf_rdonly_cast(l3, 0);
-	return 0;
+	if (direct)
+		return bpf_rdonly_cast(l3, 0);
+	return bpf_probe_read_kernel(copy, sizeof(*copy), l3) ? NULL : copy;
 }
 
 /* Read the IPv4 and L4 header fields of the IPv4 header at l3. Returns 0 on success. */

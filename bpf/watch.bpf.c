@@ -268,30 +268,36 @@ static __always_inline int port_hit(__u16 port_be)
 }
 
 /* The cheap test every packet meets: could the IPv4 packet at l3 belong to a followed flow? One read of
- * the IP and L4 headers (direct loads where the kernel allows them, see read_ip_l4); when it could, *p
+ * the IP and L4 headers (direct loads where the kernel allows them, see ip_l4_at); when it could, *p
  * is filled (no second read). */
 static __always_inline int maybe(unsigned char *l3, struct l34 *p, const int direct)
 {
-	struct ip_l4 h;
-	if (read_ip_l4(&h, l3, direct))
+	struct ip_l4 copy;
+	const struct ip_l4 *h = ip_l4_at(&copy, l3, direct);
+	if (!h)
 		return 0;
-	if (h.ip.version != 4 || (h.ip.protocol != IPPROTO_TCP_ && h.ip.protocol != IPPROTO_UDP_))
+	__u8 proto = h->ip.protocol;
+	if (h->ip.version != 4 || (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_))
 		return 0;
-	if (h.ip.ihl != 5 || (h.ip.frag_off & bpf_htons(0x1fff)))
+	if (h->ip.ihl != 5 || (h->ip.frag_off & bpf_htons(0x1fff)))
 		return l34_at(l3, p) == 0 && (port_hit(p->sport) || port_hit(p->dport));
-	if (!port_hit(h.tcp.source) && !port_hit(h.tcp.dest))   /* TCP and UDP ports sit in the same place */
+	if (!port_hit(h->tcp.source) && !port_hit(h->tcp.dest))   /* TCP and UDP ports sit in the same place */
 		return 0;
 	__builtin_memset(p, 0, sizeof(*p));
-	l34_ip(&h.ip, p);
-	if (h.ip.protocol == IPPROTO_TCP_)
-		l34_tcp(&h.tcp, 5, p);
+	l34_ip(&h->ip, p);
+	if (proto == IPPROTO_TCP_)
+		l34_tcp(&h->tcp, 5, p);
 	else
-		l34_udp(&h.udp, p);
+		l34_udp(&h->udp, p);
 	return 1;
 }
 
+/* Does (proto, port, addr) match the filter, exactly or with any address? The port bitmap answers
+ * first: a reply's destination is the client's port, so this saves its two hash lookups. */
 static __always_inline int filter_hit(__u8 proto, __u16 port, __u32 addr)
 {
+	if (!port_hit(port))
+		return 0;
 	struct dt_filter_key k = { .proto = proto, .port = port, .addr = addr };
 	if (bpf_map_lookup_elem(&filter, &k))
 		return 1;
@@ -503,7 +509,7 @@ lost:
 
 /* trusted: skb is a BTF pointer (tp_btf), so its fields are read with plain loads; else with
  * bpf_probe_read (raw_tp, classic tracepoint). A constant after inlining: one branch is compiled.
- * direct: the packet's headers too (read_ip_l4). Every packet on the machine passes here, so the
+ * direct: the packet's headers too (ip_l4_at). Every packet on the machine passes here, so the
  * header read is most of this probe's cost while nothing is followed (scripts/bench watch --profile). */
 #define SKB_FIELD(trusted, skb, field) ((trusted) ? (skb)->field : BPF_CORE_READ(skb, field))
 
