@@ -701,10 +701,14 @@ struct {
 	__type(value, __u64);
 } unfollowed_drops SEC(".maps");
 
-static __always_inline void count_unfollowed_drop(struct sk_buff *skb, void *location, __u32 reason)
+static __always_inline void count_unfollowed_drop(struct sk_buff *skb, void *location, __u32 reason,
+						   const int trusted, const int direct)
 {
+	if (SKB_FIELD(trusted, skb, protocol) != ETH_P_IP_BE)
+		return;
 	struct l34 p;
-	if (skb_l34(skb, &p) || !kind_followed(&p))
+	unsigned char *l3 = SKB_FIELD(trusted, skb, head) + SKB_FIELD(trusted, skb, network_header);
+	if (!maybe(l3, &p, direct) || !kind_followed(&p))
 		return;
 	__u16 port;
 	if (filter_hit(p.proto, p.dport, p.daddr))
@@ -723,7 +727,9 @@ static __always_inline void count_unfollowed_drop(struct sk_buff *skb, void *loc
 		bpf_map_update_elem(&unfollowed_drops, &k, &one, BPF_NOEXIST);
 }
 
-static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 reason, __u8 point)
+/* trusted, direct: as for on_rx (only a drop of a packet not followed reads through them). */
+static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 reason, __u8 point,
+				   const int trusted, const int direct)
 {
 	__u64 key = (__u64)skb;
 	struct followed *t = none_followed() ? NULL : tracked_entry(key);
@@ -736,7 +742,7 @@ static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 re
 	}
 	if (!mine) {
 		if (point == DT_DROP)
-			count_unfollowed_drop(skb, location, reason);
+			count_unfollowed_drop(skb, location, reason, trusted, direct);
 		return 0;
 	}
 	__u32 zero = 0;
@@ -759,15 +765,21 @@ static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 re
 }
 
 SEC("tp_btf/kfree_skb")
+int BPF_PROG(drop_direct, struct sk_buff *skb, void *location, int reason)
+{
+	return on_free(skb, location, reason, DT_DROP, 1, 1);
+}
+
+SEC("tp_btf/kfree_skb")
 int BPF_PROG(drop_btf, struct sk_buff *skb, void *location, int reason)
 {
-	return on_free(skb, location, reason, DT_DROP);
+	return on_free(skb, location, reason, DT_DROP, 1, 0);
 }
 
 SEC("tracepoint/skb/kfree_skb")
 int drop_tp(struct trace_event_raw_kfree_skb *ctx)
 {
-	return on_free((struct sk_buff *)ctx->skbaddr, ctx->location, ctx->reason, DT_DROP);
+	return on_free((struct sk_buff *)ctx->skbaddr, ctx->location, ctx->reason, DT_DROP, 0, 0);
 }
 
 SEC("tp_btf/consume_skb")
@@ -777,7 +789,7 @@ int BPF_PROG(consume_btf, struct sk_buff *skb)
 	void *location = NULL;
 	if (bpf_core_field_exists(struct trace_event_raw_consume_skb, location))
 		location = (void *)ctx[1];
-	return on_free(skb, location, 0, DT_CONSUME);
+	return on_free(skb, location, 0, DT_CONSUME, 1, 0);
 }
 
 SEC("tracepoint/skb/consume_skb")
@@ -786,7 +798,7 @@ int consume_tp(struct trace_event_raw_consume_skb *ctx)
 	void *location = NULL;
 	if (bpf_core_field_exists(ctx->location))
 		location = ctx->location;
-	return on_free((struct sk_buff *)ctx->skbaddr, location, 0, DT_CONSUME);
+	return on_free((struct sk_buff *)ctx->skbaddr, location, 0, DT_CONSUME, 0, 0);
 }
 
 SEC("tp_btf/net_dev_xmit")

@@ -46,7 +46,7 @@ CHOICES = {
     "route decision": [("fib_btf", "fib_tracepoint"), ("fib_raw", "raw_tp")],
     "route result": [("route_fexit", "fexit"), ("route_kprobe+route_kretprobe", "kprobe")],
     "hook verdict": [("verdict_fentry+verdict_fexit", "fexit"), ("verdict_kprobe+verdict_kretprobe", "kprobe")],
-    "drop": [("drop_btf", "tp_btf"), ("drop_tp", "tracepoint")],
+    "drop": [("drop_direct", "direct_read"), ("drop_btf", "tp_btf"), ("drop_tp", "tracepoint")],
     "consume": [("consume_btf", "tp_btf"), ("consume_tp", "tracepoint")],
     "transmit": [("xmit_btf", "tp_btf")],
 }

@@ -80,10 +80,10 @@ def test_plan_says_why_a_point_is_unavailable():
 
 def test_watch_reads_headers_directly_where_the_kernel_allows_it():
     chosen, _ = tracer.choose(caps_with(*ALL))
-    assert chosen["device receive"] == ["rx_direct"]
+    assert chosen["device receive"] == ["rx_direct"] and chosen["drop"] == ["drop_direct"]
     assert "nf_first_direct" in chosen["netfilter hooks"] and "nf_first" not in chosen["netfilter hooks"]
     chosen, _ = tracer.choose(caps_with(*(n for n in ALL if n != "direct_read")))
-    assert chosen["device receive"] == ["rx_btf"]
+    assert chosen["device receive"] == ["rx_btf"] and chosen["drop"] == ["drop_btf"]
     assert "nf_first" in chosen["netfilter hooks"] and "nf_first_direct" not in chosen["netfilter hooks"]
 
 

@@ -153,13 +153,17 @@ def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(lab_inst
     assert conn["outcome"] == "dropped" and conn["dropped"] == conn["transmissions"] == len(syns)
 
 
-def test_drops_of_connections_not_followed_are_counted_by_site(lab_instance):
+@pytest.mark.parametrize("avoid", ["", "direct_read"])
+def test_drops_of_connections_not_followed_are_counted_by_site(lab_instance, caps, avoid):
     """--max-rate 1 and four connections that forwarding-off drops, each given up before its SYN is sent
     again: the one or two admitted are followed to ip_error, the others are counted as not followed, and
-    each of their SYNs' drops is still reported by site: live, about once a second, and in the summary."""
+    each of their SYNs' drops is still reported by site: live, about once a second, and in the summary.
+    Both drop programs count them: drop_direct (direct header loads) and drop_btf (its fallback)."""
+    require(caps.has("direct_read") or avoid, "direct_read")
     inst = lab_instance("forwarding-off")
     p = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--duration", "4",
-                    "--max-rate", "1")
+                    "--max-rate", "1", env={capabilities.AVOID_ENV: avoid})
+    assert p.start["probes"]["drop"] == (["drop_btf"] if avoid else ["drop_direct"])
     client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 4, 0.4)
     try:
         objs = records(p)
