@@ -33,6 +33,7 @@ Everything lives in the lab's namespaces (removed by lab.down in a finally) and 
 (killed by pid in a finally).
 """
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -194,17 +195,31 @@ def prog_stats(ids):
     return out
 
 
-# Holds floor.bpf.o attached at watch's default points until SIGINT (condition f).
+def load_floor():
+    """floor.bpf.o loaded: empty programs for each of watch's default points."""
+    import dnattrace
+    from dnattrace import loader
+    obj = loader.BpfObject(os.path.join(os.path.dirname(dnattrace.__file__), "bpfobj", "floor.bpf.o"))
+    obj.program("floor_nf").set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
+    return obj.load()
+
+
+def attach_floor(obj, netns_path):
+    """The floor's links, at the points b attaches to: the same tracepoints, and the first and last
+    netfilter position of every hook in the host's namespace."""
+    from dnattrace import capabilities
+    links = [obj.program(p).attach() for p in ("floor_rx", "floor_fib", "floor_xmit", "floor_drop", "floor_consume")]
+    links += [obj.program("floor_nf").attach_netfilter(hook, prio, netns_path=netns_path)
+              for hook in capabilities.HOOKS.values() for prio in capabilities.EDGE_PRIORITIES]
+    return links
+
+
+# Holds the floor attached until SIGINT (condition f).
 FLOOR = r"""
-import os, signal, sys
-import dnattrace
-from dnattrace import capabilities, loader
-obj = loader.BpfObject(os.path.join(os.path.dirname(dnattrace.__file__), "bpfobj", "floor.bpf.o"))
-obj.program("floor_nf").set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
-obj.load()
-links = [obj.program(p).attach() for p in ("floor_rx", "floor_fib", "floor_xmit", "floor_drop", "floor_consume")]
-links += [obj.program("floor_nf").attach_netfilter(hook, prio, netns_path=sys.argv[1])
-          for hook in capabilities.HOOKS.values() for prio in capabilities.EDGE_PRIORITIES]
+import signal, sys
+sys.path.insert(0, "scripts")
+import bench_watch
+links = bench_watch.attach_floor(bench_watch.load_floor(), sys.argv[1])
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 print("ready", len(links), flush=True)
 signal.sigwait({signal.SIGINT})
@@ -438,6 +453,46 @@ def verdict(ok):
     return "ok" if ok else "MISSED"
 
 
+@contextlib.contextmanager
+def bench_lab(prefix, warm_connections=500, seconds=5.0):
+    """A lab `healthy` host set up for many short connections, with the benchmark's port published and
+    its accept-and-close server running; everything is removed on the way out."""
+    server = None
+    inst = None
+    try:
+        inst = lab.up("healthy", prefix=net.unique(prefix), docker=False)
+        # Many short connections from one client address: a wide port range and TIME_WAIT reuse, in the
+        # lab's own client namespace (gone with it).
+        net.sysctl_set("net.ipv4.ip_local_port_range", "1024 65000", inst.client_ns)
+        net.sysctl_set("net.ipv4.tcp_tw_reuse", 1, inst.client_ns)
+        # the host's conntrack entries of closed connections go in a second, not two minutes: a table
+        # growing through the runs makes each lookup dearer, a drift that is not the tracer's
+        net.sysctl_set("net.netfilter.nf_conntrack_tcp_timeout_time_wait", 1, inst.host_ns)
+        # and the server keeps no TIME_WAIT sockets: tens of thousands of them, met again when the client
+        # comes back to a port, slowed each run down more than the one before
+        net.sysctl_set("net.ipv4.tcp_max_tw_buckets", 0, inst.container_ns)
+        publish(inst)
+        server = start_server(inst.container_ns)
+        warm = run_client(inst, min(500, warm_connections), seconds)
+        if warm["failed"] or not warm["ok"]:
+            raise SystemExit("bench: the DNAT path does not work (warm-up: %s)" % warm)
+        print("load average before: %.2f %.2f %.2f on %d CPUs (other work on the machine makes the rates noisy)"
+              % (os.getloadavg() + (os.cpu_count(),)))
+        print("lab %s (healthy): client %s -> %s:%d, DNAT to %s:%d"
+              % (inst.name, inst.client_addr, inst.target_addr, BENCH_PORT, inst.container_addr, SERVER_PORT))
+        yield inst
+    finally:
+        if server and server.poll() is None:
+            server.kill()
+            server.wait()
+        if inst is not None:
+            try:
+                publish(inst, add=False)
+            except Exception:
+                pass
+            lab.down(inst.name)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # 10000 connections are about 2 s here. Shorter runs overstate c: its rate cap admits a second's 20
@@ -453,71 +508,40 @@ def main(argv=None):
     if os.geteuid() != 0:
         raise SystemExit("bench watch: needs root (namespaces, BPF)")
 
-    name = net.unique("bw")
-    tmp = "/tmp/%s" % name
-    os.makedirs(tmp)
-    server = None
-    inst = None
     conds = "a" + "".join(c for c in "bcedf" if c in args.conds)
     results = {c: [] for c in conds}
-    try:
-        inst = lab.up("healthy", prefix=name, docker=False)
-        # Many short connections from one client address: a wide port range and TIME_WAIT reuse, in the
-        # lab's own client namespace (gone with it).
-        net.sysctl_set("net.ipv4.ip_local_port_range", "1024 65000", inst.client_ns)
-        net.sysctl_set("net.ipv4.tcp_tw_reuse", 1, inst.client_ns)
-        # the host's conntrack entries of closed connections go in a second, not two minutes: a table
-        # growing through the runs makes each lookup dearer, a drift that is not the tracer's
-        net.sysctl_set("net.netfilter.nf_conntrack_tcp_timeout_time_wait", 1, inst.host_ns)
-        # and the server keeps no TIME_WAIT sockets: tens of thousands of them, met again when the client
-        # comes back to a port, slowed each run down more than the one before
-        net.sysctl_set("net.ipv4.tcp_max_tw_buckets", 0, inst.container_ns)
-        publish(inst)
-        server = start_server(inst.container_ns)
-        warm = run_client(inst, min(500, args.connections), args.seconds)
-        if warm["failed"] or not warm["ok"]:
-            raise SystemExit("bench watch: the DNAT path does not work (warm-up: %s)" % warm)
-        print("load average before: %.2f %.2f %.2f on %d CPUs (other work on the machine makes the rates noisy)"
-              % (os.getloadavg() + (os.cpu_count(),)))
-        print("lab %s (healthy): client %s -> %s:%d, DNAT to %s:%d; %d connections or %g s per run, %d rounds"
-              % (inst.name, inst.client_addr, inst.target_addr, BENCH_PORT, inst.container_addr, SERVER_PORT,
-                 args.connections, args.seconds, args.rounds))
-        others = other_holders(inst)
-        if others:
-            print("note: %d other namespaces hold %s too (%s): watch may take one of them as the container's"
-                  % (len(others), inst.container_addr, ", ".join(others)))
-        print("%-5s %-4s %8s %6s %8s %8s %6s %9s %8s %6s %10s %9s" % (
-            "round", "cond", "conns", "fail", "conn/s", "us CPU/c", "steal%", "watchCPU%", "RSS MB", "lost",
-            "followed", "startup"))
-        shuffle = random.Random(args.seed)
-        for rnd in range(1, args.rounds + 1):
-            # a new order each round: a condition's place in the round must not become part of its figure
-            for cond in shuffle.sample(conds, len(conds)):
-                r = measure(inst, cond, args.connections, args.seconds, tmp)
-                results[cond].append(r)
-                print("%-5d %-4s %8d %6d %8.0f %8.1f %6.1f %9s %8s %6s %10s %9s" % (
-                    rnd, cond, r["ok"], r["failed"], r["rate"], r["cpu_us"], r["steal_pct"],
-                    "%.0f" % r["watch_cpu_pct"] if "watch_cpu_pct" in r else "-",
-                    "%.1f" % r["hwm_mb"] if "hwm_mb" in r else "-",
-                    r.get("lost", "-"),
-                    "%d/%d" % (r["answered"], r["ok"]) if cond in "cde" else "-",
-                    "%.1fs" % r["startup_s"] if "startup_s" in r else "-"), flush=True)
-        if args.profile:
-            profile_pass(inst, args.connections, args.seconds, tmp,
-                         statistics.median(r["rate"] for r in results["a"]))
-    finally:
-        if server and server.poll() is None:
-            server.kill()
-            server.wait()
-        if inst is not None:
-            try:
-                publish(inst, add=False)
-            except Exception:
-                pass
-            lab.down(inst.name)
-        for f in sorted(os.listdir(tmp)):
-            os.unlink(os.path.join(tmp, f))
-        os.rmdir(tmp)
+    with bench_lab("bw", args.connections, args.seconds) as inst:
+        tmp = "/tmp/%s" % inst.name
+        os.makedirs(tmp)
+        try:
+            print("%d connections or %g s per run, %d rounds" % (args.connections, args.seconds, args.rounds))
+            others = other_holders(inst)
+            if others:
+                print("note: %d other namespaces hold %s too (%s): watch may take one of them as the "
+                      "container's" % (len(others), inst.container_addr, ", ".join(others)))
+            print("%-5s %-4s %8s %6s %8s %8s %6s %9s %8s %6s %10s %9s" % (
+                "round", "cond", "conns", "fail", "conn/s", "us CPU/c", "steal%", "watchCPU%", "RSS MB", "lost",
+                "followed", "startup"))
+            shuffle = random.Random(args.seed)
+            for rnd in range(1, args.rounds + 1):
+                # a new order each round: a condition's place in the round must not become part of its figure
+                for cond in shuffle.sample(conds, len(conds)):
+                    r = measure(inst, cond, args.connections, args.seconds, tmp)
+                    results[cond].append(r)
+                    print("%-5d %-4s %8d %6d %8.0f %8.1f %6.1f %9s %8s %6s %10s %9s" % (
+                        rnd, cond, r["ok"], r["failed"], r["rate"], r["cpu_us"], r["steal_pct"],
+                        "%.0f" % r["watch_cpu_pct"] if "watch_cpu_pct" in r else "-",
+                        "%.1f" % r["hwm_mb"] if "hwm_mb" in r else "-",
+                        r.get("lost", "-"),
+                        "%d/%d" % (r["answered"], r["ok"]) if cond in "cde" else "-",
+                        "%.1fs" % r["startup_s"] if "startup_s" in r else "-"), flush=True)
+            if args.profile:
+                profile_pass(inst, args.connections, args.seconds, tmp,
+                             statistics.median(r["rate"] for r in results["a"]))
+        finally:
+            for f in sorted(os.listdir(tmp)):
+                os.unlink(os.path.join(tmp, f))
+            os.rmdir(tmp)
 
     print("load average after: %.2f %.2f %.2f" % os.getloadavg())
     return report(results, conds)

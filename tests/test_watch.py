@@ -358,3 +358,28 @@ def test_watch_of_a_port_in_this_namespace_asks_docker_apart(root):
     SDK is imported for it), then in the DNAT rules: all of it in a child process."""
     p = start_watch("--port", "9", "--duration", "1", command=WATCH_THEN_REPORT)
     finish_light(p)
+
+
+def test_tracer_detach_and_attach_again(netns):
+    """WatchTracer.detach() closes every link with the programs still loaded, and attach() puts them
+    back: what 'scripts/bench watchtoggle' relies on to compare with and without, seconds apart."""
+    from dnattrace import tracer as tr
+    client, host = netns("c"), netns("h")
+    a, b = net.unique("dtc"), net.unique("dth")
+    net.add_veth(a, b, client, host)
+    net.add_addr(a, "198.51.100.2/24", client)
+    net.add_addr(b, "198.51.100.1/24", host)
+    send = [sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "[s.sendto(b'x', ('198.51.100.1', 19997)) for _ in range(3)]"]
+
+    def seen():
+        net.run(send, netns=client)
+        time.sleep(0.2)
+        return [e for e in t.poll(100) if e.kind == 1]     # receive events: one per datagram
+
+    with tr.WatchTracer([tr.FilterEntry(17, 19997)], [net.netns_path(host)]) as t:
+        assert len(seen()) == 3
+        t.detach()
+        assert seen() == [], "a detached tracer still saw packets"
+        t.attach()
+        assert len(seen()) == 3
