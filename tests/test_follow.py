@@ -11,9 +11,10 @@ class _Batches(follow.Follower):
     """A Follower whose poll() returns prepared batches and, on poll number `interrupt_at`, sends this
     process SIGINT while making its batch, as Ctrl-C would during a long poll."""
 
-    def __init__(self, batches, interrupt_at=None):     # no tracer: nothing of the kernel is needed
+    def __init__(self, batches, interrupt_at=None, signals=1):     # no tracer: nothing of the kernel
         self.batches = list(batches)
         self.interrupt_at = interrupt_at
+        self.signals = signals
         self.builder = journey.JourneyBuilder(lambda t: True)
         self.new_drops = []
         self.polls = 0
@@ -22,7 +23,8 @@ class _Batches(follow.Follower):
         self.polls += 1
         batch = self.batches.pop(0) if self.batches else []
         if self.polls == self.interrupt_at:
-            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(self.signals):
+                os.kill(os.getpid(), signal.SIGINT)
         return batch
 
 
@@ -44,3 +46,11 @@ def test_without_until_signal_ctrl_c_still_interrupts():
     f = _Batches([_pairs(3, "first"), _pairs(3, "second")], interrupt_at=1)
     with pytest.raises(KeyboardInterrupt):
         f.run(lambda j, c: None, duration=5, poll_ms=1)
+
+
+def test_a_second_signal_interrupts_at_once():
+    """A watch that cannot finish its poll (stuck writing to a full pipe) must still stop on Ctrl-C."""
+    f = _Batches([_pairs(3, "first"), _pairs(3, "second")], interrupt_at=1, signals=2)
+    with pytest.raises(KeyboardInterrupt):
+        f.run(lambda j, c: None, duration=5, poll_ms=1, until_signal=True)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
