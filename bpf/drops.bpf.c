@@ -107,20 +107,8 @@ static __always_inline void count_drop(void *ctx, struct sk_buff *skb, __u64 loc
 	}
 
 	bump(1);
-	__u64 *count = bpf_map_lookup_elem(&drops, &key);
-	if (count) {
-		*count += 1;
-		return;
-	}
-	__u64 one = 1;
-	long err = bpf_map_update_elem(&drops, &key, &one, BPF_NOEXIST);
-	if (err == -17 /* EEXIST: created meanwhile by this CPU's interrupted twin */) {
-		count = bpf_map_lookup_elem(&drops, &key);
-		if (count)
-			*count += 1;
-	} else if (err) {
+	if (count_one_drop(&drops, &key))
 		bump(0);
-	}
 }
 
 /* The kernel also passes rx_sk (6.10+); only the first three arguments are read, so older kernels with

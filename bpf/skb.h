@@ -160,4 +160,25 @@ struct drop_key {
 	__u8 pad[7];
 };
 
+/* One more drop at key in a per-CPU hash of drop counts (map). A kfree_skb that interrupts this one on
+ * the same CPU may create the key between the lookup and the insert: then the insert fails with EEXIST
+ * and the count is found again. Returns 0, or the insert's error (the hash is full). */
+static __always_inline long count_one_drop(void *map, const struct drop_key *key)
+{
+	__u64 *count = bpf_map_lookup_elem(map, key);
+	if (count) {
+		*count += 1;
+		return 0;
+	}
+	__u64 one = 1;
+	long err = bpf_map_update_elem(map, key, &one, BPF_NOEXIST);
+	if (err == -17 /* EEXIST */) {
+		count = bpf_map_lookup_elem(map, key);
+		if (count)
+			*count += 1;
+		return 0;
+	}
+	return err;
+}
+
 #endif

@@ -305,6 +305,18 @@ static __always_inline int filter_hit(__u8 proto, __u16 port, __u32 addr)
 	return bpf_map_lookup_elem(&filter, &k) != NULL;
 }
 
+/* Which end of the packet is the filter's service: 1 its destination (a request), 2 its source (a reply),
+ * 0 neither (not a watched flow). */
+#define SERVICE_DST 1
+#define SERVICE_SRC 2
+
+static __always_inline int service_side(struct l34 *p)
+{
+	if (filter_hit(p->proto, p->dport, p->daddr))
+		return SERVICE_DST;
+	return filter_hit(p->proto, p->sport, p->saddr) ? SERVICE_SRC : 0;
+}
+
 /* The admission window for new connections (max_new per second). Shared by all CPUs: a race at the
  * window's turn admits a few more, which is harmless. */
 struct window {
@@ -385,12 +397,12 @@ static __always_inline int wanted(struct l34 *p)
 {
 	if (p->proto != IPPROTO_TCP_ && p->proto != IPPROTO_UDP_)
 		return 0;
-	int to_service = filter_hit(p->proto, p->dport, p->daddr);
-	if (!to_service && !filter_hit(p->proto, p->sport, p->saddr))
+	int side = service_side(p);
+	if (!side)
 		return 0;
 	__u32 zero = 0;
 	struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
-	if (!admit(cfg, p, to_service))
+	if (!admit(cfg, p, side == SERVICE_DST))
 		return 0;
 	if (p->proto == IPPROTO_TCP_ && !(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST))) {
 		if (!(cfg && cfg->all_packets)) {
@@ -710,21 +722,13 @@ static __always_inline void count_unfollowed_drop(struct sk_buff *skb, void *loc
 	unsigned char *l3 = SKB_FIELD(trusted, skb, head) + SKB_FIELD(trusted, skb, network_header);
 	if (!maybe(l3, &p, direct) || !kind_followed(&p))
 		return;
-	__u16 port;
-	if (filter_hit(p.proto, p.dport, p.daddr))
-		port = p.dport;
-	else if (filter_hit(p.proto, p.sport, p.saddr))
-		port = p.sport;
-	else
+	int side = service_side(&p);
+	if (!side)
 		return;
+	__u16 port = side == SERVICE_DST ? p.dport : p.sport;
 	struct drop_key k = { .location = (__u64)location, .reason = reason, .netns = skb_netns(skb),
 			      .stack_id = -1, .l3proto = 0x0800, .port = bpf_ntohs(port), .l4proto = p.proto };
-	__u64 one = 1;
-	__u64 *n = bpf_map_lookup_elem(&unfollowed_drops, &k);
-	if (n)
-		*n += 1;
-	else
-		bpf_map_update_elem(&unfollowed_drops, &k, &one, BPF_NOEXIST);
+	count_one_drop(&unfollowed_drops, &k);
 }
 
 /* trusted, direct: as for on_rx (only a drop of a packet not followed reads through them). */
@@ -801,16 +805,23 @@ int consume_tp(struct trace_event_raw_consume_skb *ctx)
 	return on_free((struct sk_buff *)ctx->skbaddr, location, 0, DT_CONSUME, 0, 0);
 }
 
+/* The points that see an skb after its first (transmit, route result): is it followed, and does it
+ * still hold that packet? Reads its headers into *p only when it is followed. */
+static __always_inline struct followed *followed_skb(struct sk_buff *skb, struct l34 *p)
+{
+	struct followed *t = tracked_entry((__u64)skb);
+	if (!t)
+		return NULL;
+	skb_l34(skb, p);
+	return same_packet((__u64)skb, t, p);
+}
+
 SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
 {
 	__u64 key = (__u64)skb;
-	struct followed *t;
-	if (none_followed() || !(t = tracked_entry(key)))
-		return 0;
 	struct l34 p;
-	skb_l34(skb, &p);
-	if (!same_packet(key, t, &p))
+	if (none_followed() || !followed_skb(skb, &p))
 		return 0;
 	struct dt_event *e = emit(DT_XMIT, key, &p, skb_l3(skb));
 	if (!e)
@@ -870,12 +881,8 @@ int BPF_PROG(verdict_fexit, struct sk_buff *skb, struct nf_hook_state *state, vo
 static __always_inline void route_result(struct sk_buff *skb, long ret)
 {
 	__u64 key = (__u64)skb;
-	struct followed *t = tracked_entry(key);
-	if (!t)
-		return;
 	struct l34 p;
-	skb_l34(skb, &p);
-	if (!same_packet(key, t, &p))
+	if (!followed_skb(skb, &p))
 		return;
 	struct dt_event *e = emit(DT_RTRESULT, key, &p, NULL);
 	if (!e)
