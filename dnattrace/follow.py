@@ -63,8 +63,7 @@ class Follower:
         """Detach everything; the lost-event count is read first so it can still be reported."""
         if self.tracer.started:
             self._read_counters()
-            rows = sorted(self.tracer.unfollowed_drops(), key=lambda r: -r.count)
-            self.unfollowed_drops = [self._describer.describe(r) for r in rows]
+            self.unfollowed_drops = self._describe(self.tracer.unfollowed_drops())
         self.tracer.close()
 
     def __enter__(self):
@@ -103,7 +102,10 @@ class Follower:
     def _unfollowed_drops_since(self) -> list[dict]:
         """Drop sites of packets not followed that gained drops since the last look, with the gain."""
         gained, self._drops_seen = drops.deltas(self._drops_seen, self.tracer.unfollowed_drops())
-        return [self._describer.describe(r) for r in sorted(gained, key=lambda r: -r.count)]
+        return self._describe(gained)
+
+    def _describe(self, rows) -> list[dict]:
+        return [self._describer.describe(r) for r in sorted(rows, key=lambda r: -r.count)]
 
     def _read_counters(self):
         _emitted, self.lost_events, self.not_followed = self.tracer.stats()
@@ -157,8 +159,8 @@ def stop_signals(active=True):
     try:
         yield caught
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def resolve_with_addresses(**options):

@@ -163,8 +163,12 @@ def unfollowed_drops_text(ds: list[dict], at_s: float) -> str:
                      % (d["count"], d["location"], d["reason"], d["netns"], at_s) for d in ds)
 
 
+def _drop_sites(ds: list[dict]) -> list[dict]:
+    return [{k: d.get(k) for k in UNFOLLOWED_DROP_FIELDS} for d in ds]
+
+
 def unfollowed_drops_json(ds: list[dict]) -> dict:
-    return {"type": "unfollowed_drops", "drops": [{k: d.get(k) for k in UNFOLLOWED_DROP_FIELDS} for d in ds]}
+    return {"type": "unfollowed_drops", "drops": _drop_sites(ds)}
 
 
 def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0,
@@ -199,7 +203,7 @@ def journey_json(j: model.Journey, c: model.Connection) -> dict:
 def summary_json(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0,
                  unfollowed_drops: list[dict] = ()) -> dict:
     return {"type": "summary", "lost_events": lost, "not_followed": not_followed, "connections_not_kept": untold,
-            "unfollowed_drops": unfollowed_drops_json(unfollowed_drops)["drops"],
+            "unfollowed_drops": _drop_sites(unfollowed_drops),
             "connections": [{"key": model.to_dict(c.key), "transmissions": c.attempts, "outcome": c.outcome,
                              "dropped": c.dropped, "replies": [r.first.tcp_flags for r in c.replies],
                              "ended": connection_row(c)[3]} for c in conns]}

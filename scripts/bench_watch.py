@@ -355,6 +355,19 @@ def machine_cpu():
     return (user + nice + system + irq + softirq) / TICK, steal / TICK
 
 
+def timed_run(inst, n, seconds):
+    """One client run with its rate, the machine's CPU per connection and the steal time."""
+    busy0, steal0 = machine_cpu()
+    r = run_client(inst, n, seconds)
+    busy1, steal1 = machine_cpu()
+    r["rate"] = r["ok"] / r["seconds"]
+    # CPU the whole machine spent per connection: unlike the rate, it does not move with the time the
+    # hypervisor takes away (steal)
+    r["cpu_us"] = 1e6 * (busy1 - busy0) / max(r["ok"], 1)
+    r["steal_pct"] = 100.0 * (steal1 - steal0) / r["seconds"] / os.cpu_count()
+    return r
+
+
 def measure(inst, cond, n, seconds, tmp, profile=None, bpf_stats=False):
     # the previous condition's watch has exited; the kernel frees its programs and maps after that
     time.sleep(SETTLE_S)
@@ -372,14 +385,7 @@ def measure(inst, cond, n, seconds, tmp, profile=None, bpf_stats=False):
     else:
         time.sleep(ATTACHED_PAUSE_S)       # the same pause as after a watch attaches
     try:
-        busy0, steal0 = machine_cpu()
-        r = run_client(inst, n, seconds)
-        busy1, steal1 = machine_cpu()
-        r["rate"] = r["ok"] / r["seconds"]
-        # CPU the whole machine spent per connection: unlike the rate, it does not move with the time the
-        # hypervisor takes away (steal), which is most of this VM's noise
-        r["cpu_us"] = 1e6 * (busy1 - busy0) / max(r["ok"], 1)
-        r["steal_pct"] = 100.0 * (steal1 - steal0) / r["seconds"] / os.cpu_count()
+        r = timed_run(inst, n, seconds)
         if watch:
             r["watch_cpu_pct"] = 100.0 * (cpu_seconds(watch.p.pid) - watch.cpu0) / r["seconds"]
             if cond != "f":
@@ -547,10 +553,15 @@ def main(argv=None):
     return report(results, conds)
 
 
-def paired(results, cond, key="rate", per_cost=False):
+def round_ratios(results, cond, key="rate", per_cost=False):
     """Each round's figure of cond over the same round's a (a's over cond's for a cost, so that lower is
-    worse either way): (median, lowest, highest)."""
-    ratios = [(a[key] / r[key]) if per_cost else (r[key] / a[key]) for r, a in zip(results[cond], results["a"])]
+    worse either way)."""
+    return [(a[key] / r[key]) if per_cost else (r[key] / a[key]) for r, a in zip(results[cond], results["a"])]
+
+
+def paired(results, cond, key="rate", per_cost=False):
+    """round_ratios' (median, lowest, highest)."""
+    ratios = round_ratios(results, cond, key, per_cost)
     return statistics.median(ratios), min(ratios), max(ratios)
 
 

@@ -63,14 +63,10 @@ def main(argv=None):
                     elif cond == "f":
                         links = bw.attach_floor(floor, host)
                     time.sleep(SETTLE_S)
-                    busy0, _ = bw.machine_cpu()
-                    r = bw.run_client(inst, args.connections, args.seconds)
-                    busy1, _ = bw.machine_cpu()
+                    r = bw.timed_run(inst, args.connections, args.seconds)
                     watch.detach()
                     for link in links:
                         link.close()
-                    r["rate"] = r["ok"] / r["seconds"]
-                    r["cpu_us"] = 1e6 * (busy1 - busy0) / max(r["ok"], 1)
                     results[cond].append(r)
                     print("%-5d %-4s %8d %8.0f %9.1f" % (rnd, cond, r["ok"], r["rate"], r["cpu_us"]), flush=True)
         finally:
@@ -78,11 +74,10 @@ def main(argv=None):
             floor.close()
     print()
     for cond, label in (("b", "watch's programs, another port"), ("f", "empty programs at b's points")):
-        rates = [r["rate"] / a["rate"] for r, a in zip(results[cond], results["a"])]
-        cpu = [a["cpu_us"] / r["cpu_us"] for r, a in zip(results[cond], results["a"])]
-        print("%s/a (%s): rate %s" % (cond, label, spread(rates)))
-        print("    a's CPU per connection / %s's: %s" % (cond, spread(cpu)))
-    ok = statistics.median(r["rate"] / a["rate"] for r, a in zip(results["b"], results["a"])) >= bw.TARGET_B
+        print("%s/a (%s): rate %s" % (cond, label, spread(bw.round_ratios(results, cond))))
+        print("    a's CPU per connection / %s's: %s"
+              % (cond, spread(bw.round_ratios(results, cond, "cpu_us", per_cost=True))))
+    ok = statistics.median(bw.round_ratios(results, "b")) >= bw.TARGET_B
     print("b/a target >= %.2f: %s" % (bw.TARGET_B, bw.verdict(ok)))
     return 0 if ok else 1
 

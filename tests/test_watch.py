@@ -290,15 +290,26 @@ def test_count_stops_after_n_attempts_and_src_filters(lab_instance):
     assert unseen == [] and summary["connections"] == []
 
 
-def test_udp_to_a_closed_port_is_followed_to_its_drop(netns):
+def client_and_host(netns):
+    """Two new namespaces joined by a veth pair: a client 198.51.100.2 and a host 198.51.100.1."""
     client, host = netns("c"), netns("h")
     a, b = net.unique("dtc"), net.unique("dth")
     net.add_veth(a, b, client, host)
     net.add_addr(a, "198.51.100.2/24", client)
     net.add_addr(b, "198.51.100.1/24", host)
-    p = start_watch("--proto", "udp", "--port", "19999", "--netns", host, "--duration", "2")
+    return client, host
+
+
+def send_udp(client, port, n=3):
+    """n datagrams from the client to the host's port (nothing listens there)."""
     net.run([sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-             "[s.sendto(b'x', ('198.51.100.1', 19999)) for _ in range(3)]"], netns=client)
+             "[s.sendto(b'x', ('198.51.100.1', %d)) for _ in range(%d)]" % (port, n)], netns=client)
+
+
+def test_udp_to_a_closed_port_is_followed_to_its_drop(netns):
+    client, host = client_and_host(netns)
+    p = start_watch("--proto", "udp", "--port", "19999", "--netns", host, "--duration", "2")
+    send_udp(client, 19999)
     journeys, summary = finish(p)
     dgrams = [j for j in journeys if j["direction"] == "request"]
     assert len(dgrams) == 3, "each datagram is its own journey"
@@ -364,16 +375,10 @@ def test_tracer_detach_and_attach_again(netns):
     """WatchTracer.detach() closes every link with the programs still loaded, and attach() puts them
     back: what 'scripts/bench watchtoggle' relies on to compare with and without, seconds apart."""
     from dnattrace import tracer as tr
-    client, host = netns("c"), netns("h")
-    a, b = net.unique("dtc"), net.unique("dth")
-    net.add_veth(a, b, client, host)
-    net.add_addr(a, "198.51.100.2/24", client)
-    net.add_addr(b, "198.51.100.1/24", host)
-    send = [sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-            "[s.sendto(b'x', ('198.51.100.1', 19997)) for _ in range(3)]"]
+    client, host = client_and_host(netns)
 
     def seen():
-        net.run(send, netns=client)
+        send_udp(client, 19997)
         time.sleep(0.2)
         return [e for e in t.poll(100) if e.kind == 1]     # receive events: one per datagram
 
