@@ -76,7 +76,7 @@ def main(argv=None):
         click.echo("dnattrace: %s" % e, err=True)
         return e.exit_code
     except Exception as e:  # a libbpf failure with no fallback left
-        from dnattrace.loader import BpfError
+        from dnattrace.kernel.loader import BpfError
         if isinstance(e, BpfError) and not verbose:
             click.echo("dnattrace: %s" % str(e).splitlines()[0], err=True)
             return EXIT_CANNOT_OBSERVE

@@ -20,9 +20,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnattrace import diagnose as dg, lab, probeclient  # noqa: E402
-from dnattrace import target as targets  # noqa: E402
-from dnattrace.lab import net  # noqa: E402
+from dnattrace.diagnose import run as dg, probeclient  # noqa: E402
+from dnattrace import lab
+from dnattrace.watch import resolve as targets  # noqa: E402
+from dnattrace.netns import build as net  # noqa: E402
 
 EXPLAIN_BUDGET_S, DEMO_BUDGET_S = 1.0, 15.0
 SCENARIO = "forwarding-off"

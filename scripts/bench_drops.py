@@ -22,7 +22,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnattrace.lab import net  # noqa: E402
+from dnattrace.netns import build as net  # noqa: E402
 
 CLOSED_PORT = 9
 RR_PORT = 7007

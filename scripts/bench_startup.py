@@ -35,7 +35,7 @@ def time_process(cmd):
 
 
 def time_probe():
-    from dnattrace import capabilities
+    from dnattrace.kernel import capabilities
     t0 = time.perf_counter()
     capabilities.probe(refresh=True)
     return (time.perf_counter() - t0) * 1000

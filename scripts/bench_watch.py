@@ -45,7 +45,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dnattrace import lab  # noqa: E402
-from dnattrace.lab import net  # noqa: E402
+from dnattrace.netns import build as net  # noqa: E402
 
 BENCH_PORT, SERVER_PORT, OTHER_PORT = 8081, 81, 9999
 TARGET_B, TARGET_C, TARGET_RSS_MB = 0.97, 0.90, 60.0
@@ -198,7 +198,7 @@ def prog_stats(ids):
 def load_floor():
     """floor.bpf.o loaded: empty programs for each of watch's default points."""
     import dnattrace
-    from dnattrace import loader
+    from dnattrace.kernel import loader
     obj = loader.BpfObject(os.path.join(os.path.dirname(dnattrace.__file__), "bpfobj", "floor.bpf.o"))
     obj.program("floor_nf").set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
     return obj.load()
@@ -207,7 +207,7 @@ def load_floor():
 def attach_floor(obj, netns_path):
     """The floor's links, at the points b attaches to: the same tracepoints, and the first and last
     netfilter position of every hook in the host's namespace."""
-    from dnattrace import capabilities
+    from dnattrace.kernel import capabilities
     links = [obj.program(p).attach() for p in ("floor_rx", "floor_fib", "floor_xmit", "floor_drop", "floor_consume")]
     links += [obj.program("floor_nf").attach_netfilter(hook, prio, netns_path=netns_path)
               for hook in capabilities.HOOKS.values() for prio in capabilities.EDGE_PRIORITIES]

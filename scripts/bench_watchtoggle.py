@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench_watch as bw  # noqa: E402
-from dnattrace import tracer as tr  # noqa: E402
+from dnattrace.watch import tracer as tr  # noqa: E402
 
 SETTLE_S = 0.3     # after attaching or detaching, before the run
 

@@ -22,14 +22,14 @@ def caps():
     """What this kernel allows, probed once (dnattrace.capabilities; DNATTRACE_AVOID is honoured)."""
     if os.geteuid() != 0:
         pytest.fail("kernel tests need root")
-    from dnattrace import capabilities
+    from dnattrace.kernel import capabilities
     return capabilities.probe()
 
 
 @pytest.fixture
 def netns(root):
     """Factory for uniquely named network namespaces that are deleted after the test."""
-    from dnattrace.lab import net
+    from dnattrace.netns import build as net
     made = []
 
     def make(tag="t"):
@@ -48,7 +48,7 @@ def lab_instance(root):
     """Factory: lab.up(scenario) with a unique prefix; every instance is brought down after the test,
     even when it fails."""
     from dnattrace import lab
-    from dnattrace.lab import net
+    from dnattrace.netns import build as net
     made = []
 
     def up(scenario_id, docker=False):

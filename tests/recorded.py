@@ -3,7 +3,8 @@ scripts/record_steps; each line is {skb, new, step}) replayed into the journey b
 import json
 import os
 
-from dnattrace import journey, model
+from dnattrace.watch import journeys
+from dnattrace import model
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 # the lab's service: published 8080, DNAT target 172.31.0.2:80
@@ -16,7 +17,7 @@ def rows(scenario):
 
 
 def connections(scenario):
-    b = journey.JourneyBuilder(journey.request_matcher(SERVICES))
+    b = journeys.JourneyBuilder(journeys.request_matcher(SERVICES))
     for r in rows(scenario):
         b.add(model.step_from_dict(r["step"]), r["skb"], r["new"])
     b.flush()

@@ -1,11 +1,11 @@
-"""dnattrace.btf: on a BTF blob built here (every kind with a tail the walker must skip) and on the
+"""dnattrace.kernel.btf: on a BTF blob built here (every kind with a tail the walker must skip) and on the
 running kernel's own BTF."""
 import os
 import struct
 
 import pytest
 
-from dnattrace import btf
+from dnattrace.kernel import btf
 
 
 class Blob:

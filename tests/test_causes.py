@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from dnattrace import causes
+from dnattrace.diagnose import causes
 from dnattrace.model import (CONSUME, DROP, NF, ROUTE, RX, XMIT, Connection, CtInfo, Journey, RouteInfo, Step,
                              Tuple5, connection_from_dict, to_dict)
-from dnattrace.system.firewall import CounterMove, parse_iptables_save
-from dnattrace.system.links import Link, RouteResult
-from dnattrace.system.snapshot import Delta, NsDelta, NsEvidence, Snapshot, Target
-from dnattrace.system.sockets import Listener
+from dnattrace.evidence.firewall import CounterMove, parse_iptables_save
+from dnattrace.evidence.links import Link, RouteResult
+from dnattrace.evidence.snapshot import Delta, NsDelta, NsEvidence, Snapshot, Target
+from dnattrace.evidence.sockets import Listener
 
 HOST, CONT = 4026531001, 4026532002
 CLIENT, PUBLIC, INNER = "198.51.100.2", "198.51.100.1", "172.17.0.2"
@@ -158,7 +158,7 @@ def test_docker_user_rule_is_named_and_removed():
     c = conn(*prerouting(), *forwarded(), drop("nft_do_chain+0x4f2", "NETFILTER_DROP"))
     before = parse_iptables_save(rules)
     after = parse_iptables_save(rules.replace("[0:0] %s" % rule, "[3:180] %s" % rule))
-    from dnattrace.system.firewall import counter_delta
+    from dnattrace.evidence.firewall import counter_delta
     d = delta(*counter_delta(before, after))
     f = top(causes.explain([c], snap(host(rules=rules)), d))
     assert f.cause_id == "filter-forward-drop"

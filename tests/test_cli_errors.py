@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from dnattrace import tracefs
+from dnattrace.kernel import tracefs
 from dnattrace.errors import CannotObserve
 
 # Drops to the `nobody` user after Python has started and imported what the command needs (the

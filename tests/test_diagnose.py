@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from dnattrace import lab, probeclient
-from dnattrace.lab import net, scenarios
+from dnattrace import lab
+from dnattrace.diagnose import probeclient
+from dnattrace.netns import build as net
+from dnattrace.lab import scenarios
 
 pytestmark = pytest.mark.kernel
 

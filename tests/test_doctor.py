@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from dnattrace import capabilities, host, tracefs, tracer
-from dnattrace.capabilities import Capabilities, Capability, plan
+from dnattrace.kernel import capabilities, preflight, tracefs
+from dnattrace.watch import tracer
+from dnattrace.kernel.capabilities import Capabilities, Capability, plan
 from dnattrace.errors import CannotObserve
 
 
@@ -129,7 +130,7 @@ def test_fentry_agrees_with_bpftrace(caps):
 
 
 def test_btf_ringbuf_and_drop_reasons_agree_with_bpftool(caps):
-    dump = subprocess.run(["bpftool", "btf", "dump", "file", host.BTF_PATH, "format", "raw"],
+    dump = subprocess.run(["bpftool", "btf", "dump", "file", preflight.BTF_PATH, "format", "raw"],
                           capture_output=True, text=True)
     assert caps.has("btf") == (dump.returncode == 0)
     features = json.loads(subprocess.run(["bpftool", "feature", "probe", "kernel", "-j"], capture_output=True,

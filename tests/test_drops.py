@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from dnattrace import drops as engine
-from dnattrace import kallsyms, netns as nsnames
-from dnattrace.lab import net
-from dnattrace.loader import in_netns
+from dnattrace.drops import counter as engine
+from dnattrace.kernel import kallsyms
+from dnattrace.netns import names as nsnames
+from dnattrace.netns import build as net
+from dnattrace.kernel.loader import in_netns
 
 pytestmark = pytest.mark.kernel
 

@@ -1,7 +1,8 @@
 """Pure logic of the drop counter: decoding map entries, per-interval differences, grouping."""
 import struct
 
-from dnattrace import drops, kallsyms
+from dnattrace.drops import counter as drops
+from dnattrace.kernel import kallsyms
 
 KEY = struct.Struct("<QIIiHHB7x")
 IP_ERROR = 0xFFFFFFFF8204C370 + 0x68

@@ -8,16 +8,17 @@ import subprocess
 
 import pytest
 
-from dnattrace import events, model
+from dnattrace.watch import abi
+from dnattrace import model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def record(**kw):
-    fields = dict.fromkeys(events._FIELDS, 0)
+    fields = dict.fromkeys(abi._FIELDS, 0)
     fields.update(ifname=b"", out_ifname=b"", pkt=b"")
     fields.update(kw)
-    return struct.pack(events._FMT, *[fields[f] for f in events._FIELDS])
+    return struct.pack(abi._FMT, *[fields[f] for f in abi._FIELDS])
 
 
 def be32(addr):
@@ -44,7 +45,7 @@ int main(void) {
 
 
 def test_record_layout_matches_the_c_header(tmp_path):
-    """Compile bpf/watch.h with the host compiler and compare sizes and offsets with events._FMT."""
+    """Compile bpf/watch.h with the host compiler and compare sizes and offsets with abi._FMT."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     assert cc, "a C compiler is needed to check the event layout"
     src = tmp_path / "layout.c"
@@ -52,10 +53,10 @@ def test_record_layout_matches_the_c_header(tmp_path):
     exe = tmp_path / "layout"
     subprocess.run([cc, "-I", os.path.join(ROOT, "bpf"), str(src), "-o", str(exe)], check=True)
     c = dict(line.split() for line in subprocess.run([str(exe)], capture_output=True, text=True).stdout.splitlines())
-    assert int(c.pop("size")) == events.RECORD_SIZE
-    codes = events._FMT[1:]
+    assert int(c.pop("size")) == abi.RECORD_SIZE
+    codes = abi._FMT[1:]
     offsets, off = {}, 0
-    for name, code in zip(events._FIELDS, re.findall(r"\d*[a-zA-Z]", codes)):
+    for name, code in zip(abi._FIELDS, re.findall(r"\d*[a-zA-Z]", codes)):
         size = struct.calcsize("<" + code)
         if code[-1] != "x":
             offsets[name] = off
@@ -65,24 +66,24 @@ def test_record_layout_matches_the_c_header(tmp_path):
 
 
 def test_record_without_packet_bytes():
-    ev = events.decode(record(point=events.DT_RX, caplen=0)[: events.SHORT_SIZE])
-    assert ev.kind == events.DT_RX and ev.packet == b""
+    ev = abi.decode(record(point=abi.DT_RX, caplen=0)[: abi.SHORT_SIZE])
+    assert ev.kind == abi.DT_RX and ev.packet == b""
 
 
 def test_short_record_is_refused():
     with pytest.raises(ValueError, match="disagree"):
-        events.decode(b"\0" * (events.RECORD_SIZE - 8))
+        abi.decode(b"\0" * (abi.RECORD_SIZE - 8))
 
 
 def test_nf_event_with_conntrack_and_dnat():
-    raw = record(ts=5, skb=0xffff1, point=events.DT_NF | events.DT_NEW, hook=0, stage=2, proto=6, tcp_flags=0x02,
+    raw = record(ts=5, skb=0xffff1, point=abi.DT_NF | abi.DT_NEW, hook=0, stage=2, proto=6, tcp_flags=0x02,
                  ctinfo=2, saddr=be32("198.51.100.2"), daddr=be32("172.31.0.2"), sport=be16(41822), dport=be16(80),
                  ct_osrc=be32("198.51.100.2"), ct_odst=be32("198.51.100.1"), ct_osport=be16(41822),
                  ct_odport=be16(8080), ct_rsrc=be32("172.31.0.2"), ct_rdst=be32("198.51.100.2"),
                  ct_rsport=be16(80), ct_rdport=be16(41822), netns=77, ifname=b"veth-ext\0")
-    ev = events.decode(raw)
-    assert ev.new_journey and ev.kind == events.DT_NF
-    s = events.to_step(ev, netns_name=lambda n: "host")
+    ev = abi.decode(raw)
+    assert ev.new_journey and ev.kind == abi.DT_NF
+    s = abi.to_step(ev, netns_name=lambda n: "host")
     assert (s.point, s.hook, s.stage, s.ifname, s.netns_name) == (model.NF, "PREROUTING", "dnat", "veth-ext", "host")
     assert s.tuple == model.Tuple5(6, "198.51.100.2", 41822, "172.31.0.2", 80)
     assert s.tcp_flags == "S"
@@ -91,15 +92,15 @@ def test_nf_event_with_conntrack_and_dnat():
 
 
 def test_drop_event_resolves_location_and_reason():
-    ev = events.decode(record(point=events.DT_DROP, location=0x1234, reason=87, proto=6, tcp_flags=0x12))
-    s = events.to_step(ev, symbolize=lambda a: "ip_error+0x94", reason_name={87: "IP_INADDRERRORS"}.get)
+    ev = abi.decode(record(point=abi.DT_DROP, location=0x1234, reason=87, proto=6, tcp_flags=0x12))
+    s = abi.to_step(ev, symbolize=lambda a: "ip_error+0x94", reason_name={87: "IP_INADDRERRORS"}.get)
     assert (s.location, s.reason, s.tcp_flags) == ("ip_error+0x94", "IP_INADDRERRORS", "SA")
     assert not ev.new_journey
 
 
 def test_route_event_carries_the_lookup_not_ports():
-    ev = events.decode(record(point=events.DT_ROUTE, priority=254, reason=(2 ** 32 - 113), daddr=be32("172.31.0.2"),
+    ev = abi.decode(record(point=abi.DT_ROUTE, priority=254, reason=(2 ** 32 - 113), daddr=be32("172.31.0.2"),
                               out_ifname=b"docker0", stage=1, sport=be16(1), dport=be16(2)))
-    s = events.to_step(ev)
+    s = abi.to_step(ev)
     assert s.tuple is None
     assert (s.route.table, s.route.oif, s.route.err, s.route.dst, s.route.reverse) == (254, "docker0", -113, "172.31.0.2", True)

@@ -4,10 +4,11 @@ import signal
 
 import pytest
 
-from dnattrace import follow, journey, model
+from dnattrace.watch import session, journeys
+from dnattrace import model
 
 
-class _Batches(follow.Follower):
+class _Batches(session.Follower):
     """A Follower whose poll() returns prepared batches and, on poll number `interrupt_at`, sends this
     process SIGINT while making its batch, as Ctrl-C would during a long poll."""
 
@@ -15,7 +16,7 @@ class _Batches(follow.Follower):
         self.batches = list(batches)
         self.interrupt_at = interrupt_at
         self.signals = signals
-        self.builder = journey.JourneyBuilder(lambda t: True)
+        self.builder = journeys.JourneyBuilder(lambda t: True)
         self.new_drops = []
         self.polls = 0
 

@@ -1,5 +1,7 @@
 """Journey building on recorded kernel data: grouping per skb, retransmissions, replies across NAT."""
-from dnattrace import journey, model, timeline
+from dnattrace.watch import journeys
+from dnattrace import model
+from dnattrace.output import journey_lines
 
 from recorded import SERVICES, connections, rows
 
@@ -25,7 +27,7 @@ def test_dnat_rewrite_is_visible_in_prerouting():
     c = next(c for c in connections("forwarding-off") if c.requests)
     j = c.openers[0]
     assert j.tuples()[0].dport == 8080 and j.tuples()[-1] == model.Tuple5(6, "198.51.100.2", c.key.sport, "172.31.0.2", 80)
-    line = next(l for l in timeline.step_lines(j) if l.startswith("PREROUTING"))
+    line = next(l for l in journey_lines.step_lines(j) if l.startswith("PREROUTING"))
     assert "DNAT 198.51.100.1:8080 -> 172.31.0.2:80" in line and "conntrack NEW" in line
 
 
@@ -54,8 +56,8 @@ def test_forward_policy_drop_names_the_hook():
     c = next(c for c in connections("forward-policy-drop") if c.openers)
     j = c.openers[0]
     assert j.drop.reason == "NETFILTER_DROP"
-    assert timeline.drop_hook(j) == "FORWARD"
-    assert "in FORWARD" in timeline.journey_end(j)
+    assert journey_lines.drop_hook(j) == "FORWARD"
+    assert "in FORWARD" in journey_lines.journey_end(j)
 
 
 def test_recycled_skb_starts_a_new_journey():
@@ -63,7 +65,7 @@ def test_recycled_skb_starts_a_new_journey():
     def step(ts, point, flags, **kw):
         return model.Step(ts_ns=ts, point=point, tcp_flags=flags,
                           tuple=model.Tuple5(6, "198.51.100.2", 5000, "198.51.100.1", 8080), **kw)
-    b = journey.JourneyBuilder(journey.request_matcher([(6, 8080, None)]))
+    b = journeys.JourneyBuilder(journeys.request_matcher([(6, 8080, None)]))
     b.add(step(1, model.RX, "S"), 0xabc, new=True)
     b.add(step(2, model.RX, "R"), 0xabc, new=True)
     b.flush()
@@ -73,7 +75,7 @@ def test_recycled_skb_starts_a_new_journey():
 
 
 def test_idle_journeys_expire():
-    b = journey.JourneyBuilder(journey.request_matcher([(6, 8080, None)]), idle_s=1.0)
+    b = journeys.JourneyBuilder(journeys.request_matcher([(6, 8080, None)]), idle_s=1.0)
     b.add(model.Step(ts_ns=10, point=model.RX, tcp_flags="S",
                      tuple=model.Tuple5(6, "198.51.100.2", 1, "198.51.100.1", 8080)), 1)
     assert b.expire(10 + 500_000_000) == []
@@ -96,7 +98,7 @@ def test_recorded_rows_have_kernel_names():
 def test_a_late_drop_completes_the_expired_journey():
     """A SYN parked waiting for ARP is dropped (NEIGH_FAILED) seconds later: same journey, now ended."""
     t = model.Tuple5(6, "198.51.100.2", 7, "198.51.100.1", 8080)
-    b = journey.JourneyBuilder(journey.request_matcher([(6, 8080, None)]), idle_s=1.0)
+    b = journeys.JourneyBuilder(journeys.request_matcher([(6, 8080, None)]), idle_s=1.0)
     b.add(model.Step(ts_ns=0, point=model.RX, tcp_flags="S", tuple=t), 5, new=True)
     (first,) = b.expire(2_000_000_000)
     assert first[0].outcome == "unfinished"
@@ -125,7 +127,7 @@ def test_hook_verdict_names_the_hook_where_there_are_no_netfilter_links():
         model.Step(ts_ns=1, point=model.RX, tuple=t, tcp_flags="S"),
         model.Step(ts_ns=2, point=model.DROP, tuple=t, location="nft_do_chain+0x1", reason="NETFILTER_DROP"),
         model.Step(ts_ns=3, point=model.VERDICT, hook="FORWARD", reason="NF_DROP")])
-    assert timeline.drop_hook(j) == "FORWARD"
+    assert journey_lines.drop_hook(j) == "FORWARD"
 
 
 def test_summary_lists_the_drops_of_packets_not_followed():
@@ -133,20 +135,20 @@ def test_summary_lists_the_drops_of_packets_not_followed():
     conns = [c for c in connections("forwarding-off") if c.requests]
     site = {"count": 7, "location": "ip_error+0x59", "function": "ip_error", "reason": "IP_INADDRERRORS",
             "netns": "lab-host", "proto": "tcp", "port": 80, "meaning": "not shown", "address": "0xffff"}
-    text = timeline.summary_table(conns, 0, 12, 0, [site])
+    text = journey_lines.summary_table(conns, 0, 12, 0, [site])
     assert "12 connections were not followed" in text
     assert "\n  7 at ip_error+0x59 (IP_INADDRERRORS) in lab-host" in text
-    d = timeline.summary_json(conns, 0, 12, 0, [site])
-    assert d["unfollowed_drops"] == [{k: site[k] for k in timeline.UNFOLLOWED_DROP_FIELDS}]
-    assert timeline.summary_json(conns, 0)["unfollowed_drops"] == []
-    assert "dropped while not followed" not in timeline.summary_table(conns, 0)
+    d = journey_lines.summary_json(conns, 0, 12, 0, [site])
+    assert d["unfollowed_drops"] == [{k: site[k] for k in journey_lines.UNFOLLOWED_DROP_FIELDS}]
+    assert journey_lines.summary_json(conns, 0)["unfollowed_drops"] == []
+    assert "dropped while not followed" not in journey_lines.summary_table(conns, 0)
 
 
 def _replay(runs):
     """Connections from several replays of recorded rows: each run is (rows, SYN sequence number, skb
     offset, time offset), as a client that reuses its port would produce them. Between runs the open
     journeys go idle (a port is reused a second after its TIME_WAIT at the earliest)."""
-    b = journey.JourneyBuilder(journey.request_matcher(SERVICES))
+    b = journeys.JourneyBuilder(journeys.request_matcher(SERVICES))
     for rs, seq, skb_off, dt in runs:
         for r in rs:
             d = dict(r["step"], ts_ns=r["step"]["ts_ns"] + dt)
@@ -175,7 +177,7 @@ def test_retransmissions_keep_their_sequence_number_and_stay_one_attempt():
 def test_live_lines_for_drops_of_packets_not_followed():
     site = {"count": 2, "location": "ip_error+0x94", "function": "ip_error", "reason": "IP_INADDRERRORS",
             "netns": "host", "proto": "tcp", "port": 80}
-    assert timeline.unfollowed_drops_text([site], 2.5) == \
+    assert journey_lines.unfollowed_drops_text([site], 2.5) == \
         "not followed: 2 packets dropped at ip_error+0x94 (IP_INADDRERRORS) in host  at +2.50s"
-    d = timeline.unfollowed_drops_json([site, dict(site, count=1, netns="ctr")])
+    d = journey_lines.unfollowed_drops_json([site, dict(site, count=1, netns="ctr")])
     assert d["type"] == "unfollowed_drops" and [x["count"] for x in d["drops"]] == [2, 1]

@@ -1,7 +1,7 @@
 """dnattrace.kallsyms on a recorded sample of /proc/kallsyms (6.18, root) and on the running kernel."""
 import pytest
 
-from dnattrace import kallsyms
+from dnattrace.kernel import kallsyms
 from dnattrace.errors import CannotObserve
 
 SAMPLE = """\
@@ -58,7 +58,7 @@ def test_running_kernel(root):
 
 
 def test_table_is_read_again_when_a_module_loads(tmp_path, monkeypatch):
-    from dnattrace import kallsyms
+    from dnattrace.kernel import kallsyms
     syms, mods = tmp_path / "kallsyms", tmp_path / "modules"
     syms.write_text("ffffffff81000000 T core_a\nffffffff81001000 T core_b\n"
                     "ffffffffc0000000 t old_fn\t[oldmod]\n")

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from conftest import require
 from dnattrace import lab
 from dnattrace.errors import UsageError
-from dnattrace.lab import cli, manage, net, scenarios, state, topology
+from dnattrace.lab import cli, manage, scenarios, state, topology
+from dnattrace.netns import build as net
 
 KNOWN_CAUSES = {"none", "forwarding-off", "filter-forward-drop", "no-listener", "rp-filter", "conntrack-full",
                 "filter-input-drop", "neigh-failed"}

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from conftest import require
-from dnattrace import capabilities, loader, tracefs
-from dnattrace.lab import net
+from dnattrace.kernel import capabilities, loader, tracefs
+from dnattrace.netns import build as net
 
 OBJDIR = os.path.join(os.path.dirname(loader.__file__), "bpfobj")
 PROBES = os.path.join(OBJDIR, "probes.bpf.o")
@@ -192,7 +192,7 @@ def test_missing_object_is_one_clear_line():
 
 CHILD = textwrap.dedent("""
     import json, sys, time
-    from dnattrace import loader
+    from dnattrace.kernel import loader
     obj = loader.BpfObject(sys.argv[1]).only("probe_raw_tp", "probe_netfilter")
     obj.program("probe_netfilter").set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
     obj.load()

@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
-from dnattrace import netns as names
+from dnattrace.netns import names as names
 from dnattrace.errors import UsageError
-from dnattrace.lab import net
+from dnattrace.netns import build as net
 
 
 def test_host_and_ip_netns_names(netns):

@@ -1,5 +1,5 @@
 """The shared table of drop reason meanings, checked against the running kernel's enum."""
-from dnattrace import btf, reasons
+from dnattrace.kernel import btf, reasons
 
 REQUIRED = ["NETFILTER_DROP", "NO_SOCKET", "OTHERHOST", "CPU_BACKLOG", "PKT_TOO_SMALL", "SOCKET_RCVBUFF",
             "IP_RPFILTER", "NOT_SPECIFIED", "QUEUE_PURGE", "TCP_INVALID_SYN", "TCP_LISTEN_OVERFLOW",

@@ -10,9 +10,10 @@ import time
 import pytest
 
 from dnattrace.errors import UsageError
-from dnattrace.lab import net
-from dnattrace.system import conntrack, firewall, links, ns, snmp, sockets, sysctl
-from dnattrace.system.snapshot import Snapshot, Target, diff
+from dnattrace.netns import build as net
+from dnattrace.evidence import conntrack, firewall, links, snmp, sockets, sysctl
+from dnattrace.netns import enter as ns
+from dnattrace.evidence.snapshot import Snapshot, Target, diff
 
 CLIENT, ROUTER_OUT, ROUTER_IN, SERVER = "198.51.100.2", "198.51.100.1", "203.0.113.1", "203.0.113.2"
 
@@ -196,7 +197,7 @@ def test_a_namespace_that_is_not_there_is_one_clear_error():
 
 def test_real_evidence_alone_points_at_forwarding_off(topo):
     """No journey: the snapshot of a router with forwarding off on its ingress is enough for a suspicion."""
-    from dnattrace import causes
+    from dnattrace.diagnose import causes
     net.sysctl_set("net.ipv4.conf.all.forwarding", 0, topo["rname"])
     snap = Snapshot.take(host_netns=topo["r"], target=Target("tcp", 8080, SERVER, 80),
                          ingress=topo["rc"], client=CLIENT)
@@ -207,7 +208,7 @@ def test_real_evidence_alone_points_at_forwarding_off(topo):
 
 
 def test_real_counter_delta_alone_names_the_forward_rule(topo):
-    from dnattrace import causes
+    from dnattrace.diagnose import causes
     iptables(topo, "-N", "DOCKER-USER")
     iptables(topo, "-A", "FORWARD", "-j", "DOCKER-USER")
     iptables(topo, "-A", "DOCKER-USER", "-s", CLIENT, "-j", "DROP")

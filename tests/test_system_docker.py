@@ -10,8 +10,8 @@ import pytest
 
 from conftest import require
 from dnattrace.errors import UsageError
-from dnattrace.lab import net
-from dnattrace.system import docker_state, sockets
+from dnattrace.netns import build as net
+from dnattrace.evidence import docker_state, sockets
 
 IMAGE = "dnattrace-test:busybox"
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"

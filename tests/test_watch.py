@@ -9,8 +9,10 @@ import time
 import pytest
 
 from conftest import require
-from dnattrace import capabilities, lab, probeclient
-from dnattrace.lab import net
+from dnattrace.kernel import capabilities
+from dnattrace import lab
+from dnattrace.diagnose import probeclient
+from dnattrace.netns import build as net
 
 pytestmark = pytest.mark.kernel
 
@@ -374,7 +376,7 @@ def test_watch_of_a_port_in_this_namespace_asks_docker_apart(root):
 def test_tracer_detach_and_attach_again(netns):
     """WatchTracer.detach() closes every link with the programs still loaded, and attach() puts them
     back: what 'scripts/bench watchtoggle' relies on to compare with and without, seconds apart."""
-    from dnattrace import tracer as tr
+    from dnattrace.watch import tracer as tr
     client, host = client_and_host(netns)
 
     def seen():

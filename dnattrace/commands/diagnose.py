@@ -7,17 +7,17 @@ import time
 
 import click
 
-from dnattrace import host
+from dnattrace.kernel import preflight
 from dnattrace.commands.watch import watch_options
 from dnattrace.errors import EXIT_FAULT, EXIT_OK, UsageError
 
 
 def _print_result(res, as_json):
-    from dnattrace import report
+    from dnattrace.output import diagnosis
     if as_json:
-        click.echo(json.dumps(report.as_dict(res)))
+        click.echo(json.dumps(diagnosis.as_dict(res)))
     else:
-        click.echo(report.text(res))
+        click.echo(diagnosis.text(res))
 
 
 def _ready(t, timeout, as_json, client):
@@ -47,14 +47,15 @@ def _exit_code(res):
 @click.pass_context
 def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as_json):
     """Watch, follow, explain the cause with evidence, and print the fix."""
-    from dnattrace import diagnose as dg, probeclient, target as targets
+    from dnattrace.diagnose import run as dg, probeclient
+    from dnattrace.watch import resolve as targets
 
     if port is not None:
         targets.check_port(port)
     if timeout <= 0:
         raise UsageError("--timeout must be positive")
-    host.require_root()
-    host.require_btf()
+    preflight.require_root()
+    preflight.require_btf()
     t = targets.resolve(port=port, container=container, proto=proto, netns=netns)
     client = None
     traffic = None
@@ -88,10 +89,13 @@ def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as
 @click.pass_context
 def demo(ctx, scenario, docker, as_json):
     """Bring up a broken lab host, send a few SYNs, diagnose, tear the lab down."""
-    from dnattrace import diagnose as dg, lab, probeclient, target as targets
-    from dnattrace.lab import net, scenarios
+    from dnattrace.diagnose import run as dg, probeclient
+    from dnattrace import lab
+    from dnattrace.watch import resolve as targets
+    from dnattrace.netns import build as net
+    from dnattrace.lab import scenarios
 
-    host.require_root()
+    preflight.require_root()
     sc = scenarios.get(scenario)
     t0 = time.monotonic()
     inst = lab.up(sc.id, prefix=net.unique("demo"), docker=docker)

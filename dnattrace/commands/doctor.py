@@ -5,7 +5,7 @@ import json
 
 import click
 
-from dnattrace import capabilities, host, tracefs
+from dnattrace.kernel import capabilities, preflight, tracefs
 from dnattrace.errors import EXIT_CANNOT_OBSERVE, EXIT_OK
 
 
@@ -37,7 +37,7 @@ def _tables(caps, entries):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (capabilities, plan, summary).")
 def doctor(as_json):
     """Show what this kernel supports (decided by trying) and which probes dnattrace will use."""
-    host.require_root()
+    preflight.require_root()
     tracefs.ensure()
     caps = capabilities.probe()
     entries = capabilities.plan(caps)

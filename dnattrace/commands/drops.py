@@ -8,7 +8,7 @@ import time
 
 import click
 
-from dnattrace import render
+from dnattrace.output import tables
 from dnattrace.errors import UsageError
 
 COLUMNS = ("count", "rate", "location", "reason", "netns", "proto", "meaning")
@@ -42,7 +42,7 @@ class Printer:
         self.stacks = stacks
 
     def _describe(self, rows, seconds):
-        from dnattrace import drops
+        from dnattrace.drops import counter as drops
         out = []
         for row in rows:
             d = self.describer.describe(row, seconds)
@@ -56,14 +56,14 @@ class Printer:
         total = sum(d["count"] for d in described)
         shown = described[: self.top] if self.top else described
         if self.as_json:
-            render.emit(render.json_line({
+            tables.emit(tables.json_line({
                 "type": kind, "time": round(time.time(), 3), "seconds": round(seconds, 3),
                 "probe": self.counter.probe, "total": total, "overflow": overflow, "rows": shown}))
         elif self.dropwatch:
             for d in shown:
-                render.emit("%d drops at %s (%s) [%s]" % (d["count"], d["location"], d["address"], d["reason"]))
+                tables.emit("%d drops at %s (%s) [%s]" % (d["count"], d["location"], d["address"], d["reason"]))
             if overflow:
-                render.emit("%d drops not attributed (drop map full)" % overflow)
+                tables.emit("%d drops not attributed (drop map full)" % overflow)
         else:
             self._table(kind, described, shown, total, seconds, overflow)
 
@@ -71,20 +71,20 @@ class Printer:
         stamp = time.strftime("%H:%M:%S")
         title = "since start" if kind == "summary" else "in %.1f s" % seconds
         if not described:
-            render.emit("%s  no drops %s" % (stamp, title))
+            tables.emit("%s  no drops %s" % (stamp, title))
             return
-        render.emit("%s  %d drops %s at %d sites" % (stamp, total, title, len(described)))
-        rows = [dict(d, meaning=render.shorten(d["meaning"], MEANING_WIDTH)) for d in shown]
+        tables.emit("%s  %d drops %s at %d sites" % (stamp, total, title, len(described)))
+        rows = [dict(d, meaning=tables.shorten(d["meaning"], MEANING_WIDTH)) for d in shown]
         totals = {"count": total, "rate": round(total / seconds, 1) if seconds else None, "location": "total"}
         if len(shown) < len(described):
             totals["reason"] = "(%d more rows)" % (len(described) - len(shown))
-        render.emit(render.table(rows, COLUMNS, totals=totals))
+        tables.emit(tables.table(rows, COLUMNS, totals=totals))
         for d in shown[:STACK_ROWS]:
             if d.get("stack"):
-                render.emit("  stack at %s: %s" % (d["location"], " < ".join(d["stack"])))
+                tables.emit("  stack at %s: %s" % (d["location"], " < ".join(d["stack"])))
         if overflow:
-            render.emit("warning: %d drops not attributed: the drop map is full" % overflow)
-        render.emit("")
+            tables.emit("warning: %d drops not attributed: the drop map is full" % overflow)
+        tables.emit("")
 
 
 @click.command()
@@ -105,10 +105,12 @@ class Printer:
 def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_json, dropwatch, stacks):
     """Count kernel packet drops: where (function+offset), why (drop reason), in which namespace."""
     _check(interval, duration, count, top, port)
-    from dnattrace import drops as engine
-    from dnattrace import apart, kallsyms, netns
+    from dnattrace.drops import counter as engine
+    from dnattrace import forked
+    from dnattrace.kernel import kallsyms
+    from dnattrace.netns import names as netns
 
-    apart.stay_light()      # long-lived: Docker's names are asked in a child process (dnattrace.apart)
+    forked.stay_light()      # long-lived: Docker's names are asked in a child process (dnattrace.forked)
     ns_inode = netns.resolve(netns_name)[0] if netns_name else None
     namer = netns.Namer()
     symbols = kallsyms.load()
@@ -117,10 +119,10 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
         printer = Printer(engine.Describer(namer, symbols), counter, by, top, as_json, dropwatch, stacks)
         start = last = time.monotonic()
         if as_json:   # tells a reading program that counting has begun
-            render.emit(render.json_line({"type": "start", "time": round(time.time(), 3),
+            tables.emit(tables.json_line({"type": "start", "time": round(time.time(), 3),
                                           "probe": counter.probe, "interval": interval}))
         elif not dropwatch:
-            render.emit("Counting drops with %s%s; Ctrl-C for the totals." % (
+            tables.emit("Counting drops with %s%s; Ctrl-C for the totals." % (
                 counter.probe, " (every %g s)" % interval if interval != 1 else ""))
         spans = 0
         interrupted = False
@@ -143,5 +145,5 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
         # dropwatch never printed totals at a normal end; keep its output shape unless interrupted
         if interrupted or not dropwatch:
             if dropwatch:
-                render.emit("--- since start ---")
+                tables.emit("--- since start ---")
             printer.span("summary", counter.cumulative(), time.monotonic() - start, counter.overflow_total)

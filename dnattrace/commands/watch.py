@@ -6,7 +6,8 @@ import time
 
 import click
 
-from dnattrace import host, render, timeline
+from dnattrace.kernel import preflight
+from dnattrace.output import tables, journey_lines
 from dnattrace.errors import UsageError
 
 
@@ -40,8 +41,9 @@ def watch_options(f):
 def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, count, as_json, pcap, max_rate,
           hook_detail):
     """Follow each SYN (and its reply) through the kernel, hook by hook."""
-    from dnattrace import apart, model, target as targets
-    from dnattrace.follow import Follower, resolve_with_addresses
+    from dnattrace import forked, model
+    from dnattrace.watch import resolve as targets
+    from dnattrace.watch.session import Follower, resolve_with_addresses
 
     if port is not None:
         targets.check_port(port)
@@ -52,16 +54,16 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
             raise UsageError("--src %s is not an address range (CIDR)" % src) from None
     if count is not None and count < 1:
         raise UsageError("--count must be at least 1")
-    host.require_root()
-    host.require_btf()
+    preflight.require_root()
+    preflight.require_btf()
     # a long-lived process with a memory budget: Docker's and pyroute2's imports stay in short-lived
     # children, for the target here and for the look-ups made while watching (dnattrace.apart)
-    apart.stay_light()
-    t, local = apart.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns,
+    forked.stay_light()
+    t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns,
                                dst=dst)
     writer = None
     if pcap:
-        from dnattrace.pcapng import PcapngWriter
+        from dnattrace.watch.pcapng import PcapngWriter
         try:
             writer = PcapngWriter(pcap)
         except OSError as e:
@@ -79,15 +81,15 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         if c.requests:
             shown.add(id(c))
         if as_json:
-            out(render.json_line(timeline.journey_json(j, c)))
+            out(tables.json_line(journey_lines.journey_json(j, c)))
         else:
-            out(timeline.render_journey(j, c, t0))
+            out(journey_lines.render_journey(j, c, t0))
 
     def on_drops(ds):
         if as_json:
-            out(render.json_line(timeline.unfollowed_drops_json(ds)))
+            out(tables.json_line(journey_lines.unfollowed_drops_json(ds)))
         else:
-            out(timeline.unfollowed_drops_text(ds, (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - t0) / 1e9))
+            out(journey_lines.unfollowed_drops_text(ds, (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - t0) / 1e9))
 
     def enough():
         return count is not None and len(shown) >= count
@@ -97,7 +99,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         with f:
             # said once the probes are attached, so a script can start its traffic on this line
             if as_json:
-                out(render.json_line({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
+                out(tables.json_line({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
                                       "probes": f.tracer.chosen}), nl=True)
             else:
                 out("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
@@ -111,6 +113,6 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     conns = [c for c in f.builder.all_connections() if wanted(c)]
     counts = (f.lost_events, f.not_followed, f.builder.retired_untold, f.unfollowed_drops)
     if as_json:
-        out(render.json_line(timeline.summary_json(conns, *counts)))
+        out(tables.json_line(journey_lines.summary_json(conns, *counts)))
     else:
-        out("\n" + timeline.summary_table(conns, *counts))
+        out("\n" + journey_lines.summary_table(conns, *counts))

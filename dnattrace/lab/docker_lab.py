@@ -19,7 +19,8 @@ import subprocess
 import tarfile
 import time
 
-from dnattrace.lab import net, state
+from dnattrace.netns import build as net
+from dnattrace.lab import state
 
 IMAGE = "dnattrace-lab:busybox"
 CLIENT_ADDR, OUTSIDE_ADDR = "198.51.100.2", "198.51.100.1"

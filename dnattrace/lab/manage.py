@@ -5,7 +5,8 @@ import re
 import time
 
 from dnattrace.errors import UsageError
-from dnattrace.lab import net, scenarios, state
+from dnattrace.netns import build as net
+from dnattrace.lab import scenarios, state
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,30}$")
 _TOKEN = re.compile(r"^[a-z0-9]{1,9}$")

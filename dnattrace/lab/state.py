@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 
-from dnattrace.lab import net
+from dnattrace.netns import build as net
 
 STATE_DIR = "/run/dnattrace/lab"
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from dnattrace.lab import net
+from dnattrace.netns import build as net
 
 CLIENT_ADDR, OUTSIDE_ADDR = "198.51.100.2", "198.51.100.1"
 BRIDGE_ADDR, CONTAINER_ADDR, BRIDGE_PREFIX = "172.31.0.1", "172.31.0.2", 16

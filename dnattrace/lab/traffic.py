@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from dnattrace.lab import net
+from dnattrace.netns import build as net
 
 MAX_ATTEMPTS, MAX_SYNS = 100, 10000
 

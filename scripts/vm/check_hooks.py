@@ -18,15 +18,16 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from dnattrace import capabilities, events, kallsyms, loader, tracer  # noqa: E402
-from dnattrace.lab import net  # noqa: E402
+from dnattrace.kernel import capabilities, kallsyms, loader  # noqa: E402
+from dnattrace.watch import abi, tracer
+from dnattrace.netns import build as net  # noqa: E402
 
 CLIENT, ROUTER, FRONT, BACKEND = "198.51.100.2", "198.51.100.1", "203.0.113.1", "203.0.113.2"
 PORT, BACKEND_PORT = 8080, 80
 HOOKS = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
-NAMES = {events.DT_RX: "rx", events.DT_NF: "nf", events.DT_ROUTE: "route", events.DT_XMIT: "xmit",
-         events.DT_DROP: "drop", events.DT_CONSUME: "consume", events.DT_VERDICT: "verdict",
-         events.DT_RTRESULT: "rtresult"}
+NAMES = {abi.DT_RX: "rx", abi.DT_NF: "nf", abi.DT_ROUTE: "route", abi.DT_XMIT: "xmit",
+         abi.DT_DROP: "drop", abi.DT_CONSUME: "consume", abi.DT_VERDICT: "verdict",
+         abi.DT_RTRESULT: "rtresult"}
 
 
 class Hiding:
@@ -91,22 +92,22 @@ def collect(t, seconds):
 
 
 def kind(ev):
-    return ev.point & ~events.DT_NEW
+    return ev.point & ~abi.DT_NEW
 
 
 def describe(ev, syms):
-    text = "%-8s %s:%d > %s:%d" % (NAMES.get(kind(ev), ev.point), events.ip(ev.saddr), events.port(ev.sport),
-                                   events.ip(ev.daddr), events.port(ev.dport))
-    if kind(ev) in (events.DT_DROP, events.DT_CONSUME, events.DT_RTRESULT) and ev.location:
+    text = "%-8s %s:%d > %s:%d" % (NAMES.get(kind(ev), ev.point), abi.ip(ev.saddr), abi.port(ev.sport),
+                                   abi.ip(ev.daddr), abi.port(ev.dport))
+    if kind(ev) in (abi.DT_DROP, abi.DT_CONSUME, abi.DT_RTRESULT) and ev.location:
         text += " at %s" % syms.function(ev.location)
-    if kind(ev) == events.DT_DROP:
+    if kind(ev) == abi.DT_DROP:
         text += " reason %d" % ev.reason
-    if kind(ev) == events.DT_VERDICT:
+    if kind(ev) == abi.DT_VERDICT:
         text += " hook %s ret %d" % (HOOKS[ev.hook] if ev.hook < 5 else ev.hook, ev.reason - (1 << 32)
                                      if ev.reason >= 1 << 31 else ev.reason)
-    if kind(ev) == events.DT_RTRESULT:
+    if kind(ev) == abi.DT_RTRESULT:
         text += " ret %d dev %s" % (ev.reason, ev.out_ifname.rstrip(b"\0").decode())
-    if kind(ev) == events.DT_NF:
+    if kind(ev) == abi.DT_NF:
         text += " hook %s" % (HOOKS[ev.hook] if ev.hook < 5 else ev.hook)
     return text
 
@@ -164,13 +165,13 @@ def main():
             with start(vcaps, failed, label) as t:
                 print("  loaded and attached in %.1f s" % (time.monotonic() - t0))
                 failed += ["%s/off: %s" % (label, w) for w in scenario(topo, t, syms, False, False, [
-                    ("rtresult at ip_error", at(events.DT_RTRESULT, "ip_error")),
-                    ("drop at ip_error", at(events.DT_DROP, "ip_error"))])]
+                    ("rtresult at ip_error", at(abi.DT_RTRESULT, "ip_error")),
+                    ("drop at ip_error", at(abi.DT_DROP, "ip_error"))])]
                 failed += ["%s/drop: %s" % (label, w) for w in scenario(topo, t, syms, True, True, [
-                    ("rtresult at ip_forward", at(events.DT_RTRESULT, "ip_forward")),
-                    ("FORWARD verdict NF_DROP", lambda ev: kind(ev) == events.DT_VERDICT and ev.hook == 2
+                    ("rtresult at ip_forward", at(abi.DT_RTRESULT, "ip_forward")),
+                    ("FORWARD verdict NF_DROP", lambda ev: kind(ev) == abi.DT_VERDICT and ev.hook == 2
                      and ev.reason >= 1 << 31),
-                    ("drop", lambda ev: kind(ev) == events.DT_DROP)])]
+                    ("drop", lambda ev: kind(ev) == abi.DT_DROP)])]
                 print("  stats (events, lost): %s" % (t.stats(),))
     print("FAILED: " + "; ".join(failed) if failed else "OK: all expectations held")
     return 1 if failed else 0

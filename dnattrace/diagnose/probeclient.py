@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Optional
 
-from dnattrace.lab import net
+from dnattrace.netns import build as net
 
 _CONNECT = """
 import socket, sys, time

@@ -16,10 +16,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from dnattrace import host, loader, tracefs
+from dnattrace.kernel import loader, objects, preflight, tracefs
 from dnattrace.errors import CannotObserve
 
-PROBES_OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpfobj", "probes.bpf.o")
+PROBES_OBJECT = objects.path("probes")
 KALLSYMS = "/proc/kallsyms"
 
 # Trial order, which is also the order doctor prints them in.
@@ -136,13 +136,13 @@ class _TrialFailed(Exception):
 
 
 def _trial_btf():
-    if not host.has_btf():
-        return False, "%s is missing: the kernel needs CONFIG_DEBUG_INFO_BTF" % host.BTF_PATH
-    with open(host.BTF_PATH, "rb") as f:
+    if not preflight.has_btf():
+        return False, "%s is missing: the kernel needs CONFIG_DEBUG_INFO_BTF" % preflight.BTF_PATH
+    with open(preflight.BTF_PATH, "rb") as f:
         magic = f.read(2)
     if magic != b"\x9f\xeb":
-        return False, "%s is not BTF" % host.BTF_PATH
-    return True, "%s (%d KiB)" % (host.BTF_PATH, os.path.getsize(host.BTF_PATH) // 1024)
+        return False, "%s is not BTF" % preflight.BTF_PATH
+    return True, "%s (%d KiB)" % (preflight.BTF_PATH, os.path.getsize(preflight.BTF_PATH) // 1024)
 
 
 def _trial_tracefs():
@@ -188,7 +188,7 @@ def _trial_ringbuf():
 def _trial_drop_reason_enum():
     """Number of skb_drop_reason values: from BTF (dnattrace.btf), else from the kfree_skb format file."""
     try:
-        from dnattrace import btf
+        from dnattrace.kernel import btf
         n = btf.enum_count("skb_drop_reason")
         return True, "%d values (BTF enum skb_drop_reason)" % n, n
     except Exception as e:      # no btf module yet, no BTF, or no such enum: try the tracepoint's table

@@ -12,10 +12,10 @@ import logging
 import os
 import time
 
-from dnattrace import apart
+from dnattrace import forked
 from dnattrace.errors import DnattraceError, UsageError
 
-log = logging.getLogger("dnattrace.netns")
+log = logging.getLogger("dnattrace.netns.names")
 
 NETNS_DIR = "/run/netns"
 ROOT_NS = "/proc/1/ns/net"
@@ -67,7 +67,7 @@ def docker_netns():
     In a long-lived watch or drops, which ask this now and then to name a new namespace, it is asked in a
     short-lived child process (dnattrace.apart): the Docker SDK's imports (about 16 MB) must not stay."""
     try:
-        return apart.lookup(_docker_netns, timeout=_DOCKER_TIMEOUT_S)
+        return forked.lookup(_docker_netns, timeout=_DOCKER_TIMEOUT_S)
     except DnattraceError as e:   # an engine that hangs: no names from Docker this time
         log.debug("no Docker names: %s", e)
         return {}

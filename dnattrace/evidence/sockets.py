@@ -9,7 +9,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from dnattrace.system.ns import entered
+from dnattrace.netns.enter import entered
 
 TCP_LISTEN = "0A"
 UDP_UNCONNECTED = "07"

@@ -6,8 +6,8 @@ A full table makes conntrack refuse new connections: the packet is dropped by ne
 """
 from __future__ import annotations
 
-from dnattrace.system import sysctl
-from dnattrace.system.ns import entered
+from dnattrace.evidence import sysctl
+from dnattrace.netns.enter import entered
 
 STAT_FILE = "/proc/thread-self/net/stat/nf_conntrack"
 

@@ -12,15 +12,13 @@ import logging
 import os
 import struct
 from collections import Counter
-from importlib import resources
 
-from dnattrace import btf, kallsyms, reasons
+from dnattrace.kernel import btf, kallsyms, objects, reasons
 from dnattrace.errors import CannotObserve
-from dnattrace.loader import BpfError, BpfObject
+from dnattrace.kernel.loader import BpfError, BpfObject
 
-log = logging.getLogger("dnattrace.drops")
+log = logging.getLogger("dnattrace.drops.counter")
 
-OBJECT = "drops.bpf.o"
 FLAG_PORT, FLAG_STACKS, FLAG_NETNS = 1, 2, 4
 # struct drop_key and struct drops_config in bpf/drops.bpf.c
 _KEY = struct.Struct("<QIIiHHB7x")
@@ -80,7 +78,7 @@ def deltas(previous, current):
 
 
 def object_path():
-    return str(resources.files("dnattrace").joinpath("bpfobj", OBJECT))
+    return objects.path("drops")
 
 
 class DropCounter:
@@ -121,7 +119,7 @@ class DropCounter:
             obj.load()
             obj.map("drops_cfg").update(b"\0" * 4, self._config_bytes())
             if prog == "drops_tp":
-                from dnattrace import tracefs
+                from dnattrace.kernel import tracefs
                 tracefs.ensure()
             obj.program(prog).attach()
         except BaseException:

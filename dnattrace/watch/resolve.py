@@ -12,7 +12,7 @@ from typing import Optional
 
 from dnattrace import model
 from dnattrace.errors import DnattraceError, UsageError
-from dnattrace.tracer import FilterEntry
+from dnattrace.watch.tracer import FilterEntry
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Target:
 
     def netns_inodes(self) -> set[int]:
         """Inodes of the watched namespaces (what the BPF programs report per step)."""
-        from dnattrace.system import ns
+        from dnattrace.netns import enter as ns
         return {ns.inode(p) for p in self.netns_paths()}
 
     def describe(self) -> str:
@@ -78,7 +78,7 @@ def netns_path_of(name: Optional[str]) -> Optional[str]:
         return None
     if os.path.exists(name):
         return name
-    from dnattrace import netns
+    from dnattrace.netns import names as netns
     _inode, path = netns.resolve(name)
     if path is None:
         raise UsageError("network namespace %s has no path to enter" % name)
@@ -86,7 +86,7 @@ def netns_path_of(name: Optional[str]) -> Optional[str]:
 
 
 def from_container(name: str, proto: str = "tcp", port: Optional[int] = None) -> Target:
-    from dnattrace.system import docker_state
+    from dnattrace.evidence import docker_state
     c = docker_state.container(name)
     if not c.running:
         raise UsageError("container %s is not running" % c.name)
@@ -105,13 +105,13 @@ def from_port(port: int, proto: str = "tcp", host_netns: Optional[str] = None) -
     port = check_port(port)
     if host_netns is None:
         try:
-            from dnattrace.system import docker_state
+            from dnattrace.evidence import docker_state
             found = docker_state.publisher(port, proto)
         except DnattraceError:
             found = None    # no Docker engine: fall back to the rules
         if found:
             return from_container(found[0].name, proto, port)
-    from dnattrace.system import firewall
+    from dnattrace.evidence import firewall
     try:
         rules = firewall.read_iptables(host_netns)
         targets = firewall.dnat_targets(rules, port, proto)
@@ -133,8 +133,8 @@ def owner_netns(addr: str, host_netns: Optional[str] = None) -> Optional[str]:
     hooks are watched too. Several namespaces may hold the same private address (one per lab or per
     compose project): the one whose veth peer sits in the host's namespace is the one the host reaches.
     """
-    from dnattrace import netns as nsnames
-    from dnattrace.system import links
+    from dnattrace.netns import names as nsnames
+    from dnattrace.evidence import links
     candidates = [path for _name, (_ino, path) in nsnames.ip_netns().items()]
     candidates += [path for _name, (_ino, path) in nsnames.docker_netns().items()]
     holders = []
@@ -169,7 +169,7 @@ def resolve(port: Optional[int] = None, container: Optional[str] = None, proto: 
 
 def from_lab(inst) -> Target:
     """The Target of a lab instance (dnattrace.lab): its published port, DNAT target and namespaces."""
-    from dnattrace.lab import net
+    from dnattrace.netns import build as net
     return Target(proto=inst.proto, port=inst.target_port,
                   backends=[Endpoint(inst.container_addr, inst.container_port)],
                   container=inst.container_name or "",

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dnattrace import apart
+from dnattrace import forked
 from dnattrace.errors import DnattraceError, EXIT_USAGE, UsageError
 
 _touched = False
@@ -16,7 +16,7 @@ _touched = False
 def _answer(x, y=0):
     global _touched
     _touched = True         # a side effect of the look-up: must stay in the child
-    return {"pid": os.getpid(), "sum": x + y, "nested_pid": apart.run_apart(os.getpid)}
+    return {"pid": os.getpid(), "sum": x + y, "nested_pid": forked.run_apart(os.getpid)}
 
 
 def _refuse(kind, message):
@@ -41,7 +41,7 @@ def _gone(pid):
 
 
 def test_result_comes_back_from_a_child_that_is_gone_afterwards():
-    out = apart.run_apart(_answer, 40, y=2)
+    out = forked.run_apart(_answer, 40, y=2)
     assert out["sum"] == 42
     assert out["pid"] != os.getpid(), "it ran in another process"
     assert out["nested_pid"] == out["pid"], "inside a child, run_apart calls fn where it is"
@@ -52,7 +52,7 @@ def test_result_comes_back_from_a_child_that_is_gone_afterwards():
 @pytest.mark.parametrize("kind", [UsageError, DnattraceError, ValueError])
 def test_exception_keeps_its_type_and_message(kind):
     with pytest.raises(kind) as caught:
-        apart.run_apart(_refuse, kind, "no container named nope")
+        forked.run_apart(_refuse, kind, "no container named nope")
     assert type(caught.value) is kind and str(caught.value) == "no container named nope"
     if issubclass(kind, DnattraceError):
         assert caught.value.exit_code == EXIT_USAGE
@@ -60,21 +60,21 @@ def test_exception_keeps_its_type_and_message(kind):
 
 
 def test_foreign_exception_comes_back_named_without_its_type():
-    with pytest.raises(apart.ChildFailed) as caught:
-        apart.run_apart(_refuse, Foreign, "engine said no")
-    assert str(caught.value) == "test_apart.Foreign: engine said no"
+    with pytest.raises(forked.ChildFailed) as caught:
+        forked.run_apart(_refuse, Foreign, "engine said no")
+    assert str(caught.value) == "test_forked.Foreign: engine said no"
 
 
 def test_a_result_that_does_not_pickle_is_a_clear_error():
-    with pytest.raises(apart.ChildFailed, match=r"cannot send the result of \S*<lambda> back"):
-        apart.run_apart(lambda: (lambda: 0))
+    with pytest.raises(forked.ChildFailed, match=r"cannot send the result of \S*<lambda> back"):
+        forked.run_apart(lambda: (lambda: 0))
 
 
 def test_hanging_child_is_killed_after_the_timeout(tmp_path):
     pid_file = tmp_path / "pid"
     t0 = time.monotonic()
     with pytest.raises(DnattraceError, match=r"_pid_then did not answer within 0\.5 s") as caught:
-        apart.run_apart(_pid_then, str(pid_file), "hang", timeout=0.5)
+        forked.run_apart(_pid_then, str(pid_file), "hang", timeout=0.5)
     assert time.monotonic() - t0 < 5
     assert type(caught.value) is DnattraceError
     assert _gone(int(pid_file.read_text()))
@@ -83,19 +83,19 @@ def test_hanging_child_is_killed_after_the_timeout(tmp_path):
 def test_child_that_dies_without_answering(tmp_path):
     pid_file = tmp_path / "pid"
     with pytest.raises(DnattraceError, match="ended without an answer .killed by signal SIGKILL"):
-        apart.run_apart(_pid_then, str(pid_file), "die")
+        forked.run_apart(_pid_then, str(pid_file), "die")
     assert _gone(int(pid_file.read_text()))
 
 
 def test_pending_output_is_not_printed_twice(capfd):
     sys.stdout.write("before the fork")     # buffered, not yet flushed
-    apart.run_apart(print, "from the child")
+    forked.run_apart(print, "from the child")
     sys.stdout.flush()
     assert capfd.readouterr().out == "before the forkfrom the child\n"
 
 
 def test_lookup_runs_apart_only_once_the_process_stays_light(monkeypatch):
-    assert apart.lookup(os.getpid) == os.getpid(), "one-shot commands look up right here"
-    monkeypatch.setattr(apart, "_light", True)      # what stay_light() does, undone after the test
-    pid = apart.lookup(os.getpid)
+    assert forked.lookup(os.getpid) == os.getpid(), "one-shot commands look up right here"
+    monkeypatch.setattr(forked, "_light", True)      # what stay_light() does, undone after the test
+    pid = forked.lookup(os.getpid)
     assert pid != os.getpid() and _gone(pid)

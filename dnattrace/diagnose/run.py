@@ -14,10 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from dnattrace import causes, model
-from dnattrace.follow import Follower
-from dnattrace.system import snapshot as snap
-from dnattrace.target import Target
+from dnattrace.diagnose import causes
+from dnattrace import model
+from dnattrace.watch.session import Follower
+from dnattrace.evidence import snapshot as snap
+from dnattrace.watch.resolve import Target
 
 # After the first failed attempt, keep watching this long for the reply or more of the story
 # (a RST from the container, a retransmission) before explaining.

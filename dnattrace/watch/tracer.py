@@ -15,12 +15,14 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-from dnattrace import capabilities, drops, events, loader
+from dnattrace.kernel import capabilities, loader, objects
+from dnattrace.drops import counter as drops
+from dnattrace.watch import abi
 from dnattrace.errors import CannotObserve
 
 log = logging.getLogger("dnattrace.watch")
 
-OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpfobj", "watch.bpf.o")
+OBJECT = objects.path("watch")
 # The event ring: mapped twice into this process (the kernel's wrap-around trick), so its size counts
 # double against watch's memory budget. Under --max-rate a second's events fit in 1 MB many times over;
 # without a cap (or with --all) the bigger ring rides out bursts.
@@ -188,7 +190,7 @@ class WatchTracer:
                          prio + (i + 1) * step)
 
     def _on_record(self, data):
-        self._pending.append(events.decode(data))
+        self._pending.append(abi.decode(data))
 
     def poll(self, timeout_ms=100):
         """Wait up to timeout_ms, then take everything waiting. The programs wake this process only

@@ -8,7 +8,7 @@ import os
 
 from dnattrace.errors import CannotObserve
 
-BTF_PATH = "/sys/kernel/btf/vmlinux"
+from dnattrace.kernel.objects import BTF_PATH
 
 
 def require_root():

@@ -2,8 +2,9 @@
 its plain-words explanation, evidence and fix; or that the connection works; or that nothing arrived."""
 from __future__ import annotations
 
-from dnattrace import model, timeline
-from dnattrace.diagnose import Result
+from dnattrace import model
+from dnattrace.output import journey_lines
+from dnattrace.diagnose.run import Result
 
 
 def _attempt_line(c: model.Connection) -> str:
@@ -23,14 +24,14 @@ def text(res: Result) -> str:
     if c is not None:
         out.append(_attempt_line(c))
         j = next((j for j in c.openers if j.outcome == "dropped"), None) or (c.openers or c.requests)[-1]
-        out += ["  " + l for l in timeline.step_lines(j)]
+        out += ["  " + l for l in journey_lines.step_lines(j)]
         if c.replies:
             out.append("  reply:")
-            out += ["  " + l for l in timeline.step_lines(c.replies[0])]
+            out += ["  " + l for l in journey_lines.step_lines(c.replies[0])]
     if res.lost_events:
         out.append("WARNING: %d events were lost; the journey may be incomplete." % res.lost_events)
     if res.healthy:
-        out.append("No fault: the connection works (%s)." % timeline.journey_end(c.openers[0] if c.openers else c.requests[0]))
+        out.append("No fault: the connection works (%s)." % journey_lines.journey_end(c.openers[0] if c.openers else c.requests[0]))
         return "\n".join(out)
     if not res.seen:
         out.append("Nothing arrived within %.0f s: no packet for this port reached any interface of this host,"
@@ -66,8 +67,8 @@ def as_dict(res: Result) -> dict:
         "healthy": res.healthy,
         "top_cause": res.findings[0].cause_id if res.findings else "none",
         "findings": [f.to_dict() for f in res.findings],
-        "connection": timeline.summary_json([c], 0)["connections"][0] if c else None,
-        "journey": timeline.journey_json(c.openers[0] if c.openers else c.requests[0], c) if c and c.requests else None,
+        "connection": journey_lines.summary_json([c], 0)["connections"][0] if c else None,
+        "journey": journey_lines.journey_json(c.openers[0] if c.openers else c.requests[0], c) if c and c.requests else None,
         "lost_events": res.lost_events,
         "watched_s": round(res.watched_s, 3),
         "explain_ms_after_first_failure": round((res.explained_at - res.first_failure_at) * 1000)

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from dnattrace.errors import DnattraceError
-from dnattrace.system import conntrack, firewall, links, snmp, sockets, sysctl
-from dnattrace.system.firewall import CounterMove, Ruleset
-from dnattrace.system.links import Link, RouteResult
-from dnattrace.system.ns import inode as ns_inode
-from dnattrace.system.sockets import Listener
+from dnattrace.evidence import conntrack, firewall, links, snmp, sockets, sysctl
+from dnattrace.evidence.firewall import CounterMove, Ruleset
+from dnattrace.evidence.links import Link, RouteResult
+from dnattrace.netns.enter import inode as ns_inode
+from dnattrace.evidence.sockets import Listener
 
 
 @dataclass

@@ -17,14 +17,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 from dnattrace.model import NF, ROUTE, RX, VERDICT, Connection, Journey, Step
-from dnattrace.system import conntrack as ct_stats
-from dnattrace.system import sysctl
-from dnattrace.system import firewall
-from dnattrace.system.firewall import DROP_TARGETS, CounterMove
-from dnattrace.system.snapshot import Delta, NsDelta, NsEvidence, Snapshot
+from dnattrace.evidence import conntrack as ct_stats
+from dnattrace.evidence import sysctl
+from dnattrace.evidence import firewall
+from dnattrace.evidence.firewall import DROP_TARGETS, CounterMove
+from dnattrace.evidence.snapshot import Delta, NsDelta, NsEvidence, Snapshot
 
 try:
-    from dnattrace.reasons import meaning as reason_meaning
+    from dnattrace.kernel.reasons import meaning as reason_meaning
 except ImportError:  # the reasons table is optional for the catalogue
     def reason_meaning(name):
         return name or "no reason recorded"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from dnattrace.system.ns import entered
+from dnattrace.netns.enter import entered
 
 CONF_KEYS = ("forwarding", "rp_filter", "accept_local", "route_localnet")
 GLOBAL_KEYS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables",

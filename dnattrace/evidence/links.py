@@ -11,8 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
-from dnattrace import apart
-from dnattrace.system.ns import entered
+from dnattrace import forked
+from dnattrace.netns.enter import entered
 
 NUD_STATES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
               0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT", 0x00: "NONE"}
@@ -67,7 +67,7 @@ def links(netns=None) -> list[Link]:
 
     A long-lived watch reads its namespaces' addresses with this at start (follow.local_addresses) and
     must not keep pyroute2's imports (about 20 MB): there it runs in a child process (dnattrace.apart)."""
-    return apart.lookup(_links, netns)
+    return forked.lookup(_links, netns)
 
 
 def _links(netns=None) -> list[Link]:

@@ -4,7 +4,7 @@ built): only these counters moving tells them apart.
 """
 from __future__ import annotations
 
-from dnattrace.system.ns import entered
+from dnattrace.netns.enter import entered
 
 FILES = ("/proc/thread-self/net/snmp", "/proc/thread-self/net/netstat")
 

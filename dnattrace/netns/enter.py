@@ -20,7 +20,7 @@ def entered(netns):
         return
     if not os.path.exists(netns):
         raise UsageError("network namespace %s is not there" % netns)
-    from dnattrace.loader import BpfError, in_netns
+    from dnattrace.kernel.loader import BpfError, in_netns
     try:
         ctx = in_netns(netns)
         ctx.__enter__()

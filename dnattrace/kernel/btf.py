@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import struct
 
-VMLINUX = "/sys/kernel/btf/vmlinux"
+from dnattrace.kernel.objects import BTF_PATH as VMLINUX
 MAGIC = 0xEB9F
 
 # BTF kinds (include/uapi/linux/btf.h) and the size of the data that follows each record.

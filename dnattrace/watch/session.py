@@ -9,8 +9,12 @@ import threading
 import time
 from typing import Callable, Optional
 
-from dnattrace import btf, drops, events, journey, kallsyms, model, netns
-from dnattrace.tracer import WatchTracer
+from dnattrace.kernel import btf, kallsyms
+from dnattrace.drops import counter as drops
+from dnattrace.watch import abi, journeys
+from dnattrace import model
+from dnattrace.netns import names as netns
+from dnattrace.watch.tracer import WatchTracer
 
 
 class Follower:
@@ -26,7 +30,7 @@ class Follower:
         inodes = target.netns_inodes()
         # only packets that entered the host (or container) being watched: another host on this
         # machine (a lab, a nested setup) may use the same addresses and ports
-        self.builder = journey.JourneyBuilder(journey.request_matcher(target.services()), idle_s=idle_s,
+        self.builder = journeys.JourneyBuilder(journeys.request_matcher(target.services()), idle_s=idle_s,
                                               keep=self._keep)
         self._inodes = inodes
         self._local: Optional[dict[int, set[str]]] = local
@@ -73,7 +77,7 @@ class Follower:
         self.close()
 
     def _step(self, ev) -> model.Step:
-        return events.to_step(ev, self.symbols.format, lambda r: self.reasons.get(r, str(r)), self.namer.name)
+        return abi.to_step(ev, self.symbols.format, lambda r: self.reasons.get(r, str(r)), self.namer.name)
 
     def poll(self, timeout_ms=100) -> list:
         """Process what the kernel sent; returns finished (journey, connection) pairs."""
@@ -164,22 +168,23 @@ def stop_signals(active=True):
 
 
 def resolve_with_addresses(**options):
-    """(target.resolve(**options), the addresses of the namespaces it names): watch asks both in one
+    """(resolve.resolve(**options), the addresses of the namespaces it names): watch asks both in one
     look-up child, so pyroute2 is imported once at start, not once for each."""
-    from dnattrace import target
-    t = target.resolve(**options)
+    from dnattrace.watch import resolve
+    t = resolve.resolve(**options)
     return t, _local_addresses(t.netns_paths())
 
 
 def local_addresses(paths) -> dict[int, set[str]]:
     """The IPv4 addresses of each namespace (by inode), read once when the watch starts: in one look-up
     (a child process when watch stays light: one pyroute2 import for all the namespaces, not one each)."""
-    from dnattrace import apart
-    return apart.lookup(_local_addresses, list(paths))
+    from dnattrace import forked
+    return forked.lookup(_local_addresses, list(paths))
 
 
 def _local_addresses(paths) -> dict[int, set[str]]:
-    from dnattrace.system import links, ns
+    from dnattrace.evidence import links
+    from dnattrace.netns import enter as ns
     out = {}
     for path in paths:
         try:

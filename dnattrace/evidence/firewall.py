@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
-from dnattrace.system.ns import command_prefix, run_tool
+from dnattrace.netns.enter import command_prefix, run_tool
 
 DROP_TARGETS = ("DROP", "REJECT")
 _COUNTED = re.compile(r"^\[(\d+):(\d+)\]\s+(.*)$")
