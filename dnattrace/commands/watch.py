@@ -57,7 +57,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     preflight.require_root()
     preflight.require_btf()
     # a long-lived process with a memory budget: Docker's and pyroute2's imports stay in short-lived
-    # children, for the target here and for the look-ups made while watching (dnattrace.apart)
+    # children, for the target here and for the look-ups made while watching (dnattrace.forked)
     forked.stay_light()
     t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns,
                                dst=dst)

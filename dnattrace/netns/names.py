@@ -65,7 +65,7 @@ def docker_netns():
     """{container name: (inode, /proc/PID/ns/net)} of running containers; {} when Docker is not there.
 
     In a long-lived watch or drops, which ask this now and then to name a new namespace, it is asked in a
-    short-lived child process (dnattrace.apart): the Docker SDK's imports (about 16 MB) must not stay."""
+    short-lived child process (dnattrace.forked): the Docker SDK's imports (about 16 MB) must not stay."""
     try:
         return forked.lookup(_docker_netns, timeout=_DOCKER_TIMEOUT_S)
     except DnattraceError as e:   # an engine that hangs: no names from Docker this time
