@@ -34,7 +34,7 @@ def explain_runs(runs, timeout):
     inst = lab.up(SCENARIO, prefix=net.unique("bd"), docker=False)
     rows = []
     try:
-        t = targets.from_lab(inst)
+        t = inst.target()
         expected = lab.scenarios.get(SCENARIO).cause
         for i in range(runs):
             proc = None

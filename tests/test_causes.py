@@ -13,7 +13,8 @@ from dnattrace.model import (CONSUME, DROP, NF, ROUTE, RX, XMIT, Connection, CtI
                              Tuple5, connection_from_dict, to_dict)
 from dnattrace.evidence.firewall import CounterMove, parse_iptables_save
 from dnattrace.evidence.links import Link, RouteResult
-from dnattrace.evidence.snapshot import Delta, NsDelta, NsEvidence, Snapshot, Target
+from dnattrace.evidence.snapshot import Delta, NsDelta, NsEvidence, Snapshot
+from dnattrace.target import Endpoint, Target
 from dnattrace.evidence.sockets import Listener
 
 HOST, CONT = 4026531001, 4026532002
@@ -77,7 +78,7 @@ def container(**kw):
 
 
 def snap(h=None, c=None, target=None):
-    return Snapshot(target or Target("tcp", 8080, INNER, 80, "web"), h or host(), c)
+    return Snapshot(target or Target("tcp", 8080, [Endpoint(INNER, 80)], "web"), h or host(), c)
 
 
 def delta(*moves, ns=HOST, **kw):

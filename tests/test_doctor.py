@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from dnattrace.kernel import capabilities, preflight, tracefs
+from dnattrace import model
+from dnattrace.kernel import capabilities, plan, preflight, tracefs
 from dnattrace.watch import tracer
-from dnattrace.kernel.capabilities import Capabilities, Capability, plan
+from dnattrace.kernel.capabilities import Capabilities, Capability
 from dnattrace.errors import CannotObserve
 
 
@@ -24,62 +25,95 @@ def caps_with(*yes):
 ALL = capabilities.NAMES
 
 
-def by_point(entries):
-    return {e.point: e for e in entries}
+def by_point(choices):
+    return {c.point: c for c in choices}
+
+
+def every(*_):
+    return True
 
 
 def test_plan_prefers_function_exit_probes_when_the_kernel_has_them():
-    p = by_point(plan(caps_with(*ALL), kernel_has_function=lambda f: True, has_event=lambda c, n: True))
-    # what watch loads: the fib lookup tied to the packet, plus the route input result where fexit works
-    assert p["route decision"].probe == "tp_btf/fib_table_lookup + fexit/ip_route_input_noref (result)"
-    assert p["rule verdict"].kind == "counters"
-    assert p["netfilter PREROUTING"].kind == "netfilter_link"
-    assert p["netfilter PREROUTING"].targets == (-(2 ** 31) + 1, -199, -99, 2 ** 31 - 2)
-    assert 101 in p["netfilter POSTROUTING"].targets and 101 not in p["netfilter FORWARD"].targets
-    assert p["drop"].probe == "tp_btf/kfree_skb"
-    assert p["device receive"].probe == "tp_btf/netif_receive_skb (headers by direct loads)"
+    p = by_point(plan.choose(caps_with(*ALL), has_function=every, has_event=every))
+    assert p["route decision"].probe.label == "tp_btf/fib_table_lookup"
+    assert p["route result"].probe.label == "fexit/ip_route_input_noref"
+    assert p["hook verdict"].programs == ("verdict_fentry", "verdict_fexit")
+    assert p["netfilter hooks"].probe.needs == "netfilter_link"
+    assert p["drop"].probe.label == "tp_btf/kfree_skb (headers by direct loads)"
+    assert p["device receive"].programs == ("rx_direct",)
 
 
 def test_plan_on_a_kernel_like_the_development_one():
-    """No fentry, no kprobes: route falls back to the fib tracepoint, verdicts to counters."""
+    """No fentry, no kprobes: no route result and no hook verdict, the fib lookup and netfilter links."""
     caps = caps_with("btf", "tracefs", "kallsyms", "tp_btf", "raw_tp", "tracepoint", "netfilter_link",
                      "fib_tracepoint", "ringbuf", "drop_reason_enum")
-    p = by_point(plan(caps, kernel_has_function=lambda f: True, has_event=lambda c, n: True))
-    assert p["route decision"].probe == "tp_btf/fib_table_lookup + forwarding sysctl"
-    assert [t for t, _ in p["route decision"].tried] == ["fexit/ip_route_input_noref", "kretprobe/ip_route_input_noref"]
-    assert p["rule verdict"].kind == "counters"
-    assert all(p["netfilter %s" % h].kind == "netfilter_link" for h in capabilities.HOOKS)
-    assert p["device receive"].probe == "tp_btf/netif_receive_skb"
-    assert p["device receive"].tried == [("direct header loads", "no direct_read")]
+    p = by_point(plan.choose(caps, has_function=every, has_event=every))
+    assert p["route decision"].probe.label == "tp_btf/fib_table_lookup"
+    assert p["route result"].probe is None
+    assert [t for t, _ in p["route result"].tried] == ["fexit/ip_route_input_noref", "kretprobe/ip_route_input_noref"]
+    assert p["device receive"].probe.label == "tp_btf/netif_receive_skb"
+    assert p["device receive"].tried == [("tp_btf/netif_receive_skb (headers by direct loads)", "no direct_read")]
+    assert plan.rule_verdict().probe.needs == "counters"
 
 
 def test_plan_without_netfilter_links_uses_kretprobe_on_nf_hook_slow():
-    caps = caps_with("btf", "raw_tp", "kprobe")
-    p = by_point(plan(caps, kernel_has_function=lambda f: True, has_event=lambda c, n: True))
-    assert p["netfilter INPUT"].probe == "kretprobe/nf_hook_slow"
-    assert [t for t, _ in p["netfilter INPUT"].tried] == ["netfilter link", "fexit/nf_hook_slow"]
-    assert p["drop"].probe == "raw_tp/kfree_skb"
-    assert p["route decision"].probe == "raw_tp/fib_table_lookup + kretprobe/ip_route_input_noref (result)"
+    p = by_point(plan.choose(caps_with("btf", "raw_tp", "tracepoint", "kprobe"), has_function=every, has_event=every))
+    assert p["netfilter hooks"].probe is None
+    assert p["hook verdict"].probe.label == "kretprobe/nf_hook_slow"
+    assert [t for t, _ in p["hook verdict"].tried] == ["fexit/nf_hook_slow"]
+    assert p["drop"].probe.label == "skb:kfree_skb"       # watch has no raw_tp drop program
+    assert p["route decision"].probe.label == "raw_tp/fib_table_lookup"
 
 
 def test_plan_skips_inlined_functions_and_missing_tracepoints():
-    caps = caps_with("btf", "tracepoint", "fexit")
-    p = by_point(plan(caps, kernel_has_function=lambda f: f != "ip_route_input_noref",
-                      has_event=lambda c, n: n != "net_dev_xmit"))
-    assert p["route decision"].probe == "fib:fib_table_lookup + forwarding sysctl"
-    assert ("fexit/ip_route_input_noref", "not in kallsyms: ip_route_input_noref") in p["route decision"].tried
-    assert p["egress device"].probe is None and "net:net_dev_xmit" in p["egress device"].why
-    assert p["drop"].probe == "skb:kfree_skb"
+    caps = caps_with("btf", "tracepoint", "tp_btf", "fexit")
+    p = by_point(plan.choose(caps, has_function=lambda f: f != "ip_route_input_noref",
+                             has_event=lambda c, n: n != "net_dev_xmit"))
+    assert p["route result"].probe is None
+    assert ("fexit/ip_route_input_noref", "not in kallsyms: ip_route_input_noref") in p["route result"].tried
+    assert p["transmit"].probe is None and p["transmit"].tried == [("tp_btf/net_dev_xmit", "no tracepoint net:net_dev_xmit")]
+    assert p["drop"].probe.label == "tp_btf/kfree_skb"
 
 
 def test_plan_says_why_a_point_is_unavailable():
-    p = by_point(plan(caps_with("btf"), kernel_has_function=lambda f: None, has_event=lambda c, n: None))
-    assert p["drop"].probe is None and p["drop"].why.startswith("unavailable:")
-    assert p["netfilter FORWARD"].probe is None and p["netfilter FORWARD"].why.startswith("unavailable:")
-    assert json.loads(json.dumps(p["drop"].to_dict()))["tried"][0] == {"probe": "tp_btf", "why": "no tp_btf"}
+    choices = plan.choose(caps_with("btf"), has_function=lambda f: None, has_event=lambda c, n: None)
+    p = by_point(choices)
+    assert p["drop"].probe is None and p["drop"].tried[0] == ("tp_btf/kfree_skb (headers by direct loads)", "no direct_read")
+    assert json.loads(json.dumps(p["drop"].to_dict()))["tried"][1] == {"probe": "tp_btf/kfree_skb", "why": "no tp_btf"}
+    with pytest.raises(CannotObserve, match="cannot trace the device receive point"):
+        plan.require(choices)
 
 
-def test_watch_reads_headers_directly_where_the_kernel_allows_it():
+@pytest.mark.parametrize("have", [ALL, [n for n in ALL if n not in ("direct_read", "netfilter_link")],
+                                  ["btf", "tracepoint", "kprobe"], ["btf", "tp_btf", "fexit", "raw_tp"]])
+def test_doctor_shows_exactly_what_watch_loads(have, monkeypatch):
+    """One table: the programs watch loads for every point are the ones doctor's choice names."""
+    caps = caps_with(*have)
+    monkeypatch.setattr(plan, "_kernel_has_function", lambda f: True)
+    monkeypatch.setattr(plan, "_has_event", lambda c, n: True)
+    chosen, _ = tracer.choose(caps)
+    shown = {c.point: c for c in plan.choose(caps)}
+    for point, programs in chosen.items():
+        if point == "netfilter hooks":
+            assert set(programs) == {p for _, p, _ in plan.positions(True, caps.has("direct_read"))}
+        else:
+            assert tuple(programs) == shown[point].programs
+    assert set(chosen) == {p for p, c in shown.items() if c.probe}
+
+
+def test_netfilter_positions_are_one_table():
+    edges = plan.positions(hook_detail=False)
+    assert {(h, prio) for h, _, prio in edges} == {(h, prio) for h in plan.HOOKS
+                                                    for prio in (-(2 ** 31) + 1, 2 ** 31 - 2)}
+    detail = plan.positions(hook_detail=True)
+    assert ("PREROUTING", "nf_dnat", -99) in detail and ("POSTROUTING", "nf_snat", 101) in detail
+    assert ("FORWARD", "nf_dnat", -99) not in detail
+    assert {p.stage for p in plan.POSITIONS} | {"filter"} == set(model.STAGES)
+
+
+def test_watch_reads_headers_directly_where_the_kernel_allows_it(monkeypatch):
+    monkeypatch.setattr(plan, "_kernel_has_function", lambda f: True)
+    monkeypatch.setattr(plan, "_has_event", lambda c, n: True)
     chosen, _ = tracer.choose(caps_with(*ALL))
     assert chosen["device receive"] == ["rx_direct"] and chosen["drop"] == ["drop_direct"]
     assert "nf_first_direct" in chosen["netfilter hooks"] and "nf_first" not in chosen["netfilter hooks"]
@@ -155,8 +189,12 @@ def test_doctor_cli_json_agrees_and_exits_0_with_the_minimum(caps):
     lines = [json.loads(l) for l in p.stdout.splitlines()]
     got = {l["name"]: l["ok"] for l in lines if l["type"] == "capability"}
     assert got == {c.name: c.ok for c in caps}
-    points = [l["point"] for l in lines if l["type"] == "plan"]
-    assert points == [e.point for e in plan(caps)]
+    shown = {l["point"]: l["programs"] for l in lines if l["type"] == "plan"}
+    chosen, _ = tracer.choose(caps)      # what watch loads on this kernel
+    assert list(shown) == [p.name for p in plan.POINTS] + ["rule verdict"]
+    for point, programs in chosen.items():
+        if point != "netfilter hooks":
+            assert shown[point] == programs, point
     summary = lines[-1]
     assert summary["type"] == "summary" and summary["minimum_ok"] == (caps.missing_minimum() == [])
     assert p.returncode == (0 if summary["minimum_ok"] else 3), p.stderr

@@ -13,7 +13,8 @@ from dnattrace.errors import UsageError
 from dnattrace.netns import build as net
 from dnattrace.evidence import conntrack, firewall, links, snmp, sockets, sysctl
 from dnattrace.netns import enter as ns
-from dnattrace.evidence.snapshot import Snapshot, Target, diff
+from dnattrace.evidence.snapshot import Snapshot, diff
+from dnattrace.target import Endpoint, Target
 
 CLIENT, ROUTER_OUT, ROUTER_IN, SERVER = "198.51.100.2", "198.51.100.1", "203.0.113.1", "203.0.113.2"
 
@@ -120,7 +121,7 @@ def test_drop_rule_counter_delta_names_the_rule(topo):
 
 def test_policy_counter_delta_and_snapshot_diff(topo):
     iptables(topo, "-P", "FORWARD", "DROP")
-    target = Target("tcp", 9, SERVER, 9)
+    target = Target("tcp", 9, [Endpoint(SERVER, 9)])
     before = Snapshot.take(host_netns=topo["r"], container_netns=topo["s"], target=target,
                            ingress=topo["rc"], client=CLIENT)
     assert before.host.errors == [] and before.container.errors == []
@@ -199,7 +200,7 @@ def test_real_evidence_alone_points_at_forwarding_off(topo):
     """No journey: the snapshot of a router with forwarding off on its ingress is enough for a suspicion."""
     from dnattrace.diagnose import causes
     net.sysctl_set("net.ipv4.conf.all.forwarding", 0, topo["rname"])
-    snap = Snapshot.take(host_netns=topo["r"], target=Target("tcp", 8080, SERVER, 80),
+    snap = Snapshot.take(host_netns=topo["r"], target=Target("tcp", 8080, [Endpoint(SERVER, 80)]),
                          ingress=topo["rc"], client=CLIENT)
     assert snap.host.lookup(SERVER).err == errno.EHOSTUNREACH
     found = causes.explain([], snap)
@@ -212,7 +213,7 @@ def test_real_counter_delta_alone_names_the_forward_rule(topo):
     iptables(topo, "-N", "DOCKER-USER")
     iptables(topo, "-A", "FORWARD", "-j", "DOCKER-USER")
     iptables(topo, "-A", "DOCKER-USER", "-s", CLIENT, "-j", "DROP")
-    target = Target("tcp", 9, SERVER, 9)
+    target = Target("tcp", 9, [Endpoint(SERVER, 9)])
     before = Snapshot.take(host_netns=topo["r"], target=target)
     syn(topo["c"], SERVER, 9)
     d = diff(before, Snapshot.take(host_netns=topo["r"], target=target, counters_only=True))

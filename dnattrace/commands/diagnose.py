@@ -101,7 +101,7 @@ def demo(ctx, scenario, docker, as_json):
     inst = lab.up(sc.id, prefix=net.unique("demo"), docker=docker)
     proc = None
     try:
-        t = targets.from_lab(inst)
+        t = inst.target()
         if not as_json:
             click.echo("Lab %s (%s): %s" % (inst.name, sc.id, sc.description))
             click.echo("Client %s connects to %s:%d. %s." % (inst.client_addr, inst.target_addr, inst.target_port,

@@ -102,7 +102,7 @@ class Facts:
             if tuples and self.journey.direction == "request":
                 return tuples[-1].dst, tuples[-1].dport
         t = self.snapshot.target
-        return t.addr, t.service_port
+        return t.service_addr, t.service_port
 
     @property
     def seen(self) -> bool:
@@ -254,7 +254,7 @@ def match_forwarding_off(f: Facts) -> Optional[Match]:
         routed_error = f.func == "ip_error" or (f.route and f.route.route and f.route.route.err)
         if not (routed_error or lookup_unreach):
             return None
-    elif not (f.snapshot.target.addr and not f.ns.has_address(f.snapshot.target.addr)):
+    elif not (f.snapshot.target.service_addr and not f.ns.has_address(f.snapshot.target.service_addr)):
         return None         # evidence only: matters only when the target must be forwarded
     if on is not False and not lookup_unreach:
         return None
@@ -390,8 +390,8 @@ def match_neigh_failed(f: Facts) -> Optional[Match]:
     r = f.route.route if f.route and f.route.route else None
     s.add(1, r is not None and r.oif, "route %s -> dev %s" % (f.dest[0], r.oif) if r else "")
     t = f.snapshot.target
-    if t.rule:
-        s.note("DNAT rule: %s" % t.rule)
+    if t.dnat_rule:
+        s.note("DNAT rule: %s" % t.dnat_rule)
     return Match(s, "Nothing at %s answers ARP%s: the address the packet is sent to (the DNAT target) is "
                     "wrong or its container is down. Check the container's address (docker inspect) and "
                     "the DNAT rule." % (f.dest[0] or "the next hop", " on %s" % r.oif if r and r.oif else ""))

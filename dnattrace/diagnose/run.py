@@ -18,7 +18,7 @@ from dnattrace.diagnose import causes
 from dnattrace import model
 from dnattrace.watch.session import Follower
 from dnattrace.evidence import snapshot as snap
-from dnattrace.watch.resolve import Target
+from dnattrace.target import Target
 
 # After the first failed attempt, keep watching this long for the reply or more of the story
 # (a RST from the container, a retransmission) before explaining.
@@ -53,12 +53,6 @@ class Result:
         return max(pool, key=lambda c: c.attempts) if pool else None
 
 
-def snapshot_target(t: Target) -> snap.Target:
-    b = t.backends[0] if t.backends else None
-    return snap.Target(proto=t.proto, port=t.port, addr=(b.addr or "") if b else "",
-                       addr_port=b.port if b else 0, container=t.container, rule=t.dnat_rule)
-
-
 def _decided(c: model.Connection) -> bool:
     """The attempt's fate is known: dropped, refused or answered."""
     return bool(c.replies) or any(j.outcome == "dropped" for j in c.openers)
@@ -70,8 +64,7 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
     """Watch until an attempt is decided or `timeout` passes. Once the probes are attached, on_ready()
     is called (to tell the user or a script), then traffic() (to make attempts: demo, --probe)."""
     res = Result(target=t)
-    st = snapshot_target(t)
-    before = snap.Snapshot.take(t.host_netns, t.container_netns, st, counters_only=True)
+    before = snap.Snapshot.take(t.host_netns, t.container_netns, t, counters_only=True)
     start = time.monotonic()
     follower = Follower(t, caps=caps, max_new=MAX_NEW)
     with follower:
@@ -103,7 +96,7 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
         rx = next((s for s in first.steps if s.point == model.RX), None)
         ingress = rx.ifname if rx else None
         client = first.tuples()[0].src if first.tuples() else None
-    after = snap.Snapshot.take(t.host_netns, t.container_netns, st, ingress=ingress, client=client)
+    after = snap.Snapshot.take(t.host_netns, t.container_netns, t, ingress=ingress, client=client)
     res.snapshot = after
     res.findings = causes.explain(res.connections, after, snap.diff(before, after))
     res.explained_at = time.monotonic()

@@ -65,7 +65,7 @@ def _ipr():
 def links(netns=None) -> list[Link]:
     """Every link with its state, kind, bridge master and IPv4 addresses.
 
-    A long-lived watch reads its namespaces' addresses with this at start (follow.local_addresses) and
+    A long-lived watch reads its namespaces' addresses with this at start (watch.resolve.local_addresses) and
     must not keep pyroute2's imports (about 20 MB): there it runs in a child process (dnattrace.forked)."""
     return forked.lookup(_links, netns)
 

@@ -11,26 +11,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from dnattrace.errors import DnattraceError
+from dnattrace.target import Target
 from dnattrace.evidence import conntrack, firewall, links, snmp, sockets, sysctl
 from dnattrace.evidence.firewall import CounterMove, Ruleset
 from dnattrace.evidence.links import Link, RouteResult
 from dnattrace.netns.enter import inode as ns_inode
 from dnattrace.evidence.sockets import Listener
-
-
-@dataclass
-class Target:
-    """What the user asked about: a published port and where DNAT sends it (addr "" = a local service)."""
-    proto: str = "tcp"
-    port: int = 0
-    addr: str = ""
-    addr_port: int = 0
-    container: str = ""
-    rule: str = ""
-
-    @property
-    def service_port(self) -> int:
-        return self.addr_port or self.port
 
 
 @dataclass
@@ -118,9 +104,9 @@ class Snapshot:
         output lookup."""
         target = target or Target()
         host_lookups, nbrs, ports = [], [], {target.port, target.service_port} - {0}
-        if target.addr:
-            host_lookups.append((target.addr, ingress, client))
-            nbrs.append(target.addr)
+        if target.service_addr:
+            host_lookups.append((target.service_addr, ingress, client))
+            nbrs.append(target.service_addr)
         host = read_namespace("host", host_netns, ports, target.proto, host_lookups, nbrs, counters_only)
         cont = None
         if container_netns:
@@ -143,7 +129,7 @@ class Snapshot:
             d = dataclasses.asdict(dataclasses.replace(e, rules=None))
             d["rules"] = e.rules.to_dict() if e.rules else None
             return d
-        return {"target": dataclasses.asdict(self.target), "taken_at": self.taken_at,
+        return {"target": self.target.to_dict(), "taken_at": self.taken_at,
                 "host": ns(self.host), "container": ns(self.container)}
 
     @classmethod
@@ -157,7 +143,7 @@ class Snapshot:
             e["listeners"] = [Listener(**l) for l in e.get("listeners", [])]
             e["rules"] = Ruleset.from_dict(e["rules"]) if e.get("rules") else None
             return NsEvidence(**e)
-        return cls(Target(**d.get("target", {})), ns(d["host"]), ns(d.get("container")), d.get("taken_at", 0.0))
+        return cls(Target.from_dict(d.get("target", {})), ns(d["host"]), ns(d.get("container")), d.get("taken_at", 0.0))
 
 
 @dataclass

@@ -3,18 +3,17 @@
 Each capability is decided by attempting the real thing (load and attach one tiny program from
 probes.bpf.o, create a link, create a map, read a file), never from the kernel version: distributions
 backport and disable features freely (the development kernel is 6.18 with no kprobes and no fentry).
-`probe()` runs the trials once per process; `plan(caps)` turns them into the probe chosen for each point
-of a packet's journey (DESIGN.md, "Kernel side"), with the reason when a point cannot be observed.
+`probe()` runs the trials once per process; kernel/plan.py turns them into the probe chosen for each
+point of a packet's journey.
 """
 from __future__ import annotations
 
 import atexit
 import errno as errno_mod
 import os
-import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dnattrace.kernel import loader, objects, preflight, tracefs
 from dnattrace.errors import CannotObserve
@@ -26,14 +25,6 @@ KALLSYMS = "/proc/kallsyms"
 NAMES = ("btf", "tracefs", "kallsyms", "tp_btf", "raw_tp", "tracepoint", "fentry", "fexit", "kprobe",
          "netfilter_link", "fib_tracepoint", "direct_read", "ringbuf", "drop_reason_enum")
 
-HOOKS = {"PREROUTING": loader.NF_INET_PRE_ROUTING, "INPUT": loader.NF_INET_LOCAL_IN,
-         "FORWARD": loader.NF_INET_FORWARD, "OUTPUT": loader.NF_INET_LOCAL_OUT,
-         "POSTROUTING": loader.NF_INET_POST_ROUTING}
-# BPF netfilter link priorities per hook (DESIGN.md). The edges (first, last) are always probed; the
-# positions inside (after conntrack, after DNAT; after SNAT in POSTROUTING) only with --hook-detail,
-# since every packet pays for each position. INT_MIN and INT_MAX themselves are refused by the kernel.
-EDGE_PRIORITIES = (loader.NF_PRIO_MIN, loader.NF_PRIO_MAX)
-INSIDE_PRIORITIES = {"PREROUTING": (-199, -99), "OUTPUT": (-199, -99), "POSTROUTING": (101,)}
 
 
 @dataclass(frozen=True)
@@ -278,157 +269,3 @@ def probe(refresh=False):
             side.join()
         _cache = Capabilities([results[n] for n in NAMES], (time.perf_counter() - t0) * 1000)
         return _cache
-
-
-# ---------------------------------------------------------------- the attach plan
-
-@dataclass
-class PlanEntry:
-    """How one journey point will be observed: the chosen probe (None: unavailable) and what was tried."""
-    point: str
-    probe: str | None
-    kind: str | None = None          # tp_btf, raw_tp, tracepoint, netfilter_link, fexit, kretprobe, counters
-    targets: tuple = ()              # tracepoint / function names, or netfilter priorities
-    why: str = ""                    # "unavailable: ..." when probe is None
-    tried: list = field(default_factory=list)   # [(preferred probe passed over, why)]
-
-    def to_dict(self):
-        return {"point": self.point, "probe": self.probe, "kind": self.kind, "targets": list(self.targets),
-                "why": self.why, "tried": [{"probe": p, "why": w} for p, w in self.tried]}
-
-
-def _no(caps, name):
-    """Why an option was passed over, in a few words (the capability's detail says more)."""
-    return "no %s" % name
-
-
-class _Planner:
-    """Walks each point's options in DESIGN.md's order and keeps the first the trials allow."""
-
-    def __init__(self, caps, kernel_has_function=None, has_event=None):
-        self.caps = caps
-        self._func = kernel_has_function or _kernel_has_function
-        self._event = has_event or _has_event
-
-    def tracepoint(self, point, category, names):
-        """tp_btf, then raw_tp, then the classic tracepoint, for tracepoints `category:name...`."""
-        tried = []
-        missing = [n for n in names if self._event(category, n) is False]
-        if missing:
-            return PlanEntry(point, None, why="unavailable: no tracepoint %s" % ", ".join(
-                "%s:%s" % (category, n) for n in missing))
-        for kind in ("tp_btf", "raw_tp", "tracepoint"):
-            if self.caps.has(kind):
-                probe = " + ".join(("%s:%s" % (category, n)) if kind == "tracepoint" else "%s/%s" % (kind, n)
-                                   for n in names)
-                return PlanEntry(point, probe, kind, tuple(names), tried=tried)
-            tried.append((kind, _no(self.caps, kind)))
-        return PlanEntry(point, None, why="unavailable: no kind of tracepoint attaches", tried=tried)
-
-    def function_exit(self, point, funcs, tried):
-        """fexit, then kretprobe, on every function in funcs (their return value is the answer)."""
-        for kind in ("fexit", "kprobe"):
-            label = "fexit" if kind == "fexit" else "kretprobe"
-            probe = " + ".join("%s/%s" % (label, f) for f in funcs)
-            if not self.caps.has(kind):
-                tried.append((probe, _no(self.caps, kind)))
-                continue
-            absent = [f for f in funcs if self._func(f) is False]
-            if absent:
-                tried.append((probe, "not in kallsyms: %s" % ", ".join(absent)))
-                continue
-            return PlanEntry("", probe, label, tuple(funcs), tried=tried)
-        return None
-
-    def netfilter(self, hook):
-        point = "netfilter %s" % hook
-        prios = tuple(sorted(EDGE_PRIORITIES + INSIDE_PRIORITIES.get(hook, ())))
-        tried = []
-        if self.caps.has("netfilter_link"):
-            inside = INSIDE_PRIORITIES.get(hook)
-            text = "netfilter link %s at first, last%s" % (
-                hook, " (%s with --hook-detail)" % ", ".join(str(p) for p in inside) if inside else "")
-            return PlanEntry(point, text, "netfilter_link", prios)
-        tried.append(("netfilter link", _no(self.caps, "netfilter_link")))
-        e = self.function_exit(point, ["nf_hook_slow"], tried)
-        if e:
-            e.point = point
-            return e
-        return PlanEntry(point, None, why="unavailable: no netfilter link and no way to hook nf_hook_slow",
-                         tried=tried)
-
-    def route(self):
-        """What watch does: the fib lookup tied to the packet (every kernel with tracepoints), plus the
-        route input result (dst->input: ip_forward, ip_local_deliver, ip_error) where fexit/kretprobe
-        on ip_route_input_noref work."""
-        point, tried = "route decision", []
-        fib = self.tracepoint(point, "fib", ["fib_table_lookup"])
-        result = self.function_exit(point, ["ip_route_input_noref"], tried)
-        if fib.probe:
-            fib.probe += (" + %s (result)" % result.probe) if result else " + forwarding sysctl"
-            fib.tried = tried + fib.tried
-            return fib
-        if result:
-            result.point = point
-            return result
-        fib.tried = tried + fib.tried
-        return fib
-
-    def receive(self):
-        """Every packet on the machine passes here, so how its headers are read matters (watch.bpf.c)."""
-        e = self.tracepoint("device receive", "net", ["netif_receive_skb"])
-        if e.kind == "tp_btf":
-            if self.caps.has("direct_read"):
-                e.probe += " (headers by direct loads)"
-            else:
-                e.tried.append(("direct header loads", _no(self.caps, "direct_read")))
-        return e
-
-    def rule_verdict(self):
-        """Which rule dropped a packet comes from rule and policy counter differences read before and
-        after (diagnose); fexit on nft_do_chain/ipt_do_table is not implemented."""
-        point = "rule verdict"
-        tools = [t for t in ("iptables-save", "nft") if shutil.which(t)]
-        if tools:
-            return PlanEntry(point, "rule/policy counter differences (%s)" % ", ".join(tools), "counters",
-                             tuple(tools))
-        return PlanEntry(point, None, why="unavailable: neither iptables-save nor nft is installed")
-
-    def all(self):
-        entries = [self.receive()]
-        entries += [self.netfilter(h) for h in HOOKS]
-        entries += [self.route(), self.rule_verdict(),
-                    self.tracepoint("drop", "skb", ["kfree_skb"]),
-                    self.tracepoint("done / delivered", "skb", ["consume_skb"]),
-                    self.tracepoint("egress device", "net", ["net_dev_queue", "net_dev_xmit"])]
-        return entries
-
-
-def plan(caps, kernel_has_function=None, has_event=None):
-    """The attach plan: one PlanEntry per journey point, in DESIGN.md's order of preference.
-
-    kernel_has_function(name) and has_event(category, name) answer True/False/None (None: cannot tell);
-    by default they read /proc/kallsyms and tracefs.
-    """
-    return _Planner(caps, kernel_has_function, has_event).all()
-
-
-_symbols: set | None = None
-
-
-def _kernel_has_function(name):
-    """Whether a kernel function is in /proc/kallsyms (an inlined one cannot be hooked); None if unreadable."""
-    global _symbols
-    if _symbols is None:
-        try:
-            with open(KALLSYMS) as f:
-                _symbols = {parts[2] for parts in map(str.split, f) if parts[1] in "tT"}
-        except OSError:
-            return None
-    return name in _symbols
-
-
-def _has_event(category, name):
-    if not tracefs.is_mounted():
-        return None
-    return tracefs.has_event(category, name)

@@ -140,3 +140,16 @@ def load(path=KALLSYMS):
 
     table.reload = reload
     return table
+
+
+_text_symbols: set | None = None
+
+
+def has_function(name: str, path=KALLSYMS) -> bool:
+    """Whether a kernel function is in kallsyms (an inlined one cannot be hooked by fexit or kprobe).
+    Raises OSError when kallsyms cannot be read. The set is read once per process."""
+    global _text_symbols
+    if _text_symbols is None:
+        with open(path) as f:
+            _text_symbols = {parts[2] for parts in map(str.split, f) if parts[1] in "tT"}
+    return name in _text_symbols

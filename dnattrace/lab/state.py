@@ -41,6 +41,16 @@ class Instance:
     created: float = 0.0
     objects: list = dataclasses.field(default_factory=list)   # the undo log, in creation order
 
+    def target(self):
+        """The dnattrace Target of this instance: its published port, DNAT target and namespaces."""
+        from dnattrace.target import Endpoint, Target
+        return Target(proto=self.proto, port=self.target_port,
+                      backends=[Endpoint(self.container_addr, self.container_port)],
+                      container=self.container_name or "",
+                      host_netns=net.netns_path(self.host_ns) if self.host_ns else None,
+                      container_netns=self.container_ns if self.container_ns.startswith("/")
+                      else net.netns_path(self.container_ns))
+
     # -- persistence ---------------------------------------------------------------------------------
     @property
     def path(self):

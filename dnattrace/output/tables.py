@@ -7,7 +7,7 @@ import sys
 import orjson
 
 
-def table(rows, columns, headers=None, totals=None, floatfmt=".1f"):
+def table(rows, columns, headers=None, totals=None, floatfmt=".1f", maxcolwidths=None):
     """A plain-text table of `rows` (dicts) showing `columns`; `totals` (dict) becomes a last line."""
     # imported here: tabulate (with wcwidth's tables) is 7 MB that `drops --json` has no use for
     from tabulate import tabulate
@@ -15,7 +15,7 @@ def table(rows, columns, headers=None, totals=None, floatfmt=".1f"):
     if totals is not None:
         body.append([_cell(totals.get(c)) for c in columns])
     return tabulate(body, headers=headers or list(columns), tablefmt="simple", floatfmt=floatfmt,
-                    disable_numparse=False)
+                    disable_numparse=False, maxcolwidths=maxcolwidths)
 
 
 def _cell(value):

@@ -7,63 +7,10 @@ host's own DNAT rules for the port (any NAT layout, Docker or not), else a local
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Optional
 
-from dnattrace import model
 from dnattrace.errors import DnattraceError, UsageError
-from dnattrace.watch.tracer import FilterEntry
-
-
-@dataclass
-class Endpoint:
-    addr: Optional[str]      # None: any address
-    port: int
-
-
-@dataclass
-class Target:
-    proto: str                                              # "tcp" | "udp"
-    port: int                                               # the published port (what clients connect to)
-    backends: list[Endpoint] = field(default_factory=list)  # where DNAT sends it (empty: a local service)
-    container: str = ""                                     # the Docker container, when known
-    host_netns: Optional[str] = None                        # path of the host's namespace (None = ours)
-    container_netns: Optional[str] = None                   # path of the container's namespace
-    dnat_rule: str = ""                                     # the rule text that does the DNAT
-    addr: Optional[str] = None                              # --dst: only this published address
-
-    @property
-    def proto_num(self) -> int:
-        return model.PROTO_NUMBERS[self.proto]
-
-    def filters(self) -> list[FilterEntry]:
-        out = [FilterEntry(self.proto_num, self.port, self.addr)]
-        out += [FilterEntry(self.proto_num, b.port, b.addr) for b in self.backends]
-        return out
-
-    def services(self) -> list[tuple[int, int, Optional[str]]]:
-        """(proto, port, addr) of the service side: a packet towards one of these is a request."""
-        return [(f.proto, f.port, f.addr) for f in self.filters()]
-
-    def netns_paths(self) -> list[Optional[str]]:
-        paths = [self.host_netns]
-        if self.container_netns and self.container_netns != self.host_netns:
-            paths.append(self.container_netns)
-        return paths
-
-    def netns_inodes(self) -> set[int]:
-        """Inodes of the watched namespaces (what the BPF programs report per step)."""
-        from dnattrace.netns import enter as ns
-        return {ns.inode(p) for p in self.netns_paths()}
-
-    def describe(self) -> str:
-        head = "%s :%d" % (self.proto.upper(), self.port)
-        if self.container and self.backends:
-            b = self.backends[0]
-            return '%s is published by container "%s" -> %s:%d' % (head, self.container, b.addr, b.port)
-        if self.backends:
-            return "%s is DNATed to %s" % (head, ", ".join("%s:%d" % (b.addr, b.port) for b in self.backends))
-        return "%s (no DNAT for this port: a local service)" % head
+from dnattrace.target import Endpoint, Target
 
 
 def check_port(port: int) -> int:
@@ -167,12 +114,27 @@ def resolve(port: Optional[int] = None, container: Optional[str] = None, proto: 
     return t
 
 
-def from_lab(inst) -> Target:
-    """The Target of a lab instance (dnattrace.lab): its published port, DNAT target and namespaces."""
-    from dnattrace.netns import build as net
-    return Target(proto=inst.proto, port=inst.target_port,
-                  backends=[Endpoint(inst.container_addr, inst.container_port)],
-                  container=inst.container_name or "",
-                  host_netns=net.netns_path(inst.host_ns) if inst.host_ns else None,
-                  container_netns=inst.container_ns if inst.container_ns.startswith("/")
-                  else net.netns_path(inst.container_ns))
+def resolve_with_addresses(**options):
+    """(resolve(**options), the addresses of the namespaces it names): watch asks both in one
+    look-up child, so pyroute2 is imported once at start, not once for each."""
+    t = resolve(**options)
+    return t, _local_addresses(t.netns_paths())
+
+
+def local_addresses(paths) -> dict[int, set[str]]:
+    """The IPv4 addresses of each namespace (by inode), read once when the watch starts: in one look-up
+    (a child process when watch stays light: one pyroute2 import for all the namespaces, not one each)."""
+    from dnattrace import forked
+    return forked.lookup(_local_addresses, list(paths))
+
+
+def _local_addresses(paths) -> dict[int, set[str]]:
+    from dnattrace.evidence import links
+    from dnattrace.netns import enter as ns
+    out = {}
+    for path in paths:
+        try:
+            out[ns.inode(path)] = set(links.local_addresses(links.links(path)))
+        except Exception:     # evidence, not a precondition: the journey just says less
+            continue
+    return out

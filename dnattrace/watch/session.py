@@ -3,18 +3,17 @@ journeys and connections. Used by `watch` and by `diagnose`.
 """
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
 from typing import Callable, Optional
 
-from dnattrace.kernel import btf, kallsyms
-from dnattrace.drops import counter as drops
-from dnattrace.watch import abi, journeys
 from dnattrace import model
-from dnattrace.netns import names as netns
-from dnattrace.watch.tracer import WatchTracer
+from dnattrace.drops import counter as drops
+from dnattrace.kernel import btf, kallsyms
+from dnattrace.netns import enter, names as netns
+from dnattrace.signals import stop_signals
+from dnattrace.watch import abi, journeys
+from dnattrace.watch.resolve import local_addresses
+from dnattrace.watch.tracer import FilterEntry, WatchTracer
 
 
 class Follower:
@@ -25,12 +24,12 @@ class Follower:
         """local: the watched namespaces' addresses when the caller already read them
         (resolve_with_addresses); else start() reads them."""
         self.target = target
-        self.tracer = WatchTracer(target.filters(), target.netns_paths(), all_packets=all_packets,
+        self.tracer = WatchTracer([FilterEntry(*e) for e in target.endpoints()], target.netns_paths(), all_packets=all_packets,
                                   capture=pcap is not None, max_new=max_new, hook_detail=hook_detail, caps=caps)
-        inodes = target.netns_inodes()
+        inodes = {enter.inode(p) for p in target.netns_paths()}
         # only packets that entered the host (or container) being watched: another host on this
         # machine (a lab, a nested setup) may use the same addresses and ports
-        self.builder = journeys.JourneyBuilder(journeys.request_matcher(target.services()), idle_s=idle_s,
+        self.builder = journeys.JourneyBuilder(journeys.request_matcher(target.endpoints()), idle_s=idle_s,
                                               keep=self._keep)
         self._inodes = inodes
         self._local: Optional[dict[int, set[str]]] = local
@@ -137,58 +136,3 @@ class Follower:
         finally:
             for j, c in self.poll(0) + self.builder.flush():
                 on_journey(j, c)
-
-
-@contextlib.contextmanager
-def stop_signals(active=True):
-    """SIGINT and SIGTERM append to the list yielded instead of raising. A poll decodes a whole batch of
-    records into journeys before any is printed; an interrupt inside it lost that batch's journeys from
-    the output (the summary still counted them): under a burst, most of them. A second signal interrupts
-    at once, as before (a watch stuck writing to a full pipe must still stop). Only in the main thread
-    (where Python runs handlers); an ignored SIGINT (a background job) stays ignored."""
-    caught: list[int] = []
-    if not active or threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-
-    def handler(signum, frame):
-        if caught:
-            raise KeyboardInterrupt
-        caught.append(signum)
-
-    old = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            old[sig] = signal.signal(sig, handler)
-    try:
-        yield caught
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
-def resolve_with_addresses(**options):
-    """(resolve.resolve(**options), the addresses of the namespaces it names): watch asks both in one
-    look-up child, so pyroute2 is imported once at start, not once for each."""
-    from dnattrace.watch import resolve
-    t = resolve.resolve(**options)
-    return t, _local_addresses(t.netns_paths())
-
-
-def local_addresses(paths) -> dict[int, set[str]]:
-    """The IPv4 addresses of each namespace (by inode), read once when the watch starts: in one look-up
-    (a child process when watch stays light: one pyroute2 import for all the namespaces, not one each)."""
-    from dnattrace import forked
-    return forked.lookup(_local_addresses, list(paths))
-
-
-def _local_addresses(paths) -> dict[int, set[str]]:
-    from dnattrace.evidence import links
-    from dnattrace.netns import enter as ns
-    out = {}
-    for path in paths:
-        try:
-            out[ns.inode(path)] = set(links.local_addresses(links.links(path)))
-        except Exception:     # evidence, not a precondition: the journey just says less
-            continue
-    return out

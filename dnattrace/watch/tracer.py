@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-from dnattrace.kernel import capabilities, loader, objects
+from dnattrace.kernel import capabilities, loader, objects, plan
 from dnattrace.drops import counter as drops
 from dnattrace.watch import abi
 from dnattrace.errors import CannotObserve
@@ -27,34 +27,6 @@ OBJECT = objects.path("watch")
 # double against watch's memory budget. Under --max-rate a second's events fit in 1 MB many times over;
 # without a cap (or with --all) the bigger ring rides out bursts.
 RING_CAPPED, RING_FULL = 1 << 20, 4 << 20
-
-# netfilter positions: (hook, program, priority). The first and last position of every hook tell
-# whether a packet got through it, and the NAT rewrite and conntrack state show as the difference
-# between them. The positions inside (after conntrack, after DNAT, after SNAT) tell where inside a
-# hook something happened; every packet of every flow pays for each position (scripts/bench watch),
-# so they are added on request (--hook-detail). Priorities: capabilities.EDGE/INSIDE_PRIORITIES.
-_INSIDE_PROGRAM = {-199: "nf_conntrack", -99: "nf_dnat", 101: "nf_snat"}
-NF_EDGES = [(hook, prog, prio) for hook in capabilities.HOOKS
-            for prog, prio in zip(("nf_first", "nf_last"), capabilities.EDGE_PRIORITIES)]
-NF_INSIDE = [(hook, _INSIDE_PROGRAM[prio], prio)
-             for hook, prios in capabilities.INSIDE_PRIORITIES.items() for prio in prios]
-NF_POSITIONS = NF_EDGES + NF_INSIDE
-NF_PROGRAMS = sorted({p for _, p, _ in NF_POSITIONS})
-
-# For each point, the programs in order of preference and the capability each needs.
-CHOICES = {
-    "device receive": [("rx_direct", "direct_read"), ("rx_btf", "tp_btf"), ("rx_raw", "raw_tp"),
-                       ("rx_tp", "tracepoint")],
-    "route decision": [("fib_btf", "fib_tracepoint"), ("fib_raw", "raw_tp")],
-    "route result": [("route_fexit", "fexit"), ("route_kprobe+route_kretprobe", "kprobe")],
-    "hook verdict": [("verdict_fentry+verdict_fexit", "fexit"), ("verdict_kprobe+verdict_kretprobe", "kprobe")],
-    "drop": [("drop_direct", "direct_read"), ("drop_btf", "tp_btf"), ("drop_tp", "tracepoint")],
-    "consume": [("consume_btf", "tp_btf"), ("consume_tp", "tracepoint")],
-    "transmit": [("xmit_btf", "tp_btf")],
-}
-REQUIRED = ("device receive", "drop")
-# Netfilter programs with a twin that reads packet headers with direct loads (capability direct_read).
-NF_DIRECT = {"nf_first": "nf_first_direct"}
 
 
 @dataclass(frozen=True)
@@ -69,31 +41,21 @@ class FilterEntry:
         return struct.pack("<BBH", self.proto, 0, socket.htons(self.port)) + addr
 
 
-def nf_program(name, caps):
-    """The program that runs at a netfilter position: its direct-read twin where the kernel allows it."""
-    return NF_DIRECT.get(name, name) if caps.has("direct_read") else name
-
-
 def choose(caps) -> tuple[dict[str, list[str]], list[str]]:
-    """Programs to load for each point, and notes on what was unavailable (shown with --verbose)."""
-    chosen: dict[str, list[str]] = {}
-    notes = []
-    for point, options in CHOICES.items():
-        for progs, cap in options:
-            if caps.has(cap):
-                chosen[point] = progs.split("+")
-                break
-        else:
-            notes.append("%s: unavailable (%s)" % (point, ", ".join("%s needs %s" % o for o in options)))
-    if caps.has("netfilter_link"):
-        # loaded all; attached at the positions asked for
-        chosen["netfilter hooks"] = [nf_program(p, caps) for p in NF_PROGRAMS]
-    else:
-        notes.append("netfilter hooks: no BPF netfilter links here; hooks show only through verdicts and drops")
-    for point in REQUIRED:
-        if point not in chosen:
-            raise CannotObserve("this kernel cannot trace the %s point (%s)" % (point, "; ".join(notes)))
+    """Programs to load for each point (kernel/plan.py's choice), and notes on what was passed over or
+    unavailable (shown with --verbose)."""
+    choices = plan.choose(caps)
+    plan.require(choices)
+    chosen = {c.point: list(c.programs) for c in choices if c.probe}
+    if "netfilter hooks" in chosen:     # all loaded; which are attached depends on --hook-detail
+        chosen["netfilter hooks"] = sorted({p for _, p, _ in _positions(caps, hook_detail=True)})
+    notes = ["%s: %s" % (c.point, c.probe.label if c.probe else "unavailable") +
+             "".join("; passed over %s (%s)" % t for t in c.tried) for c in choices if c.tried]
     return chosen, notes
+
+
+def _positions(caps, hook_detail):
+    return plan.positions(hook_detail=hook_detail, direct_read=caps.has("direct_read"))
 
 
 class WatchTracer:
@@ -110,8 +72,7 @@ class WatchTracer:
         self.capture = capture
         self.max_new = max_new
         self.caps = caps or capabilities.probe()
-        self.positions = [(hook, nf_program(prog, self.caps), prio)
-                          for hook, prog, prio in (NF_POSITIONS if hook_detail else NF_EDGES)]
+        self.positions = _positions(self.caps, hook_detail)
         self.chosen, self.notes = choose(self.caps)
         self._obj = None
         self._rb = None
@@ -181,7 +142,7 @@ class WatchTracer:
         step = 1 if prio < 0 else -1
         for i in range(8):
             try:
-                return self._obj.program(prog).attach_netfilter(capabilities.HOOKS[hook], prio + i * step,
+                return self._obj.program(prog).attach_netfilter(plan.HOOKS[hook], prio + i * step,
                                                                  netns_path=path)
             except loader.BpfError as e:
                 if e.errno != errno.EBUSY or i == 7:

@@ -1,0 +1,34 @@
+"""Stopping a long run (watch, drops, diagnose) between two polls instead of inside one."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+
+@contextlib.contextmanager
+def stop_signals(active=True):
+    """SIGINT and SIGTERM append to the list yielded instead of raising. A poll decodes a whole batch of
+    records into journeys before any is printed; an interrupt inside it lost that batch's journeys from
+    the output (the summary still counted them): under a burst, most of them. A second signal interrupts
+    at once, as before (a watch stuck writing to a full pipe must still stop). Only in the main thread
+    (where Python runs handlers); an ignored SIGINT (a background job) stays ignored."""
+    caught: list[int] = []
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield caught
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
