@@ -34,7 +34,7 @@ def test_unknown_name_is_a_usage_error(root):
 def test_docker_is_asked_in_a_child_process():
     """watch and drops name namespaces for their whole life: the Docker SDK's imports (requests,
     urllib3, ...) must stay in the short-lived child that asks the engine, engine or not."""
-    code = ("import sys; from dnattrace import apart, netns; apart.stay_light(); netns.docker_netns(); "
+    code = ("import sys; from dnattrace import forked; from dnattrace.netns import names as netns; forked.stay_light(); netns.docker_netns(); "
             "netns.Namer().refresh(); "
             "print(sorted(m for m in ('docker', 'requests', 'urllib3') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
