@@ -13,10 +13,10 @@ import time
 import pytest
 
 from conftest import require
-from dnattrace.kernel import capabilities, loader, tracefs
+from dnattrace.kernel import capabilities, loader, objects, tracefs
 from dnattrace.netns import build as net
 
-OBJDIR = os.path.join(os.path.dirname(loader.__file__), "bpfobj")
+OBJDIR = objects.OBJECT_DIR
 PROBES = os.path.join(OBJDIR, "probes.bpf.o")
 SELFTEST = os.path.join(OBJDIR, "selftest.bpf.o")
 BAD = os.path.join(OBJDIR, "bad.bpf.o")
