@@ -18,7 +18,7 @@ COMMANDS = {
     "drops": "dnattrace.commands.drops:drops",
     "watch": "dnattrace.commands.watch:watch",
     "diagnose": "dnattrace.commands.diagnose:diagnose",
-    "demo": "dnattrace.commands.diagnose:demo",
+    "demo": "dnattrace.lab.demo:demo",
     "lab": "dnattrace.lab.cli:lab",
 }
 

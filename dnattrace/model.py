@@ -205,7 +205,7 @@ class Connection:
 
     @property
     def outcome(self) -> str:
-        """established | refused (RST reply) | dropped | no-reply | unfinished."""
+        """answered | refused (RST reply) | dropped | no-reply | unfinished."""
         flags = [s.tcp_flags for j in self.replies for s in j.steps[:1]]
         if any("R" in f for f in flags):
             return "refused"

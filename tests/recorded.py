@@ -17,8 +17,5 @@ def rows(scenario):
 
 
 def connections(scenario):
-    b = journeys.JourneyBuilder(journeys.request_matcher(SERVICES))
-    for r in rows(scenario):
-        b.add(model.step_from_dict(r["step"]), r["skb"], r["new"])
-    b.flush()
-    return b.connections
+    return journeys.build(((r["skb"], model.step_from_dict(r["step"]), r["new"]) for r in rows(scenario)),
+                          journeys.request_matcher(SERVICES))

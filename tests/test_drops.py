@@ -19,7 +19,7 @@ from dnattrace.drops import counter as engine
 from dnattrace.kernel import kallsyms
 from dnattrace.netns import names as nsnames
 from dnattrace.netns import build as net
-from dnattrace.kernel.loader import in_netns
+from dnattrace.netns.enter import entered
 
 pytestmark = pytest.mark.kernel
 
@@ -76,7 +76,7 @@ def syn(src, dst, sport, dport):
 
 
 def send_syns(lab, n, dport=DNAT_PORT):
-    with in_netns(net.netns_path(lab.client)):
+    with entered(net.netns_path(lab.client)):
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
     with s:
         for i in range(n):
@@ -84,7 +84,7 @@ def send_syns(lab, n, dport=DNAT_PORT):
 
 
 def send_udp(ns, n, dst, port=CLOSED_UDP_PORT):
-    with in_netns(net.netns_path(ns)):
+    with entered(net.netns_path(ns)):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with s:
         for _ in range(n):

@@ -1,23 +1,14 @@
-"""`dnattrace diagnose` (one-shot root cause) and `dnattrace demo` (the reference case end to end)."""
+"""`dnattrace diagnose`: one-shot root cause (the run is diagnose/run.py, its rendering output/diagnosis.py)."""
 from __future__ import annotations
 
 import json
 import sys
-import time
 
 import click
 
 from dnattrace.kernel import preflight
 from dnattrace.commands.watch import watch_options
 from dnattrace.errors import EXIT_FAULT, EXIT_OK, UsageError
-
-
-def _print_result(res, as_json):
-    from dnattrace.output import diagnosis
-    if as_json:
-        click.echo(json.dumps(diagnosis.as_dict(res)))
-    else:
-        click.echo(diagnosis.text(res))
 
 
 def _ready(t, timeout, as_json, client):
@@ -47,7 +38,8 @@ def _exit_code(res):
 @click.pass_context
 def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as_json):
     """Watch, follow, explain the cause with evidence, and print the fix."""
-    from dnattrace.diagnose import run as dg, probeclient
+    from dnattrace.diagnose import probeclient, run as dg
+    from dnattrace.output import diagnosis
     from dnattrace.watch import resolve as targets
 
     if port is not None:
@@ -69,7 +61,7 @@ def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as
     finally:
         if client:
             client.down()
-    _print_result(res, as_json)
+    diagnosis.show(res, as_json)
     if do_fix and res.findings:
         top = res.findings[0]
         if not top.fix:
@@ -80,43 +72,3 @@ def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as
         else:
             click.echo("Not applied (use --yes to apply without a terminal).", err=True)
     ctx.exit(_exit_code(res))
-
-
-@click.command()
-@click.option("--scenario", default="forwarding-off", show_default=True, help="Which lab scenario to diagnose.")
-@click.option("--docker", is_flag=True, help="Use the real Docker engine for the lab host.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def demo(ctx, scenario, docker, as_json):
-    """Bring up a broken lab host, send a few SYNs, diagnose, tear the lab down."""
-    from dnattrace.diagnose import run as dg, probeclient
-    from dnattrace import lab
-    from dnattrace.watch import resolve as targets
-    from dnattrace.netns import build as net
-    from dnattrace.lab import scenarios
-
-    preflight.require_root()
-    sc = scenarios.get(scenario)
-    t0 = time.monotonic()
-    inst = lab.up(sc.id, prefix=net.unique("demo"), docker=docker)
-    proc = None
-    try:
-        t = inst.target()
-        if not as_json:
-            click.echo("Lab %s (%s): %s" % (inst.name, sc.id, sc.description))
-            click.echo("Client %s connects to %s:%d. %s." % (inst.client_addr, inst.target_addr, inst.target_port,
-                                                          t.describe()))
-
-        def traffic():
-            nonlocal proc
-            proc = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 2, 2.0)
-        res = dg.run(t, timeout=8.0, traffic=traffic)
-        _print_result(res, as_json)
-    finally:
-        probeclient.stop(proc)
-        lab.down(inst.name)
-    top = res.findings[0].cause_id if res.findings else "none"
-    if not as_json:
-        click.echo("Ground truth for %s: %s; diagnosed: %s. Lab removed; %.1f s in all."
-                   % (sc.id, sc.cause, top, time.monotonic() - t0))
-    ctx.exit(EXIT_OK if top == sc.cause else EXIT_FAULT)

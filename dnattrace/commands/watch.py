@@ -41,19 +41,11 @@ def watch_options(f):
 def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, count, as_json, pcap, max_rate,
           hook_detail):
     """Follow each SYN (and its reply) through the kernel, hook by hook."""
-    from dnattrace import forked, model
-    from dnattrace.watch import resolve as targets
-    from dnattrace.watch.session import Follower, resolve_with_addresses
+    from dnattrace import forked
+    from dnattrace.watch.session import Follower
+    from dnattrace.watch.resolve import resolve_with_addresses
 
-    if port is not None:
-        targets.check_port(port)
-    if src:
-        try:
-            model.ip_in("0.0.0.0", src)
-        except ValueError:
-            raise UsageError("--src %s is not an address range (CIDR)" % src) from None
-    if count is not None and count < 1:
-        raise UsageError("--count must be at least 1")
+    _check_options(port, src, dst, count, duration)
     preflight.require_root()
     preflight.require_btf()
     # a long-lived process with a memory budget: Docker's and pyroute2's imports stay in short-lived
@@ -61,58 +53,97 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     forked.stay_light()
     t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns,
                                dst=dst)
-    writer = None
-    if pcap:
-        from dnattrace.watch.pcapng import PcapngWriter
-        try:
-            writer = PcapngWriter(pcap)
-        except OSError as e:
-            raise UsageError("cannot write %s: %s" % (pcap, e.strerror)) from None
-    out = click.echo
-    t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    shown: set[int] = set()     # ids of the connections printed so far
-
-    def wanted(c):
-        return not src or model.ip_in(c.key.src, src)
-
-    def on_journey(j, c):
-        if not wanted(c):
-            return
-        if c.requests:
-            shown.add(id(c))
-        if as_json:
-            out(tables.json_line(journey_lines.journey_json(j, c)))
-        else:
-            out(journey_lines.render_journey(j, c, t0))
-
-    def on_drops(ds):
-        if as_json:
-            out(tables.json_line(journey_lines.unfollowed_drops_json(ds)))
-        else:
-            out(journey_lines.unfollowed_drops_text(ds, (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - t0) / 1e9))
-
-    def enough():
-        return count is not None and len(shown) >= count
-
+    writer = _pcap_writer(pcap)
+    printer = _Printer(as_json, src)
     f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate, hook_detail=hook_detail, local=local)
     try:
         with f:
-            # said once the probes are attached, so a script can start its traffic on this line
-            if as_json:
-                out(tables.json_line({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
-                                      "probes": f.tracer.chosen}), nl=True)
-            else:
-                out("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
-            sys.stdout.flush()
-            f.run(on_journey, duration=duration, stop=enough, on_drops=on_drops, until_signal=True)
+            printer.started(t, f.tracer.chosen, duration)   # a script can start its traffic on this line
+            f.run(printer.journey, duration=duration, stop=lambda: count is not None and printer.shown >= count,
+                  on_drops=printer.drops, until_signal=True)
     except KeyboardInterrupt:
         pass    # Ctrl-C ends the watch: the summary below is what the user wants
     finally:
         if writer:
             writer.close()
-    conns = [c for c in f.builder.all_connections() if wanted(c)]
-    counts = (f.lost_events, f.not_followed, f.builder.retired_untold, f.unfollowed_drops)
-    if as_json:
-        out(tables.json_line(journey_lines.summary_json(conns, *counts)))
-    else:
-        out("\n" + journey_lines.summary_table(conns, *counts))
+    printer.summary(f)
+
+
+def _check_options(port, src, dst, count, duration):
+    """Every option checked before anything touches the kernel."""
+    from dnattrace import model
+    from dnattrace.watch import resolve as targets
+    if port is not None:
+        targets.check_port(port)
+    if src:
+        try:
+            model.ip_in("0.0.0.0", src)
+        except ValueError:
+            raise UsageError("--src %s is not an address range (CIDR)" % src) from None
+    if dst is not None:
+        targets.check_address(dst, "--dst")
+    if count is not None and count < 1:
+        raise UsageError("--count must be at least 1")
+    if duration is not None and not 0 < duration < float("inf"):
+        raise UsageError("--duration must be a positive number of seconds")
+
+
+def _pcap_writer(pcap):
+    if not pcap:
+        return None
+    from dnattrace.watch.pcapng import PcapngWriter
+    try:
+        return PcapngWriter(pcap)
+    except OSError as e:
+        raise UsageError("cannot write %s: %s" % (pcap, e.strerror)) from None
+
+
+class _Printer:
+    """What watch prints: each journey of the connections asked for, the drops of packets not followed,
+    and the summary; as text or JSON lines."""
+
+    def __init__(self, as_json, src):
+        self.as_json = as_json
+        self.src = src
+        self.t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self._shown: set[int] = set()     # ids of the connections printed so far
+
+    @property
+    def shown(self) -> int:
+        return len(self._shown)
+
+    def wanted(self, c) -> bool:
+        from dnattrace import model
+        return not self.src or model.ip_in(c.key.src, self.src)
+
+    def started(self, t, probes, duration):
+        if self.as_json:
+            click.echo(tables.json_line({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
+                                         "probes": probes}))
+        else:
+            click.echo("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
+        sys.stdout.flush()
+
+    def journey(self, j, c):
+        if not self.wanted(c):
+            return
+        if c.requests:
+            self._shown.add(id(c))
+        if self.as_json:
+            click.echo(tables.json_line(journey_lines.journey_json(j, c)))
+        else:
+            click.echo(journey_lines.render_journey(j, c, self.t0))
+
+    def drops(self, ds):
+        if self.as_json:
+            click.echo(tables.json_line(journey_lines.unfollowed_drops_json(ds)))
+        else:
+            click.echo(journey_lines.unfollowed_drops_text(ds, (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - self.t0) / 1e9))
+
+    def summary(self, f):
+        conns = [c for c in f.builder.all_connections() if self.wanted(c)]
+        counts = (f.lost_events, f.not_followed, f.builder.retired_untold, f.unfollowed_drops)
+        if self.as_json:
+            click.echo(tables.json_line(journey_lines.summary_json(conns, *counts)))
+        else:
+            click.echo("\n" + journey_lines.summary_table(conns, *counts))

@@ -23,11 +23,7 @@ from dnattrace.evidence import firewall
 from dnattrace.evidence.firewall import DROP_TARGETS, CounterMove
 from dnattrace.evidence.snapshot import Delta, NsDelta, NsEvidence, Snapshot
 
-try:
-    from dnattrace.kernel.reasons import meaning as reason_meaning
-except ImportError:  # the reasons table is optional for the catalogue
-    def reason_meaning(name):
-        return name or "no reason recorded"
+from dnattrace.kernel.reasons import meaning as reason_meaning
 
 NONE = "none"               # the cause id of a healthy connection (no finding)
 PERSIST = "persist it in /etc/sysctl.d/ (e.g. /etc/sysctl.d/99-dnattrace.conf) so it survives a reboot"
@@ -537,7 +533,6 @@ CATALOGUE: tuple[Cause, ...] = (
     Cause("br-netfilter", "Bridged traffic filtered by iptables (br_netfilter)", match_br_netfilter),
     Cause("reply-no-route", "The reply cannot be routed back", match_reply_no_route),
 )
-CAUSE_IDS = tuple(c.id for c in CATALOGUE) + (NONE,)
 
 
 def _findings_for(facts: Facts, cap: float = 1.0) -> list[Finding]:

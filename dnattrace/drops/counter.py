@@ -1,4 +1,4 @@
-"""The drop counter behind `dnattrace drops` (and used by diagnose and the tests): load bpf/drops.bpf.c,
+"""The drop counter behind `dnattrace drops` (and watch's count of drops it does not follow): load bpf/drops.bpf.c,
 attach it to kfree_skb, and read per-interval drop counts keyed by site, reason, namespace and protocol.
 
 Why cumulative counts and differences: the kernel adds to per-CPU counters that are never deleted while
@@ -303,7 +303,7 @@ def totals(rows):
 
 
 def by_function(described):
-    """{(function, reason): count}: what tests and diagnose ask ("how many at ip_error, IP_INADDRERRORS")."""
+    """{(function, reason): count}: what the tests ask ("how many at ip_error, IP_INADDRERRORS")."""
     c = Counter()
     for d in described:
         c[(d["function"], d["reason"])] += d["count"]

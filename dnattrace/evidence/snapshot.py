@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from dnattrace.errors import DnattraceError
 from dnattrace.target import Target
 from dnattrace.evidence import conntrack, firewall, links, snmp, sockets, sysctl
 from dnattrace.evidence.firewall import CounterMove, Ruleset
@@ -56,9 +55,7 @@ def _gather(ev: NsEvidence, what, *args, **kw):
     """Run one reader; a failure becomes a line in ev.errors instead of stopping the whole snapshot."""
     try:
         return what(*args, **kw)
-    except DnattraceError as e:
-        ev.errors.append("%s: %s" % (what.__name__, e))
-    except Exception as e:  # pyroute2 / OS errors: keep the rest of the evidence
+    except Exception as e:  # DnattraceError, pyroute2 / OS errors: keep the rest of the evidence
         ev.errors.append("%s: %s" % (what.__name__, e))
     return None
 

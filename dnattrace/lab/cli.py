@@ -5,10 +5,10 @@ import json
 import os
 
 import click
-from tabulate import tabulate
 
 from dnattrace.errors import DnattraceError, UsageError
 from dnattrace.lab import manage, scenarios
+from dnattrace.output import tables
 
 
 def _need_root():
@@ -31,7 +31,7 @@ def list_(as_json):
         return
     rows = [(s.id, s.cause, "%s / %s" % (s.drop_function, s.drop_reason) if s.drop_function else "-",
              s.drop_ns or "-", "yes" if s.docker else "", s.description) for s in scenarios.SCENARIOS]
-    click.echo(tabulate(rows, headers=("scenario", "cause", "drop (function / reason)", "netns", "--docker",
+    click.echo(tables.grid(rows, ("scenario", "cause", "drop (function / reason)", "netns", "--docker",
                                        "what is broken")))
 
 
@@ -64,7 +64,7 @@ def traffic(name, attempts, timeout, as_json):
         rows = [(i + 1, "ok" if a["ok"] else "FAILED", a["reason"], a["status"] or "", "%.3f" % a["seconds"])
                 for i, a in enumerate(r.attempts)]
         click.echo("%s -> %s:%d" % (inst.client_addr, inst.target_addr, inst.target_port))
-        click.echo(tabulate(rows, headers=("attempt", "result", "reason", "status line", "seconds")))
+        click.echo(tables.grid(rows, ("attempt", "result", "reason", "status line", "seconds")))
     return 0 if r.ok else 1
 
 
@@ -83,7 +83,7 @@ def status(as_json):
     rows = [(i.name, i.scenario, "docker" if i.docker else "netns", i.client_ns, i.host_ns or "(root)",
              "%s:%d" % (i.target_addr, i.target_port), "%s:%d" % (i.container_addr, i.container_port))
             for i in insts]
-    click.echo(tabulate(rows, headers=("name", "scenario", "variant", "client netns", "host netns", "target",
+    click.echo(tables.grid(rows, ("name", "scenario", "variant", "client netns", "host netns", "target",
                                        "container")))
 
 

@@ -1,4 +1,4 @@
-"""Small primitives for building test topologies in network namespaces: namespaces, veth pairs,
+"""Small primitives for building topologies in network namespaces: namespaces, veth pairs,
 addresses, routes, sysctls and commands run inside a namespace. The lab scenarios and the kernel tests
 are built from these; everything created is recorded by the caller so it can be torn down again.
 
@@ -12,8 +12,7 @@ import secrets
 import subprocess
 
 from dnattrace.errors import DnattraceError
-
-NETNS_DIR = "/run/netns"
+from dnattrace.netns.names import NETNS_DIR
 
 
 class NetError(DnattraceError):

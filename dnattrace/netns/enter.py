@@ -2,6 +2,8 @@
 
 Readers run Python code inside the namespace (netlink sockets, /proc/sys and /proc/thread-self/net bind to
 the calling thread's namespace) or run a tool there with nsenter (iptables-save, nft, conntrack).
+Switching a thread's namespace is setns(2), which Python 3.11 has no binding for: the loader (the only
+ctypes user) makes the call, this module turns its errors into what a user can act on.
 """
 from __future__ import annotations
 

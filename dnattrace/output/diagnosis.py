@@ -2,8 +2,13 @@
 its plain-words explanation, evidence and fix; or that the connection works; or that nothing arrived."""
 from __future__ import annotations
 
+import json
+
+import click
+
 from dnattrace import model
 from dnattrace.output import journey_lines
+from dnattrace.diagnose import causes
 from dnattrace.diagnose.run import Result
 
 
@@ -65,7 +70,7 @@ def as_dict(res: Result) -> dict:
                    "backends": [{"addr": b.addr, "port": b.port} for b in res.target.backends]},
         "seen": res.seen,
         "healthy": res.healthy,
-        "top_cause": res.findings[0].cause_id if res.findings else "none",
+        "top_cause": causes.top_cause(res.findings),
         "findings": [f.to_dict() for f in res.findings],
         "connection": journey_lines.summary_json([c], 0)["connections"][0] if c else None,
         "journey": journey_lines.journey_json(c.openers[0] if c.openers else c.requests[0], c) if c and c.requests else None,
@@ -74,3 +79,11 @@ def as_dict(res: Result) -> dict:
         "explain_ms_after_first_failure": round((res.explained_at - res.first_failure_at) * 1000)
         if res.first_failure_at and res.explained_at else None,
     }
+
+
+def show(res: Result, as_json: bool):
+    """Print the diagnosis: one JSON object, or the text for people."""
+    if as_json:
+        click.echo(json.dumps(as_dict(res)))
+    else:
+        click.echo(text(res))

@@ -18,6 +18,12 @@ def table(rows, columns, headers=None, totals=None, floatfmt=".1f", maxcolwidths
                     disable_numparse=False, maxcolwidths=maxcolwidths)
 
 
+def grid(rows, headers):
+    """A plain-text table of `rows` (sequences) under `headers`."""
+    from tabulate import tabulate
+    return tabulate(rows, headers=headers)
+
+
 def _cell(value):
     if value is None:
         return ""

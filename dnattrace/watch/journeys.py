@@ -185,11 +185,11 @@ def annotate_routes(j: model.Journey) -> None:
                     break
 
 
-def build(steps: Iterable[tuple[int, model.Step]], is_request) -> list[model.Connection]:
-    """Build connections from recorded (skb, step) pairs in one go (tests and offline replays)."""
+def build(steps: Iterable[tuple[int, model.Step, bool]], is_request) -> list[model.Connection]:
+    """Build connections from recorded (skb, step, new journey) triples in one go (tests, offline replays)."""
     b = JourneyBuilder(is_request)
-    for skb, step in steps:
-        b.add(step, skb)
+    for skb, step, new in steps:
+        b.add(step, skb, new)
     b.flush()
     return b.connections
 

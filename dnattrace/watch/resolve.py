@@ -19,6 +19,18 @@ def check_port(port: int) -> int:
     return int(port)
 
 
+def check_address(addr: str, option: str) -> str:
+    """An IPv4 address given on the command line (--dst): one line naming the option when it is not."""
+    import ipaddress
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        raise UsageError("%s %s is not an IP address" % (option, addr)) from None
+    if ip.version != 4:
+        raise UsageError("%s %s: watch follows IPv4 only" % (option, addr))
+    return addr
+
+
 def netns_path_of(name: Optional[str]) -> Optional[str]:
     """--netns NAME -> a path to enter; None for the current namespace."""
     if not name or name in ("host", "root"):
