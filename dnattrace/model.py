@@ -205,12 +205,13 @@ class Connection:
 
     @property
     def outcome(self) -> str:
-        """answered | refused (RST reply) | dropped | no-reply | unfinished."""
+        """answered | refused (RST reply) | reply-dropped | dropped | no-reply | unfinished. A reply counts
+        as an answer only if it was not dropped on its way back: the verdict is about the client."""
         flags = [s.tcp_flags for j in self.replies for s in j.steps[:1]]
         if any("R" in f for f in flags):
             return "refused"
         if self.replies:
-            return "answered"
+            return "reply-dropped" if all(j.outcome == "dropped" for j in self.replies) else "answered"
         if self.openers and all(j.outcome == "dropped" for j in self.openers):
             return "dropped"
         if any(j.outcome == "unfinished" for j in self.openers):

@@ -291,8 +291,33 @@ def test_reply_that_cannot_be_routed():
 def test_evidence_alone_when_no_packet_was_seen():
     off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0"})
     found = causes.explain([], snap(host(off)))
-    assert found[0].cause_id == "forwarding-off" and found[0].confidence <= causes.EVIDENCE_ONLY_CAP
-    assert causes.explain([], snap()) == []
+    assert found[0].cause_id == causes.NOTHING_ARRIVED, "nothing arriving is a fault, said first"
+    assert found[1].cause_id == "forwarding-off" and found[1].confidence <= causes.EVIDENCE_ONLY_CAP
+    assert [f.cause_id for f in causes.explain([], snap())] == [causes.NOTHING_ARRIVED]
+
+
+def test_a_drop_no_cause_explains_is_named_with_the_kernels_word():
+    """Never silent: a followed packet dropped where no cause applies gives 'unexplained', with the drop
+    site, reason, namespace and hook, not an empty list (which would mean healthy)."""
+    steps = prerouting() + forwarded() + [drop("some_new_function+0x12", "SOME_REASON")]
+    found = causes.explain([conn(*steps)], snap())
+    assert [f.cause_id for f in found] == [causes.UNEXPLAINED]
+    assert found[0].explanation == ("Unexplained: dropped at some_new_function+0x12 reason SOME_REASON in host "
+                                    "(after FORWARD).")
+
+
+def test_a_dropped_reply_is_a_failure_and_alternatives_are_ruled_out():
+    """The verdict is about the client: a SYN-ACK dropped on its way back is no answer."""
+    back = Tuple5(6, PUBLIC, 8080, CLIENT, 41822)
+    delivered = prerouting() + forwarded() + [s(CONSUME, location="tcp_v4_rcv+0x1", tuple=T_NAT, netns=CONT)]
+    reply = [s(XMIT, ifname="eth0", tuple=T_NAT.reverse() if hasattr(T_NAT, "reverse") else back, tcp_flags="SA",
+               netns=CONT),
+             s(DROP, location="mystery+0x1", reason="NOT_SPECIFIED", tuple=back, tcp_flags="SA")]
+    c = conn(*delivered, replies=[reply])
+    assert c.outcome == "reply-dropped" and causes.failing(c)
+    found = causes.explain([c], snap(c=container()))
+    assert found and found[0].cause_id == causes.UNEXPLAINED
+    assert any(r.startswith("not forwarding-off: forwarding is on") for r in found[0].ruled_out), found[0].ruled_out
 
 
 def test_recorded_json_round_trip_gives_the_same_finding():

@@ -25,7 +25,7 @@ def _ready(t, timeout, as_json, client):
 
 
 def _exit_code(res):
-    return EXIT_OK if not res.findings else EXIT_FAULT
+    return EXIT_OK if res.healthy else EXIT_FAULT     # 0 only when the client got its answer
 
 
 @click.command()

@@ -43,6 +43,7 @@ class Finding:
     rule: Optional[dict] = None         # {"table", "chain", "rule", "packets"} of the rule/policy that dropped
     netns: str = ""                     # name of the namespace where it happened ("host", a container)
     connections: int = 1                # failing connections this finding explains
+    ruled_out: list[str] = field(default_factory=list)  # alternatives checked and refuted, and why
 
     def to_dict(self):
         return {k: v for k, v in asdict(self).items() if v is not None and v != "" and v != []}
@@ -547,15 +548,104 @@ def _findings_for(facts: Facts, cap: float = 1.0) -> list[Finding]:
     return out
 
 
+# --- never silent: what no cause explains, and what was ruled out -------------------------------------
+
+UNEXPLAINED = "unexplained"
+NOTHING_ARRIVED = "nothing-arrived"
+
+
+def unexplained(f: Facts) -> Finding:
+    """A failure that no cause in the catalogue explains: the kernel's own word, so the user still has
+    where and why it was dropped (or where the packet was last seen)."""
+    j = f.journey
+    after = " (after %s)" % f.hook if f.hook else ""
+    if f.drop:
+        what = "dropped at %s reason %s in %s%s" % (f.drop.location or "?", f.reason or "?", f.ns.name, after)
+    elif f.conn is not None and f.conn.outcome in ("no-reply", "unfinished") and f.delivered_to_listener_ns():
+        what = "the request was delivered in %s, but no reply was seen leaving" % f.ns.name
+    elif j is not None and f.end is not None:
+        what = "last seen at %s in %s%s (%s), then nothing" % (f.end.point, f.ns.name, after, j.outcome)
+    else:
+        what = "no packet was followed far enough to say where it stopped"
+    evidence = [f.drop_line()] if f.drop else []
+    evidence += ["%s: %s" % (e.name, err) for e in f.snapshot.namespaces() for err in e.errors]
+    return Finding(UNEXPLAINED, "No cause in the catalogue explains it", 0.0, "Unexplained: %s." % what,
+                   [e for e in evidence if e], netns=f.ns.name)
+
+
+def nothing_arrived(snapshot: Snapshot) -> Finding:
+    """No packet for the port reached the host: a fault too, with what was checked on this host."""
+    t, host = snapshot.target, snapshot.host
+    ev = ["no packet for %s port %d was seen on any interface of %s" % (t.proto, t.port, host.name)]
+    ev += ["listening on port %d in %s: %s" % (t.port, host.name, ", ".join(str(l) for l in host.listeners
+                                                                             if l.port == t.port) or "nothing")]
+    if t.dnat_rule:
+        ev.append("DNAT rule: %s" % t.dnat_rule)
+    addrs = [c for l in host.links for c in l.addresses if not c.startswith("127.")]
+    ev.append("addresses of %s: %s" % (host.name, ", ".join(addrs) or "none read"))
+    return Finding(NOTHING_ARRIVED, "Nothing arrived", 0.0,
+                   "Nothing arrived: no packet for this port reached this host while watching, so the fault is "
+                   "before this host (the client, the network, a firewall or security group on the way), or "
+                   "the clients use another address or port than the one published here.", ev, netns=host.name)
+
+
+def _refuted(f: Facts) -> dict[str, str]:
+    """For the causes the evidence refutes, why (cause id -> one line). Only checks that were made."""
+    out = {}
+    v = f.ns.sysctls
+    if sysctl.forwarding_on(v, f.ingress or None):
+        keys = sysctl.forwarding(v, f.ingress or None)
+        out["forwarding-off"] = "forwarding is on: " + "; ".join("%s = %s" % kv for kv in keys.items() if kv[1] is not None)
+    for hook, cid in (("FORWARD", "filter-forward-drop"), ("INPUT", "filter-input-drop")):
+        if f.delta is not None and f.ns.rules is not None and not _drop_moves(f, hook):
+            out[cid] = "no DROP rule or policy counter of the filter table's %s path moved in %s" % (hook, f.ns.name)
+    port, addr = f.dest[1], f.dest[0]
+    for ns in [e for e in (f.snapshot.container, f.ns) if e is not None]:
+        ls = [l for l in ns.listeners if l.port == port and (not addr or l.accepts(addr))]
+        if ls:
+            out["no-listener"] = "%s listens in %s" % (ls[0], ns.name)
+            break
+    st = f.ns.conntrack
+    if st.get("max") and not ct_stats.is_full(st):
+        out["conntrack-full"] = "conntrack holds %s of %s entries in %s" % (st.get("count"), st.get("max"), f.ns.name)
+    rp = sysctl.rp_filter(v, f.ingress or None)
+    if rp.get("effective") is not None and rp["effective"] != 1:
+        out["rp-filter"] = "rp_filter is not strict on %s (effective %s)" % (f.ingress or "all", rp["effective"])
+    lookup = f.ns.lookup(addr) if addr else None
+    if lookup is not None and not lookup.err:
+        out["no-route"] = "the route lookup for %s succeeds in %s (%s)" % (addr, f.ns.name, lookup)
+    nb = f.ns.neighbour(addr) if addr else None
+    if nb is not None and not any(st_ in nb["state"] for st_ in ("FAILED", "INCOMPLETE")):
+        out["neigh-failed"] = "neighbour %s is %s" % (addr, nb["state"])
+    if sysctl.as_int(v, "net.bridge.bridge-nf-call-iptables") == 0:
+        out["br-netfilter"] = "net.bridge.bridge-nf-call-iptables = 0 in %s" % f.ns.name
+    return out
+
+
+def _with_ruled_out(findings: list[Finding], facts: Facts) -> list[Finding]:
+    named = {x.cause_id for x in findings}
+    lines = ["not %s: %s" % (cid, why) for cid, why in _refuted(facts).items() if cid not in named]
+    for x in findings:
+        x.ruled_out = lines
+    return findings
+
+
 def explain(connections: list[Connection], snapshot: Snapshot, delta: Optional[Delta] = None) -> list[Finding]:
-    """Ranked findings for the failing connections (highest confidence first). Healthy connections give
-    none; with no connection at all, what the evidence alone shows (confidence at most 0.5)."""
+    """Ranked findings for the failing connections (highest confidence first), each with the alternatives
+    its checks ruled out; a failure no cause explains gives an "unexplained" finding with the kernel's word.
+    Healthy connections give none; with no connection at all, "nothing arrived" and then what the evidence
+    alone suggests (confidence at most 0.5)."""
     found: dict[str, Finding] = {}
     failures = [c for c in connections if failing(c)]
     if connections and not failures:
         return []
-    groups = [_findings_for(Facts(c, snapshot, delta)) for c in failures] if failures else \
-        [_findings_for(Facts(None, snapshot, delta), EVIDENCE_ONLY_CAP)]
+    groups = []
+    for c in failures:
+        facts = Facts(c, snapshot, delta)
+        groups.append(_with_ruled_out(_findings_for(facts) or [unexplained(facts)], facts))
+    if not failures:     # nothing arrived: that is the finding; the host's own state may suggest why
+        suspicions = _findings_for(Facts(None, snapshot, delta), EVIDENCE_ONLY_CAP)
+        return [nothing_arrived(snapshot)] + sorted(suspicions, key=lambda x: -x.confidence)
     for fs in groups:
         for fnd in fs:
             old = found.get(fnd.cause_id)
@@ -565,5 +655,5 @@ def explain(connections: list[Connection], snapshot: Snapshot, delta: Optional[D
                 best = fnd if fnd.confidence > old.confidence else old
                 best.connections = old.connections + 1
                 found[fnd.cause_id] = best
-    order = {c.id: i for i, c in enumerate(CATALOGUE)}
+    order = {c.id: i for i, c in enumerate(CATALOGUE)} | {UNEXPLAINED: len(CATALOGUE), NOTHING_ARRIVED: len(CATALOGUE) + 1}
     return sorted(found.values(), key=lambda x: (-x.confidence, -x.connections, order[x.cause_id]))

@@ -38,14 +38,8 @@ def text(res: Result) -> str:
     if res.healthy:
         out.append("No fault: the connection works (%s)." % journey_lines.journey_end(c.openers[0] if c.openers else c.requests[0]))
         return "\n".join(out)
-    if not res.seen:
-        out.append("Nothing arrived within %.0f s: no packet for this port reached any interface of this host,"
-                   % res.watched_s)
-        out.append("so the fault is before this host (network, firewall or security group, the client).")
-        if res.findings:
-            out.append("Still, the host's own state shows:")
     for i, f in enumerate(res.findings):
-        head = "Cause" if i == 0 else "Also possible"
+        head = "Cause" if i == 0 and f.confidence > 0 else "Finding" if i == 0 else "Also possible"
         out.append("%s: %s  (%s, confidence %d%%)" % (head, f.explanation or f.title, f.cause_id,
                                                       round(f.confidence * 100)))
         for e in f.evidence:
@@ -57,6 +51,8 @@ def text(res: Result) -> str:
             out.append("  fix       %s" % cmd)
         if f.fix_note:
             out.append("            (%s)" % f.fix_note)
+        if i == 0:
+            out += ["  ruled out %s" % r for r in f.ruled_out]
         if i == 2:
             break
     return "\n".join(out)
