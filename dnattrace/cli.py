@@ -36,14 +36,25 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Say which probes were chosen and why; show libbpf messages.")
+@click.option("-v", "--verbose", count=True,
+              help="-v: dnattrace's decisions (probes chosen and why, evidence); -vv: also libbpf's and other "
+                   "libraries' debug output, and tracebacks.")
 @click.pass_context
 def cli(ctx, verbose):
     """Find where and why the kernel drops a packet (Docker DNAT, netfilter, routing)."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR,
+    setup_logging(verbose)
+
+
+def setup_logging(verbose: int):
+    """-v shows dnattrace's own decisions only; libbpf (relocation and ELF lines by the thousand),
+    pyroute2, docker and urllib3 speak at -vv."""
+    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.ERROR,
                         format="%(name)s: %(message)s", stream=sys.stderr)
+    if verbose == 1:
+        logging.getLogger("dnattrace").setLevel(logging.DEBUG)
+        logging.getLogger("dnattrace.libbpf").setLevel(logging.WARNING)
 
 
 class Terminated(KeyboardInterrupt):
@@ -58,26 +69,27 @@ def _sigterm(signum, frame):
 def main(argv=None):
     """Entry point: turns user errors into one line and an exit code, SIGTERM into Ctrl-C's clean stop."""
     signal.signal(signal.SIGTERM, _sigterm)
-    verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
+    args = sys.argv[1:] if argv is None else argv
+    traceback_wanted = "-vv" in args or args.count("-v") + args.count("--verbose") >= 2
     try:
         rv = cli.main(args=argv, prog_name="dnattrace", standalone_mode=False)
     except click.exceptions.Abort:
         return 130
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:      # usage errors: one line, like every other error
+        click.echo("dnattrace: %s" % e.format_message(), err=True)
         return EXIT_USAGE
     except Terminated:
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
     except DnattraceError as e:
-        if verbose:
+        if traceback_wanted:
             raise
         click.echo("dnattrace: %s" % e, err=True)
         return e.exit_code
     except Exception as e:  # a libbpf failure with no fallback left
         from dnattrace.kernel.loader import BpfError
-        if isinstance(e, BpfError) and not verbose:
+        if isinstance(e, BpfError) and not traceback_wanted:
             click.echo("dnattrace: %s" % str(e).splitlines()[0], err=True)
             return EXIT_CANNOT_OBSERVE
         raise

@@ -69,3 +69,19 @@ def test_bad_usage_exits_2(args):
     p = dnattrace(*args)
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_v_shows_dnattraces_decisions_and_vv_libbpfs_too(root):
+    """-v is for dnattrace's own decisions; libbpf's thousands of ELF/relocation lines only with -vv."""
+    base = [sys.executable, "-m", "dnattrace.cli"]
+    one = subprocess.run(base + ["-v", "drops", "--duration", "1"], capture_output=True, text=True, timeout=60)
+    two = subprocess.run(base + ["-vv", "drops", "--duration", "1"], capture_output=True, text=True, timeout=60)
+    assert one.returncode == two.returncode == 0, one.stderr[-500:] + two.stderr[-500:]
+    assert "dnattrace.libbpf" not in one.stderr
+    assert "dnattrace.libbpf" in two.stderr
+
+
+def test_usage_errors_are_one_line():
+    p = subprocess.run([sys.executable, "-m", "dnattrace.cli", "watch", "--no-such-option"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "no-such-option" in p.stderr
