@@ -1,4 +1,4 @@
-"""The drop counter behind `dnattrace drops` (and used by diagnose and the tests): load bpf/drops.bpf.c,
+"""The drop counter behind `dnattrace drops` (and used by diagnose and the tests): load bpf/drops/drops.bpf.c,
 attach it to kfree_skb, and read per-interval drop counts keyed by site, reason, namespace and protocol.
 
 Why cumulative counts and differences: the kernel adds to per-CPU counters that are never deleted while
@@ -20,7 +20,7 @@ from dnattrace.kernel.loader import BpfError, BpfObject
 log = logging.getLogger("dnattrace.drops.counter")
 
 FLAG_PORT, FLAG_STACKS, FLAG_NETNS = 1, 2, 4
-# struct drop_key and struct drops_config in bpf/drops.bpf.c
+# struct drop_key (bpf/common/drop_key.h) and struct drops_config (bpf/drops/drops.bpf.c)
 _KEY = struct.Struct("<QIIiHHB7x")
 _CONFIG = struct.Struct("<IHBB")
 _U64 = struct.Struct("<Q")

@@ -7,6 +7,7 @@
  * (tp_btf / raw_tp / tracepoint, netfilter links / fexit / kprobe) is decided in user space by probing.
  */
 #include "skb.h"
+#include "drop_key.h"
 #include "watch.h"
 
 char LICENSE[] SEC("license") = "GPL";

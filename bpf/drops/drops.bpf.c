@@ -9,6 +9,7 @@
  * Two entry points share one counting function: tp_btf/kfree_skb (typed arguments) and, where the kernel
  * refuses that, the classic tracepoint skb/kfree_skb. */
 #include "skb.h"
+#include "drop_key.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
