@@ -29,6 +29,10 @@ struct l34 {
 	__u32 payload;       /* TCP payload bytes in this packet */
 };
 
+/* A field of skb: with trusted (a BTF pointer, tp_btf) a plain load, else BPF_CORE_READ (raw_tp,
+ * classic tracepoint). trusted is a constant after inlining: one branch is compiled. */
+#define SKB_FIELD(trusted, skb, field) ((trusted) ? (skb)->field : BPF_CORE_READ(skb, field))
+
 /* The namespace an skb is in: its device's, else its socket's; 0 when neither is known. */
 static __always_inline __u32 skb_netns(struct sk_buff *skb)
 {
