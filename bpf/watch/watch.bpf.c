@@ -17,10 +17,6 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define NF_ACCEPT 1
-#define HOOK_PRE 0
-#define HOOK_IN 1
-#define HOOK_FWD 2
-#define HOOK_OUT 3
 
 /* ---- device receive ---- */
 
@@ -91,7 +87,7 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int d
 	struct l34 p;
 	struct followed *t;
 	int fresh = 0;
-	if (hook == HOOK_OUT && stage == DT_STAGE_FIRST) {
+	if (hook == NF_INET_LOCAL_OUT && stage == DT_STAGE_FIRST) {
 		if (!maybe(l3, &p, direct))
 			return NF_ACCEPT;
 		t = follow((__u64)skb, &p, &fresh);
@@ -103,10 +99,10 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int d
 	if (!t)
 		return NF_ACCEPT;
 	__u32 zero = 0;
-	if (hook == HOOK_PRE && stage == DT_STAGE_LAST) {
+	if (hook == NF_INET_PRE_ROUTING && stage == DT_STAGE_LAST) {
 		struct routing r = { .skb = (__u64)skb, .daddr = p.daddr, .saddr = p.saddr };
 		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
-	} else if ((hook == HOOK_IN || hook == HOOK_FWD) && stage == DT_STAGE_FIRST) {
+	} else if ((hook == NF_INET_LOCAL_IN || hook == NF_INET_FORWARD) && stage == DT_STAGE_FIRST) {
 		struct routing r = {};
 		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
 	}
