@@ -72,52 +72,58 @@ int rx_tp(struct trace_event_raw_net_dev_template *ctx)
 
 /* ---- netfilter hooks (BPF netfilter links; one program per position inside a hook) ---- */
 
-static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int direct)
+/* Whether a packet is followed is decided where it is first seen: the receive probe, or here at
+ * OUTPUT's first position for a packet made in this namespace. Every other position only asks whether
+ * this skb is followed (one lookup), so the packets of a busy watched port that were turned away cost
+ * them no header read, no filter lookup and no admission lookup. The followed packet's entry, or NULL;
+ * *p holds its headers, *fresh says a new journey starts here. */
+static __always_inline struct followed *nf_followed(struct sk_buff *skb, __u8 hook, __u8 stage, unsigned char *l3,
+						    struct l34 *p, int *fresh, const int direct)
 {
-	struct sk_buff *skb = ctx->skb;
-	if (skb->protocol != ETH_P_IP_BE)
-		return NF_ACCEPT;
-	const struct nf_hook_state *state = ctx->state;
-	__u8 hook = state->hook;
-	/* Whether a packet is followed is decided where it is first seen: the receive probe, or here at
-	 * OUTPUT's first position for a packet made in this namespace. Every other position only asks
-	 * whether this skb is followed (one lookup), so the packets of a busy watched port that were turned
-	 * away cost them no header read, no filter lookup and no admission lookup. */
-	unsigned char *l3 = skb->head + skb->network_header;
-	struct l34 p;
 	struct followed *t;
-	int fresh = 0;
 	if (hook == NF_INET_LOCAL_OUT && stage == DT_STAGE_FIRST) {
-		if (!maybe(l3, &p, direct))
-			return NF_ACCEPT;
-		t = follow((__u64)skb, &p, &fresh);
-	} else {
-		if (none_followed() || !(t = tracked_entry((__u64)skb)) || !maybe(l3, &p, direct))
-			return NF_ACCEPT;
-		t = same_packet((__u64)skb, t, &p);
+		if (!maybe(l3, p, direct))
+			return NULL;
+		return follow((__u64)skb, p, fresh);
 	}
-	if (!t)
-		return NF_ACCEPT;
+	if (none_followed() || !(t = tracked_entry((__u64)skb)) || !maybe(l3, p, direct))
+		return NULL;
+	return same_packet((__u64)skb, t, p);
+}
+
+/* PREROUTING's end names the packet this CPU routes next (on_fib ties the fib lookup to it); INPUT's and
+ * FORWARD's start mean the routing is over. */
+static __always_inline void nf_routing(struct sk_buff *skb, __u8 hook, __u8 stage, struct l34 *p)
+{
 	__u32 zero = 0;
 	if (hook == NF_INET_PRE_ROUTING && stage == DT_STAGE_LAST) {
-		struct routing r = { .skb = (__u64)skb, .daddr = p.daddr, .saddr = p.saddr };
+		struct routing r = { .skb = (__u64)skb, .daddr = p->daddr, .saddr = p->saddr };
 		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
 	} else if ((hook == NF_INET_LOCAL_IN || hook == NF_INET_FORWARD) && stage == DT_STAGE_FIRST) {
 		struct routing r = {};
 		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
 	}
-	/* inside a hook, only what changed is news: a NAT rewrite or a new conntrack state */
+}
+
+/* Inside a hook, only what changed is news: a NAT rewrite or a new conntrack state. A hook's first and
+ * last positions and a new journey always are. Remembers what this event shows in t. */
+static __always_inline int nf_news(struct followed *t, struct sk_buff *skb, struct l34 *p, __u8 stage, int fresh)
+{
 	unsigned long nfct = skb->_nfct;
 	__u8 ctinfo = (nfct & ~7UL) ? (nfct & 7) : DT_NO_CT;
-	__u32 sg = sig(&p);
+	__u32 sg = sig(p);
 	if (!fresh && stage != DT_STAGE_FIRST && stage != DT_STAGE_LAST && t->sig == sg && t->ctinfo == ctinfo)
-		return NF_ACCEPT;
+		return 0;
 	t->sig = sg;
 	t->ctinfo = ctinfo;
+	return 1;
+}
 
-	struct dt_event *e = emit(DT_NF | (fresh ? DT_NEW : 0), (__u64)skb, &p, l3);
-	if (!e)
-		return NF_ACCEPT;
+/* Where the hook runs: its namespace, the device the packet came in on (else the one it leaves by),
+ * the device it leaves by, and the packet's conntrack entry. */
+static __always_inline void nf_fill(struct dt_event *e, const struct nf_hook_state *state, struct sk_buff *skb,
+				    __u8 hook, __u8 stage)
+{
 	e->hook = hook;
 	e->stage = stage;
 	e->netns = BPF_CORE_READ(state, net, ns.inum);
@@ -130,6 +136,28 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int d
 	}
 	dev_name(e->out_ifname, out);
 	fill_ct(e, skb);
+}
+
+static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int direct)
+{
+	struct sk_buff *skb = ctx->skb;
+	if (skb->protocol != ETH_P_IP_BE)
+		return NF_ACCEPT;
+	const struct nf_hook_state *state = ctx->state;
+	__u8 hook = state->hook;
+	unsigned char *l3 = skb->head + skb->network_header;
+	struct l34 p;
+	int fresh = 0;
+	struct followed *t = nf_followed(skb, hook, stage, l3, &p, &fresh, direct);
+	if (!t)
+		return NF_ACCEPT;
+	nf_routing(skb, hook, stage, &p);
+	if (!nf_news(t, skb, &p, stage, fresh))
+		return NF_ACCEPT;
+	struct dt_event *e = emit(DT_NF | (fresh ? DT_NEW : 0), (__u64)skb, &p, l3);
+	if (!e)
+		return NF_ACCEPT;
+	nf_fill(e, state, skb, hook, stage);
 	submit(e);
 	return NF_ACCEPT;
 }
