@@ -1,8 +1,9 @@
 /* The key of a count of drops, shared by drops.bpf.c (every drop) and watch.bpf.c (the watched flows'
  * packets dropped while not followed), and the one function that counts a drop under it.
  *
- * The struct is plain C that the host compiler reads too (with <linux/types.h>); dnattrace/drops/counter.py
- * decodes it (_KEY). The counting function needs the BPF helpers, so only the BPF side sees it. */
+ * The struct is plain C that the host compiler reads too (with <linux/types.h>): dnattrace/drops/counter.py
+ * decodes it (_KEY) and tests/test_drops_layout.py checks the two agree. The counting function needs the
+ * BPF helpers, so only the BPF side sees it. */
 #ifndef DNATTRACE_DROP_KEY_H
 #define DNATTRACE_DROP_KEY_H
 
