@@ -16,7 +16,7 @@ in the round do not become part of one condition's figure:
   c  `dnattrace watch --json` following the benchmark's own port (default mode: SYN / SYN-ACK / RST, at
      most --max-rate 20 new connections a second followed in full; the rest are counted, not lost)
   e  the same with `--max-rate 100` (a figure: what five times the default costs)
-  f  no watch: empty programs (bpf/floor.bpf.c) at the points b attaches to, the same tracepoints and
+  f  no watch: empty programs (tests/bpf/floor.bpf.c) at the points b attaches to, the same tracepoints and
      netfilter positions in the host namespace: what those points cost by themselves (b's floor)
   d  the same with `--max-rate 0`: every connection followed in full (a figure, not a target: at ~10k
      connections a second this is what the Python side can decode, not what a person can read)
@@ -197,9 +197,10 @@ def prog_stats(ids):
 
 def load_floor():
     """floor.bpf.o loaded: empty programs for each of watch's default points."""
-    import dnattrace
     from dnattrace.kernel import loader
-    obj = loader.BpfObject(os.path.join(os.path.dirname(dnattrace.__file__), "bpfobj", "floor.bpf.o"))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    import bpfobjs      # the floor is a bench-only object, built into tests/bpf/build/, never shipped
+    obj = loader.BpfObject(bpfobjs.path("floor"))
     obj.program("floor_nf").set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
     return obj.load()
 

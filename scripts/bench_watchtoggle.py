@@ -5,7 +5,7 @@ watchtoggle [--rounds R] [--connections N]).
 `bench watch` starts a watch process for each run, so the runs it compares are 10-30 s apart, and on
 this VM the connection rate drifts by 20-30% over such spans: a 3% effect does not stand out from 16 or
 30 rounds. Here one process loads watch's programs once (filter on another port, as in bench watch's
-b) and the floor's empty programs (bpf/floor.bpf.c), and each round makes three short runs a few
+b) and the floor's empty programs (tests/bpf/floor.bpf.c), and each round makes three short runs a few
 seconds apart, in random order:
   a  nothing attached
   b  watch's programs attached (WatchTracer.attach / detach: the same programs, maps and links as a

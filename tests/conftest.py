@@ -18,6 +18,13 @@ def root():
 
 
 @pytest.fixture(scope="session")
+def test_objects():
+    """The test-only BPF objects (tests/bpf), compiled once per session into tests/bpf/build/: {name: path}."""
+    import bpfobjs
+    return bpfobjs.build()
+
+
+@pytest.fixture(scope="session")
 def caps():
     """What this kernel allows, probed once (dnattrace.capabilities; DNATTRACE_AVOID is honoured)."""
     if os.geteuid() != 0:

@@ -1,4 +1,5 @@
 """The install-time BPF build says in one sentence what is missing."""
+import glob
 import os
 import subprocess
 import sys
@@ -20,6 +21,9 @@ def test_without_clang_the_build_says_what_to_install(tmp_path):
 
 
 def test_objects_are_built_for_every_program():
-    sources = sorted(f[: -len(".c")] for f in os.listdir(os.path.join(ROOT, "bpf")) if f.endswith(".bpf.c"))
+    """One object per product program (bpf/<tool>/<tool>.bpf.c), and nothing else: the test-only programs
+    (tests/bpf) are never built into the package."""
+    sources = sorted(os.path.basename(f)[: -len(".c")] for f in glob.glob(os.path.join(ROOT, "bpf", "*", "*.bpf.c")))
     built = sorted(f[: -len(".o")] for f in os.listdir(os.path.join(ROOT, "dnattrace", "bpfobj")) if f.endswith(".o"))
-    assert sources and sources == built
+    assert sources == ["drops.bpf", "probes.bpf", "watch.bpf"]
+    assert sources == built

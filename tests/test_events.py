@@ -1,4 +1,4 @@
-"""Decoding of raw watch records (the layout of struct dt_event in bpf/watch.h)."""
+"""Decoding of raw watch records (the layout of struct dt_event in bpf/watch/watch.h)."""
 import os
 import re
 import shutil
@@ -45,13 +45,13 @@ int main(void) {
 
 
 def test_record_layout_matches_the_c_header(tmp_path):
-    """Compile bpf/watch.h with the host compiler and compare sizes and offsets with abi._FMT."""
+    """Compile bpf/watch/watch.h with the host compiler and compare sizes and offsets with abi._FMT."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     assert cc, "a C compiler is needed to check the event layout"
     src = tmp_path / "layout.c"
     src.write_text(C_LAYOUT)
     exe = tmp_path / "layout"
-    subprocess.run([cc, "-I", os.path.join(ROOT, "bpf"), str(src), "-o", str(exe)], check=True)
+    subprocess.run([cc, "-I", os.path.join(ROOT, "bpf", "watch"), str(src), "-o", str(exe)], check=True)
     c = dict(line.split() for line in subprocess.run([str(exe)], capture_output=True, text=True).stdout.splitlines())
     assert int(c.pop("size")) == abi.RECORD_SIZE
     codes = abi._FMT[1:]

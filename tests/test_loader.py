@@ -12,15 +12,22 @@ import time
 
 import pytest
 
+import bpfobjs
 from conftest import require
 from dnattrace.kernel import capabilities, loader, objects, tracefs
 from dnattrace.netns import build as net
 
-OBJDIR = objects.OBJECT_DIR
-PROBES = os.path.join(OBJDIR, "probes.bpf.o")
-SELFTEST = os.path.join(OBJDIR, "selftest.bpf.o")
-BAD = os.path.join(OBJDIR, "bad.bpf.o")
+PROBES = objects.path("probes")
+SELFTEST = os.path.join(bpfobjs.BUILD_DIR, "selftest.bpf.o")     # test-only objects: tests/bpf
+BAD = os.path.join(bpfobjs.BUILD_DIR, "bad.bpf.o")
 N = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _built(test_objects):
+    """SELFTEST and BAD are compiled before the first test of this module."""
+
+
 
 # Sends n UDP datagrams to 127.0.0.1:port; with "listen" it also receives them and prints how many came.
 UDP = textwrap.dedent("""

@@ -1,4 +1,4 @@
-"""The drop counter behind `dnattrace drops` (and watch's count of drops it does not follow): load bpf/drops.bpf.c,
+"""The drop counter behind `dnattrace drops` (and watch's count of drops it does not follow): load bpf/drops/drops.bpf.c,
 attach it to kfree_skb, and read per-interval drop counts keyed by site, reason, namespace and protocol.
 
 Why cumulative counts and differences: the kernel adds to per-CPU counters that are never deleted while
@@ -19,10 +19,11 @@ from dnattrace.kernel.loader import BpfError, BpfObject
 
 log = logging.getLogger("dnattrace.drops.counter")
 
+# The layouts and flags of bpf/drops/drops.h (tests/test_drops_layout.py compiles it and checks these):
 FLAG_PORT, FLAG_STACKS, FLAG_NETNS = 1, 2, 4
-# struct drop_key and struct drops_config in bpf/drops.bpf.c
-_KEY = struct.Struct("<QIIiHHB7x")
-_CONFIG = struct.Struct("<IHBB")
+_KEY = struct.Struct("<QIIiHHB7x")       # struct drop_key (bpf/common/drop_key.h), the drops map's key
+_CONFIG = struct.Struct("<IHBB")         # struct drops_config
+STAT_OVERFLOW, STAT_COUNTED = 0, 1       # DROPS_STAT_*: drops_stats slots
 _U64 = struct.Struct("<Q")
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17}
 _L4_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 2: "igmp", 58: "icmpv6", 132: "sctp"}
@@ -165,7 +166,7 @@ class DropCounter:
 
     def _stats(self):
         stats = self._obj.map("drops_stats")
-        return [stats.counter(0), stats.counter(1)]
+        return [stats.counter(STAT_OVERFLOW), stats.counter(STAT_COUNTED)]
 
     def read(self):
         """DropRows gained since the previous read(); also updates .overflow (drops not stored)."""

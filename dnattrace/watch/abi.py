@@ -1,4 +1,4 @@
-"""Decode raw watch records (struct dt_event in bpf/watch.h) into model.Step objects.
+"""Decode raw watch records (struct dt_event in bpf/watch/watch.h) into model.Step objects.
 
 The layout is mirrored here with the struct module; `RECORD_SIZE` is checked against every record so a
 change on one side that is not made on the other fails loudly instead of decoding garbage.
@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from dnattrace import model
 
-# struct dt_event (bpf/watch.h), little-endian, natural alignment
+# struct dt_event (bpf/watch/watch.h), little-endian, natural alignment
 _FMT = "<QQQIIIiBBBBBBHIIHHIIIHHIIHHIIII16s16s128s"
 RECORD_SIZE = struct.calcsize(_FMT)
 _FIELDS = ("ts skb location netns ifindex reason priority point hook stage proto tcp_flags ctinfo caplen "
@@ -24,7 +24,7 @@ DT_RX, DT_NF, DT_ROUTE, DT_XMIT, DT_DROP, DT_CONSUME, DT_VERDICT, DT_RTRESULT = 
 POINT_NAMES = {DT_RX: model.RX, DT_NF: model.NF, DT_ROUTE: model.ROUTE, DT_XMIT: model.XMIT,
                DT_DROP: model.DROP, DT_CONSUME: model.CONSUME, DT_VERDICT: model.VERDICT,
                DT_RTRESULT: model.RTRESULT}
-STAGE_NAMES = model.STAGES            # indexed by dt_event.stage (DT_STAGE_* in bpf/watch.h)
+STAGE_NAMES = model.STAGES            # indexed by dt_event.stage (DT_STAGE_* in bpf/watch/watch.h)
 # the priority each stage's link is nominally attached at (capabilities.EDGE/INSIDE_PRIORITIES; a link
 # that found its place taken sits one or two further in): a program does not know its own
 STAGE_PRIORITY = {"first": -(2 ** 31) + 1, "conntrack": -199, "dnat": -99, "filter": 0, "snat": 101,
@@ -66,7 +66,7 @@ def decode(record: bytes) -> RawEvent:
     if len(record) == SHORT_SIZE:
         return RawEvent._make(_SHORT.unpack(record) + (b"",))
     if len(record) != RECORD_SIZE:
-        raise ValueError("watch record is %d bytes, expected %d or %d: bpf/watch.h and events.py disagree"
+        raise ValueError("watch record is %d bytes, expected %d or %d: bpf/watch/watch.h and events.py disagree"
                          % (len(record), SHORT_SIZE, RECORD_SIZE))
     return RawEvent._make(_FULL.unpack(record))
 

@@ -9,20 +9,9 @@
  * Two entry points share one counting function: tp_btf/kfree_skb (typed arguments) and, where the kernel
  * refuses that, the classic tracepoint skb/kfree_skb. */
 #include "skb.h"
+#include "drops.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-#define FLAG_PORT    1   /* count only packets from or to config.port (before or after NAT), key by it */
-#define FLAG_STACKS  2   /* record a kernel stack id per key */
-#define FLAG_NETNS   4   /* count only drops in namespace config.netns */
-#define MAX_KEYS     10240
-
-struct drops_config {
-	__u32 netns;         /* with FLAG_NETNS */
-	__u16 port;          /* with FLAG_PORT, host order */
-	__u8 l4proto;        /* 0: all protocols */
-	__u8 flags;
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -31,10 +20,10 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
-/* drops_stats: [0] drops not stored because the hash was full; [1] all drops counted, a cross-check */
+/* per-CPU counts of drops: DROPS_STAT_* (drops.h) */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, DROPS_STAT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
 } drops_stats SEC(".maps");
@@ -106,9 +95,9 @@ static __always_inline void count_drop(void *ctx, struct sk_buff *skb, __u64 loc
 		key.stack_id = id < 0 ? -1 : (__s32)id;
 	}
 
-	bump(1);
+	bump(DROPS_STAT_COUNTED);
 	if (count_one_drop(&drops, &key))
-		bump(0);
+		bump(DROPS_STAT_OVERFLOW);
 }
 
 /* The kernel also passes rx_sk (6.10+); only the first three arguments are read, so older kernels with

@@ -1,5 +1,6 @@
-/* Event layout shared by bpf/watch.bpf.c and dnattrace/events.py (keep the two in step: events.py
- * checks the record size at run time and tests/test_events.py checks it against this object's BTF). */
+/* Event layout shared by watch.bpf.c and dnattrace/watch/abi.py (keep the two in step: abi.py checks the
+ * record size at run time, and tests/test_events.py compiles this header with the host compiler and
+ * checks abi.py's offsets against it). Plain C: no BPF helpers here. */
 #ifndef DNATTRACE_WATCH_H
 #define DNATTRACE_WATCH_H
 

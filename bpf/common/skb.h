@@ -29,6 +29,10 @@ struct l34 {
 	__u32 payload;       /* TCP payload bytes in this packet */
 };
 
+/* A field of skb: with trusted (a BTF pointer, tp_btf) a plain load, else BPF_CORE_READ (raw_tp,
+ * classic tracepoint). trusted is a constant after inlining: one branch is compiled. */
+#define SKB_FIELD(trusted, skb, field) ((trusted) ? (skb)->field : BPF_CORE_READ(skb, field))
+
 /* The namespace an skb is in: its device's, else its socket's; 0 when neither is known. */
 static __always_inline __u32 skb_netns(struct sk_buff *skb)
 {
@@ -145,40 +149,6 @@ static __always_inline int skb_l34_data(struct sk_buff *skb, struct l34 *out)
 		return -1;
 	}
 	return l34_at(BPF_CORE_READ(skb, data), out);
-}
-
-/* The key of a count of drops: drops.bpf.c's, and watch.bpf.c's for the watched flows' packets dropped
- * while not followed. dnattrace.drops decodes it (_KEY). */
-struct drop_key {
-	__u64 location;      /* address the skb was freed from */
-	__u32 reason;        /* enum skb_drop_reason */
-	__u32 netns;         /* network namespace inode, 0 if unknown */
-	__s32 stack_id;      /* -1 when stacks are off or the stack could not be stored */
-	__u16 l3proto;       /* ethertype, host order (0x0800 IPv4) */
-	__u16 port;          /* the port asked about (drops --port, watch's service), else 0 */
-	__u8 l4proto;        /* IP protocol when IPv4, else 0 */
-	__u8 pad[7];
-};
-
-/* One more drop at key in a per-CPU hash of drop counts (map). A kfree_skb that interrupts this one on
- * the same CPU may create the key between the lookup and the insert: then the insert fails with EEXIST
- * and the count is found again. Returns 0, or the insert's error (the hash is full). */
-static __always_inline long count_one_drop(void *map, const struct drop_key *key)
-{
-	__u64 *count = bpf_map_lookup_elem(map, key);
-	if (count) {
-		*count += 1;
-		return 0;
-	}
-	__u64 one = 1;
-	long err = bpf_map_update_elem(map, key, &one, BPF_NOEXIST);
-	if (err == -17 /* EEXIST */) {
-		count = bpf_map_lookup_elem(map, key);
-		if (count)
-			*count += 1;
-		return 0;
-	}
-	return err;
 }
 
 #endif

@@ -1,0 +1,423 @@
+/* dnattrace watch: follow the packets of chosen flows through the kernel, point by point.
+ *
+ * A packet is followed when its (proto, port, address) matches the filter map on either side, or when
+ * its skb address is already in `tracked` (so it stays followed after NAT rewrites its addresses and
+ * across veth pairs, where the skb itself moves to the peer). Every program only observes: netfilter
+ * programs return NF_ACCEPT, tracing programs return 0. Which of the alternative programs get loaded
+ * (tp_btf / raw_tp / tracepoint, netfilter links / fexit / kprobe) is decided in user space by probing.
+ */
+#include "skb.h"
+#include "watch.h"
+#include "config.h"
+#include "emit.h"
+#include "filter.h"
+#include "follow.h"
+#include "stash.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define NF_ACCEPT 1
+
+/* ---- device receive ---- */
+
+/* trusted: skb is a BTF pointer (tp_btf), so SKB_FIELD reads its fields with plain loads; else with
+ * bpf_probe_read (raw_tp, classic tracepoint). direct: the packet's headers too (ip_l4_at). Every packet
+ * on the machine passes here, so the header read is most of this probe's cost while nothing is followed
+ * (scripts/bench watch --profile). */
+static __always_inline int on_rx(struct sk_buff *skb, const int trusted, const int direct)
+{
+	if (SKB_FIELD(trusted, skb, protocol) != ETH_P_IP_BE)
+		return 0;
+	unsigned char *l3 = SKB_FIELD(trusted, skb, data);
+	struct l34 p;
+	if (!maybe(l3, &p, direct))
+		return 0;
+	int fresh;
+	if (!follow((__u64)skb, &p, &fresh))
+		return 0;
+	struct dt_event *e = emit(DT_RX | (fresh ? DT_NEW : 0), (__u64)skb, &p, l3);
+	if (!e)
+		return 0;
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	e->netns = dev_netns(dev);
+	e->ifindex = BPF_CORE_READ(dev, ifindex);
+	dev_name(e->ifname, dev);
+	submit(e);
+	return 0;
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(rx_direct, struct sk_buff *skb)
+{
+	return on_rx(skb, 1, 1);
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(rx_btf, struct sk_buff *skb)
+{
+	return on_rx(skb, 1, 0);
+}
+
+SEC("raw_tp/netif_receive_skb")
+int BPF_PROG(rx_raw, struct sk_buff *skb)
+{
+	return on_rx(skb, 0, 0);
+}
+
+SEC("tracepoint/net/netif_receive_skb")
+int rx_tp(struct trace_event_raw_net_dev_template *ctx)
+{
+	return on_rx((struct sk_buff *)ctx->skbaddr, 0, 0);
+}
+
+/* ---- netfilter hooks (BPF netfilter links; one program per position inside a hook) ---- */
+
+/* Whether a packet is followed is decided where it is first seen: the receive probe, or here at
+ * OUTPUT's first position for a packet made in this namespace. Every other position only asks whether
+ * this skb is followed (one lookup), so the packets of a busy watched port that were turned away cost
+ * them no header read, no filter lookup and no admission lookup. The followed packet's entry, or NULL;
+ * *p holds its headers, *fresh says a new journey starts here. */
+static __always_inline struct followed *nf_followed(struct sk_buff *skb, __u8 hook, __u8 stage, unsigned char *l3,
+						    struct l34 *p, int *fresh, const int direct)
+{
+	struct followed *t;
+	if (hook == NF_INET_LOCAL_OUT && stage == DT_STAGE_FIRST) {
+		if (!maybe(l3, p, direct))
+			return NULL;
+		return follow((__u64)skb, p, fresh);
+	}
+	if (none_followed() || !(t = tracked_entry((__u64)skb)) || !maybe(l3, p, direct))
+		return NULL;
+	return same_packet((__u64)skb, t, p);
+}
+
+/* PREROUTING's end names the packet this CPU routes next (on_fib ties the fib lookup to it); INPUT's and
+ * FORWARD's start mean the routing is over. */
+static __always_inline void nf_routing(struct sk_buff *skb, __u8 hook, __u8 stage, struct l34 *p)
+{
+	__u32 zero = 0;
+	if (hook == NF_INET_PRE_ROUTING && stage == DT_STAGE_LAST) {
+		struct routing r = { .skb = (__u64)skb, .daddr = p->daddr, .saddr = p->saddr };
+		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
+	} else if ((hook == NF_INET_LOCAL_IN || hook == NF_INET_FORWARD) && stage == DT_STAGE_FIRST) {
+		struct routing r = {};
+		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
+	}
+}
+
+/* Inside a hook, only what changed is news: a NAT rewrite or a new conntrack state. A hook's first and
+ * last positions and a new journey always are. Remembers what this event shows in t. */
+static __always_inline int nf_news(struct followed *t, struct sk_buff *skb, struct l34 *p, __u8 stage, int fresh)
+{
+	unsigned long nfct = skb->_nfct;
+	__u8 ctinfo = (nfct & ~7UL) ? (nfct & 7) : DT_NO_CT;
+	__u32 sg = sig(p);
+	if (!fresh && stage != DT_STAGE_FIRST && stage != DT_STAGE_LAST && t->sig == sg && t->ctinfo == ctinfo)
+		return 0;
+	t->sig = sg;
+	t->ctinfo = ctinfo;
+	return 1;
+}
+
+/* Where the hook runs: its namespace, the device the packet came in on (else the one it leaves by),
+ * the device it leaves by, and the packet's conntrack entry. */
+static __always_inline void nf_fill(struct dt_event *e, const struct nf_hook_state *state, struct sk_buff *skb,
+				    __u8 hook, __u8 stage)
+{
+	e->hook = hook;
+	e->stage = stage;
+	e->netns = BPF_CORE_READ(state, net, ns.inum);
+	struct net_device *in = state->in;
+	struct net_device *out = state->out;
+	struct net_device *dev = in ? in : out;
+	if (dev) {
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		dev_name(e->ifname, dev);
+	}
+	dev_name(e->out_ifname, out);
+	fill_ct(e, skb);
+}
+
+static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int direct)
+{
+	struct sk_buff *skb = ctx->skb;
+	if (skb->protocol != ETH_P_IP_BE)
+		return NF_ACCEPT;
+	const struct nf_hook_state *state = ctx->state;
+	__u8 hook = state->hook;
+	unsigned char *l3 = skb->head + skb->network_header;
+	struct l34 p;
+	int fresh = 0;
+	struct followed *t = nf_followed(skb, hook, stage, l3, &p, &fresh, direct);
+	if (!t)
+		return NF_ACCEPT;
+	nf_routing(skb, hook, stage, &p);
+	if (!nf_news(t, skb, &p, stage, fresh))
+		return NF_ACCEPT;
+	struct dt_event *e = emit(DT_NF | (fresh ? DT_NEW : 0), (__u64)skb, &p, l3);
+	if (!e)
+		return NF_ACCEPT;
+	nf_fill(e, state, skb, hook, stage);
+	submit(e);
+	return NF_ACCEPT;
+}
+
+/* libbpf 1.1 does not know SEC("netfilter"): user space sets the program type before loading. Only the
+ * first position reads the headers of packets not followed (OUTPUT's decision), so only it has a
+ * direct-read twin. */
+SEC("netfilter")
+int nf_first_direct(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_FIRST, 1); }
+SEC("netfilter")
+int nf_first(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_FIRST, 0); }
+SEC("netfilter")
+int nf_conntrack(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_CONNTRACK, 0); }
+SEC("netfilter")
+int nf_dnat(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_DNAT, 0); }
+SEC("netfilter")
+int nf_snat(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_SNAT, 0); }
+SEC("netfilter")
+int nf_last(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_LAST, 0); }
+
+/* ---- route decision: the fib lookup made for the packet this CPU is routing ---- */
+
+static __always_inline int on_fib(__u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
+{
+	__u32 zero = 0;
+	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
+	if (!r || !r->skb)
+		return 0;
+	__u32 daddr = BPF_CORE_READ(flp, daddr);
+	__u8 reverse;
+	if (daddr == r->daddr)
+		reverse = 0;
+	else if (daddr == r->saddr)
+		reverse = 1;    /* fib_validate_source: the reverse-path check */
+	else
+		return 0;
+	struct l34 p = {};
+	p.saddr = BPF_CORE_READ(flp, saddr);
+	p.daddr = daddr;
+	p.proto = BPF_CORE_READ(flp, __fl_common.flowic_proto);
+	struct dt_event *e = emit(DT_ROUTE, r->skb, &p, NULL);
+	if (!e)
+		return 0;
+	e->stage = reverse;
+	e->priority = table;
+	e->reason = (__u32)err;
+	if (nhc) {
+		struct net_device *dev = BPF_CORE_READ(nhc, nhc_dev);
+		e->netns = dev_netns(dev);
+		e->ifindex = BPF_CORE_READ(nhc, nhc_oif);
+		dev_name(e->out_ifname, dev);
+		if (BPF_CORE_READ(nhc, nhc_gw_family) == 2 /* AF_INET */)
+			e->gateway = BPF_CORE_READ(nhc, nhc_gw.ipv4);
+	}
+	submit(e);
+	return 0;
+}
+
+SEC("tp_btf/fib_table_lookup")
+int BPF_PROG(fib_btf, u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
+{
+	return on_fib(table, flp, nhc, err);
+}
+
+SEC("raw_tp/fib_table_lookup")
+int BPF_PROG(fib_raw, u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
+{
+	return on_fib(table, flp, nhc, err);
+}
+
+/* ---- end of the road: drop, consume, transmit ---- */
+
+/* trusted, direct: as for on_rx (only a drop of a packet not followed reads through them). */
+static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 reason, __u8 point,
+				   const int trusted, const int direct)
+{
+	__u64 key = (__u64)skb;
+	struct followed *t = none_followed() ? NULL : tracked_entry(key);
+	struct l34 p;
+	int mine = 0;
+	if (t) {
+		skb_l34(skb, &p);
+		mine = t->ident == ident(&p);
+		untrack(key);
+	}
+	if (!mine) {
+		if (point == DT_DROP)
+			count_unfollowed_drop(skb, location, reason, trusted, direct);
+		return 0;
+	}
+	__u32 zero = 0;
+	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
+	if (r && r->skb == key)
+		r->skb = 0;
+	struct dt_event *e = emit(point, key, &p, skb_l3(skb));
+	if (!e)
+		return 0;
+	e->location = (__u64)location;
+	e->reason = reason;
+	e->netns = skb_netns(skb);
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev) {
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		dev_name(e->ifname, dev);
+	}
+	submit(e);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(drop_direct, struct sk_buff *skb, void *location, int reason)
+{
+	return on_free(skb, location, reason, DT_DROP, 1, 1);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(drop_btf, struct sk_buff *skb, void *location, int reason)
+{
+	return on_free(skb, location, reason, DT_DROP, 1, 0);
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int drop_tp(struct trace_event_raw_kfree_skb *ctx)
+{
+	return on_free((struct sk_buff *)ctx->skbaddr, ctx->location, ctx->reason, DT_DROP, 0, 0);
+}
+
+SEC("tp_btf/consume_skb")
+int BPF_PROG(consume_btf, struct sk_buff *skb)
+{
+	/* consume_skb gained its location argument in 6.3: read it only where the kernel has it */
+	void *location = NULL;
+	if (bpf_core_field_exists(struct trace_event_raw_consume_skb, location))
+		location = (void *)ctx[1];
+	return on_free(skb, location, 0, DT_CONSUME, 1, 0);
+}
+
+SEC("tracepoint/skb/consume_skb")
+int consume_tp(struct trace_event_raw_consume_skb *ctx)
+{
+	void *location = NULL;
+	if (bpf_core_field_exists(ctx->location))
+		location = ctx->location;
+	return on_free((struct sk_buff *)ctx->skbaddr, location, 0, DT_CONSUME, 0, 0);
+}
+
+SEC("tp_btf/net_dev_xmit")
+int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
+{
+	__u64 key = (__u64)skb;
+	struct l34 p;
+	if (none_followed() || !followed_skb(skb, &p))
+		return 0;
+	struct dt_event *e = emit(DT_XMIT, key, &p, skb_l3(skb));
+	if (!e)
+		return 0;
+	e->reason = (__u32)rc;
+	e->netns = dev_netns(dev);
+	e->ifindex = BPF_CORE_READ(dev, ifindex);
+	dev_name(e->ifname, dev);
+	submit(e);
+	return 0;
+}
+
+/* ---- richer hooks where the kernel allows them (fentry/fexit, else kprobe/kretprobe) ---- */
+
+/* A netfilter verdict other than ACCEPT (ret 1) for a call made for a followed skb: a drop (ret < 0;
+ * the drop event itself comes from kfree_skb inside the call) or a steal (0: queued, or taken over). */
+static __always_inline void verdict(__u64 skb, __u8 hook, int ret)
+{
+	if (ret == 1)
+		return;     /* only drops and steals are news: the links already show accepted packets */
+	struct l34 p = {};
+	struct dt_event *e = emit(DT_VERDICT, skb, &p, NULL);
+	if (!e)
+		return;
+	e->hook = hook;
+	e->reason = (__u32)ret;
+	submit(e);
+}
+
+SEC("fentry/nf_hook_slow")
+int BPF_PROG(verdict_fentry, struct sk_buff *skb, struct nf_hook_state *state)
+{
+	__u64 key = (__u64)skb;
+	if (!tracked_entry(key))
+		return 0;
+	__u32 hook = BPF_CORE_READ(state, hook);
+	bpf_map_update_elem(&verdict_hooks, &key, &hook, BPF_ANY);
+	return 0;
+}
+
+SEC("fexit/nf_hook_slow")
+int BPF_PROG(verdict_fexit, struct sk_buff *skb, struct nf_hook_state *state, void *entries, unsigned int s, int ret)
+{
+	__u64 key = (__u64)skb;
+	__u32 *hook = bpf_map_lookup_elem(&verdict_hooks, &key);
+	if (!hook)
+		return 0;
+	__u8 h = *hook;
+	bpf_map_delete_elem(&verdict_hooks, &key);
+	verdict(key, h, ret);
+	return 0;
+}
+
+static __always_inline void route_result(struct sk_buff *skb, long ret)
+{
+	__u64 key = (__u64)skb;
+	struct l34 p;
+	if (!followed_skb(skb, &p))
+		return;
+	struct dt_event *e = emit(DT_RTRESULT, key, &p, NULL);
+	if (!e)
+		return;
+	e->reason = (__u32)ret;
+	unsigned long refdst = BPF_CORE_READ(skb, _skb_refdst);
+	struct dst_entry *dst = (struct dst_entry *)(refdst & ~1UL);
+	if (dst) {
+		e->location = (__u64)BPF_CORE_READ(dst, input);
+		struct net_device *dev = BPF_CORE_READ(dst, dev);
+		dev_name(e->out_ifname, dev);
+	}
+	submit(e);
+}
+
+SEC("fexit/ip_route_input_noref")
+int BPF_PROG(route_fexit, struct sk_buff *skb, __u32 daddr, __u32 saddr, __u8 tos, struct net_device *dev, long ret)
+{
+	route_result(skb, ret);
+	return 0;
+}
+
+SEC("kprobe/nf_hook_slow")
+int BPF_KPROBE(verdict_kprobe, struct sk_buff *skb, struct nf_hook_state *state)
+{
+	stash(skb, BPF_CORE_READ(state, hook), STASH_VERDICT);
+	return 0;
+}
+
+SEC("kretprobe/nf_hook_slow")
+int BPF_KRETPROBE(verdict_kretprobe, int ret)
+{
+	struct entry_args a;
+	if (unstash(&a, STASH_VERDICT))
+		verdict(a.skb, a.hook, ret);
+	return 0;
+}
+
+SEC("kprobe/ip_route_input_noref")
+int BPF_KPROBE(route_kprobe, struct sk_buff *skb)
+{
+	stash(skb, 0, STASH_ROUTE);
+	return 0;
+}
+
+SEC("kretprobe/ip_route_input_noref")
+int BPF_KRETPROBE(route_kretprobe, long ret)
+{
+	struct entry_args a;
+	if (unstash(&a, STASH_ROUTE))
+		route_result((struct sk_buff *)a.skb, ret);
+	return 0;
+}
