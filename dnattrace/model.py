@@ -205,13 +205,19 @@ class Connection:
 
     @property
     def outcome(self) -> str:
-        """answered | refused (RST reply) | reply-dropped | dropped | no-reply | unfinished. A reply counts
-        as an answer only if it was not dropped on its way back: the verdict is about the client."""
+        """answered | refused (RST reply) | reply-dropped | dropped | no-reply | unfinished | incomplete. A
+        reply counts as an answer only if it was not dropped on its way back: the verdict is about the
+        client. A failure seen while events were lost is "incomplete": the missing events may hold the
+        answer, so no verdict is given that they could contradict."""
         flags = [s.tcp_flags for j in self.replies for s in j.steps[:1]]
         if any("R" in f for f in flags):
             return "refused"
+        if self.replies and not all(j.outcome == "dropped" for j in self.replies):
+            return "answered"
+        if any(j.lost_events for j in self.requests + self.replies):
+            return "incomplete"
         if self.replies:
-            return "reply-dropped" if all(j.outcome == "dropped" for j in self.replies) else "answered"
+            return "reply-dropped"
         if self.openers and all(j.outcome == "dropped" for j in self.openers):
             return "dropped"
         if any(j.outcome == "unfinished" for j in self.openers):

@@ -3,6 +3,7 @@ from dnattrace.watch import journeys
 from dnattrace import model
 from dnattrace.output import journey_lines
 
+import recorded
 from recorded import SERVICES, connections, rows
 
 
@@ -181,3 +182,65 @@ def test_live_lines_for_drops_of_packets_not_followed():
         "not followed: 2 packets dropped at ip_error+0x94 (IP_INADDRERRORS) in host  at +2.50s"
     d = journey_lines.unfollowed_drops_json([site, dict(site, count=1, netns="ctr")])
     assert d["type"] == "unfollowed_drops" and [x["count"] for x in d["drops"]] == [2, 1]
+
+
+def _many_connections(n, apart_ns=2_000_000):
+    """The recorded healthy connection n times, each from its own client port, apart_ns apart: (skb,
+    step, new) triples in arrival order."""
+    import dataclasses
+    base = [(r["skb"], model.step_from_dict(r["step"]), r["new"]) for r in recorded.rows("healthy")]
+    client_port = next(s.tuple.sport for _, s, _ in base if s.tuple)
+
+    def remap(t, p):
+        return t and model.Tuple5(t.proto, t.src, p if t.sport == client_port else t.sport, t.dst,
+                                  p if t.dport == client_port else t.dport)
+    for i in range(n):
+        p = 1024 + i
+        for skb, s, new in base:
+            s2 = dataclasses.replace(s, ts_ns=s.ts_ns + i * apart_ns, tuple=remap(s.tuple, p),
+                                     seq=s.seq + i if s.seq else s.seq)
+            if s2.ct:
+                s2.ct = dataclasses.replace(s2.ct, orig=remap(s2.ct.orig, p), reply=remap(s2.ct.reply, p))
+            yield skb + i * 4096, s2, new
+
+
+def _bounded_run(n, live=200):
+    """(builder, peak bytes allocated) after n connections through a bounded builder, driven like the
+    watch session drives it (expire and retire every ~45 connections, journeys handed out)."""
+    import tracemalloc
+    b = journeys.JourneyBuilder(journeys.request_matcher(recorded.SERVICES), trim=True, max_live=live)
+    tracemalloc.start()
+    for i, (skb, s, new) in enumerate(_many_connections(n)):
+        for j, _c in b.add(s, skb, new):
+            b.handed_out(j)
+        if i % 2000 == 0:
+            for j, _c in b.expire(s.ts_ns):
+                b.handed_out(j)
+            b.retire(s.ts_ns, keep_rows=300)
+            assert len(b.connections) <= live + 100
+    b.flush()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return b, peak
+
+
+def test_a_bounded_builder_stays_small_and_accounts_for_every_connection():
+    """watch under sustained load: at most max_live connections kept whole, the rest retired to rows or
+    outcome counts; a late reply of a retired connection updates its count instead of counting a new
+    one: every connection accounted once, with its real outcome, and memory does not grow with n (the
+    open journeys of the last idle_s, about 500 connections here, are the floor)."""
+    b, peak = _bounded_run(1500)
+    b3, peak3 = _bounded_run(4500)
+    for n, x in ((1500, b), (4500, b3)):
+        assert len(x.all_connections()) + sum(x.untold_outcomes.values()) == n
+        assert x.retired_early > 0 and set(x.untold_outcomes) == {"answered"}, x.untold_outcomes
+        assert all(c.outcome == "answered" for c in x.all_connections())
+        assert all(len(j.steps) <= 3 for c in x.retired for j in c.requests + c.replies)
+    assert peak3 < 1.3 * peak, "bounded: %.1f MB for 1500 connections, %.1f MB for 4500" % (peak / 1e6, peak3 / 1e6)
+
+
+def test_a_failure_seen_while_events_were_lost_gets_no_verdict():
+    c = recorded.connections("forwarding-off")[0]
+    assert c.outcome == "dropped"
+    c.openers[0].lost_events = 3
+    assert c.outcome == "incomplete"

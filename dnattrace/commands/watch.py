@@ -55,7 +55,8 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
                                dst=dst)
     writer = _pcap_writer(pcap)
     printer = _Printer(as_json, src)
-    f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate, hook_detail=hook_detail, local=local)
+    f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate, hook_detail=hook_detail, local=local,
+                 bounded=True)
     try:
         with f:
             printer.started(t, f.tracer.chosen, duration)   # a script can start its traffic on this line
@@ -142,7 +143,7 @@ class _Printer:
 
     def summary(self, f):
         conns = [c for c in f.builder.all_connections() if self.wanted(c)]
-        counts = (f.lost_events, f.not_followed, f.builder.retired_untold, f.unfollowed_drops)
+        counts = (f.lost_events, f.not_followed, f.builder.untold_outcomes, f.unfollowed_drops)
         if self.as_json:
             click.echo(tables.json_line(journey_lines.summary_json(conns, *counts)))
         else:

@@ -171,15 +171,22 @@ def unfollowed_drops_json(ds: list[dict]) -> dict:
     return {"type": "unfollowed_drops", "drops": _drop_sites(ds)}
 
 
-def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0,
+def _by_outcome(untold) -> dict[str, int]:
+    """Connections retired without a row, by outcome (an int: by outcome unknown)."""
+    return untold if isinstance(untold, dict) else ({"not kept": untold} if untold else {})
+
+
+def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 0, untold=0,
                   unfollowed_drops: list[dict] = ()) -> str:
     # imported here: tabulate (with wcwidth's tables) is 8 MB, which a long watch does not need to hold
     from tabulate import tabulate
     rows = [connection_row(c) for c in conns]
     out = tabulate(rows, headers=["connection", "transmissions", "outcome", "ended", "replies"]) if rows \
         else "no matching packets were seen"
+    untold = _by_outcome(untold)
     if untold:
-        out += "\n(and %d more connections, not kept)" % untold
+        out += "\n(and %d more connections, not kept: %s)" % (
+            sum(untold.values()), ", ".join("%d %s" % (n, o) for o, n in sorted(untold.items())))
     if not_followed:
         out += ("\n%d connections were not followed: more new connections a second than --max-rate allows"
                 % not_followed)
@@ -200,9 +207,11 @@ def journey_json(j: model.Journey, c: model.Connection) -> dict:
     return d
 
 
-def summary_json(conns: list[model.Connection], lost: int, not_followed: int = 0, untold: int = 0,
+def summary_json(conns: list[model.Connection], lost: int, not_followed: int = 0, untold=0,
                  unfollowed_drops: list[dict] = ()) -> dict:
-    return {"type": "summary", "lost_events": lost, "not_followed": not_followed, "connections_not_kept": untold,
+    untold = _by_outcome(untold)
+    return {"type": "summary", "lost_events": lost, "not_followed": not_followed,
+            "connections_not_kept": sum(untold.values()), "not_kept_by_outcome": untold,
             "unfollowed_drops": _drop_sites(unfollowed_drops),
             "connections": [{"key": model.to_dict(c.key), "transmissions": c.attempts, "outcome": c.outcome,
                              "dropped": c.dropped, "replies": [r.first.tcp_flags for r in c.replies],

@@ -15,16 +15,28 @@ from typing import Callable, Iterable, Optional
 from dnattrace import model
 
 
+# How many tuple hashes of retired connections a bounded builder remembers (about 4 MB).
+RETIRED_TUPLES = 65536
+
+
 class JourneyBuilder:
     """Feed steps in arrival order; finished journeys come out of add()/flush() as (journey, connection)."""
 
     def __init__(self, is_request: Callable[[model.Tuple5], Optional[bool]], idle_s: float = 1.0,
-                 keep: Optional[Callable[[model.Journey], bool]] = None):
+                 keep: Optional[Callable[[model.Journey], bool]] = None, trim: bool = False,
+                 max_live: int = 0):
         """is_request(tuple) says whether a packet with that first tuple goes towards the service (True),
         comes from it (False), or cannot be told (None: treated as a request). keep(journey), when given,
-        drops journeys that do not concern us (e.g. never entered the host being diagnosed)."""
+        drops journeys that do not concern us (e.g. never entered the host being diagnosed).
+
+        A long watch on a busy port must stay small (60 MB at any rate): trim keeps only the first and
+        the last step of a journey once it was handed out (its outcome and the tuples that match its
+        replies are kept; watch has printed the rest), and max_live (0: no limit) caps the connections
+        kept whole, retiring the longest quiet first (retire()). diagnose keeps everything: it explains."""
         self.is_request = is_request
         self.keep = keep
+        self.trim = trim
+        self.max_live = max_live
         self.idle_ns = int(idle_s * 1e9)
         self.open: dict[int, model.Journey] = {}
         self.connections: list[model.Connection] = []
@@ -36,6 +48,14 @@ class JourneyBuilder:
         self._last_seen: dict[int, int] = {}               # id(connection) -> ts of its last journey
         self.retired: list[model.Connection] = []          # quiet ones, journeys cut to first and end
         self.retired_untold = 0                            # quiet ones beyond the cap: only counted
+        self.untold_outcomes: dict[str, int] = {}          # ... by outcome, so every connection is accounted
+        self.retired_early = 0                             # retired before they were quiet (max_live)
+        # a retired connection by the hashes of its tuples (bounded, oldest out): its row (a Connection)
+        # or, when it has none, a one-item list holding the outcome it is counted under. A late packet
+        # of it (the reply of a connection retired early) updates that, instead of starting a new one.
+        # Hashes, not tuples: a second of a busy port retires tens of thousands of them.
+        self._retired_tuples: dict[int, object] = {}
+        self.late_journeys = 0                             # journeys of retired connections, not shown
 
     # -- journeys --
 
@@ -67,6 +87,9 @@ class JourneyBuilder:
             out += self._finished(j)
         for skb in [k for k, j in self._expired.items() if now_ns - j.last.ts_ns > 10 * self.idle_ns]:
             del self._expired[skb]
+        if self.max_live:       # a bounded watch keeps the most recent ones only (oldest first out)
+            for skb in list(self._expired)[: max(0, len(self._expired) - self.max_live)]:
+                del self._expired[skb]
         return out
 
     def flush(self) -> list[tuple[model.Journey, model.Connection]]:
@@ -92,9 +115,16 @@ class JourneyBuilder:
         j.steps.sort(key=lambda s: s.ts_ns)
         if self.keep is not None and not self.keep(j):
             return []
-        return [self._finish(j)]
+        done = self._finish(j)
+        return [done] if done else []
 
-    def _finish(self, j: model.Journey) -> tuple[model.Journey, model.Connection]:
+    def handed_out(self, j: model.Journey):
+        """The caller is done with journey j (printed it): with trim, keep only what the summary and
+        reply matching need."""
+        if self.trim:
+            _cut(j)
+
+    def _finish(self, j: model.Journey) -> Optional[tuple[model.Journey, model.Connection]]:
         annotate_routes(j)
         if id(j) in self._conn_of:       # finished before by idleness, now with its real end
             return j, self._conn_of[id(j)]
@@ -116,6 +146,11 @@ class JourneyBuilder:
                 conn = None
                 for t in tuples:          # its reply must find the new connection, not the old one
                     self._by_tuple.pop(t, None)
+        if conn is None and self._retired_tuples:
+            retired = next((self._retired_tuples[h] for h in map(hash, tuples) if h in self._retired_tuples), None)
+            if retired is not None:
+                self._late(retired, j)
+                return None
         if conn is None:
             key = first if j.direction == "request" or first is None else first.reversed()
             conn = model.Connection(key=key)
@@ -131,30 +166,69 @@ class JourneyBuilder:
         return j, conn
 
 
-    def retire(self, now_ns: int, after_s: float = 30.0, keep_rows: int = 10000):
-        """Forget the journeys of connections quiet for `after_s`, keeping a light summary of each (the
-        first transmission and the first reply), so a long watch on a busy port stays small."""
+    def retire(self, now_ns: int, after_s: float = 30.0, keep_rows: int = 1000):
+        """Forget the journeys of connections quiet for `after_s` (and, over max_live, of the longest
+        quiet), keeping a light summary of the first keep_rows and the outcome counts of the rest, so a
+        long watch on a busy port stays small and still accounts for every connection."""
         quiet = [c for c in self.connections if now_ns - self._last_seen.get(id(c), now_ns) > after_s * 1e9]
+        if self.max_live and len(self.connections) - len(quiet) > self.max_live:
+            gone = {id(c) for c in quiet}
+            rest = sorted((c for c in self.connections if id(c) not in gone), key=lambda c: self._last_seen.get(id(c), 0))
+            early = rest[: len(rest) - self.max_live]
+            self.retired_early += len(early)
+            quiet += early
         if not quiet:
             return
         gone = {id(c) for c in quiet}
         self.connections = [c for c in self.connections if id(c) not in gone]
+        tuples_of: dict[int, list] = {}
         for t in [t for t, c in self._by_tuple.items() if id(c) in gone]:
-            del self._by_tuple[t]
+            tuples_of.setdefault(id(self._by_tuple.pop(t)), []).append(t)
         for j in [k for k, c in self._conn_of.items() if id(c) in gone]:
             del self._conn_of[j]
         for c in quiet:
             del self._last_seen[id(c)]
             if len(self.retired) >= keep_rows:
                 self.retired_untold += 1
-                continue
-            for j in c.requests + c.replies:
-                if len(j.steps) > 3:   # enough to tell where it started and how it ended
-                    j.steps = j.steps[:1] + j.steps[-2:]
-            self.retired.append(c)
+                self.untold_outcomes[c.outcome] = self.untold_outcomes.get(c.outcome, 0) + 1
+                record = [c.outcome]
+            else:
+                for j in c.requests + c.replies:
+                    _cut(j)
+                self.retired.append(c)
+                record = c
+            if self.max_live:
+                for t in tuples_of.get(id(c), ()):
+                    self._retired_tuples[hash(t)] = self._retired_tuples[hash(t.reversed())] = record
+        for h in list(self._retired_tuples)[: max(0, len(self._retired_tuples) - RETIRED_TUPLES)]:
+            del self._retired_tuples[h]
+
+    def _late(self, retired, j: model.Journey):
+        """A journey of a retired connection: added to its row, or its count moved to the outcome the
+        new packet gives it (a reply that got through: answered; a RST: refused)."""
+        self.late_journeys += 1
+        if isinstance(retired, model.Connection):
+            _cut(j)
+            (retired.replies if j.direction == "reply" else retired.requests).append(j)
+            return
+        if j.direction != "reply" or j.outcome == "dropped" or retired[0] in ("answered", "refused"):
+            return
+        new = "refused" if "R" in j.first.tcp_flags else "answered"
+        self.untold_outcomes[retired[0]] -= 1
+        if not self.untold_outcomes[retired[0]]:
+            del self.untold_outcomes[retired[0]]
+        self.untold_outcomes[new] = self.untold_outcomes.get(new, 0) + 1
+        retired[0] = new
 
     def all_connections(self) -> list[model.Connection]:
         return self.retired + self.connections
+
+
+def _cut(j: model.Journey):
+    """Keep the first step (where it started, its tuple and sequence number) and the end (drop, consume
+    or transmit: its outcome); the tuples in between are already registered for reply matching."""
+    if len(j.steps) > 3:   # the last two: a transmit before the final consume makes it "sent"
+        j.steps = j.steps[:1] + j.steps[-2:]
 
 
 def reuses_port(conn: model.Connection, j: model.Journey) -> bool:

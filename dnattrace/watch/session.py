@@ -16,21 +16,28 @@ from dnattrace.watch.resolve import local_addresses
 from dnattrace.watch.tracer import FilterEntry, WatchTracer
 
 
+# Connections a bounded watch keeps whole (about 3 KB each once trimmed); the rest are retired to a
+# summary row or an outcome count, so watch stays under its 60 MB budget at any connection rate.
+MAX_LIVE = 2000
+
+
 class Follower:
     """Run the watch tracer for a Target and call on_journey(journey, connection) as packets finish."""
 
     def __init__(self, target, all_packets=False, idle_s=1.0, caps=None, pcap=None, max_new=0,
-                 hook_detail=False, local=None):
+                 hook_detail=False, local=None, bounded=False):
         """local: the watched namespaces' addresses when the caller already read them
-        (resolve_with_addresses); else start() reads them."""
+        (resolve_with_addresses); else start() reads them. bounded: a long watch keeps its memory
+        bounded (journeys trimmed once handed out, at most MAX_LIVE connections kept whole)."""
         self.target = target
-        self.tracer = WatchTracer([FilterEntry(*e) for e in target.endpoints()], target.netns_paths(), all_packets=all_packets,
-                                  capture=pcap is not None, max_new=max_new, hook_detail=hook_detail, caps=caps)
+        self.tracer = WatchTracer([FilterEntry(*e) for e in target.endpoints()], target.netns_paths(),
+                                  all_packets=all_packets, capture=pcap is not None, max_new=max_new,
+                                  hook_detail=hook_detail, caps=caps)
         inodes = {enter.inode(p) for p in target.netns_paths()}
         # only packets that entered the host (or container) being watched: another host on this
         # machine (a lab, a nested setup) may use the same addresses and ports
         self.builder = journeys.JourneyBuilder(journeys.request_matcher(target.endpoints()), idle_s=idle_s,
-                                              keep=self._keep)
+                                               keep=self._keep, trim=bounded, max_live=MAX_LIVE if bounded else 0)
         self._inodes = inodes
         self._local: Optional[dict[int, set[str]]] = local
         self.symbols = kallsyms.load()
@@ -96,7 +103,8 @@ class Follower:
                 j.lost_events += self.lost_events - before
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         done += self.builder.expire(now)
-        if now - self._retired_at > 1e9:     # a scan of every connection: once a second is plenty
+        # a scan of every connection: once a second is plenty, unless a bounded watch is over its cap
+        if now - self._retired_at > 1e9 or (self.builder.max_live and len(self.builder.connections) > 2 * MAX_LIVE):
             self.builder.retire(now)
             self._retired_at = now
             self.new_drops += self._unfollowed_drops_since()
@@ -129,6 +137,7 @@ class Follower:
             while (end is None or time.monotonic() < end) and not (stop and stop()) and not signalled:
                 for j, c in self.poll(poll_ms):
                     on_journey(j, c)
+                    self.builder.handed_out(j)
                 if self.new_drops:
                     if on_drops:
                         on_drops(self.new_drops)
