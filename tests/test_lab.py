@@ -22,7 +22,7 @@ from dnattrace.lab import cli, manage, scenarios, state, topology
 from dnattrace.netns import build as net
 
 KNOWN_CAUSES = {"none", "forwarding-off", "filter-forward-drop", "no-listener", "rp-filter", "conntrack-full",
-                "filter-input-drop", "neigh-failed", "bridge-down", "reply-no-route", "reply-notrack",
+                "filter-input-drop", "neigh-failed", "link-down", "reply-no-route", "reply-notrack",
                 "foreign-nft-drop", "udp-stale-conntrack", "not-dnated", "route-localnet"}
 # What the client sees when it is not a timeout (measured; /work/notes/scenarios.md says why).
 CLIENT_REASON = {"no-listener": "refused", "hostlocal-prerouting-only": "refused", "bridge-down": "unreachable"}

@@ -84,7 +84,7 @@ SCENARIOS += [
     Scenario("bridge-down", "The docker0-like bridge is administratively down, so its connected route is "
              "gone and the host answers the client with net-unreachable "
              "(https://github.com/wukongdaily/OrangePiShell/issues/18, "
-             "https://github.com/docker/for-linux/issues/924).", cause="bridge-down",
+             "https://github.com/docker/for-linux/issues/924).", cause="link-down",
              drop_function="ip_error", drop_reason="IP_INNOROUTES", drop_ns="host", bridge_up=False),
     Scenario("ctr-no-default-route", "The container has no default route: the SYN is delivered but its "
              "SYN-ACK cannot be routed and is never built (https://github.com/intel/cc-oci-runtime/issues/55, "
