@@ -526,7 +526,7 @@ def _gateway_for(snap: Snapshot, ns: NsEvidence) -> str:
 
 # --- causes from researched user reports (lab scenarios in /work/notes/scenarios.md) ------------------
 
-def _down_link_for(f: Facts) -> Optional["object"]:
+def _down_link_for(f: Facts):
     """An administratively down link whose own subnet holds the packet's destination: its connected
     route went away when it went down."""
     import ipaddress
@@ -709,9 +709,6 @@ def match_udp_stale_conntrack(f: Facts) -> Optional[Match]:
     s.add(2, True, "a DNAT rule for %s/%d exists and matches the packet: %s" % (t.proto, t.port, found[0].rule))
     s.add(3, bool(entries), "conntrack: %s" % entries[0] if entries else "")
     s.add(1, not dnat_moved, "the DNAT rule's counter did not move (nat rules see only a flow's first packet)")
-    ct = next((st.ct for st in f.journey.steps if st.ct), None)
-    s.add(1, ct is not None and ct.state != "NEW" or (ct is not None and ct.status & 0x8 != 0),
-          "the packet matched an existing conntrack entry (%s)" % ct.state if ct else "")
     return Match(s, "The flow's conntrack entry was made before the DNAT rule for %s/%d existed (or while it was "
                     "missing); NAT is bound to an entry only at its first packet, so every later packet of this "
                     "flow still goes to the host itself, where nothing listens. Delete the stale entry."
