@@ -343,3 +343,22 @@ def test_several_connections_are_merged_per_cause():
 def test_every_cause_has_a_title_and_a_function(cause_id):
     cause = next(c for c in causes.CATALOGUE if c.id == cause_id)
     assert cause.title and callable(cause.match)
+
+
+def test_nft_base_chains_of_other_tables_are_read_with_hook_and_policy():
+    from dnattrace.evidence import firewall
+    text = json.dumps({"nftables": [
+        {"metainfo": {"json_schema_version": 1}},
+        {"table": {"family": "inet", "name": "filter", "handle": 1}},
+        {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter",
+                   "hook": "forward", "prio": 0, "policy": "drop"}},
+        {"chain": {"family": "inet", "table": "filter", "name": "helper", "handle": 2}},
+        {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 3,
+                  "expr": [{"counter": {"packets": 4, "bytes": 240}}, {"drop": None}]}},
+        {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 1, "type": "filter",
+                   "hook": "forward", "prio": 0, "policy": "accept"}},
+    ]})
+    chains = firewall.parse_nft_base_chains(text)
+    assert [(c["family"], c["table"], c["chain"], c["hook"], c["policy"]) for c in chains] == [
+        ("inet", "filter", "forward", "forward", "DROP"), ("ip", "filter", "FORWARD", "forward", "ACCEPT")]
+    assert chains[0]["rules"] == [{"verdict": "DROP", "packets": 4}]

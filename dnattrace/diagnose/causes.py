@@ -284,6 +284,7 @@ def match_no_route(f: Facts) -> Optional[Match]:
     if sysctl.forwarding_on(f.ns.sysctls, f.ingress or None) is False:
         return None         # that is forwarding-off
     s = _Score()
+    s.add(2, _down_link_for(f) is None)     # a link that is down explains the missing route better
     s.add(2, f.func == "ip_error" or f.reason in ("IP_INNOROUTES", "IP_OUTNOROUTES"), f.drop_line())
     s.add(2, f.reason in ("IP_INNOROUTES", "IP_OUTNOROUTES"))
     s.add(2, route_err, "route lookup for %s failed: %s" % (r.dst, errno.errorcode.get(-r.err, r.err)) if r else "")
@@ -336,6 +337,8 @@ def match_filter_forward_drop(f: Facts) -> Optional[Match]:
     m = _filter_match(f, "FORWARD")
     if m and f.seen and _is_bridged(f) and sysctl.as_int(f.ns.sysctls, "net.bridge.bridge-nf-call-iptables") == 1:
         m.score.add(2, False)   # bridged traffic in FORWARD: br-netfilter explains it better
+    if m and f.seen and _foreign_drop_chains(f):
+        m.score.add(2, False)   # another nft table's chain on the hook drops: foreign-nft-drop names it
     return m
 
 
@@ -363,6 +366,7 @@ def match_no_listener(f: Facts) -> Optional[Match]:
     s = _Score()
     if f.seen:
         s.add(3, True, f.drop_line() if no_socket else "the reply was a RST (connection refused)")
+        s.add(3, not _not_dnated(f))    # a published port that missed its DNAT: not-dnated / stale conntrack
     s.add(3, not usable, "nothing listens on %s port %d in %s%s" % (
         f.snapshot.target.proto, port, ns.name,
         " (only on %s)" % ", ".join(str(l) for l in listening) if listening else ""))
@@ -521,6 +525,229 @@ def _gateway_for(snap: Snapshot, ns: NsEvidence) -> str:
     return ""
 
 
+# --- causes from researched user reports (lab scenarios in /work/notes/scenarios.md) ------------------
+
+def _down_link_for(f: Facts):
+    """An administratively down link whose own subnet holds the packet's destination: its connected
+    route went away when it went down."""
+    import ipaddress
+    dst = f.dest[0]
+    if not dst:
+        return None
+    for l in f.ns.links:
+        if l.up:
+            continue
+        for cidr in l.addresses:
+            if ipaddress.ip_address(dst) in ipaddress.ip_interface(cidr).network:
+                return l
+    return None
+
+
+def match_link_down(f: Facts) -> Optional[Match]:
+    if not f.seen:
+        return None
+    r = f.route.route if f.route and f.route.route else None
+    if not (f.func == "ip_error" or f.reason in ("IP_INNOROUTES", "IP_OUTNOROUTES") or (r and r.err)):
+        return None
+    link = _down_link_for(f)
+    if link is None:
+        return None
+    s = _Score()
+    s.add(3, f.func == "ip_error" or f.reason in ("IP_INNOROUTES", "IP_OUTNOROUTES"), f.drop_line())
+    s.add(3, True, "link %s (%s%s) is administratively DOWN; %s is in its subnet %s"
+          % (link.name, link.kind or "device", ", state " + link.state if link.state else "", f.dest[0],
+             ", ".join(link.addresses)))
+    lookup = f.ns.lookup(f.dest[0])
+    s.add(1, lookup is not None and lookup.err, str(lookup) if lookup else "")
+    s.note(_kv(f.ns.sysctls, sysctl.conf_key(f.ingress or "all", "forwarding")))
+    return Match(s, "%s is down in %s, so the route to its subnet (where %s lives) is gone: the packet gets no "
+                    "route and the sender an ICMP unreachable. Bring the link up (Docker: restart the engine, "
+                    "which recreates its bridge)." % (link.name, f.ns.name, f.dest[0]),
+                 [f.ns.prefix() + "ip link set %s up" % link.name])
+
+
+IPTABLES_NFT_TABLES = ("filter", "nat", "mangle", "raw", "security")
+
+
+def _foreign_drop_chains(f: Facts) -> list[dict]:
+    """nft base chains on the packet's hook that belong to another owner than iptables (a `table inet`,
+    firewalld, nftables.service) and drop: by policy, or by a DROP/REJECT rule whose counter is set."""
+    if not f.hook:
+        return []
+    out = []
+    for c in f.ns.nft_chains:
+        if c["hook"] != f.hook.lower() or (c["family"] == "ip" and c["table"] in IPTABLES_NFT_TABLES):
+            continue
+        dropping = [r for r in c["rules"] if r["verdict"] in ("DROP", "REJECT") and r["packets"]]
+        if c["policy"] == "DROP" or dropping:
+            out.append(c)
+    return out
+
+
+def _iptables_accepted(f: Facts) -> list[CounterMove]:
+    """ACCEPT rules of iptables' filter table on the packet's hook whose counters moved."""
+    rules = f.ns.rules
+    chains = rules.reachable("filter", f.hook) if rules and f.hook else set()
+    return [m for m in f.moves() if m.table == "filter" and m.chain in chains and m.target == "ACCEPT"]
+
+
+def match_foreign_nft_drop(f: Facts) -> Optional[Match]:
+    if not f.seen or not f.netfilter_drop or not f.hook:
+        return None
+    chains = _foreign_drop_chains(f)
+    if not chains:
+        return None
+    c = chains[0]
+    accepted = _iptables_accepted(f)
+    s = _Score()
+    s.add(3, True, f.drop_line() + " on the %s hook" % f.hook)
+    s.add(3, True, "nft table %s %s, base chain %s (hook %s, priority %s): policy %s%s" % (
+        c["family"], c["table"], c["chain"], c["hook"], c["prio"], c["policy"],
+        "; no rule in it accepts the packet" if not any(r["verdict"] == "ACCEPT" for r in c["rules"]) else ""))
+    # iptables' own filter table did not drop it (no DROP counter moved; its ACCEPT may have counted it,
+    # when its chain runs first)
+    s.add(2, not _drop_moves(f, f.hook), "%s (counter moved during the capture: iptables accepted it)"
+          % accepted[0] if accepted else "no DROP rule or policy counter of iptables' filter table moved")
+    proto, dst, dport = _packet(f)
+    nft = f.ns.prefix() + "nft insert rule %s %s %s " % (c["family"], c["table"], c["chain"])
+    fix = [nft + "ct state established,related accept", nft + "ip daddr %s %s dport %d accept" % (dst, proto, dport)]
+    return Match(s, "Another nft table than iptables' own, %s %s, has a base chain %s on the %s hook that drops the "
+                    "packet for %s:%d. Every base chain on a hook runs, so Docker's ACCEPT in the iptables filter "
+                    "table does not save it: that table must accept it too."
+                 % (c["family"], c["table"], c["chain"], f.hook, dst, dport), fix,
+                 "with firewalld: firewall-cmd --zone=trusted --add-interface=<bridge>; deleting the table "
+                 "removes the user's firewall")
+
+
+def _not_dnated(f: Facts) -> bool:
+    """The packet went to the published port of a DNAT and arrived at the host itself undNATed."""
+    t = f.snapshot.target
+    if not (f.seen and t.service_addr and f.ns is f.snapshot.host):
+        return False
+    if any(st.ct and st.ct.dnat for st in f.journey.steps):
+        return False
+    tuples = f.journey.tuples()
+    return bool(tuples) and tuples[0].dport == t.port and f.ns.has_address(tuples[-1].dst)
+
+
+def _dnat_rule_checks(f: Facts) -> tuple[list, list[str]]:
+    """The DNAT rules for the packet's port, and why each one does not apply to this packet ([] if one does)."""
+    rules = f.ns.rules
+    first = f.journey.steps[0]
+    hook = "OUTPUT" if first.point == NF and first.hook == "OUTPUT" else "PREROUTING"
+    tuples = f.journey.tuples()
+    dst = tuples[0].dst if tuples else ""
+    found = firewall.dnat_targets(rules, f.snapshot.target.port, f.snapshot.target.proto) if rules else []
+    reach = rules.reachable("nat", hook) if rules else set()
+    why = []
+    for d in found:
+        r = next((x for x in rules.chain("nat", d.chain).rules if x.text == d.rule), None)
+        words = d.rule.split()
+        problems = []
+        if d.chain not in reach:
+            problems.append("its chain %s is not reached from nat %s (where a %s packet is DNATed)"
+                            % (d.chain, hook, "locally generated" if hook == "OUTPUT" else "arriving"))
+        iif = r.option("-i") if r else None
+        if iif and hook == "PREROUTING":
+            neg = "!" in words[max(0, words.index("-i") - 1):words.index("-i")]
+            if (f.ingress == iif) == neg:
+                problems.append("it requires %s-i %s, the packet came in on %s" % ("! " if neg else "", iif, f.ingress))
+        daddr = r.option("-d") if r else None
+        if daddr and dst and daddr.split("/")[0] != dst and "!" not in words[max(0, words.index("-d") - 1):words.index("-d")]:
+            problems.append("it requires -d %s, the packet was sent to %s" % (daddr, dst))
+        if not problems:
+            return found, []
+        why.append("%s: %s" % (d.rule, "; ".join(problems)))
+    return found, why
+
+
+def match_not_dnated(f: Facts) -> Optional[Match]:
+    if not _not_dnated(f) or not (f.reason == "NO_SOCKET" or f.conn.outcome == "refused"):
+        return None
+    found, why = _dnat_rule_checks(f)
+    if not found or not why:
+        return None         # no DNAT for the port, or one that applies (then conntrack is to blame)
+    t = f.snapshot.target
+    s = _Score()
+    s.add(3, True, f.drop_line() or "the host itself refused the connection")
+    ct = next((st.ct for st in f.journey.steps if st.ct), None)
+    s.add(2, True, "not DNATed: conntrack reply tuple %s:%d (the host itself, not %s:%d)"
+          % (ct.reply.src, ct.reply.sport, t.service_addr, t.service_port) if ct and ct.reply else
+          "no DNAT in the packet's journey")
+    s.add(3, True, "; ".join(why))
+    fix = None
+    rules = f.ns.rules
+    first = f.journey.steps[0]
+    if first.point == NF and first.hook == "OUTPUT" and rules:
+        chain = next(d.chain for d in firewall.dnat_targets(rules, t.port, t.proto))
+        jump = next((r for r in (rules.chain("nat", "PREROUTING").rules if rules.chain("nat", "PREROUTING") else [])
+                     if r.target == chain), None)
+        if chain == "PREROUTING" or jump is None:
+            src = next(d.rule for d in firewall.dnat_targets(rules, t.port, t.proto))
+            text = " ".join(src.split()[2:])
+        else:
+            text = " ".join(jump.text.split()[2:])
+            if "-d" not in text.split():
+                text = "! -d 127.0.0.0/8 " + text
+        fix = [f.ns.prefix() + "iptables -t nat -A OUTPUT " + text]
+    return Match(s, "The published port %s/%d reached %s, but no DNAT rule applied to the packet, so it went to "
+                    "the host itself, where nothing listens: %s." % (t.proto, t.port, f.ns.name, "; ".join(why)),
+                 fix, "" if fix else "recreate the publication for the address/interface the clients use")
+
+
+def match_udp_stale_conntrack(f: Facts) -> Optional[Match]:
+    if not _not_dnated(f) or f.reason != "NO_SOCKET":
+        return None
+    found, why = _dnat_rule_checks(f)
+    if not found or why:
+        return None         # the DNAT rule would not apply anyway: that is not-dnated
+    t = f.snapshot.target
+    tup = f.journey.tuples()[0]
+    entries = [e for e in f.ns.ct_entries if "sport=%d" % tup.sport in e and "dport=%d" % t.port in e]
+    dnat_moved = [m for m in f.moves() if m.table == "nat" and m.target == "DNAT"]
+    s = _Score()
+    s.add(3, True, f.drop_line())
+    s.add(2, True, "a DNAT rule for %s/%d exists and matches the packet: %s" % (t.proto, t.port, found[0].rule))
+    s.add(3, bool(entries), "conntrack: %s" % entries[0] if entries else "")
+    s.add(1, not dnat_moved, "the DNAT rule's counter did not move (nat rules see only a flow's first packet)")
+    return Match(s, "The flow's conntrack entry was made before the DNAT rule for %s/%d existed (or while it was "
+                    "missing); NAT is bound to an entry only at its first packet, so every later packet of this "
+                    "flow still goes to the host itself, where nothing listens. Delete the stale entry."
+                 % (t.proto, t.port),
+                 [f.ns.prefix() + "conntrack -D -p %s --orig-port-dst %d" % (t.proto, t.port)],
+                 "Docker >= 23 flushes these entries when it publishes a UDP port")
+
+
+def match_route_localnet(f: Facts) -> Optional[Match]:
+    import ipaddress
+    if not f.seen or f.func != "nf_hook_slow" or f.hook != "OUTPUT":
+        return None
+    tuples = f.journey.tuples()
+    if not tuples or not ipaddress.ip_address(tuples[0].src).is_loopback:
+        return None
+    svc = f.snapshot.target.service_addr
+    dev = next((l for l in f.ns.links if svc and not ipaddress.ip_address(svc).is_loopback and any(
+        ipaddress.ip_address(svc) in ipaddress.ip_interface(c).network for c in l.addresses)), None)
+    if dev is None:
+        return None
+    key = sysctl.conf_key(dev.name, "route_localnet")
+    off = sysctl.as_int(f.ns.sysctls, key) == 0
+    s = _Score()
+    s.add(3, True, f.drop_line() + " on the OUTPUT hook (locally generated)")
+    s.add(2, True, "source %s is a loopback address; the DNAT target %s is reached by %s" % (tuples[0].src, svc, dev.name))
+    s.add(3, off, _kv(f.ns.sysctls, key))
+    s.add(1, not ct_stats.is_full(f.ns.conntrack), "conntrack is not full (count %s of %s)"
+          % (f.ns.conntrack.get("count"), f.ns.conntrack.get("max")))
+    fix = [f.ns.prefix() + "sysctl -w %s=1" % key]
+    nat = f.ns.rules.chain("nat", "POSTROUTING") if f.ns.rules else None
+    if nat is not None and not any("127.0.0.0/8" in r.text and r.target == "MASQUERADE" for r in nat.rules):
+        fix.append(f.ns.prefix() + "iptables -t nat -I POSTROUTING -s 127.0.0.0/8 -o %s -j MASQUERADE" % dev.name)
+    return Match(s, "A connection to %s:%d from the host was DNATed to %s, but after the DNAT the kernel must route "
+                    "a packet with loopback source %s out of %s, which it refuses unless route_localnet is set there: "
+                    "the NAT hook drops it." % (tuples[0].dst, tuples[0].dport, svc, tuples[0].src, dev.name),
+                 fix, "the source must also be masqueraded (-s 127.0.0.0/8 -o %s -j MASQUERADE); %s" % (dev.name, PERSIST))
+
+
 CATALOGUE: tuple[Cause, ...] = (
     Cause("forwarding-off", "IPv4 forwarding is off", match_forwarding_off),
     Cause("filter-forward-drop", "A firewall rule or policy in FORWARD drops it", match_filter_forward_drop),
@@ -533,6 +760,11 @@ CATALOGUE: tuple[Cause, ...] = (
     Cause("martian-source", "Martian or local source address", match_martian_source),
     Cause("br-netfilter", "Bridged traffic filtered by iptables (br_netfilter)", match_br_netfilter),
     Cause("reply-no-route", "The reply cannot be routed back", match_reply_no_route),
+    Cause("link-down", "The interface towards the destination is down", match_link_down),
+    Cause("foreign-nft-drop", "Another nft table's base chain drops it", match_foreign_nft_drop),
+    Cause("not-dnated", "No DNAT rule applied to the published port", match_not_dnated),
+    Cause("udp-stale-conntrack", "A conntrack entry older than the DNAT rule", match_udp_stale_conntrack),
+    Cause("route-localnet", "Loopback source routed out after DNAT (route_localnet)", match_route_localnet),
 )
 
 

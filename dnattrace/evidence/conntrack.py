@@ -48,3 +48,11 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 def is_full(st: dict[str, int], margin: float = 0.98) -> bool:
     return bool(st.get("max")) and st.get("count", 0) >= st["max"] * margin
+
+
+def entries(proto: str, port: int, netns=None) -> list[str]:
+    """The conntrack entries whose original destination port is `port` (conntrack -L, one line each):
+    their reply tuple says whether NAT was bound to the flow when its first packet passed."""
+    from dnattrace.netns.enter import run_tool
+    out = run_tool(["conntrack", "-L", "-p", proto, "--orig-port-dst", str(port)], netns)
+    return [l.strip() for l in out.splitlines() if l.strip() and not l.startswith("conntrack v")]

@@ -173,6 +173,36 @@ def read_nft(netns=None) -> Ruleset:
     return parse_nft_json(run_tool(["nft", "-j", "list", "ruleset"], netns))
 
 
+def parse_nft_base_chains(text: str) -> list[dict]:
+    """Base chains (those attached to a hook) of every ip/inet nft table, with their rules' counters and
+    verdicts: {"family", "table", "chain", "hook", "prio", "policy", "rules": [{"verdict", "packets"}]}.
+    Every base chain on a hook runs: an ACCEPT in iptables-nft's `ip filter` does not stop another
+    table's chain from dropping the packet."""
+    data = json.loads(text or "{}").get("nftables", [])
+    chains = {}
+    for item in data:
+        c = item.get("chain")
+        if c and c.get("family") in ("ip", "inet") and c.get("hook"):
+            chains[(c["family"], c["table"], c["name"])] = dict(
+                family=c["family"], table=c["table"], chain=c["name"], hook=c["hook"], prio=c.get("prio", 0),
+                policy=(c.get("policy") or "accept").upper(), rules=[])
+        r = item.get("rule")
+        if r and (r.get("family"), r.get("table"), r.get("chain")) in chains:
+            verdict, pk = "", None
+            for e in r.get("expr", []):
+                if isinstance(e.get("counter"), dict):
+                    pk = e["counter"].get("packets", 0)
+                for k in ("accept", "drop", "reject", "jump", "goto"):
+                    if k in e:
+                        verdict = k.upper()
+            chains[(r["family"], r["table"], r["chain"])]["rules"].append(dict(verdict=verdict, packets=pk))
+    return list(chains.values())
+
+
+def read_nft_base_chains(netns=None) -> list[dict]:
+    return parse_nft_base_chains(run_tool(["nft", "-j", "list", "ruleset"], netns))
+
+
 def counter_delta(before: Ruleset, after: Ruleset) -> list[CounterMove]:
     """Rules and policies whose packet counters went up between two readings, most packets first.
     Rules are matched by table, chain, text and position among identical texts (a rule inserted in

@@ -33,6 +33,8 @@ class NsEvidence:
     conntrack: dict[str, int] = field(default_factory=dict)
     snmp: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # evidence that could not be read, and why
+    nft_chains: list[dict] = field(default_factory=list)  # nft base chains of every table (firewall.py)
+    ct_entries: list[str] = field(default_factory=list)  # conntrack entries to the watched ports
 
     def link(self, name: str) -> Optional[Link]:
         return next((l for l in self.links if l.name == name), None)
@@ -80,6 +82,8 @@ def read_namespace(name: str, netns=None, ports=(), proto="tcp", lookups=(), nei
         n = _gather(ev, links.neighbour, addr, netns=netns)
         if n is not None:
             ev.neighbours.append(n)
+    ev.nft_chains = _gather(ev, firewall.read_nft_base_chains, netns) or []
+    ev.ct_entries = [e for p in sorted(ports) for e in (_gather(ev, conntrack.entries, proto, p, netns) or [])]
     found = _gather(ev, sockets.listeners, None, proto, netns) or []
     ev.listeners = [l for l in found if not ports or l.port in ports]
     return ev

@@ -23,7 +23,7 @@ class Scenario:
     cause: str                      # the cause id diagnose must name ("none" when healthy)
     drop_function: str | None       # kfree_skb location symbol (without +offset)
     drop_reason: str | None         # skb_drop_reason name (without the SKB_DROP_REASON_ prefix)
-    drop_ns: str | None             # "host" or "container": where the packet is freed
+    drop_ns: str | None             # "host", "container" or "client": where the packet is freed
     docker: bool = False            # has a --docker variant (real Docker engine)
     expect_ok: bool = False         # the client's request succeeds
     # How the host departs from the healthy Docker layout (one knob per broken scenario).
@@ -35,6 +35,18 @@ class Scenario:
     input_drop: bool = False        # target is a host process on :9090 behind a filter INPUT DROP rule
     dnat_target: str | None = None  # DNAT to this address instead of the container's (a missing host)
     drop_delay: float = 0.0         # seconds between the first packet and its drop (neighbour timeouts)
+    # Where the client is (a layout, not a fault): "outside" (its own namespace), "host" (a process in
+    # the host namespace connecting to the host's outside address), "localhost" (the same, to 127.0.0.1,
+    # with the DNAT rules CNI portmap / netavark write for it).
+    client: str = "outside"
+    proto: str = "tcp"              # "udp": a UDP echo service published on 5353 -> container :53
+    bridge_up: bool = True          # the docker0-like bridge is up
+    ctr_default_route: bool = True  # the container has its default route via the bridge
+    reply_notrack: bool = False     # a raw PREROUTING NOTRACK rule catches the container's replies
+    foreign_forward_drop: bool = False  # a native nft `table inet` forward chain with policy drop
+    output_dnat: bool = True        # nat OUTPUT jumps to DOCKER (host-local clients get DNATed)
+    route_localnet: bool = True     # net.ipv4.conf.BRIDGE.route_localnet=1 (localhost client layout)
+    udp_stale: bool = False         # the client's UDP flow was tracked before the port was published
 
     def to_dict(self):
         return {k: getattr(self, k) for k in ("id", "description", "cause", "drop_function", "drop_reason",
@@ -65,6 +77,45 @@ SCENARIOS = [
     Scenario("neigh-failed", "The DNAT points at an address nobody has on the bridge (a stale container "
              "IP): ARP fails.", cause="neigh-failed", drop_function="neigh_invalidate",
              drop_reason="NEIGH_FAILED", drop_ns="host", dnat_target="172.31.0.9", drop_delay=3.5),
+]
+
+# Scenarios from researched user reports (/work/notes/scenarios.md); each cites its public source.
+SCENARIOS += [
+    Scenario("bridge-down", "The docker0-like bridge is administratively down, so its connected route is "
+             "gone and the host answers the client with net-unreachable "
+             "(https://github.com/wukongdaily/OrangePiShell/issues/18, "
+             "https://github.com/docker/for-linux/issues/924).", cause="link-down",
+             drop_function="ip_error", drop_reason="IP_INNOROUTES", drop_ns="host", bridge_up=False),
+    Scenario("ctr-no-default-route", "The container has no default route: the SYN is delivered but its "
+             "SYN-ACK cannot be routed and is never built (https://github.com/intel/cc-oci-runtime/issues/55, "
+             "https://github.com/hyperhq/hyperd/issues/491).", cause="reply-no-route", drop_function=None,
+             drop_reason=None, drop_ns=None, ctr_default_route=False),
+    Scenario("notrack-reply", "A raw PREROUTING NOTRACK rule catches the container's replies, so they are "
+             "not un-DNATed and the client drops the SYN-ACK from the container's own address "
+             "(https://github.com/kubernetes/kubernetes/issues/84230, https://github.com/moby/moby/pull/44742).",
+             cause="reply-notrack", drop_function="tcp_v4_rcv", drop_reason="NO_SOCKET", drop_ns="client",
+             reply_notrack=True),
+    Scenario("nft-inet-forward-drop", "A native nft table (`table inet filter`, as nftables.service or "
+             "firewalld install) has a forward chain with policy drop; Docker's iptables rules accept the SYN, "
+             "the other base chain on the same hook drops it (https://github.com/firewalld/firewalld/issues/534, "
+             "https://github.com/moby/libnetwork/issues/2496).", cause="foreign-nft-drop",
+             drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host",
+             foreign_forward_drop=True),
+    Scenario("udp-stale-conntrack", "The client's UDP flow was tracked before the port was published; nat "
+             "rules see only a flow's first packet, so the datagrams keep going to the host itself "
+             "(https://github.com/moby/moby/issues/8795, https://github.com/moby/moby/pull/44742).",
+             cause="udp-stale-conntrack", drop_function="__udp4_lib_rcv", drop_reason="NO_SOCKET",
+             drop_ns="host", proto="udp", udp_stale=True),
+    Scenario("hostlocal-prerouting-only", "A client on the host itself: the DNAT is reached only from "
+             "PREROUTING (nat OUTPUT does not jump to DOCKER), so the host's own connection is refused "
+             "(https://github.com/rancher/rancher/issues/2929, https://github.com/rkt/rkt/issues/1932).",
+             cause="not-dnated", drop_function="tcp_v4_rcv", drop_reason="NO_SOCKET", drop_ns="host",
+             client="host", output_dnat=False),
+    Scenario("localhost-route-localnet", "A client on the host connects to 127.0.0.1:8080, DNATed to the "
+             "container (CNI portmap layout) with route_localnet=0 on the bridge: the re-route after DNAT "
+             "fails (https://github.com/rkt/rkt/issues/2283, https://github.com/containers/netavark/issues/362).",
+             cause="route-localnet", drop_function="nf_hook_slow", drop_reason="NETFILTER_DROP", drop_ns="host",
+             client="localhost", route_localnet=False),
 ]
 
 BY_ID = {s.id: s for s in SCENARIOS}

@@ -22,6 +22,9 @@ CLIENT_ADDR, OUTSIDE_ADDR = "198.51.100.2", "198.51.100.1"
 BRIDGE_ADDR, CONTAINER_ADDR, BRIDGE_PREFIX = "172.31.0.1", "172.31.0.2", 16
 SUBNET = "172.31.0.0/16"
 PUBLISHED_PORT, CONTAINER_PORT, HOST_SERVICE_PORT = 8080, 80, 9090
+UDP_PUBLISHED_PORT, UDP_CONTAINER_PORT = 5353, 53
+LOCALHOST = "127.0.0.1"
+UDP_TIMEOUT = 3600           # host ns only: the stale UDP entry outlives a slow test run
 CONNTRACK_MAX = 256          # global limit while conntrack-full is up: small, but above a quiet host's count
 
 
@@ -166,8 +169,14 @@ def build(inst, sc):
         net.run(["ip", "neigh", "replace", OUTSIDE_ADDR, "lladdr", mac, "dev", n["client_if"], "nud",
                  "permanent"], netns=client)
 
+    apply_knobs(inst, sc, n)
     www = make_www(inst)
-    if sc.input_drop:
+    if sc.proto == "udp":
+        start_udp_echo(inst, ctr)
+        if sc.udp_stale:
+            send_udp_first(n)
+        publish_udp(n)
+    elif sc.input_drop:
         start_server(inst, host, "%s:%d" % (OUTSIDE_ADDR, HOST_SERVICE_PORT), www)
     elif sc.server:
         start_server(inst, ctr, str(CONTAINER_PORT), www)
@@ -176,11 +185,101 @@ def build(inst, sc):
     return n
 
 
+# --- one helper per departure from the healthy layout (everything lives in the lab's namespaces, so
+# deleting them removes it; the server processes are recorded) --------------------------------------
+
+def apply_knobs(inst, sc, n):
+    host, ctr = n["host_ns"], n["container_ns"]
+    if not sc.bridge_up:
+        net.run(["ip", "link", "set", n["bridge"], "down"], netns=host)
+    if not sc.ctr_default_route:
+        net.run(["ip", "route", "del", "default"], netns=ctr)
+    if sc.reply_notrack:
+        add_reply_notrack(n)
+    if sc.foreign_forward_drop:
+        add_foreign_forward_drop(host)
+    if not sc.output_dnat:
+        net.run(["iptables", "-t", "nat", "-D", "OUTPUT", "!", "-d", "127.0.0.0/8", "-m", "addrtype",
+                 "--dst-type", "LOCAL", "-j", "DOCKER"], netns=host)
+    if sc.client == "localhost":
+        localhost_dnat(n, sc.route_localnet)
+
+
+def add_reply_notrack(n):
+    """A blanket raw NOTRACK rule (the kind written to spare conntrack) that also catches the container's
+    replies: conntrack never sees them, so they are not un-DNATed."""
+    net.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-i", n["bridge"], "-p", "tcp", "--sport",
+             str(CONTAINER_PORT), "-j", "NOTRACK"], netns=n["host_ns"])
+
+
+def add_foreign_forward_drop(host):
+    """What nftables.service's /etc/nftables.conf (or firewalld) installs beside iptables-nft's tables:
+    a second base chain on the forward hook, policy drop."""
+    net.run(["nft", "-f", "-"], netns=host,
+            input="table inet filter {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n"
+                  " }\n}\n")
+
+
+def localhost_dnat(n, route_localnet):
+    """The rules CNI portmap / netavark write so 127.0.0.1:PORT reaches the container; they need
+    route_localnet on the bridge."""
+    host = n["host_ns"]
+    net.run(["iptables", "-t", "nat", "-A", "OUTPUT", "-d", LOCALHOST + "/32", "-p", "tcp", "--dport",
+             str(PUBLISHED_PORT), "-j", "DNAT", "--to-destination", "%s:%d" % (CONTAINER_ADDR, CONTAINER_PORT)],
+            netns=host)
+    net.run(["iptables", "-t", "nat", "-I", "POSTROUTING", "-s", "127.0.0.0/8", "-o", n["bridge"], "-j",
+             "MASQUERADE"], netns=host)
+    net.sysctl_set("net.ipv4.conf.%s.route_localnet" % n["bridge"], int(route_localnet), host)
+
+
+_UDP_ECHO = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('', %d))\n"
+             "while True:\n    d, a = s.recvfrom(2048)\n    s.sendto(d, a)\n" % UDP_CONTAINER_PORT)
+
+
+def start_udp_echo(inst, ns):
+    """A UDP echo server on the container port (own session, recorded like the HTTP server)."""
+    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _UDP_ECHO], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    p.returncode = 0
+    time.sleep(0.01)
+    from dnattrace.lab import state
+    inst.record("process", pid=p.pid, start=state.process_start(p.pid), netns=ns)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if net.run(["ss", "-Hlun", "sport = :%d" % UDP_CONTAINER_PORT], netns=ns, check=False).stdout.strip():
+            return
+        time.sleep(0.05)
+    raise net.NetError("the lab UDP echo server did not start in %s" % ns)
+
+
+def send_udp_first(n):
+    """The client's flow starts before the port is published: one datagram from the lab's fixed source
+    port makes a conntrack entry towards the host itself, kept alive longer than a test run."""
+    from dnattrace.lab import traffic
+    net.sysctl_set("net.netfilter.nf_conntrack_udp_timeout", UDP_TIMEOUT, n["host_ns"])
+    net.run([sys.executable, "-c", traffic.UDP_SEND_ONCE, OUTSIDE_ADDR, str(UDP_PUBLISHED_PORT),
+             str(traffic.UDP_SPORT)], netns=n["client_ns"], timeout=10)
+
+
+def publish_udp(n):
+    """Docker's rules for `-p 5353:53/udp`."""
+    br, host = n["bridge"], n["host_ns"]
+    net.run(["iptables", "-t", "nat", "-A", "DOCKER", "!", "-i", br, "-p", "udp", "--dport",
+             str(UDP_PUBLISHED_PORT), "-j", "DNAT", "--to-destination",
+             "%s:%d" % (CONTAINER_ADDR, UDP_CONTAINER_PORT)], netns=host)
+    net.run(["iptables", "-A", "DOCKER", "-d", CONTAINER_ADDR + "/32", "!", "-i", br, "-o", br, "-p", "udp",
+             "--dport", str(UDP_CONTAINER_PORT), "-j", "ACCEPT"], netns=host)
+
+
 def describe(name, token, sc):
     """The Instance fields of a namespace-variant instance (everything but the undo log)."""
     n = names(name, token)
-    return dict(client_ns=n["client_ns"], host_ns=n["host_ns"], container_ns=n["container_ns"],
-                container_name=None, client_addr=CLIENT_ADDR,
-                target_addr=OUTSIDE_ADDR, target_port=HOST_SERVICE_PORT if sc.input_drop else PUBLISHED_PORT,
-                proto="tcp", container_addr=CONTAINER_ADDR, container_port=CONTAINER_PORT,
+    on_host = sc.client in ("host", "localhost")
+    target_addr = LOCALHOST if sc.client == "localhost" else OUTSIDE_ADDR
+    port = HOST_SERVICE_PORT if sc.input_drop else UDP_PUBLISHED_PORT if sc.proto == "udp" else PUBLISHED_PORT
+    return dict(client_ns=n["host_ns"] if on_host else n["client_ns"], host_ns=n["host_ns"],
+                container_ns=n["container_ns"], container_name=None,
+                client_addr=target_addr if on_host else CLIENT_ADDR, target_addr=target_addr, target_port=port,
+                proto=sc.proto, container_addr=CONTAINER_ADDR,
+                container_port=UDP_CONTAINER_PORT if sc.proto == "udp" else CONTAINER_PORT,
                 outside_if=n["outside_if"], bridge=n["bridge"])

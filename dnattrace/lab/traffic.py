@@ -10,6 +10,42 @@ import sys
 from dnattrace.netns import build as net
 
 MAX_ATTEMPTS, MAX_SYNS = 100, 10000
+UDP_SPORT = 40000            # UDP requests always come from this port: one conntrack flow, as a VoIP/syslog client
+
+UDP_SEND_ONCE = r'''
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", int(sys.argv[3])))
+s.sendto(b"dnattrace lab", (sys.argv[1], int(sys.argv[2])))
+'''
+
+# Runs in the client namespace: one datagram per attempt from UDP_SPORT, answered by an echo.
+_UDP_REQUEST = r'''
+import json, socket, sys, time
+addr, port, attempts, timeout, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+out = []
+for _ in range(attempts):
+    t0 = time.monotonic(); reason = "ok"; status = None
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(timeout)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("", sport))
+        s.sendto(b"dnattrace lab", (addr, port))
+        data, _ = s.recvfrom(256)
+        status = data.decode("ascii", "replace")
+        if data != b"dnattrace lab":
+            reason = "no-response"
+    except socket.timeout:
+        reason = "timeout"
+    except OSError as e:
+        reason = "error: %s" % e
+    finally:
+        s.close()
+    out.append({"ok": reason == "ok", "reason": reason, "status": status,
+                "seconds": round(time.monotonic() - t0, 3)})
+print(json.dumps(out))
+'''
 
 # Runs in the client namespace. Reasons: ok, timeout, refused, unreachable, reset, no-response, error.
 _REQUEST = r'''
@@ -78,10 +114,14 @@ def _client(inst, script, *args, timeout):
 
 
 def request(inst, attempts=1, timeout=2.0):
-    """`attempts` sequential TCP connects + HTTP GET to the instance's target, each bounded by `timeout`."""
+    """`attempts` sequential TCP connects + HTTP GET to the instance's target (UDP instances: a datagram
+    and its echo), each bounded by `timeout`."""
     attempts = max(1, min(int(attempts), MAX_ATTEMPTS))
     timeout = max(0.05, min(float(timeout), 30.0))
-    out = _client(inst, _REQUEST, attempts, timeout, timeout=attempts * (timeout + 1) + 10)
+    if inst.proto == "udp":
+        out = _client(inst, _UDP_REQUEST, attempts, timeout, UDP_SPORT, timeout=attempts * (timeout + 1) + 10)
+    else:
+        out = _client(inst, _REQUEST, attempts, timeout, timeout=attempts * (timeout + 1) + 10)
     failed = [a for a in out if not a["ok"]]
     return TrafficResult(ok=not failed, reason=failed[0]["reason"] if failed else "ok", attempts=out)
 
