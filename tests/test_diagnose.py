@@ -45,14 +45,7 @@ def diagnose(inst, *extra, client=True, timeout=8):
     return p.returncode, (json.loads(out) if out.strip() else None), err
 
 
-# Known gap: the watch model counts a connection whose SYN-ACK came back as answered, even when the
-# client then drops that SYN-ACK (not un-DNATed), so no cause is looked for. The lab and its ground truth
-# are right (tests/test_lab.py measures the drop in the client namespace).
-KNOWN_GAPS = {"notrack-reply": "a reply dropped in the client still makes the connection 'answered' (model.py)"}
-
-
-@pytest.mark.parametrize("scenario", [pytest.param(s.id, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[s.id]))
-                                      if s.id in KNOWN_GAPS else s.id for s in scenarios.SCENARIOS])
+@pytest.mark.parametrize("scenario", [s.id for s in scenarios.SCENARIOS])
 def test_each_scenario_gets_its_ground_truth(lab_instance, scenario):
     sc = scenarios.get(scenario)
     inst = lab_instance(scenario)
@@ -169,6 +162,7 @@ REPORTED = {
     "udp-stale-conntrack": ("udp-stale-conntrack", "conntrack -D -p udp --orig-port-dst 5353"),
     "hostlocal-prerouting-only": ("not-dnated", "iptables -t nat -A OUTPUT"),
     "localhost-route-localnet": ("route-localnet", "route_localnet=1"),
+    "notrack-reply": ("reply-notrack", "iptables -t raw -D PREROUTING"),
 }
 
 

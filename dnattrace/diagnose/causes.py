@@ -62,7 +62,7 @@ class Facts:
 
     def __init__(self, conn: Optional[Connection], snapshot: Snapshot, delta: Optional[Delta]):
         self.conn, self.snapshot, self.delta = conn, snapshot, delta
-        self.journey: Optional[Journey] = _representative(conn) if conn else None
+        self.journey: Optional[Journey] = representative(conn) if conn else None
         j = self.journey
         self.drop: Optional[Step] = j.drop if j else None
         self.end: Optional[Step] = (j.end_step or j.last) if j and j.steps else None
@@ -70,6 +70,8 @@ class Facts:
         self.reason = self.drop.reason if self.drop else ""
         where = self.end.netns if self.end else 0
         self.ns: NsEvidence = snapshot.by_inode(where)
+        if where and self.ns.inode != where:    # a namespace no evidence was read from (the client's)
+            self.ns = NsEvidence(name=self.end.netns_name or "netns %d" % where, inode=where)
         self.nsdelta: Optional[NsDelta] = delta.by_inode(self.ns.inode) if delta else None
         self.nf: Optional[Step] = self._last(NF)
         # where netfilter links are not available (kernels before 6.4) the hook comes from the verdict
@@ -132,10 +134,12 @@ class Facts:
         return None
 
 
-def _representative(conn: Connection) -> Optional[Journey]:
+def representative(conn: Connection) -> Optional[Journey]:
     """The journey that says most about the failure: a dropped request, a dropped reply, an unfinished
-    request, else the last request."""
-    for group in (conn.requests, conn.replies):
+    request, else the last request. When the replies were all dropped, the dropped reply: the packets
+    the client sends after it (its RST to an unknown SYN-ACK) are consequences, not the failure."""
+    groups = (conn.replies, conn.requests) if conn.outcome == "reply-dropped" else (conn.requests, conn.replies)
+    for group in groups:
         for j in group:
             if j.outcome == "dropped":
                 return j
@@ -351,6 +355,8 @@ def match_no_listener(f: Facts) -> Optional[Match]:
     no_socket = f.reason == "NO_SOCKET"
     if f.seen and not (refused or no_socket):
         return None
+    if f.journey is not None and f.journey.direction == "reply":
+        return None     # a reply the client has no socket for: the service did answer
     ns = f.ns
     if refused and not no_socket and f.conn.replies:
         ns = f.snapshot.by_inode(f.conn.replies[0].first.netns)
@@ -748,6 +754,68 @@ def match_route_localnet(f: Facts) -> Optional[Match]:
                  fix, "the source must also be masqueraded (-s 127.0.0.0/8 -o %s -j MASQUERADE); %s" % (dev.name, PERSIST))
 
 
+def _reply_source(f: Facts) -> Optional[tuple[str, int]]:
+    """Where a dropped reply came from, when that is not what the client connected to (the reply was
+    not un-NATed: the client's kernel has no socket for it and drops it, or answers with a RST)."""
+    j, c = f.journey, f.conn
+    if c is None or j is None or j.direction != "reply" or j.outcome != "dropped" or c.key is None:
+        return None
+    t = (f.drop.tuple if f.drop and f.drop.tuple else None) or (j.tuples()[-1] if j.tuples() else None)
+    if t is None or (t.src, t.sport) == (c.key.dst, c.key.dport):
+        return None
+    return t.src, t.sport
+
+
+def _notrack_moves(f: Facts) -> list[CounterMove]:
+    """NOTRACK rules (raw table; iptables-nft shows them as CT --notrack) whose counters moved, in any
+    namespace the capture read."""
+    out = []
+    for d in (f.delta.namespaces if f.delta else []):
+        out += [m for m in d.moves if m.table == "raw" and (m.target in ("NOTRACK", "CT") or "notrack" in m.rule.lower())]
+    return out
+
+
+def _untracked_on_host(f: Facts) -> bool:
+    """The reply crossed the host's hooks without a conntrack entry."""
+    host = f.snapshot.host.inode
+    return any(s.point == NF and s.netns == host and s.ct is None for s in f.journey.steps)
+
+
+def match_reply_notrack(f: Facts) -> Optional[Match]:
+    src = _reply_source(f)
+    moves = _notrack_moves(f)
+    if src is None or not (moves or _untracked_on_host(f)):
+        return None
+    s = _Score()
+    s.add(3, True, "the reply reached the client from %s:%d, not from %s:%d that it connected to: its NAT was "
+                   "not undone" % (src + (f.conn.key.dst, f.conn.key.dport)))
+    s.add(3, bool(moves), "%s (counter moved during the capture)" % moves[0] if moves else "")
+    s.add(2, _untracked_on_host(f), "the reply crossed %s's hooks without a conntrack entry" % f.snapshot.host.name)
+    s.add(1, f.drop is not None, f.drop_line())
+    host = f.snapshot.host
+    fix = [firewall.fix_delete(moves[0], host.netns)] if moves else None
+    return Match(s, "A NOTRACK rule in the raw table makes conntrack skip the container's replies, so the DNAT is "
+                    "never undone on them: the client gets a SYN-ACK from %s:%d, which it never connected to, and "
+                    "drops it (or resets it). Exempt the published service's traffic from the NOTRACK rule." % src,
+                 fix, "or narrow the rule so it does not match traffic of DNATed connections", moves[0] if moves else None)
+
+
+def match_reply_not_unnated(f: Facts) -> Optional[Match]:
+    src = _reply_source(f)
+    if src is None or _notrack_moves(f) or _untracked_on_host(f):
+        return None
+    s = _Score()
+    s.add(3, True, "the reply reached the client from %s:%d, not from %s:%d that it connected to"
+          % (src + (f.conn.key.dst, f.conn.key.dport)))
+    s.add(1, f.drop is not None, f.drop_line())
+    crossed = any(st.netns == f.snapshot.host.inode for st in f.journey.steps)
+    s.add(2, not crossed, "" if crossed else "the reply did not pass through %s, where the DNAT was done"
+          % f.snapshot.host.name)
+    return Match(s, "The reply reached the client without its NAT undone (from %s:%d): it took a path that "
+                    "avoids the host that did the DNAT, or conntrack there lost the entry. Route the replies "
+                    "back through that host (or SNAT the requests so they must come back)." % src)
+
+
 CATALOGUE: tuple[Cause, ...] = (
     Cause("forwarding-off", "IPv4 forwarding is off", match_forwarding_off),
     Cause("filter-forward-drop", "A firewall rule or policy in FORWARD drops it", match_filter_forward_drop),
@@ -765,6 +833,8 @@ CATALOGUE: tuple[Cause, ...] = (
     Cause("not-dnated", "No DNAT rule applied to the published port", match_not_dnated),
     Cause("udp-stale-conntrack", "A conntrack entry older than the DNAT rule", match_udp_stale_conntrack),
     Cause("route-localnet", "Loopback source routed out after DNAT (route_localnet)", match_route_localnet),
+    Cause("reply-notrack", "The reply bypasses conntrack (NOTRACK), so it is not un-NATed", match_reply_notrack),
+    Cause("reply-not-unnated", "The reply reaches the client without its NAT undone", match_reply_not_unnated),
 )
 
 

@@ -69,7 +69,8 @@ def as_dict(res: Result) -> dict:
         "top_cause": causes.top_cause(res.findings),
         "findings": [f.to_dict() for f in res.findings],
         "connection": journey_lines.summary_json([c], 0)["connections"][0] if c else None,
-        "journey": journey_lines.journey_json(c.openers[0] if c.openers else c.requests[0], c) if c and c.requests else None,
+        # the journey the finding is about: the dropped one (a SYN, or a reply dropped on its way back)
+        "journey": journey_lines.journey_json(causes.representative(c), c) if c and (c.requests or c.replies) else None,
         "lost_events": res.lost_events,
         "watched_s": round(res.watched_s, 3),
         "explain_ms_after_first_failure": round((res.explained_at - res.first_failure_at) * 1000)
