@@ -1,8 +1,8 @@
 """`dnattrace diagnose` and `demo` on the real kernel: every lab scenario gets its ground-truth cause."""
+import contextlib
 import json
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from dnattrace import lab
 from dnattrace.diagnose import probeclient
 from dnattrace.netns import build as net
-from dnattrace.lab import scenarios
+from dnattrace.lab import attempts, scenarios
 
 pytestmark = pytest.mark.kernel
 
@@ -26,22 +26,11 @@ def diagnose(inst, *extra, client=True, timeout=8):
     if inst.host_ns:
         args += ["--netns", inst.host_ns]
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    procs, threads = [], []
     start = p.stdout.readline()
-    if client and start:
+    if start:
         assert json.loads(start)["type"] == "start"
-        if inst.proto == "udp":     # the lab's own UDP client (datagrams from one fixed source port)
-            threads.append(threading.Thread(target=inst.traffic, kwargs=dict(attempts=2, timeout=1.5)))
-            threads[-1].start()
-        else:
-            procs.append(probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 2, 2.0))
-    try:
+    with attempts.background(inst) if client and start else contextlib.nullcontext():
         out, err = p.communicate(timeout=timeout + 30)
-    finally:
-        for c in procs:
-            probeclient.stop(c)
-        for t in threads:
-            t.join(30)
     return p.returncode, (json.loads(out) if out.strip() else None), err
 
 
