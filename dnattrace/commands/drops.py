@@ -8,25 +8,13 @@ import time
 
 import click
 
+from dnattrace.commands import options as opt
+from dnattrace.kernel import preflight
 from dnattrace.output import tables
-from dnattrace.errors import UsageError
 
 COLUMNS = ("count", "rate", "location", "reason", "netns", "proto", "meaning")
 MEANING_WIDTH = 60
 STACK_ROWS = 3
-
-
-def _check(interval, duration, count, top, port):
-    if interval <= 0:
-        raise UsageError("--interval must be more than 0 seconds, not %g" % interval)
-    if duration is not None and duration <= 0:
-        raise UsageError("--duration must be more than 0 seconds, not %g" % duration)
-    if count is not None and count < 1:
-        raise UsageError("--count must be at least 1, not %d" % count)
-    if top is not None and top < 1:
-        raise UsageError("--top must be at least 1, not %d" % top)
-    if port is not None and not 1 <= port <= 65535:
-        raise UsageError("--port must be between 1 and 65535, not %d" % port)
 
 
 class Printer:
@@ -88,23 +76,24 @@ class Printer:
 
 
 @click.command()
-@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds per report.")
-@click.option("--duration", type=float, help="Stop after this many seconds.")
-@click.option("--count", type=int, help="Stop after this many intervals.")
-@click.option("--top", type=int, default=20, show_default=True, help="Show the N busiest rows.")
+@click.option("--interval", type=opt.SECONDS, default=1.0, show_default=True, help="Seconds per report.")
+@click.option("--duration", type=opt.SECONDS, help="Stop after this many seconds.")
+@click.option("--count", type=opt.COUNT, help="Stop after this many intervals.")
+@click.option("--top", type=opt.TOP, default=20, show_default=True, help="Show the N busiest rows.")
 @click.option("--by", type=click.Choice(["location", "reason", "netns", "proto"]),
               help="Group rows by one field (default: site, reason, namespace and protocol).")
 @click.option("--netns", "netns_name", metavar="NAME",
               help="Only drops in this namespace: host, an `ip netns` name, a container name.")
 @click.option("--proto", type=click.Choice(["tcp", "udp", "icmp", "all"]), default="all", show_default=True)
-@click.option("--port", type=int, help="Only IPv4 TCP/UDP packets from or to this port.")
+@click.option("--port", type=opt.PORT, help="Only IPv4 TCP/UDP packets from or to this port.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval.")
 @click.option("--dropwatch", is_flag=True, help="Lines shaped like `dropwatch -lkas` output.")
 @click.option("--stacks", is_flag=True, help="Show a few kernel stack frames for the top sites.")
 @click.pass_context
 def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_json, dropwatch, stacks):
     """Count kernel packet drops: where (function+offset), why (drop reason), in which namespace."""
-    _check(interval, duration, count, top, port)
+    opt.exclusive(ctx, as_json="--json", dropwatch="--dropwatch")
+    preflight.require_bpf_privileges()
     from dnattrace.drops import counter as engine
     from dnattrace import forked
     from dnattrace.kernel import kallsyms

@@ -6,6 +6,7 @@ import time
 
 import click
 
+from dnattrace.commands import options as opt
 from dnattrace.kernel import preflight
 from dnattrace.output import tables, journey_lines
 from dnattrace.errors import UsageError
@@ -17,23 +18,23 @@ def watch_options(f):
                      help="The host's namespace if not this one (an `ip netns` name or a path).")(f)
     f = click.option("--proto", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)(f)
     f = click.option("--container", metavar="NAME|ID", help="Take the port, address and namespace from Docker.")(f)
-    f = click.option("--port", type=int, help="The published port (what clients connect to).")(f)
+    f = click.option("--port", type=opt.PORT, help="The published port (what clients connect to).")(f)
     return f
 
 
 @click.command()
 @watch_options
-@click.option("--src", metavar="CIDR", help="Only connections from these clients.")
-@click.option("--dst", metavar="IP", help="Only connections to this published address.")
+@click.option("--src", type=opt.CIDR, metavar="CIDR", help="Only connections from these clients.")
+@click.option("--dst", type=opt.ADDRESS, metavar="IP", help="Only connections to this published address.")
 @click.option("--all", "all_packets", is_flag=True, help="Every packet of the flows, not only SYN/SYN-ACK/RST.")
-@click.option("--duration", type=float, help="Stop after S seconds.")
-@click.option("--count", type=int, help="Stop after N connection attempts.")
+@click.option("--duration", type=opt.SECONDS, help="Stop after S seconds.")
+@click.option("--count", type=opt.COUNT, help="Stop after N connection attempts.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finished journey, then a summary.")
 @click.option("--pcap", type=click.Path(dir_okay=False, writable=True), help="Write each point's packet to a pcapng file.")
 # 20: each followed connection is two journeys of ~15 lines, so 20 a second is already more than a person
 # reads, and a busy port's other connections are counted; at 100 the watch's own work (decoding and
 # printing every step) cost a busy 2-core host 12% of its connection rate (scripts/bench watch, c and e).
-@click.option("--max-rate", type=click.IntRange(min=0), default=20, show_default=True,
+@click.option("--max-rate", type=opt.RATE, default=20, show_default=True,
               help="Follow at most this many new connections a second (0: no limit); the rest are counted.")
 @click.option("--hook-detail", is_flag=True,
               help="Also probe inside hooks (after conntrack, after DNAT, after SNAT); costs every packet more.")
@@ -45,7 +46,6 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     from dnattrace.watch.session import Follower
     from dnattrace.watch.resolve import resolve_with_addresses
 
-    _check_options(port, src, dst, count, duration)
     preflight.require_root()
     preflight.require_btf()
     # a long-lived process with a memory budget: Docker's and pyroute2's imports stay in short-lived
@@ -67,25 +67,6 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         if writer:
             writer.close()
     printer.summary(f)
-
-
-def _check_options(port, src, dst, count, duration):
-    """Every option checked before anything touches the kernel."""
-    from dnattrace import model
-    from dnattrace.watch import resolve as targets
-    if port is not None:
-        targets.check_port(port)
-    if src:
-        try:
-            model.ip_in("0.0.0.0", src)
-        except ValueError:
-            raise UsageError("--src %s is not an address range (CIDR)" % src) from None
-    if dst is not None:
-        targets.check_address(dst, "--dst")
-    if count is not None and count < 1:
-        raise UsageError("--count must be at least 1")
-    if duration is not None and not 0 < duration < float("inf"):
-        raise UsageError("--duration must be a positive number of seconds")
 
 
 def _pcap_writer(pcap):
