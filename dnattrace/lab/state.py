@@ -14,9 +14,9 @@ import signal
 import subprocess
 import time
 
-from dnattrace.netns import build as net
+from dnattrace.netns import build as net, record
 
-STATE_DIR = "/run/dnattrace/lab"
+STATE_DIR = os.path.join(record.RUN_DIR, "lab")
 
 
 @dataclasses.dataclass
@@ -39,6 +39,8 @@ class Instance:
     outside_if: str                 # host-side interface facing the client
     bridge: str
     created: float = 0.0
+    complete: bool = False          # set once `up` has made everything
+    builder: dict = dataclasses.field(default_factory=dict)   # pid and start time of the `up` building it
     objects: list = dataclasses.field(default_factory=list)   # the undo log, in creation order
 
     def target(self):
@@ -51,6 +53,15 @@ class Instance:
                       container_netns=self.container_ns if self.container_ns.startswith("/")
                       else net.netns_path(self.container_ns))
 
+    def status(self):
+        """'up' once built; 'building' while the `up` making it runs; "incomplete" when that `up` is gone
+        before finishing (killed): `lab down` removes what it made."""
+        if self.complete:
+            return "up"
+        if self.builder and record.process_start(self.builder.get("pid", 0)) == self.builder.get("start"):
+            return "building"
+        return "incomplete"
+
     # -- persistence ---------------------------------------------------------------------------------
     @property
     def path(self):
@@ -61,7 +72,8 @@ class Instance:
 
     def public_dict(self):
         d = self.to_dict()
-        del d["objects"]
+        del d["objects"], d["builder"], d["complete"]
+        d["status"] = self.status()
         return d
 
     def save(self):
@@ -121,22 +133,12 @@ def names():
 
 # -- undo ---------------------------------------------------------------------------------------------
 
-def _proc_start(pid):
-    """Start time of a process (field 22 of /proc/PID/stat), to avoid killing a reused pid."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def process_start(pid):
-    return _proc_start(pid)
+process_start = record.process_start
 
 
 def _undo_process(obj):
     pid = obj["pid"]
-    if _proc_start(pid) != obj.get("start"):
+    if process_start(pid) != obj.get("start"):
         return
     try:
         os.kill(pid, signal.SIGKILL)
@@ -149,7 +151,7 @@ def _undo_process(obj):
                 return
         except ChildProcessError:
             pass
-        if _proc_start(pid) != obj.get("start"):
+        if process_start(pid) != obj.get("start"):
             return
         with open("/proc/%d/stat" % pid) as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":
