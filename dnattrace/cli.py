@@ -73,8 +73,8 @@ def main(argv=None):
     traceback_wanted = "-vv" in args or args.count("-v") + args.count("--verbose") >= 2
     try:
         rv = cli.main(args=argv, prog_name="dnattrace", standalone_mode=False)
-    except click.exceptions.Abort:
-        return 130
+    except click.exceptions.Abort as e:     # click turns KeyboardInterrupt (and so Terminated) into Abort
+        return 128 + signal.SIGTERM if isinstance(e.__context__, Terminated) else 130
     except click.ClickException as e:      # usage errors: one line, like every other error
         click.echo("dnattrace: %s" % e.format_message(), err=True)
         return EXIT_USAGE
