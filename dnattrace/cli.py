@@ -4,6 +4,7 @@ only when it runs, so start-up stays fast and features do not import each other 
 Errors a user can act on (DnattraceError) are printed as one line with their exit code; a traceback
 is shown only with --verbose.
 """
+import errno
 import importlib
 import logging
 import signal
@@ -57,6 +58,9 @@ def setup_logging(verbose: int):
         logging.getLogger("dnattrace.libbpf").setLevel(logging.WARNING)
 
 
+_CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`timeout 60 dnattrace watch`, a service manager): stop as Ctrl-C would, so watch and drops
     still print their summary, and every probe and lab resource is released on the way out."""
@@ -87,6 +91,16 @@ def main(argv=None):
             raise
         click.echo("dnattrace: %s" % e, err=True)
         return e.exit_code
+    except OSError as e:
+        if traceback_wanted or e.errno not in _CANNOT_WRITE:
+            raise
+        # a full disk under a one-shot command's output (watch and drops handle theirs: output/stream.py)
+        from dnattrace.output import stream
+        name = e.filename or stream.stdout_name()
+        if e.filename is None:
+            stream.silence_stdout()
+        click.echo("dnattrace: cannot write %s: %s" % (name, e.strerror), err=True)
+        return EXIT_CANNOT_OBSERVE
     except Exception as e:  # a libbpf failure with no fallback left
         from dnattrace.kernel.loader import BpfError
         if isinstance(e, BpfError) and not traceback_wanted:
