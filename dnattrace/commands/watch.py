@@ -9,7 +9,8 @@ import click
 from dnattrace.commands import options as opt
 from dnattrace.kernel import preflight
 from dnattrace.output import tables, journey_lines
-from dnattrace.errors import UsageError
+from dnattrace.output.stream import GuardedFile, Output
+from dnattrace.errors import CannotObserve, UsageError
 
 
 def watch_options(f):
@@ -53,20 +54,49 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     forked.stay_light()
     t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns,
                                dst=dst)
-    writer = _pcap_writer(pcap)
-    printer = _Printer(as_json, src)
+    out = Output()
+    writer = GuardedFile(_pcap_writer(pcap), pcap, out) if pcap else None
+    printer = _Printer(as_json, src, out)
+    presence = _Presence(t.netns_paths())
     f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate, hook_detail=hook_detail, local=local)
+
+    def stop():
+        return (count is not None and printer.shown >= count) or out.failure is not None or presence.nothing_left()
     try:
         with f:
             printer.started(t, f.tracer.chosen, duration)   # a script can start its traffic on this line
-            f.run(printer.journey, duration=duration, stop=lambda: count is not None and printer.shown >= count,
-                  on_drops=printer.drops, until_signal=True)
+            f.run(printer.journey, duration=duration, stop=stop, on_drops=printer.drops, until_signal=True)
     except KeyboardInterrupt:
         pass    # Ctrl-C ends the watch: the summary below is what the user wants
     finally:
         if writer:
             writer.close()
     printer.summary(f)
+    out.check()
+    presence.check()
+
+
+class _Presence:
+    """Namespaces removed under a running watch (a lab torn down): said once each; when none of those
+    watched is left the watch ends (exit 3: there is nothing left to observe)."""
+
+    def __init__(self, paths):
+        from dnattrace.netns.enter import Presence
+        self.p = Presence(paths)
+        self._checked = 0.0
+
+    def nothing_left(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked >= 0.5:      # a stat per namespace, twice a second
+            self._checked = now
+            for path in self.p.check():
+                click.echo("dnattrace: network namespace %s is gone%s" % (
+                    path, "" if self.p.nothing_left else "; still watching the others"), err=True)
+        return self.p.nothing_left
+
+    def check(self):
+        if self.p.nothing_left:
+            raise CannotObserve("nothing left to watch: its network namespaces are gone")
 
 
 def _pcap_writer(pcap):
@@ -83,7 +113,8 @@ class _Printer:
     """What watch prints: each journey of the connections asked for, the drops of packets not followed,
     and the summary; as text or JSON lines."""
 
-    def __init__(self, as_json, src):
+    def __init__(self, as_json, src, out):
+        self.out = out
         self.as_json = as_json
         self.src = src
         self.t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -99,11 +130,10 @@ class _Printer:
 
     def started(self, t, probes, duration):
         if self.as_json:
-            click.echo(tables.json_line({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
+            self.out.line(tables.json_line({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
                                          "probes": probes}))
         else:
-            click.echo("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
-        sys.stdout.flush()
+            self.out.line("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
 
     def journey(self, j, c):
         if not self.wanted(c):
@@ -111,20 +141,20 @@ class _Printer:
         if c.requests:
             self._shown.add(id(c))
         if self.as_json:
-            click.echo(tables.json_line(journey_lines.journey_json(j, c)))
+            self.out.line(tables.json_line(journey_lines.journey_json(j, c)))
         else:
-            click.echo(journey_lines.render_journey(j, c, self.t0))
+            self.out.line(journey_lines.render_journey(j, c, self.t0))
 
     def drops(self, ds):
         if self.as_json:
-            click.echo(tables.json_line(journey_lines.unfollowed_drops_json(ds)))
+            self.out.line(tables.json_line(journey_lines.unfollowed_drops_json(ds)))
         else:
-            click.echo(journey_lines.unfollowed_drops_text(ds, (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - self.t0) / 1e9))
+            self.out.line(journey_lines.unfollowed_drops_text(ds, (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - self.t0) / 1e9))
 
     def summary(self, f):
         conns = [c for c in f.builder.all_connections() if self.wanted(c)]
         counts = (f.lost_events, f.not_followed, f.builder.retired_untold, f.unfollowed_drops)
         if self.as_json:
-            click.echo(tables.json_line(journey_lines.summary_json(conns, *counts)))
+            self.out.summary(tables.json_line(journey_lines.summary_json(conns, *counts)))
         else:
-            click.echo("\n" + journey_lines.summary_table(conns, *counts))
+            self.out.summary("\n" + journey_lines.summary_table(conns, *counts))
