@@ -90,13 +90,14 @@ class _Presence:
         if now - self._checked >= 0.5:      # a stat per namespace, twice a second
             self._checked = now
             for path in self.p.check():
-                click.echo("dnattrace: network namespace %s is gone%s" % (
-                    path, "" if self.p.nothing_left else "; still watching the others"), err=True)
+                if not self.p.nothing_left:
+                    click.echo("dnattrace: network namespace %s is gone; still watching the others" % path, err=True)
         return self.p.nothing_left
 
     def check(self):
         if self.p.nothing_left:
-            raise CannotObserve("nothing left to watch: its network namespaces are gone")
+            raise CannotObserve("nothing left to watch: the network namespaces watched are gone (%s)"
+                                % ", ".join(self.p.gone))
 
 
 def _pcap_writer(pcap):
