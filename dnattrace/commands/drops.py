@@ -114,15 +114,16 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
         out = Output()
         printer = Printer(engine.Describer(namer, symbols), counter, by, top, as_json, dropwatch, stacks, out)
         start = last = time.monotonic()
-        if as_json:   # tells a reading program that counting has begun
-            out.line(tables.json_line({"type": "start", "time": round(time.time(), 3),
-                                          "probe": counter.probe, "interval": interval}))
-        elif not dropwatch:
-            out.line("Counting drops with %s%s; Ctrl-C for the totals." % (
-                counter.probe, " (every %g s)" % interval if interval != 1 else ""))
         spans = 0
         interrupted = False
         try:
+            # said inside the try: a reader may signal the moment it sees this line
+            if as_json:   # tells a reading program that counting has begun
+                out.line(tables.json_line({"type": "start", "time": round(time.time(), 3),
+                                           "probe": counter.probe, "interval": interval}))
+            elif not dropwatch:
+                out.line("Counting drops with %s%s; Ctrl-C for the totals." % (
+                    counter.probe, " (every %g s)" % interval if interval != 1 else ""))
             while True:
                 wake = last + interval
                 if duration is not None:

@@ -104,14 +104,18 @@ def state_path(name):
 
 
 def create(inst):
-    """Claim the instance name atomically; False when a state file already exists."""
+    """Claim the instance name atomically; False when a state file already exists. The file appears
+    whole (link(2) of a written file), never empty: a run killed at once still leaves a readable one."""
     os.makedirs(STATE_DIR, exist_ok=True)
+    tmp = "%s.%d.new" % (inst.path, os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(inst.to_dict(), f, indent=1)
     try:
-        fd = os.open(inst.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(tmp, inst.path)
     except FileExistsError:
         return False
-    os.close(fd)
-    inst.save()
+    finally:
+        os.unlink(tmp)
     return True
 
 
@@ -180,8 +184,22 @@ def _undo_container(obj):
     subprocess.run(["docker", "rm", "-f", obj["name"]], capture_output=True, timeout=60)
 
 
+def _undo_netns(obj):
+    """Processes still in the namespace go first: one started but not yet recorded when its `up` was
+    killed (a server is recorded once it has a pid) would outlive the namespace's name."""
+    name = obj["name"]
+    if not net.netns_exists(name):
+        return
+    for pid in net.run(["ip", "netns", "pids", name], check=False).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    net.del_netns(name)
+
+
 UNDO = {
-    "netns": lambda o: net.del_netns(o["name"]),
+    "netns": _undo_netns,
     "link": lambda o: net.del_link(o["name"], o.get("netns")) if (o.get("netns") is None or
                                                                   net.netns_exists(o["netns"])) else None,
     "sysctl": _undo_sysctl,
