@@ -17,8 +17,12 @@ MAX_TOP = 100_000
 
 
 class Seconds(click.ParamType):
-    """A finite number of seconds, more than 0 (nan, inf, 0 and negatives refused)."""
+    """A finite number of seconds, more than 0, at least `low` and at most `high` (nan, inf, 0 and
+    negatives refused)."""
     name = "seconds"
+
+    def __init__(self, low: float = 0.0, high: float = MAX_SECONDS):
+        self.low, self.high = low, high
 
     def convert(self, value, param, ctx):
         if isinstance(value, float):
@@ -28,10 +32,11 @@ class Seconds(click.ParamType):
                 seconds = float(value)
             except ValueError:
                 self.fail("%s is not a number of seconds" % value, param, ctx)
-        if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
-            self.fail("%s: give a number of seconds more than 0" % value, param, ctx)
-        if seconds > MAX_SECONDS:
-            self.fail("%s: more than a year (%d s) is not a run length" % (value, MAX_SECONDS), param, ctx)
+        if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0 or seconds < self.low:
+            self.fail("%s: give a number of seconds %s" % (
+                value, "from %g" % self.low if self.low else "more than 0"), param, ctx)
+        if seconds > self.high:
+            self.fail("%s: at most %g s" % (value, self.high), param, ctx)
         return seconds
 
 

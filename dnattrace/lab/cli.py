@@ -6,6 +6,7 @@ import os
 
 import click
 
+from dnattrace.commands import options as opt
 from dnattrace.errors import CannotObserve, UsageError
 from dnattrace.lab import manage, scenarios
 from dnattrace.output import tables
@@ -51,7 +52,7 @@ def up(scenario, prefix, use_docker):
 @lab.command()
 @click.argument("name")
 @click.option("--attempts", default=1, show_default=True, type=click.IntRange(1, 100))
-@click.option("--timeout", default=2.0, show_default=True, type=click.FloatRange(0.05, 30))
+@click.option("--timeout", default=2.0, show_default=True, type=opt.Seconds(0.05, 30))
 @click.option("--json", "as_json", is_flag=True)
 def traffic(name, attempts, timeout, as_json):
     """Send ATTEMPTS bounded TCP+HTTP requests from the client of instance NAME; exit 1 if any failed."""
