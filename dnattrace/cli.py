@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from dnattrace.errors import EXIT_CANNOT_OBSERVE, EXIT_USAGE, DnattraceError
+from dnattrace.errors import EXIT_CANNOT_OBSERVE, EXIT_USAGE, DnattraceError, silence_stdout, stdout_name
 
 COMMANDS = {
     "doctor": "dnattrace.commands.doctor:doctor",
@@ -95,10 +95,9 @@ def main(argv=None):
         if traceback_wanted or e.errno not in _CANNOT_WRITE:
             raise
         # a full disk under a one-shot command's output (watch and drops handle theirs: output/stream.py)
-        from dnattrace.output import stream
-        name = e.filename or stream.stdout_name()
+        name = e.filename or stdout_name()
         if e.filename is None:
-            stream.silence_stdout()
+            silence_stdout()
         click.echo("dnattrace: cannot write %s: %s" % (name, e.strerror), err=True)
         return EXIT_CANNOT_OBSERVE
     except Exception as e:  # a libbpf failure with no fallback left

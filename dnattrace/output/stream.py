@@ -6,35 +6,14 @@ left, and click ends the command quietly as before."""
 from __future__ import annotations
 
 import errno
-import os
 import sys
 from typing import Optional
 
-from dnattrace.errors import CannotObserve
-
-
-class CannotWrite(CannotObserve):
-    """Output that cannot be written (a full disk): exit 3."""
+from dnattrace.errors import CannotWrite, silence_stdout, stdout_name
 
 
 def _is_pipe_closed(e: OSError) -> bool:
     return e.errno == errno.EPIPE
-
-
-def stdout_name() -> str:
-    try:
-        where = os.readlink("/proc/self/fd/1")
-    except OSError:
-        return "standard output"
-    return where if where.startswith("/") else "standard output (%s)" % where
-
-
-def silence_stdout():
-    """After a failed write, stdout's buffer still holds the lines that did not fit; flushing them at
-    exit would fail again and print 'Exception ignored'. Point fd 1 at /dev/null so that flush succeeds."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.close(devnull)
 
 
 class Output:
