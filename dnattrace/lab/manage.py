@@ -94,6 +94,7 @@ def down_all(match=None):
         errs = state.undo(inst)
         (errors.extend(errs) if errs else done.append(inst.name))
     if not match:
+        state.remove_orphans()
         done += ["%s (left by a killed diagnose --probe)" % r for r in record.sweep()]
     if errors:
         raise LabError("lab down --all left some objects behind: %s" % "; ".join(errors))

@@ -78,9 +78,13 @@ class Instance:
 
     def save(self):
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+            os.replace(tmp, self.path)
+        except BaseException:      # SIGTERM or Ctrl-C half way: no temporary file left behind
+            _unlink(tmp)
+            raise
 
     def record(self, kind, **fields):
         """Note an object in the undo log and persist it, before the caller makes the object."""
@@ -108,15 +112,25 @@ def create(inst):
     whole (link(2) of a written file), never empty: a run killed at once still leaves a readable one."""
     os.makedirs(STATE_DIR, exist_ok=True)
     tmp = "%s.%d.new" % (inst.path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(inst.to_dict(), f, indent=1)
     try:
+        with open(tmp, "w") as f:
+            json.dump(inst.to_dict(), f, indent=1)
         os.link(tmp, inst.path)
     except FileExistsError:
         return False
     finally:
-        os.unlink(tmp)
+        _unlink(tmp)
     return True
+
+
+def remove_orphans():
+    """Temporary files of create() whose process is gone (a lab up killed while claiming its name)."""
+    if not os.path.isdir(STATE_DIR):
+        return
+    for f in os.listdir(STATE_DIR):
+        pid = f.rsplit(".", 2)[-2] if f.endswith(".new") else ""
+        if pid.isdigit() and process_start(int(pid)) is None:
+            _unlink(os.path.join(STATE_DIR, f))
 
 
 def load(name):
@@ -219,8 +233,13 @@ def undo(inst):
         except Exception as e:  # keep going: one stuck object must not leave the others behind
             errors.append("%s %s: %s" % (obj["kind"], obj.get("name") or obj.get("key") or obj.get("pid"), e))
     if not errors:
-        try:
-            os.unlink(inst.path)
-        except FileNotFoundError:
-            pass
+        _unlink(inst.path)
+        _unlink(inst.path + ".tmp")     # a save() that a SIGKILL cut short
     return errors
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
