@@ -4,6 +4,7 @@ only when it runs, so start-up stays fast and features do not import each other 
 Errors a user can act on (DnattraceError) are printed as one line with their exit code; a traceback
 is shown only with --verbose.
 """
+import errno
 import importlib
 import logging
 import signal
@@ -11,7 +12,7 @@ import sys
 
 import click
 
-from dnattrace.errors import EXIT_CANNOT_OBSERVE, EXIT_USAGE, DnattraceError
+from dnattrace.errors import EXIT_CANNOT_OBSERVE, EXIT_USAGE, DnattraceError, silence_stdout, stdout_name
 
 COMMANDS = {
     "doctor": "dnattrace.commands.doctor:doctor",
@@ -57,6 +58,9 @@ def setup_logging(verbose: int):
         logging.getLogger("dnattrace.libbpf").setLevel(logging.WARNING)
 
 
+_CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`timeout 60 dnattrace watch`, a service manager): stop as Ctrl-C would, so watch and drops
     still print their summary, and every probe and lab resource is released on the way out."""
@@ -73,8 +77,8 @@ def main(argv=None):
     traceback_wanted = "-vv" in args or args.count("-v") + args.count("--verbose") >= 2
     try:
         rv = cli.main(args=argv, prog_name="dnattrace", standalone_mode=False)
-    except click.exceptions.Abort:
-        return 130
+    except click.exceptions.Abort as e:     # click turns KeyboardInterrupt (and so Terminated) into Abort
+        return 128 + signal.SIGTERM if isinstance(e.__context__, Terminated) else 130
     except click.ClickException as e:      # usage errors: one line, like every other error
         click.echo("dnattrace: %s" % e.format_message(), err=True)
         return EXIT_USAGE
@@ -87,6 +91,15 @@ def main(argv=None):
             raise
         click.echo("dnattrace: %s" % e, err=True)
         return e.exit_code
+    except OSError as e:
+        if traceback_wanted or e.errno not in _CANNOT_WRITE:
+            raise
+        # a full disk under a one-shot command's output (watch and drops handle theirs: output/stream.py)
+        name = e.filename or stdout_name()
+        if e.filename is None:
+            silence_stdout()
+        click.echo("dnattrace: cannot write %s: %s" % (name, e.strerror), err=True)
+        return EXIT_CANNOT_OBSERVE
     except Exception as e:  # a libbpf failure with no fallback left
         from dnattrace.kernel.loader import BpfError
         if isinstance(e, BpfError) and not traceback_wanted:

@@ -7,8 +7,9 @@ import sys
 import click
 
 from dnattrace.kernel import preflight
+from dnattrace.commands import options as opt
 from dnattrace.commands.watch import watch_options
-from dnattrace.errors import EXIT_FAULT, EXIT_OK, UsageError
+from dnattrace.errors import EXIT_FAULT, EXIT_OK
 
 
 def _ready(t, timeout, as_json, client):
@@ -30,7 +31,7 @@ def _exit_code(res):
 
 @click.command()
 @watch_options
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for attempts.")
+@click.option("--timeout", type=opt.SECONDS, default=10.0, show_default=True, help="Seconds to wait for attempts.")
 @click.option("--probe", is_flag=True, help="Make the attempts from a temporary namespace attached to the host.")
 @click.option("--fix", "do_fix", is_flag=True, help="Apply the top cause's fix (asks first on a terminal).")
 @click.option("--yes", is_flag=True, help="With --fix: do not ask.")
@@ -42,10 +43,6 @@ def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as
     from dnattrace.output import diagnosis
     from dnattrace.watch import resolve as targets
 
-    if port is not None:
-        targets.check_port(port)
-    if timeout <= 0:
-        raise UsageError("--timeout must be positive")
     preflight.require_root()
     preflight.require_btf()
     t = targets.resolve(port=port, container=container, proto=proto, netns=netns)

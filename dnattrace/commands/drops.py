@@ -8,31 +8,22 @@ import time
 
 import click
 
+from dnattrace.commands import options as opt
+from dnattrace.kernel import preflight
 from dnattrace.output import tables
-from dnattrace.errors import UsageError
+from dnattrace.output.stream import Output
 
 COLUMNS = ("count", "rate", "location", "reason", "netns", "proto", "meaning")
 MEANING_WIDTH = 60
 STACK_ROWS = 3
 
 
-def _check(interval, duration, count, top, port):
-    if interval <= 0:
-        raise UsageError("--interval must be more than 0 seconds, not %g" % interval)
-    if duration is not None and duration <= 0:
-        raise UsageError("--duration must be more than 0 seconds, not %g" % duration)
-    if count is not None and count < 1:
-        raise UsageError("--count must be at least 1, not %d" % count)
-    if top is not None and top < 1:
-        raise UsageError("--top must be at least 1, not %d" % top)
-    if port is not None and not 1 <= port <= 65535:
-        raise UsageError("--port must be between 1 and 65535, not %d" % port)
-
-
 class Printer:
     """Renders one span of drops in the chosen output shape."""
 
-    def __init__(self, describer, counter, by, top, as_json, dropwatch, stacks):
+    def __init__(self, describer, counter, by, top, as_json, dropwatch, stacks, out):
+        self.out = out
+        self.emit = out.line
         self.describer = describer
         self.counter = counter
         self.by = by
@@ -52,18 +43,21 @@ class Printer:
         return drops.group(out, "site" if self.dropwatch else self.by)
 
     def span(self, kind, rows, seconds, overflow):
+        """An interval's rows, or (kind "summary") the totals, which reach the terminal even when
+        stdout cannot be written."""
+        self.emit = self.out.summary if kind == "summary" else self.out.line
         described = self._describe(rows, seconds)
         total = sum(d["count"] for d in described)
         shown = described[: self.top] if self.top else described
         if self.as_json:
-            tables.emit(tables.json_line({
+            self.emit(tables.json_line({
                 "type": kind, "time": round(time.time(), 3), "seconds": round(seconds, 3),
                 "probe": self.counter.probe, "total": total, "overflow": overflow, "rows": shown}))
         elif self.dropwatch:
             for d in shown:
-                tables.emit("%d drops at %s (%s) [%s]" % (d["count"], d["location"], d["address"], d["reason"]))
+                self.emit("%d drops at %s (%s) [%s]" % (d["count"], d["location"], d["address"], d["reason"]))
             if overflow:
-                tables.emit("%d drops not attributed (drop map full)" % overflow)
+                self.emit("%d drops not attributed (drop map full)" % overflow)
         else:
             self._table(kind, described, shown, total, seconds, overflow)
 
@@ -71,40 +65,41 @@ class Printer:
         stamp = time.strftime("%H:%M:%S")
         title = "since start" if kind == "summary" else "in %.1f s" % seconds
         if not described:
-            tables.emit("%s  no drops %s" % (stamp, title))
+            self.emit("%s  no drops %s" % (stamp, title))
             return
-        tables.emit("%s  %d drops %s at %d sites" % (stamp, total, title, len(described)))
+        self.emit("%s  %d drops %s at %d sites" % (stamp, total, title, len(described)))
         rows = [dict(d, meaning=tables.shorten(d["meaning"], MEANING_WIDTH)) for d in shown]
         totals = {"count": total, "rate": round(total / seconds, 1) if seconds else None, "location": "total"}
         if len(shown) < len(described):
             totals["reason"] = "(%d more rows)" % (len(described) - len(shown))
-        tables.emit(tables.table(rows, COLUMNS, totals=totals))
+        self.emit(tables.table(rows, COLUMNS, totals=totals))
         for d in shown[:STACK_ROWS]:
             if d.get("stack"):
-                tables.emit("  stack at %s: %s" % (d["location"], " < ".join(d["stack"])))
+                self.emit("  stack at %s: %s" % (d["location"], " < ".join(d["stack"])))
         if overflow:
-            tables.emit("warning: %d drops not attributed: the drop map is full" % overflow)
-        tables.emit("")
+            self.emit("warning: %d drops not attributed: the drop map is full" % overflow)
+        self.emit("")
 
 
 @click.command()
-@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds per report.")
-@click.option("--duration", type=float, help="Stop after this many seconds.")
-@click.option("--count", type=int, help="Stop after this many intervals.")
-@click.option("--top", type=int, default=20, show_default=True, help="Show the N busiest rows.")
+@click.option("--interval", type=opt.SECONDS, default=1.0, show_default=True, help="Seconds per report.")
+@click.option("--duration", type=opt.SECONDS, help="Stop after this many seconds.")
+@click.option("--count", type=opt.COUNT, help="Stop after this many intervals.")
+@click.option("--top", type=opt.TOP, default=20, show_default=True, help="Show the N busiest rows.")
 @click.option("--by", type=click.Choice(["location", "reason", "netns", "proto"]),
               help="Group rows by one field (default: site, reason, namespace and protocol).")
 @click.option("--netns", "netns_name", metavar="NAME",
               help="Only drops in this namespace: host, an `ip netns` name, a container name.")
 @click.option("--proto", type=click.Choice(["tcp", "udp", "icmp", "all"]), default="all", show_default=True)
-@click.option("--port", type=int, help="Only IPv4 TCP/UDP packets from or to this port.")
+@click.option("--port", type=opt.PORT, help="Only IPv4 TCP/UDP packets from or to this port.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval.")
 @click.option("--dropwatch", is_flag=True, help="Lines shaped like `dropwatch -lkas` output.")
 @click.option("--stacks", is_flag=True, help="Show a few kernel stack frames for the top sites.")
 @click.pass_context
 def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_json, dropwatch, stacks):
     """Count kernel packet drops: where (function+offset), why (drop reason), in which namespace."""
-    _check(interval, duration, count, top, port)
+    opt.exclusive(ctx, as_json="--json", dropwatch="--dropwatch")
+    preflight.require_bpf_privileges()
     from dnattrace.drops import counter as engine
     from dnattrace import forked
     from dnattrace.kernel import kallsyms
@@ -116,17 +111,19 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
     symbols = kallsyms.load()
     counter = engine.DropCounter(port=port, netns=ns_inode, proto=proto, stacks=stacks)
     with counter:
-        printer = Printer(engine.Describer(namer, symbols), counter, by, top, as_json, dropwatch, stacks)
+        out = Output()
+        printer = Printer(engine.Describer(namer, symbols), counter, by, top, as_json, dropwatch, stacks, out)
         start = last = time.monotonic()
-        if as_json:   # tells a reading program that counting has begun
-            tables.emit(tables.json_line({"type": "start", "time": round(time.time(), 3),
-                                          "probe": counter.probe, "interval": interval}))
-        elif not dropwatch:
-            tables.emit("Counting drops with %s%s; Ctrl-C for the totals." % (
-                counter.probe, " (every %g s)" % interval if interval != 1 else ""))
         spans = 0
         interrupted = False
         try:
+            # said inside the try: a reader may signal the moment it sees this line
+            if as_json:   # tells a reading program that counting has begun
+                out.line(tables.json_line({"type": "start", "time": round(time.time(), 3),
+                                           "probe": counter.probe, "interval": interval}))
+            elif not dropwatch:
+                out.line("Counting drops with %s%s; Ctrl-C for the totals." % (
+                    counter.probe, " (every %g s)" % interval if interval != 1 else ""))
             while True:
                 wake = last + interval
                 if duration is not None:
@@ -137,7 +134,7 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
                 printer.span("interval", rows, now - last, counter.overflow)
                 last = now
                 spans += 1
-                if (count is not None and spans >= count) or (
+                if out.failure or (count is not None and spans >= count) or (
                         duration is not None and now - start >= duration - 1e-3):
                     break
         except KeyboardInterrupt:
@@ -145,5 +142,6 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
         # dropwatch never printed totals at a normal end; keep its output shape unless interrupted
         if interrupted or not dropwatch:
             if dropwatch:
-                tables.emit("--- since start ---")
+                out.summary("--- since start ---")
             printer.span("summary", counter.cumulative(), time.monotonic() - start, counter.overflow_total)
+    out.check()

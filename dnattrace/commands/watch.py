@@ -6,9 +6,11 @@ import time
 
 import click
 
+from dnattrace.commands import options as opt
 from dnattrace.kernel import preflight
 from dnattrace.output import tables, journey_lines
-from dnattrace.errors import UsageError
+from dnattrace.output.stream import GuardedFile, Output
+from dnattrace.errors import CannotObserve, UsageError
 
 
 def watch_options(f):
@@ -17,23 +19,23 @@ def watch_options(f):
                      help="The host's namespace if not this one (an `ip netns` name or a path).")(f)
     f = click.option("--proto", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)(f)
     f = click.option("--container", metavar="NAME|ID", help="Take the port, address and namespace from Docker.")(f)
-    f = click.option("--port", type=int, help="The published port (what clients connect to).")(f)
+    f = click.option("--port", type=opt.PORT, help="The published port (what clients connect to).")(f)
     return f
 
 
 @click.command()
 @watch_options
-@click.option("--src", metavar="CIDR", help="Only connections from these clients.")
-@click.option("--dst", metavar="IP", help="Only connections to this published address.")
+@click.option("--src", type=opt.CIDR, metavar="CIDR", help="Only connections from these clients.")
+@click.option("--dst", type=opt.ADDRESS, metavar="IP", help="Only connections to this published address.")
 @click.option("--all", "all_packets", is_flag=True, help="Every packet of the flows, not only SYN/SYN-ACK/RST.")
-@click.option("--duration", type=float, help="Stop after S seconds.")
-@click.option("--count", type=int, help="Stop after N connection attempts.")
+@click.option("--duration", type=opt.SECONDS, help="Stop after S seconds.")
+@click.option("--count", type=opt.COUNT, help="Stop after N connection attempts.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finished journey, then a summary.")
 @click.option("--pcap", type=click.Path(dir_okay=False, writable=True), help="Write each point's packet to a pcapng file.")
 # 20: each followed connection is two journeys of ~15 lines, so 20 a second is already more than a person
 # reads, and a busy port's other connections are counted; at 100 the watch's own work (decoding and
 # printing every step) cost a busy 2-core host 12% of its connection rate (scripts/bench watch, c and e).
-@click.option("--max-rate", type=click.IntRange(min=0), default=20, show_default=True,
+@click.option("--max-rate", type=opt.RATE, default=20, show_default=True,
               help="Follow at most this many new connections a second (0: no limit); the rest are counted.")
 @click.option("--hook-detail", is_flag=True,
               help="Also probe inside hooks (after conntrack, after DNAT, after SNAT); costs every packet more.")
@@ -45,7 +47,6 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     from dnattrace.watch.session import Follower
     from dnattrace.watch.resolve import resolve_with_addresses
 
-    _check_options(port, src, dst, count, duration)
     preflight.require_root()
     preflight.require_btf()
     # a long-lived process with a memory budget: Docker's and pyroute2's imports stay in short-lived
@@ -53,40 +54,51 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     forked.stay_light()
     t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns,
                                dst=dst)
-    writer = _pcap_writer(pcap)
-    printer = _Printer(as_json, src)
+    out = Output()
+    writer = GuardedFile(_pcap_writer(pcap), pcap, out) if pcap else None
+    printer = _Printer(as_json, src, out)
+    presence = _Presence(t.netns_paths())
     f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate, hook_detail=hook_detail, local=local,
                  bounded=True)
+
+    def stop():
+        return (count is not None and printer.shown >= count) or out.failure is not None or presence.nothing_left()
     try:
         with f:
             printer.started(t, f.tracer.chosen, duration)   # a script can start its traffic on this line
-            f.run(printer.journey, duration=duration, stop=lambda: count is not None and printer.shown >= count,
-                  on_drops=printer.drops, until_signal=True)
+            f.run(printer.journey, duration=duration, stop=stop, on_drops=printer.drops, until_signal=True)
     except KeyboardInterrupt:
         pass    # Ctrl-C ends the watch: the summary below is what the user wants
     finally:
         if writer:
             writer.close()
     printer.summary(f)
+    out.check()
+    presence.check()
 
 
-def _check_options(port, src, dst, count, duration):
-    """Every option checked before anything touches the kernel."""
-    from dnattrace import model
-    from dnattrace.watch import resolve as targets
-    if port is not None:
-        targets.check_port(port)
-    if src:
-        try:
-            model.ip_in("0.0.0.0", src)
-        except ValueError:
-            raise UsageError("--src %s is not an address range (CIDR)" % src) from None
-    if dst is not None:
-        targets.check_address(dst, "--dst")
-    if count is not None and count < 1:
-        raise UsageError("--count must be at least 1")
-    if duration is not None and not 0 < duration < float("inf"):
-        raise UsageError("--duration must be a positive number of seconds")
+class _Presence:
+    """Namespaces removed under a running watch (a lab torn down): said once each; when none of those
+    watched is left the watch ends (exit 3: there is nothing left to observe)."""
+
+    def __init__(self, paths):
+        from dnattrace.netns.enter import Presence
+        self.p = Presence(paths)
+        self._checked = 0.0
+
+    def nothing_left(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked >= 0.5:      # a stat per namespace, twice a second
+            self._checked = now
+            for path in self.p.check():
+                if not self.p.nothing_left:
+                    click.echo("dnattrace: network namespace %s is gone; still watching the others" % path, err=True)
+        return self.p.nothing_left
+
+    def check(self):
+        if self.p.nothing_left:
+            raise CannotObserve("nothing left to watch: the network namespaces watched are gone (%s)"
+                                % ", ".join(self.p.gone))
 
 
 def _pcap_writer(pcap):
@@ -103,7 +115,8 @@ class _Printer:
     """What watch prints: each journey of the connections asked for, the drops of packets not followed,
     and the summary; as text or JSON lines."""
 
-    def __init__(self, as_json, src):
+    def __init__(self, as_json, src, out):
+        self.out = out
         self.as_json = as_json
         self.src = src
         self.t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -119,11 +132,10 @@ class _Printer:
 
     def started(self, t, probes, duration):
         if self.as_json:
-            click.echo(tables.json_line({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
+            self.out.line(tables.json_line({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
                                          "probes": probes}))
         else:
-            click.echo("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
-        sys.stdout.flush()
+            self.out.line("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
 
     def journey(self, j, c):
         if not self.wanted(c):
@@ -131,20 +143,20 @@ class _Printer:
         if c.requests:
             self._shown.add(id(c))
         if self.as_json:
-            click.echo(tables.json_line(journey_lines.journey_json(j, c)))
+            self.out.line(tables.json_line(journey_lines.journey_json(j, c)))
         else:
-            click.echo(journey_lines.render_journey(j, c, self.t0))
+            self.out.line(journey_lines.render_journey(j, c, self.t0))
 
     def drops(self, ds):
         if self.as_json:
-            click.echo(tables.json_line(journey_lines.unfollowed_drops_json(ds)))
+            self.out.line(tables.json_line(journey_lines.unfollowed_drops_json(ds)))
         else:
-            click.echo(journey_lines.unfollowed_drops_text(ds, (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - self.t0) / 1e9))
+            self.out.line(journey_lines.unfollowed_drops_text(ds, (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - self.t0) / 1e9))
 
     def summary(self, f):
         conns = [c for c in f.builder.all_connections() if self.wanted(c)]
         counts = (f.lost_events, f.not_followed, f.builder.untold_outcomes, f.unfollowed_drops)
         if self.as_json:
-            click.echo(tables.json_line(journey_lines.summary_json(conns, *counts)))
+            self.out.summary(tables.json_line(journey_lines.summary_json(conns, *counts)))
         else:
-            click.echo("\n" + journey_lines.summary_table(conns, *counts))
+            self.out.summary("\n" + journey_lines.summary_table(conns, *counts))

@@ -1,6 +1,7 @@
 """`diagnose --probe`: make the attempts ourselves from a temporary namespace attached to the host by a
 veth, for when no client is at hand. The namespace, the veth and the addresses (a /30 from 203.0.113.0/24,
-a documentation range) are removed afterwards whatever happens."""
+a documentation range) are removed afterwards whatever happens; each is recorded before it is made
+(dnattrace.netns.record), so what a SIGKILLed run left is removed by the next one."""
 from __future__ import annotations
 
 import random
@@ -8,7 +9,7 @@ import subprocess
 import sys
 from typing import Optional
 
-from dnattrace.netns import build as net
+from dnattrace.netns import build as net, record
 
 _CONNECT = """
 import socket, sys, time
@@ -48,14 +49,18 @@ class ProbeClient:
         self.host_addr = "203.0.113.%d" % (base + 1)
         self.client_addr = "203.0.113.%d" % (base + 2)
         self._proc = None
+        self._record = record.Record(self.ns)
 
     def _host_cmd(self, cmd):
         prefix = ["nsenter", "--net=%s" % self.host_ns] if self.host_ns else []
         net.run(prefix + cmd)
 
     def up(self):
-        net.add_netns(self.ns)
+        record.sweep()       # what killed runs left
+        self._record.add("netns", name=self.ns)
         try:
+            net.add_netns(self.ns)
+            self._record.add("link", name=self.host_if, netns=self.host_ns)
             net.run(["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if,
                      "netns", self.ns])
             if self.host_ns:
@@ -78,3 +83,4 @@ class ProbeClient:
         stop(self._proc)
         self._proc = None
         net.del_netns(self.ns)    # deleting the namespace deletes the veth pair with it
+        self._record.remove()

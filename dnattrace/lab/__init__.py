@@ -14,7 +14,8 @@ Instance fields: name, scenario, docker (bool), token (interface-name prefix), c
 host_ns (ip-netns name, None = root namespace for --docker), container_ns (ip-netns name, or
 /proc/PID/ns/net for --docker), container_name (--docker only), client_addr, target_addr, target_port
 (what the client connects to), proto ("tcp"), container_addr, container_port, outside_if (host-side
-interface facing the client, in host_ns), bridge (in host_ns), created, objects (the undo log).
+interface facing the client, in host_ns), bridge (in host_ns), created, complete (True once `up` finished),
+builder (pid of the `up` building it), objects (the undo log); status() -> "up" | "building" | "incomplete".
 
 State lives in /run/dnattrace/lab/NAME.json; `down` works from it alone (after a crash too).
 """

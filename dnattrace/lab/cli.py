@@ -6,14 +6,15 @@ import os
 
 import click
 
-from dnattrace.errors import DnattraceError, UsageError
+from dnattrace.commands import options as opt
+from dnattrace.errors import CannotObserve, UsageError
 from dnattrace.lab import manage, scenarios
 from dnattrace.output import tables
 
 
 def _need_root():
     if os.geteuid() != 0:
-        raise DnattraceError("the lab makes namespaces, links and firewall rules: run it as root")
+        raise CannotObserve("the lab makes namespaces, links and firewall rules: run it as root")
 
 
 @click.group()
@@ -51,7 +52,7 @@ def up(scenario, prefix, use_docker):
 @lab.command()
 @click.argument("name")
 @click.option("--attempts", default=1, show_default=True, type=click.IntRange(1, 100))
-@click.option("--timeout", default=2.0, show_default=True, type=click.FloatRange(0.05, 30))
+@click.option("--timeout", default=2.0, show_default=True, type=opt.Seconds(0.05, 30))
 @click.option("--json", "as_json", is_flag=True)
 def traffic(name, attempts, timeout, as_json):
     """Send ATTEMPTS bounded TCP+HTTP requests from the client of instance NAME; exit 1 if any failed."""
@@ -71,7 +72,7 @@ def traffic(name, attempts, timeout, as_json):
 @lab.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json):
-    """The running instances."""
+    """The instances: up, building (its `lab up` still runs) or incomplete (that `lab up` was killed)."""
     insts = manage.instances()
     if as_json:
         for i in insts:
@@ -80,10 +81,10 @@ def status(as_json):
     if not insts:
         click.echo("no lab instances are up")
         return
-    rows = [(i.name, i.scenario, "docker" if i.docker else "netns", i.client_ns, i.host_ns or "(root)",
+    rows = [(i.name, i.status(), i.scenario, "docker" if i.docker else "netns", i.client_ns, i.host_ns or "(root)",
              "%s:%d" % (i.target_addr, i.target_port), "%s:%d" % (i.container_addr, i.container_port))
             for i in insts]
-    click.echo(tables.grid(rows, ("name", "scenario", "variant", "client netns", "host netns", "target",
+    click.echo(tables.grid(rows, ("name", "status", "scenario", "variant", "client netns", "host netns", "target",
                                        "container")))
 
 

@@ -1,11 +1,12 @@
 """up / down / list of lab instances: the API behind `dnattrace lab` (see dnattrace/lab/__init__.py)."""
 from __future__ import annotations
 
+import os
 import re
 import time
 
 from dnattrace.errors import UsageError
-from dnattrace.netns import build as net
+from dnattrace.netns import build as net, record
 from dnattrace.lab import scenarios, state
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,30}$")
@@ -39,8 +40,9 @@ def up(scenario_id, prefix=None, docker=False):
         from dnattrace.lab import docker_lab as variant
     else:
         from dnattrace.lab import topology as variant
+    me = os.getpid()
     inst = state.Instance(name=name, scenario=sc.id, docker=docker, token=token, created=time.time(),
-                          **variant.describe(name, token, sc))
+                          builder={"pid": me, "start": state.process_start(me)}, **variant.describe(name, token, sc))
     existing = state.load(name)
     if existing is not None or not state.create(inst):
         existing = existing or state.load(name)
@@ -48,6 +50,7 @@ def up(scenario_id, prefix=None, docker=False):
                          % (name, existing.scenario if existing else "?", name))
     try:
         variant.build(inst, sc)
+        inst.complete = True
         inst.save()
     except BaseException as e:
         state.undo(inst)
@@ -90,6 +93,9 @@ def down_all(match=None):
             continue
         errs = state.undo(inst)
         (errors.extend(errs) if errs else done.append(inst.name))
+    if not match:
+        state.remove_orphans()
+        done += ["%s (left by a killed diagnose --probe)" % r for r in record.sweep()]
     if errors:
         raise LabError("lab down --all left some objects behind: %s" % "; ".join(errors))
     return done

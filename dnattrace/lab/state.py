@@ -14,9 +14,9 @@ import signal
 import subprocess
 import time
 
-from dnattrace.netns import build as net
+from dnattrace.netns import build as net, record
 
-STATE_DIR = "/run/dnattrace/lab"
+STATE_DIR = os.path.join(record.RUN_DIR, "lab")
 
 
 @dataclasses.dataclass
@@ -39,6 +39,8 @@ class Instance:
     outside_if: str                 # host-side interface facing the client
     bridge: str
     created: float = 0.0
+    complete: bool = False          # set once `up` has made everything
+    builder: dict = dataclasses.field(default_factory=dict)   # pid and start time of the `up` building it
     objects: list = dataclasses.field(default_factory=list)   # the undo log, in creation order
 
     def target(self):
@@ -51,6 +53,15 @@ class Instance:
                       container_netns=self.container_ns if self.container_ns.startswith("/")
                       else net.netns_path(self.container_ns))
 
+    def status(self):
+        """'up' once built; 'building' while the `up` making it runs; "incomplete" when that `up` is gone
+        before finishing (killed): `lab down` removes what it made."""
+        if self.complete:
+            return "up"
+        if self.builder and record.process_start(self.builder.get("pid", 0)) == self.builder.get("start"):
+            return "building"
+        return "incomplete"
+
     # -- persistence ---------------------------------------------------------------------------------
     @property
     def path(self):
@@ -61,14 +72,19 @@ class Instance:
 
     def public_dict(self):
         d = self.to_dict()
-        del d["objects"]
+        del d["objects"], d["builder"], d["complete"]
+        d["status"] = self.status()
         return d
 
     def save(self):
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+            os.replace(tmp, self.path)
+        except BaseException:      # SIGTERM or Ctrl-C half way: no temporary file left behind
+            _unlink(tmp)
+            raise
 
     def record(self, kind, **fields):
         """Note an object in the undo log and persist it, before the caller makes the object."""
@@ -92,15 +108,29 @@ def state_path(name):
 
 
 def create(inst):
-    """Claim the instance name atomically; False when a state file already exists."""
+    """Claim the instance name atomically; False when a state file already exists. The file appears
+    whole (link(2) of a written file), never empty: a run killed at once still leaves a readable one."""
     os.makedirs(STATE_DIR, exist_ok=True)
+    tmp = "%s.%d.new" % (inst.path, os.getpid())
     try:
-        fd = os.open(inst.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with open(tmp, "w") as f:
+            json.dump(inst.to_dict(), f, indent=1)
+        os.link(tmp, inst.path)
     except FileExistsError:
         return False
-    os.close(fd)
-    inst.save()
+    finally:
+        _unlink(tmp)
     return True
+
+
+def remove_orphans():
+    """Temporary files of create() whose process is gone (a lab up killed while claiming its name)."""
+    if not os.path.isdir(STATE_DIR):
+        return
+    for f in os.listdir(STATE_DIR):
+        pid = f.rsplit(".", 2)[-2] if f.endswith(".new") else ""
+        if pid.isdigit() and process_start(int(pid)) is None:
+            _unlink(os.path.join(STATE_DIR, f))
 
 
 def load(name):
@@ -121,22 +151,12 @@ def names():
 
 # -- undo ---------------------------------------------------------------------------------------------
 
-def _proc_start(pid):
-    """Start time of a process (field 22 of /proc/PID/stat), to avoid killing a reused pid."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def process_start(pid):
-    return _proc_start(pid)
+process_start = record.process_start
 
 
 def _undo_process(obj):
     pid = obj["pid"]
-    if _proc_start(pid) != obj.get("start"):
+    if process_start(pid) != obj.get("start"):
         return
     try:
         os.kill(pid, signal.SIGKILL)
@@ -149,7 +169,7 @@ def _undo_process(obj):
                 return
         except ChildProcessError:
             pass
-        if _proc_start(pid) != obj.get("start"):
+        if process_start(pid) != obj.get("start"):
             return
         with open("/proc/%d/stat" % pid) as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":
@@ -178,8 +198,22 @@ def _undo_container(obj):
     subprocess.run(["docker", "rm", "-f", obj["name"]], capture_output=True, timeout=60)
 
 
+def _undo_netns(obj):
+    """Processes still in the namespace go first: one started but not yet recorded when its `up` was
+    killed (a server is recorded once it has a pid) would outlive the namespace's name."""
+    name = obj["name"]
+    if not net.netns_exists(name):
+        return
+    for pid in net.run(["ip", "netns", "pids", name], check=False).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    net.del_netns(name)
+
+
 UNDO = {
-    "netns": lambda o: net.del_netns(o["name"]),
+    "netns": _undo_netns,
     "link": lambda o: net.del_link(o["name"], o.get("netns")) if (o.get("netns") is None or
                                                                   net.netns_exists(o["netns"])) else None,
     "sysctl": _undo_sysctl,
@@ -199,8 +233,13 @@ def undo(inst):
         except Exception as e:  # keep going: one stuck object must not leave the others behind
             errors.append("%s %s: %s" % (obj["kind"], obj.get("name") or obj.get("key") or obj.get("pid"), e))
     if not errors:
-        try:
-            os.unlink(inst.path)
-        except FileNotFoundError:
-            pass
+        _unlink(inst.path)
+        _unlink(inst.path + ".tmp")     # a save() that a SIGKILL cut short
     return errors
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

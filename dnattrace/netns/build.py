@@ -7,9 +7,12 @@ They shell out to iproute2/iptables on purpose: the lab must lay rules out exact
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import signal
 import subprocess
+import threading
 
 from dnattrace.errors import DnattraceError
 from dnattrace.netns.names import NETNS_DIR
@@ -23,10 +26,27 @@ def run(cmd, netns=None, check=True, timeout=30, input=None):
     """Run a command (list) on the host or inside `netns` (an `ip netns` name); returns CompletedProcess."""
     if netns:
         cmd = ["ip", "netns", "exec", netns] + list(cmd)
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    with _signals_held():
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
     if check and p.returncode != 0:
         raise NetError("%s failed (%d): %s" % (" ".join(cmd), p.returncode, (p.stderr or p.stdout).strip()))
     return p
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM wait until the command has finished: interrupted while the child was being
+    spawned, Python raised before the Popen existed, so nothing killed or waited for `ip netns add`,
+    which made its namespace after the undo had looked for it (a lab up stopped half way left it)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def unique(prefix="dt"):

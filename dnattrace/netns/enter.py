@@ -58,3 +58,30 @@ def run_tool(cmd, netns=None, timeout=15):
 def inode(netns=None) -> int:
     """The namespace's inode: what BPF programs report in Step.netns."""
     return os.stat(netns or "/proc/thread-self/ns/net").st_ino
+
+
+class Presence:
+    """Which watched namespaces are gone: the path removed (`ip netns del`, a lab torn down, a container's
+    process ended) or now naming another namespace (a name reused). None is the current namespace,
+    which outlives the watch."""
+
+    def __init__(self, paths):
+        self.inodes = {p: inode(p) for p in paths if p}
+        self.current = any(p is None for p in paths)
+        self.gone: list[str] = []
+
+    def _there(self, path) -> bool:
+        try:
+            return os.stat(path).st_ino == self.inodes[path]
+        except OSError:
+            return False
+
+    def check(self) -> list[str]:
+        """The paths found gone since the last check."""
+        new = [p for p in self.inodes if p not in self.gone and not self._there(p)]
+        self.gone += new
+        return new
+
+    @property
+    def nothing_left(self) -> bool:
+        return not self.current and len(self.gone) == len(self.inodes)

@@ -31,11 +31,29 @@ def check_address(addr: str, option: str) -> str:
     return addr
 
 
+def is_netns(path: str) -> bool:
+    """Whether path is a network namespace (an nsfs file: /run/netns/NAME, /proc/PID/ns/net)."""
+    import fcntl
+    NS_GET_NSTYPE, CLONE_NEWNET = 0xB703, 0x40000000
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def netns_path_of(name: Optional[str]) -> Optional[str]:
     """--netns NAME -> a path to enter; None for the current namespace."""
     if not name or name in ("host", "root"):
         return None
     if os.path.exists(name):
+        if not is_netns(name):
+            raise UsageError("--netns %s is not a network namespace" % name)
         return name
     from dnattrace.netns import names as netns
     _inode, path = netns.resolve(name)
