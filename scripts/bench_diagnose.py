@@ -31,6 +31,8 @@ DNATTRACE = "import sys; from dnattrace.cli import main; sys.argv[0] = 'dnattrac
 
 
 def explain_runs(runs, timeout):
+    from dnattrace import forked
+    forked.stay_light()     # as the diagnose command does: evidence snapshots in a child process
     inst = lab.up(SCENARIO, prefix=net.unique("bd"), docker=False)
     rows = []
     try:

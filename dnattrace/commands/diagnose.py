@@ -39,13 +39,17 @@ def _exit_code(res):
 @click.pass_context
 def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as_json):
     """Watch, follow, explain the cause with evidence, and print the fix."""
+    from dnattrace import forked
     from dnattrace.diagnose import probeclient, run as dg
     from dnattrace.output import diagnosis
-    from dnattrace.watch import resolve as targets
+    from dnattrace.watch.resolve import resolve_with_addresses
 
     preflight.require_root()
     preflight.require_btf()
-    t = targets.resolve(port=port, container=container, proto=proto, netns=netns)
+    # the watch's memory budget holds for diagnose too: Docker's and pyroute2's imports (the target, the
+    # evidence snapshots) stay in short-lived children
+    forked.stay_light()
+    t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns)
     client = None
     traffic = None
     if probe:
@@ -54,7 +58,8 @@ def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as
         def traffic():
             client.start_attempts(t.port, count=2, timeout=1.0)
     try:
-        res = dg.run(t, timeout=timeout, traffic=traffic, on_ready=lambda: _ready(t, timeout, as_json, client))
+        res = dg.run(t, timeout=timeout, traffic=traffic, on_ready=lambda: _ready(t, timeout, as_json, client),
+                     local=local)
     finally:
         if client:
             client.down()

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from dnattrace import forked
 from dnattrace.diagnose import causes
 from dnattrace import model
 from dnattrace.watch.session import Follower
@@ -60,13 +61,13 @@ def _decided(c: model.Connection) -> bool:
 
 def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
         traffic: Optional[Callable[[], None]] = None, on_ready: Optional[Callable[[], None]] = None,
-        caps=None) -> Result:
+        caps=None, local=None) -> Result:
     """Watch until an attempt is decided or `timeout` passes. Once the probes are attached, on_ready()
     is called (to tell the user or a script), then traffic() (to make attempts: demo, --probe)."""
     res = Result(target=t)
-    before = snap.Snapshot.take(t.host_netns, t.container_netns, t, counters_only=True)
+    before = forked.lookup(snap.Snapshot.take, t.host_netns, t.container_netns, t, counters_only=True)
     start = time.monotonic()
-    follower = Follower(t, caps=caps, max_new=MAX_NEW)
+    follower = Follower(t, caps=caps, max_new=MAX_NEW, local=local)
     with follower:
         if on_ready:
             on_ready()
@@ -96,7 +97,7 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
         rx = next((s for s in first.steps if s.point == model.RX), None)
         ingress = rx.ifname if rx else None
         client = first.tuples()[0].src if first.tuples() else None
-    after = snap.Snapshot.take(t.host_netns, t.container_netns, t, ingress=ingress, client=client)
+    after = forked.lookup(snap.Snapshot.take, t.host_netns, t.container_netns, t, ingress=ingress, client=client)
     res.snapshot = after
     res.findings = causes.explain(res.connections, after, snap.diff(before, after))
     res.explained_at = time.monotonic()
