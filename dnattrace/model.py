@@ -188,8 +188,9 @@ class Connection:
     @property
     def openers(self) -> list[Journey]:
         """The transmissions of the attempt: the SYNs for TCP (first and retransmitted), every packet for UDP."""
-        syns = [j for j in self.requests if "S" in j.first.tcp_flags]
-        return syns if syns or self.key is None or self.key.proto != 6 else self.requests
+        if self.key is None or self.key.proto != 6:
+            return self.requests
+        return [j for j in self.requests if "S" in j.first.tcp_flags] or self.requests
 
     @property
     def attempts(self) -> int:

@@ -244,3 +244,13 @@ def test_a_failure_seen_while_events_were_lost_gets_no_verdict():
     assert c.outcome == "dropped"
     c.openers[0].lost_events = 3
     assert c.outcome == "incomplete"
+
+
+def test_every_udp_datagram_is_an_attempt():
+    """For UDP there is no SYN: each datagram the client sends is a transmission of the attempt (the
+    openers were empty, so a dropped datagram never made the connection 'dropped')."""
+    t = model.Tuple5(17, "198.51.100.2", 40000, "198.51.100.1", 5353)
+    drop = model.Step(ts_ns=2, point=model.DROP, netns=1, tuple=t, location="__udp4_lib_rcv+0x1", reason="NO_SOCKET")
+    j = model.Journey(skb=1, steps=[model.Step(ts_ns=1, point=model.RX, netns=1, tuple=t), drop])
+    c = model.Connection(key=t, requests=[j])
+    assert c.openers == [j] and c.attempts == 1 and c.outcome == "dropped"

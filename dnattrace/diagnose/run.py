@@ -24,6 +24,8 @@ from dnattrace.target import Target
 # After the first failed attempt, keep watching this long for the reply or more of the story
 # (a RST from the container, a retransmission) before explaining.
 SETTLE_S = 0.25
+# A request delivered this long ago without a reply is decided: no reply is coming.
+NO_REPLY_S = 1.5
 # A diagnosis needs a few attempts, not all of a busy port's traffic: new journeys a second at most.
 MAX_NEW = 1000
 
@@ -54,6 +56,14 @@ class Result:
         return max(pool, key=lambda c: c.attempts) if pool else None
 
 
+def _unanswered(connections) -> bool:
+    """A request was delivered to a socket NO_REPLY_S ago and nothing came back: a service answers a SYN
+    (or a datagram it serves) within milliseconds, so waiting for the whole timeout would add nothing."""
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    return any(not c.replies and any(j.outcome == "delivered" and now - j.last.ts_ns > NO_REPLY_S * 1e9
+                                     for j in c.requests) for c in connections)
+
+
 def _decided(c: model.Connection) -> bool:
     """The attempt's fate is known: dropped, refused or answered."""
     return bool(c.replies) or any(j.outcome == "dropped" for j in c.openers)
@@ -81,8 +91,10 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
                 on_journey(j, c)
 
         def settled():
-            """Stop SETTLE_S after the first attempt was decided (a reply on its way counts)."""
-            if res.first_failure_at is None and follower.builder.open_replies():
+            """Stop SETTLE_S after the first attempt was decided (a reply on its way counts, and so does
+            a request delivered to the service that has had no reply for NO_REPLY_S)."""
+            if res.first_failure_at is None and (follower.builder.open_replies()
+                                                 or _unanswered(follower.builder.connections)):
                 res.first_failure_at = time.monotonic()
             return res.first_failure_at is not None and time.monotonic() >= res.first_failure_at + SETTLE_S
 
