@@ -309,3 +309,19 @@ def by_function(described):
     for d in described:
         c[(d["function"], d["reason"])] += d["count"]
     return c
+
+
+class Tally:
+    """Drop rows read again and again (watch's drops of packets it does not follow): what each site
+    gained since the last look, and all of them, described and busiest first."""
+
+    def __init__(self, describer: Describer):
+        self.describer = describer
+        self._seen: dict = {}       # drop site key -> count already reported
+
+    def gained(self, rows) -> list[dict]:
+        new, self._seen = deltas(self._seen, rows)
+        return self.described(new)
+
+    def described(self, rows) -> list[dict]:
+        return [self.describer.describe(r) for r in sorted(rows, key=lambda r: -r.count)]

@@ -49,8 +49,7 @@ class Follower:
         self.lost_events = 0      # events the ring buffer had no room for
         self.not_followed = 0     # matching connections not followed: over the max_new rate
         self.unfollowed_drops: list[dict] = []   # their packets' drops, by site (read at close)
-        self._drops_seen: dict = {}               # drop site key -> count already reported
-        self._describer = drops.Describer(self.namer, self.symbols, self.reasons)
+        self._drops = drops.Tally(drops.Describer(self.namer, self.symbols, self.reasons))
         self._retired_at = 0
 
     def start(self):
@@ -73,7 +72,7 @@ class Follower:
         """Detach everything; the lost-event count is read first so it can still be reported."""
         if self.tracer.started:
             self._read_counters()
-            self.unfollowed_drops = self._describe(self.tracer.unfollowed_drops())
+            self.unfollowed_drops = self._drops.described(self.tracer.unfollowed_drops())
         self.tracer.close()
 
     def __enter__(self):
@@ -107,16 +106,8 @@ class Follower:
         if now - self._retired_at > 1e9 or (self.builder.max_live and len(self.builder.connections) > 2 * MAX_LIVE):
             self.builder.retire(now)
             self._retired_at = now
-            self.new_drops += self._unfollowed_drops_since()
+            self.new_drops += self._drops.gained(self.tracer.unfollowed_drops())
         return done
-
-    def _unfollowed_drops_since(self) -> list[dict]:
-        """Drop sites of packets not followed that gained drops since the last look, with the gain."""
-        gained, self._drops_seen = drops.deltas(self._drops_seen, self.tracer.unfollowed_drops())
-        return self._describe(gained)
-
-    def _describe(self, rows) -> list[dict]:
-        return [self._describer.describe(r) for r in sorted(rows, key=lambda r: -r.count)]
 
     def _read_counters(self):
         _emitted, self.lost_events, self.not_followed = self.tracer.stats()
