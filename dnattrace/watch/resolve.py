@@ -125,9 +125,18 @@ def owner_netns(addr: str, host_netns: Optional[str] = None) -> Optional[str]:
             continue
     if len(holders) > 1:
         peers = links.veth_peer_nsids(host_netns)
-        linked = [p for p in holders if links.nsid_of(p, host_netns) in peers]
-        holders = linked or holders
+        linked = [p for p in holders if _nsid_or_none(links, p, host_netns) in peers]
+        holders = [p for p in linked or holders if os.path.exists(p)]
     return holders[0] if holders else None
+
+
+def _nsid_or_none(links, path, host_netns):
+    """The namespace's id as the host sees it; None when it vanished meanwhile (a container stopped, a
+    lab torn down between the listing and this question)."""
+    try:
+        return links.nsid_of(path, host_netns)
+    except OSError:
+        return None
 
 
 def resolve(port: Optional[int] = None, container: Optional[str] = None, proto: str = "tcp",
