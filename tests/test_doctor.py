@@ -207,3 +207,23 @@ def test_doctor_cli_table(caps):
     for c in caps:
         assert re.search(r"^%s\s+%s\s" % (c.name, "yes" if c.ok else "no"), p.stdout, re.M), c.name
     assert "journey point" in p.stdout and "drop" in p.stdout
+
+
+def test_this_boots_answers_are_kept_and_reused_only_for_the_same_question(root, tmp_path):
+    """watch and diagnose start without the BPF trials once doctor (or any run) made them this boot;
+    another avoided set, another kernel or another trial object is another question."""
+    env = dict(os.environ, DNATTRACE_RUN_DIR=str(tmp_path))
+    code = ("import json; from dnattrace.kernel import capabilities as c; caps = c.probe(); "
+            "print(json.dumps([caps.cached, {x.name: x.ok for x in caps}]))")
+
+    def run(**extra):
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=dict(env, **extra))
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    first, second = run(), run()
+    assert first[0] is False and second[0] is True and first[1] == second[1]
+    avoided = run(**{capabilities.AVOID_ENV: "direct_read"})
+    assert avoided[0] is False and avoided[1]["direct_read"] is False
+    assert os.path.exists(tmp_path / "capabilities.json")

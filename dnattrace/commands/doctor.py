@@ -14,7 +14,7 @@ def doctor(as_json):
     """Show what this kernel supports (decided by trying) and which probes dnattrace will use."""
     preflight.require_root()
     tracefs.ensure()
-    caps = capabilities.probe()
+    caps = capabilities.probe(refresh=True)    # doctor tries everything, and renews this boot's answers
     choices = plan.choose(caps) + [plan.rule_verdict()]
     missing = caps.missing_minimum()
     if as_json:

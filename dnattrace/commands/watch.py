@@ -1,6 +1,7 @@
 """`dnattrace watch`: follow each connection attempt (and its reply) hook by hook, live."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -11,6 +12,8 @@ from dnattrace.kernel import preflight
 from dnattrace.output import tables, journey_lines
 from dnattrace.output.stream import GuardedFile, Output
 from dnattrace.errors import CannotObserve, UsageError
+
+log = logging.getLogger("dnattrace.watch")
 
 
 def watch_options(f):
@@ -52,8 +55,10 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     # a long-lived process with a memory budget: Docker's and pyroute2's imports stay in short-lived
     # children, for the target here and for the look-ups made while watching (dnattrace.forked)
     forked.stay_light()
+    t0 = time.perf_counter()
     t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns,
                                dst=dst)
+    log.info("start-up: target and addresses looked up in %.0f ms", (time.perf_counter() - t0) * 1000)
     out = Output()
     writer = GuardedFile(_pcap_writer(pcap), pcap, out) if pcap else None
     printer = _Printer(as_json, src, out)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import atexit
 import errno as errno_mod
+import json
 import os
 import threading
 import time
 from dataclasses import dataclass
 
 from dnattrace.kernel import loader, objects, preflight, tracefs
+from dnattrace.paths import RUN_DIR
 from dnattrace.errors import CannotObserve
 
 PROBES_OBJECT = objects.path("probes")
@@ -43,9 +45,10 @@ class Capability:
 class Capabilities:
     """The trial results, by name, in trial order."""
 
-    def __init__(self, items, total_ms=0.0):
+    def __init__(self, items, total_ms=0.0, cached=False):
         self._items = {c.name: c for c in items}
         self.total_ms = total_ms
+        self.cached = cached      # the BPF trials' answers come from this boot's earlier run
 
     def has(self, name):
         c = self._items.get(name)
@@ -246,8 +249,59 @@ def avoided():
     return names
 
 
+# What a kernel allows does not change while it runs: the trials' answers are kept for this boot (keyed
+# by boot id, kernel build, the trial list, the avoided set and the trial object), so watch and diagnose
+# start without them (~150-300 ms). The cheap environment checks (BTF file, tracefs mount, kallsyms
+# addresses) are made again each time; doctor always tries everything and renews the file.
+BOOT_CACHE = os.path.join(RUN_DIR, "capabilities.json")
+LIVE = ("btf", "tracefs", "kallsyms")
+
+
+def _boot_key() -> list:
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+    try:
+        obj = os.stat(PROBES_OBJECT).st_mtime_ns
+    except OSError:
+        obj = 0
+    return [read("/proc/sys/kernel/random/boot_id"), read("/proc/version"), list(NAMES),
+            sorted(os.environ.get(AVOID_ENV, "").split(",")), obj]
+
+
+def _from_boot_cache() -> Capabilities | None:
+    try:
+        with open(BOOT_CACHE) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if d.get("key") != _boot_key():
+        return None
+    cached = {c["name"]: Capability(c["name"], c["ok"], c["detail"], c["ms"], c.get("value")) for c in d["items"]}
+    if set(cached) != set(NAMES):
+        return None
+    for name in LIVE:
+        cached[name] = run_trial(name)
+    return Capabilities([cached[n] for n in NAMES], 0.0, cached=True)
+
+
+def _to_boot_cache(caps: Capabilities):
+    try:
+        os.makedirs(os.path.dirname(BOOT_CACHE), exist_ok=True)
+        tmp = "%s.%d" % (BOOT_CACHE, os.getpid())
+        with open(tmp, "w") as f:
+            json.dump({"key": _boot_key(), "items": [c.to_dict() for c in caps]}, f)
+        os.replace(tmp, BOOT_CACHE)
+    except OSError:
+        pass    # a read-only /run: the next run tries again
+
+
 def probe(refresh=False):
-    """Try everything once per process (cached). Needs root to say anything but 'no'.
+    """Try everything once per process, and once per boot unless refresh (doctor). Needs root to say
+    anything but 'no'.
 
     The BTF enum is parsed in Python (~100 ms) on a thread while the BPF trials, which wait in the
     kernel with the GIL released, run on this one.
@@ -256,6 +310,10 @@ def probe(refresh=False):
     with _cache_lock:
         if _cache is not None and not refresh:
             return _cache
+        if not refresh and os.geteuid() == 0:
+            _cache = _from_boot_cache()
+            if _cache is not None:
+                return _cache
         t0 = time.perf_counter()
         results = {n: Capability(n, False, "not tried: listed in %s" % AVOID_ENV) for n in avoided()}
         side = threading.Thread(target=lambda: results.update(drop_reason_enum=run_trial("drop_reason_enum")))
@@ -268,4 +326,6 @@ def probe(refresh=False):
         if parallel:
             side.join()
         _cache = Capabilities([results[n] for n in NAMES], (time.perf_counter() - t0) * 1000)
+        if os.geteuid() == 0:
+            _to_boot_cache(_cache)
         return _cache

@@ -12,8 +12,7 @@ import os
 from typing import Optional
 
 from dnattrace.netns import build as net
-
-RUN_DIR = os.environ.get("DNATTRACE_RUN_DIR", "/run/dnattrace")
+from dnattrace.paths import RUN_DIR
 
 
 def made_dir() -> str:

@@ -109,25 +109,35 @@ def owner_netns(addr: str, host_netns: Optional[str] = None) -> Optional[str]:
     The container side of a DNAT is where a SYN is finally delivered or refused, so its netfilter
     hooks are watched too. Several namespaces may hold the same private address (one per lab or per
     compose project): the one whose veth peer sits in the host's namespace is the one the host reaches.
+    Docker is asked only when no `ip netns` namespace linked to the host holds it (its SDK costs
+    ~0.2 s of start-up).
     """
     from dnattrace.netns import names as nsnames
     from dnattrace.evidence import links
-    candidates = [path for _name, (_ino, path) in nsnames.ip_netns().items()]
-    candidates += [path for _name, (_ino, path) in nsnames.docker_netns().items()]
-    holders = []
+    peers = None
+    unlinked: list[str] = []        # holders no veth of the host reaches: the answer if nothing better
+    for source in (nsnames.ip_netns, nsnames.docker_netns):
+        holders = _holders(links, addr, [path for _name, (_ino, path) in source().items()], host_netns)
+        if holders:
+            peers = links.veth_peer_nsids(host_netns) if peers is None else peers
+            linked = [p for p in holders if _nsid_or_none(links, p, host_netns) in peers]
+            if linked:
+                return linked[0]
+            unlinked += holders
+    return unlinked[0] if unlinked else None
+
+
+def _holders(links, addr, candidates, host_netns) -> list[str]:
+    out = []
     for path in candidates:
         if not path or path == host_netns:
             continue
         try:
             if addr in links.local_addresses(links.links(path)):
-                holders.append(path)
+                out.append(path)
         except Exception:   # a namespace that vanished meanwhile
             continue
-    if len(holders) > 1:
-        peers = links.veth_peer_nsids(host_netns)
-        linked = [p for p in holders if _nsid_or_none(links, p, host_netns) in peers]
-        holders = [p for p in linked or holders if os.path.exists(p)]
-    return holders[0] if holders else None
+    return [p for p in out if os.path.exists(p)]
 
 
 def _nsid_or_none(links, path, host_netns):

@@ -16,6 +16,19 @@ from dnattrace.watch.resolve import local_addresses
 from dnattrace.watch.tracer import FilterEntry, WatchTracer
 
 
+class _LazySymbols:
+    """kallsyms, read when the first address must be named (after the probes are attached): reading it
+    (100-200 ms) is off the path to 'Watching'."""
+
+    def __init__(self):
+        self._table = None
+
+    def __getattr__(self, name):
+        if self._table is None:
+            self._table = kallsyms.load()
+        return getattr(self._table, name)
+
+
 # Connections a bounded watch keeps whole (about 3 KB each once trimmed); the rest are retired to a
 # summary row or an outcome count, so watch stays under its 60 MB budget at any connection rate.
 MAX_LIVE = 2000
@@ -40,7 +53,6 @@ class Follower:
                                                keep=self._keep, trim=bounded, max_live=MAX_LIVE if bounded else 0)
         self._inodes = inodes
         self._local: Optional[dict[int, set[str]]] = local
-        self.symbols = kallsyms.load()
         self.reasons = btf.drop_reasons()
         self.namer = netns.Namer()
         self.pcap = pcap
@@ -49,6 +61,7 @@ class Follower:
         self.lost_events = 0      # events the ring buffer had no room for
         self.not_followed = 0     # matching connections not followed: over the max_new rate
         self.unfollowed_drops: list[dict] = []   # their packets' drops, by site (read at close)
+        self.symbols = _LazySymbols()
         self._drops = drops.Tally(drops.Describer(self.namer, self.symbols, self.reasons))
         self._retired_at = 0
 

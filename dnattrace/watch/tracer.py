@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -90,13 +91,19 @@ class WatchTracer:
             obj.set_max_entries("events", RING_CAPPED if self.max_new and not self.all_packets else RING_FULL)
             for p in self.chosen.get("netfilter hooks", []):
                 obj.program(p).set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
+            t0 = time.perf_counter()
             obj.load()
+            t1 = time.perf_counter()
             obj.map("watch_config").update(struct.pack("<I", 0),
                                            struct.pack("<IIII", int(self.all_packets), int(self.capture),
                                                        int(self.max_new), 0))
             self._fill_filter(obj)
             self.attach()
             self._rb = obj.ring_buffer("events", self._on_record)
+            log.info("start-up: capabilities %s, load %.0f ms (%d programs), attach %.0f ms (%d links)",
+                     "from this boot's earlier trials" if getattr(self.caps, "cached", False)
+                     else "tried in %.0f ms" % self.caps.total_ms,
+                     (t1 - t0) * 1000, len(names), (time.perf_counter() - t1) * 1000, len(self._links))
         except BaseException:
             self.close()
             raise
