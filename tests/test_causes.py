@@ -245,7 +245,9 @@ def test_reverse_path_filter():
     f = top(causes.explain([c], snap(h)))
     assert f.cause_id == "rp-filter"
     assert f.fix == ["sysctl -w net.ipv4.conf.veth-ext.rp_filter=2"]
+    assert f.workaround, "loose mode lets it through; the cure is the route back"
     assert f.confidence == 1.0
+    assert not top(causes.explain([forwarding_off_conn()], snap(host({"net.ipv4.ip_forward": "0"})))).workaround
 
 
 def test_loopback_source_is_martian():

@@ -43,6 +43,7 @@ class Finding:
     rule: Optional[dict] = None         # {"table", "chain", "rule", "packets"} of the rule/policy that dropped
     netns: str = ""                     # name of the namespace where it happened ("host", a container)
     connections: int = 1                # failing connections this finding explains
+    workaround: bool = False            # the fix works around the cause rather than curing it
     ruled_out: list[str] = field(default_factory=list)  # alternatives checked and refuted, and why
 
     def to_dict(self):
@@ -183,6 +184,7 @@ class Match:
     fix: Optional[list[str]] = None
     fix_note: str = ""
     rule: Optional[CounterMove] = None
+    workaround: bool = False        # the fix lets the traffic through without curing the cause
 
 
 @dataclass(frozen=True)
@@ -437,7 +439,8 @@ def match_rp_filter(f: Facts) -> Optional[Match]:
     iface = f.ingress or "all"
     return Match(s, "Strict reverse-path filtering on %s dropped the packet: the route back to %s does not "
                     "leave by %s. Use loose mode (2) or fix the routes." % (iface, src, iface),
-                 [f.ns.prefix() + "sysctl -w %s=2" % sysctl.conf_key(iface, "rp_filter")], PERSIST)
+                 [f.ns.prefix() + "sysctl -w %s=2" % sysctl.conf_key(iface, "rp_filter")],
+                 "the cure is a route back to %s by %s; %s" % (src, iface, PERSIST), workaround=True)
 
 
 MARTIAN_REASONS = ("IP_LOCAL_SOURCE", "IP_LOCALNET", "IP_INVALID_SOURCE", "IP_INVALID_DEST")
@@ -485,7 +488,7 @@ def match_br_netfilter(f: Facts) -> Optional[Match]:
                     "FORWARD chain drops it; the packet never needed routing.",
                  [f.ns.prefix() + "sysctl -w net.bridge.bridge-nf-call-iptables=0"],
                  "or keep br_netfilter and accept bridged traffic: iptables -I FORWARD -m physdev "
-                 "--physdev-is-bridged -j ACCEPT; " + PERSIST, moves[0] if moves else None)
+                 "--physdev-is-bridged -j ACCEPT; " + PERSIST, moves[0] if moves else None, workaround=True)
 
 
 def match_reply_no_route(f: Facts) -> Optional[Match]:
@@ -751,7 +754,8 @@ def match_route_localnet(f: Facts) -> Optional[Match]:
     return Match(s, "A connection to %s:%d from the host was DNATed to %s, but after the DNAT the kernel must route "
                     "a packet with loopback source %s out of %s, which it refuses unless route_localnet is set there: "
                     "the NAT hook drops it." % (tuples[0].dst, tuples[0].dport, svc, tuples[0].src, dev.name),
-                 fix, "the source must also be masqueraded (-s 127.0.0.0/8 -o %s -j MASQUERADE); %s" % (dev.name, PERSIST))
+                 fix, "the source must also be masqueraded (-s 127.0.0.0/8 -o %s -j MASQUERADE); the cure is to connect "
+                 "to the host's own address instead of 127.0.0.1; %s" % (dev.name, PERSIST), workaround=True)
 
 
 def _reply_source(f: Facts) -> Optional[tuple[str, int]]:
@@ -846,7 +850,7 @@ def _findings_for(facts: Facts, cap: float = 1.0) -> list[Finding]:
             continue
         out.append(Finding(cause.id, cause.title, round(min(m.score.value, cap), 2), m.explanation,
                            [e for e in m.score.evidence if e], m.fix, m.fix_note, _rule_dict(m.rule),
-                           facts.ns.name))
+                           facts.ns.name, workaround=m.workaround))
     return out
 
 
