@@ -9,10 +9,10 @@ import threading
 @contextlib.contextmanager
 def stop_signals(active=True):
     """SIGINT and SIGTERM append to the list yielded instead of raising. A poll decodes a whole batch of
-    records into journeys before any is printed; an interrupt inside it lost that batch's journeys from
-    the output (the summary still counted them): under a burst, most of them. A second signal interrupts
-    at once, as before (a watch stuck writing to a full pipe must still stop). Only in the main thread
-    (where Python runs handlers); an ignored SIGINT (a background job) stays ignored."""
+    records into journeys before any is printed, so an interrupt inside it would lose that batch's
+    journeys from the output while the summary counts them. A second signal interrupts at once (a watch
+    stuck writing to a full pipe must still stop). Only in the main thread (where Python runs handlers);
+    an ignored SIGINT (a background job) stays ignored."""
     caught: list[int] = []
     if not active or threading.current_thread() is not threading.main_thread():
         yield caught
