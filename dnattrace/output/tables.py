@@ -6,6 +6,10 @@ import sys
 
 import orjson
 
+# The version of every --json record's layout ("schema" field): raised when a field changes meaning or
+# goes away; new fields do not raise it. README, "JSON records", lists the records and their fields.
+SCHEMA = 1
+
 
 def table(rows, columns, headers=None, totals=None, floatfmt=".1f", maxcolwidths=None):
     """A plain-text table of `rows` (dicts) showing `columns`; `totals` (dict) becomes a last line."""
