@@ -86,6 +86,7 @@ def test_installed_wheel_runs_without_a_compiler(venv, tmp_path, root):
     assert drops.returncode == 0, drops.stderr
     records = [json.loads(line) for line in drops.stdout.splitlines()]
     assert records[0]["type"] == "start" and records[-1]["type"] == "summary"
+    assert all(r["schema"] == 1 for r in records)
 
     demo = run("dnattrace", "demo", timeout=120)
     assert demo.returncode == 0, demo.stdout + demo.stderr

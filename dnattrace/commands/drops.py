@@ -59,7 +59,7 @@ class Printer:
         shown = described[: self.top] if self.top else described
         if self.as_json:
             self.emit(tables.json_line({
-                "type": kind, "schema": tables.SCHEMA, "time": round(time.time(), 3), "seconds": round(seconds, 3),
+                "type": kind, "time": round(time.time(), 3), "seconds": round(seconds, 3),
                 "probe": self.counter.probe, "total": total, "overflow": overflow, "rows": shown}))
         elif self.dropwatch:
             for d in shown:
@@ -135,7 +135,7 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
         try:
             # said inside the try: a reader may signal the moment it sees this line
             if as_json:   # tells a reading program that counting has begun
-                start_record = {"type": "start", "schema": tables.SCHEMA, "time": round(time.time(), 3),
+                start_record = {"type": "start", "time": round(time.time(), 3),
                                 "probe": counter.probe, "interval": interval}
                 if url:
                     start_record["prometheus"] = url
