@@ -136,3 +136,15 @@ def test_cardinality_is_bounded():
     assert families["dnattrace_map_overflows"].samples[0].value == 4
     unnamed = {"function": "f", "reason": "R", "netns": "netns:4026", "netns_inode": 4026, "proto": "udp"}
     assert prometheus.DropMetrics.labels(unnamed)[2] == "4026"
+
+
+def test_an_address_in_use_is_one_line_exit_2_before_attaching(root):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=ROOT, DNATTRACE_RUN_DIR=new_run_dir())
+        p = subprocess.run([sys.executable, "-m", "dnattrace.cli", "drops", "--prometheus", str(port),
+                            "--duration", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "cannot serve Prometheus metrics on 127.0.0.1:%d" % port in p.stderr and not p.stdout

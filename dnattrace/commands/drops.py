@@ -123,10 +123,13 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
     ns_inode = netns.resolve(netns_name)[0] if netns_name else None
     namer = netns.Namer()
     symbols = kallsyms.load()
+    # bound before anything is attached: an address in use is bad input that leaves the kernel alone
+    metrics, url = _exporter(listen) if listen else (None, None)
     counter = engine.DropCounter(port=port, netns=ns_inode, proto=proto, stacks=stacks)
     with counter:
         out = Output()
-        metrics, url = _exporter(listen, counter) if listen else (None, None)
+        if metrics:
+            metrics.probe = counter.probe
         printer = Printer(engine.Describer(namer, symbols), counter, by, top, as_json, dropwatch, stacks, out,
                           metrics)
         start = last = time.monotonic()
@@ -134,16 +137,7 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
         interrupted = False
         try:
             # said inside the try: a reader may signal the moment it sees this line
-            if as_json:   # tells a reading program that counting has begun
-                start_record = {"type": "start", "time": round(time.time(), 3),
-                                "probe": counter.probe, "interval": interval}
-                if url:
-                    start_record["prometheus"] = url
-                out.line(tables.json_line(start_record))
-            elif not dropwatch:
-                out.line("Counting drops with %s%s%s; Ctrl-C for the totals." % (
-                    counter.probe, " (every %g s)" % interval if interval != 1 else "",
-                    "; Prometheus metrics at %s" % url if url else ""))
+            _say_started(out, counter.probe, interval, as_json, dropwatch, url)
             while True:
                 wake = last + interval
                 if duration is not None:
@@ -173,11 +167,24 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
     out.check()
 
 
-def _exporter(listen, counter):
+def _say_started(out, probe, interval, as_json, dropwatch, url):
+    """The start line: a reading program (or test) knows from it that counting has begun."""
+    if as_json:
+        record = {"type": "start", "time": round(time.time(), 3), "probe": probe, "interval": interval}
+        if url:
+            record["prometheus"] = url
+        out.line(tables.json_line(record))
+    elif not dropwatch:
+        out.line("Counting drops with %s%s%s; Ctrl-C for the totals." % (
+            probe, " (every %g s)" % interval if interval != 1 else "",
+            "; Prometheus metrics at %s" % url if url else ""))
+
+
+def _exporter(listen):
     """Start serving /metrics: (DropMetrics, its URL). An address that cannot be bound is bad input."""
     from dnattrace.output import prometheus
     address, port = listen
-    metrics = prometheus.DropMetrics(counter.probe, max_series=MAX_SERIES)
+    metrics = prometheus.DropMetrics(None, max_series=MAX_SERIES)
     try:
         bound = prometheus.serve(metrics, address, port)
     except OSError as e:
