@@ -38,6 +38,7 @@ def _ensure_vmlinux_h():
     bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
     if not os.path.exists(bpftool):
         _fail("bpftool is missing: install it (apt-get install bpftool) to make vmlinux.h from BTF.")
+    os.makedirs(BPF_DIR, exist_ok=True)
     with open(vmlinux_h + ".tmp", "w") as out:
         subprocess.run([bpftool, "btf", "dump", "file", BTF, "format", "c"], stdout=out, check=True)
     os.replace(vmlinux_h + ".tmp", vmlinux_h)

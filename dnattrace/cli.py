@@ -36,7 +36,10 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="\b\nExample:\n  sudo dnattrace demo        # a broken lab host, diagnosed, removed\n"
+                    "Shell completion (bash; zsh_source and fish_source likewise):\n"
+                    "  eval \"$(_DNATTRACE_COMPLETE=bash_source dnattrace)\"")
 @click.option("-v", "--verbose", count=True,
               help="-v: dnattrace's decisions (probes chosen and why, evidence); -vv: also libbpf's and other "
                    "libraries' debug output, and tracebacks.")

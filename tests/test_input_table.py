@@ -17,11 +17,13 @@ TOP = ["0", "-5", "x", "100001"]
 CIDR = ["::1/128", "10.0.0.0/33", "not-an-ip", "999.1.1.1/8", "fe80::/10"]
 ADDRESS = ["999.1.1.1", "::1", "10.0.0.0/8", "not-an-ip"]
 NETNS = ["/tmp", "/etc/passwd", "no-such-netns-dnattrace"]
+LISTEN = ["70000", "-1", "x", "", "999.1.1.1:9433", "host:9433", "192.0.2.1:9433"]   # the last: not ours to bind
 
 # command (with what it needs to start) -> option -> the kind of its value
 COMMANDS = {
     ("drops",): {"--interval": SECONDS, "--duration": SECONDS, "--count": COUNT, "--top": TOP, "--port": PORT,
-                 "--proto": ["sctp", ""], "--by": ["port"], "--netns": NETNS},
+                 "--proto": ["sctp", ""], "--by": ["port"], "--netns": NETNS,
+                 "--prometheus": LISTEN},
     ("watch", "--port", "8079"): {"--duration": SECONDS, "--count": COUNT, "--max-rate": RATE, "--src": CIDR,
                                   "--dst": ADDRESS, "--proto": ["sctp"], "--netns": NETNS},
     ("watch",): {"--port": PORT},

@@ -10,13 +10,14 @@ from dnattrace.kernel import preflight
 from dnattrace.commands import options as opt
 from dnattrace.commands.watch import watch_options
 from dnattrace.errors import EXIT_FAULT, EXIT_OK
+from dnattrace.output import tables
 
 
 def _ready(t, timeout, as_json, client):
     """Said once the probes are attached: a script can start its traffic on this line."""
     if as_json:
-        click.echo(json.dumps({"type": "start", "target": t.describe(), "timeout": timeout,
-                               "probe_client": client.client_addr if client else None}))
+        click.echo(json.dumps(tables.record({"type": "start", "target": t.describe(), "timeout": timeout,
+                               "probe_client": client.client_addr if client else None})))
     else:
         click.echo("%s. Watching for %g s ..." % (t.describe(), timeout))
         if client:
@@ -29,7 +30,7 @@ def _exit_code(res):
     return EXIT_OK if res.healthy else EXIT_FAULT     # 0 only when the client got its answer
 
 
-@click.command()
+@click.command(epilog="\b\nExample:\n  sudo dnattrace diagnose --container web --probe   # why connecting to web's published port fails")
 @watch_options
 @click.option("--timeout", type=opt.SECONDS, default=10.0, show_default=True, help="Seconds to wait for attempts.")
 @click.option("--probe", is_flag=True, help="Make the attempts from a temporary namespace attached to the host.")

@@ -8,7 +8,7 @@ from dnattrace.kernel import capabilities, plan, preflight, tracefs
 from dnattrace.output import doctor as shown, tables
 
 
-@click.command()
+@click.command(epilog="\b\nExample:\n  sudo dnattrace doctor --json | jq -c 'select(.type==\"plan\")'")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (capabilities, plan, summary).")
 def doctor(as_json):
     """Show what this kernel supports (decided by trying) and which probes dnattrace will use."""

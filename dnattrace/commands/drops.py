@@ -9,20 +9,24 @@ import time
 import click
 
 from dnattrace.commands import options as opt
+from dnattrace.errors import UsageError
 from dnattrace.kernel import preflight
+from dnattrace.kernel.loader import BpfError
 from dnattrace.output import tables
 from dnattrace.output.stream import Output
 
 COLUMNS = ("count", "rate", "location", "reason", "netns", "proto", "meaning")
 MEANING_WIDTH = 60
 STACK_ROWS = 3
+MAX_SERIES = 500          # dnattrace.output.prometheus.MAX_SERIES (not imported: prometheus_client is lazy)
 
 
 class Printer:
     """Renders one span of drops in the chosen output shape."""
 
-    def __init__(self, describer, counter, by, top, as_json, dropwatch, stacks, out):
+    def __init__(self, describer, counter, by, top, as_json, dropwatch, stacks, out, metrics=None):
         self.out = out
+        self.metrics = metrics      # --prometheus: intervals go to the exporter instead of stdout
         self.emit = out.line
         self.describer = describer
         self.counter = counter
@@ -46,6 +50,10 @@ class Printer:
         """An interval's rows, or (kind "summary") the totals, which reach the terminal even when
         stdout cannot be written."""
         self.emit = self.out.summary if kind == "summary" else self.out.line
+        if self.metrics is not None and kind == "interval":
+            # by site, reason, namespace and protocol whatever --by says: the exporter's labels
+            self.metrics.add([self.describer.describe(row) for row in rows], overflow)
+            return
         described = self._describe(rows, seconds)
         total = sum(d["count"] for d in described)
         shown = described[: self.top] if self.top else described
@@ -81,7 +89,8 @@ class Printer:
         self.emit("")
 
 
-@click.command()
+@click.command(epilog="\b\nExamples:\n  sudo dnattrace drops --interval 5 --top 10\n"
+                      "  sudo dnattrace drops --prometheus 9433     # metrics on http://127.0.0.1:9433/metrics")
 @click.option("--interval", type=opt.SECONDS, default=1.0, show_default=True, help="Seconds per report.")
 @click.option("--duration", type=opt.SECONDS, help="Stop after this many seconds.")
 @click.option("--count", type=opt.COUNT, help="Stop after this many intervals.")
@@ -95,8 +104,13 @@ class Printer:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval.")
 @click.option("--dropwatch", is_flag=True, help="Lines shaped like `dropwatch -lkas` output.")
 @click.option("--stacks", is_flag=True, help="Show a few kernel stack frames for the top sites.")
+@click.option("--prometheus", "listen", type=opt.LISTEN, metavar="[ADDR:]PORT",
+              help="Serve the counts as Prometheus metrics on http://ADDR:PORT/metrics (ADDR defaults to "
+                   "127.0.0.1; 0.0.0.0 for every address). dnattrace_drops_total by function, reason, netns, "
+                   "proto; at most %d label sets, later ones are added to one series labelled 'other'. "
+                   "Intervals are not printed; the totals are at the end." % MAX_SERIES)
 @click.pass_context
-def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_json, dropwatch, stacks):
+def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_json, dropwatch, stacks, listen):
     """Count kernel packet drops: where (function+offset), why (drop reason), in which namespace."""
     opt.exclusive(ctx, as_json="--json", dropwatch="--dropwatch")
     preflight.require_bpf_privileges()
@@ -109,28 +123,34 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
     ns_inode = netns.resolve(netns_name)[0] if netns_name else None
     namer = netns.Namer()
     symbols = kallsyms.load()
+    # bound before anything is attached: an address in use is bad input that leaves the kernel alone
+    metrics, url = _exporter(listen) if listen else (None, None)
     counter = engine.DropCounter(port=port, netns=ns_inode, proto=proto, stacks=stacks)
     with counter:
         out = Output()
-        printer = Printer(engine.Describer(namer, symbols), counter, by, top, as_json, dropwatch, stacks, out)
+        if metrics:
+            metrics.probe = counter.probe
+        printer = Printer(engine.Describer(namer, symbols), counter, by, top, as_json, dropwatch, stacks, out,
+                          metrics)
         start = last = time.monotonic()
         spans = 0
         interrupted = False
         try:
             # said inside the try: a reader may signal the moment it sees this line
-            if as_json:   # tells a reading program that counting has begun
-                out.line(tables.json_line({"type": "start", "time": round(time.time(), 3),
-                                           "probe": counter.probe, "interval": interval}))
-            elif not dropwatch:
-                out.line("Counting drops with %s%s; Ctrl-C for the totals." % (
-                    counter.probe, " (every %g s)" % interval if interval != 1 else ""))
+            _say_started(out, counter.probe, interval, as_json, dropwatch, url)
             while True:
                 wake = last + interval
                 if duration is not None:
                     wake = min(wake, start + duration)
                 time.sleep(max(0.0, wake - time.monotonic()))
                 now = time.monotonic()
-                rows = counter.read()
+                try:
+                    rows = counter.read()
+                except BpfError:
+                    if metrics is None:
+                        raise
+                    metrics.read_failed()      # an exporter keeps serving the last counts
+                    rows = []
                 printer.span("interval", rows, now - last, counter.overflow)
                 last = now
                 spans += 1
@@ -145,3 +165,29 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
                 out.summary("--- since start ---")
             printer.span("summary", counter.cumulative(), time.monotonic() - start, counter.overflow_total)
     out.check()
+
+
+def _say_started(out, probe, interval, as_json, dropwatch, url):
+    """The start line: a reading program (or test) knows from it that counting has begun."""
+    if as_json:
+        record = {"type": "start", "time": round(time.time(), 3), "probe": probe, "interval": interval}
+        if url:
+            record["prometheus"] = url
+        out.line(tables.json_line(record))
+    elif not dropwatch:
+        out.line("Counting drops with %s%s%s; Ctrl-C for the totals." % (
+            probe, " (every %g s)" % interval if interval != 1 else "",
+            "; Prometheus metrics at %s" % url if url else ""))
+
+
+def _exporter(listen):
+    """Start serving /metrics: (DropMetrics, its URL). An address that cannot be bound is bad input."""
+    from dnattrace.output import prometheus
+    address, port = listen
+    metrics = prometheus.DropMetrics(None, max_series=MAX_SERIES)
+    try:
+        bound = prometheus.serve(metrics, address, port)
+    except OSError as e:
+        raise UsageError("cannot serve Prometheus metrics on %s:%d: %s" % (address, port, e.strerror or e))
+    host = "[%s]" % address if ":" in address else address
+    return metrics, "http://%s:%d/metrics" % (host, bound)

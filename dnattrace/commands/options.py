@@ -67,6 +67,25 @@ class IPv4Address(click.ParamType):
         return value
 
 
+class Listen(click.ParamType):
+    """[ADDR:]PORT to serve on: (address, port). No address: 127.0.0.1, so metrics are not exposed
+    beyond the host unless asked for. Port 0 takes a free port (the start line names it)."""
+    name = "[addr:]port"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        addr, _, port = str(value).rpartition(":")
+        addr = addr.strip("[]") or "127.0.0.1"
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            self.fail("%s is not an IP address to listen on" % addr, param, ctx)
+        if not port.isdigit() or int(port) > 65535:
+            self.fail("%s: give [ADDR:]PORT with a port from 0 to 65535" % value, param, ctx)
+        return addr, int(port)
+
+
 SECONDS = Seconds()
 PORT = click.IntRange(1, 65535)
 COUNT = click.IntRange(1, MAX_COUNT)
@@ -74,6 +93,7 @@ RATE = click.IntRange(0, MAX_RATE)
 TOP = click.IntRange(1, MAX_TOP)
 CIDR = IPv4Range()
 ADDRESS = IPv4Address()
+LISTEN = Listen()
 
 
 def exclusive(ctx: click.Context, **flags: str):

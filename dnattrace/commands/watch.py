@@ -26,7 +26,7 @@ def watch_options(f):
     return f
 
 
-@click.command()
+@click.command(epilog="\b\nExample:\n  sudo dnattrace watch --port 8080 --count 5      # five connection attempts to :8080, hook by hook")
 @watch_options
 @click.option("--src", type=opt.CIDR, metavar="CIDR", help="Only connections from these clients.")
 @click.option("--dst", type=opt.ADDRESS, metavar="IP", help="Only connections to this published address.")

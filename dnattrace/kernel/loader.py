@@ -106,8 +106,11 @@ def lib():
         path = ctypes.util.find_library("bpf") or "libbpf.so.1"
         try:
             _libbpf = ctypes.CDLL(path, use_errno=True)
-        except OSError as e:
-            raise BpfError("cannot load libbpf (%s); install libbpf1 (apt-get install libbpf1)" % e) from None
+        except OSError:
+            # the one run-time library a wheel needs (no compiler, no headers): name the package, exit 3
+            from dnattrace.errors import CannotObserve
+            raise CannotObserve("libbpf.so.1 is missing: install the libbpf1 package "
+                                "(apt-get install libbpf1; libbpf >= 1.0)") from None
         _libc = ctypes.CDLL(None, use_errno=True)
         _libc.vsnprintf.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
         _libc.syscall.restype = ctypes.c_long

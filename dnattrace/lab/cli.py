@@ -17,18 +17,18 @@ def _need_root():
         raise CannotObserve("the lab makes namespaces, links and firewall rules: run it as root")
 
 
-@click.group()
+@click.group(epilog="\b\nExample:\n  sudo dnattrace lab up forwarding-off && sudo dnattrace lab traffic forwarding-off")
 def lab():
     """Reproducible broken Docker-style hosts in network namespaces, each with its known cause."""
 
 
-@lab.command("list")
+@lab.command("list", epilog="\b\nExample:\n  dnattrace lab list --json")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per scenario.")
 def list_(as_json):
     """The scenarios and their ground truth."""
     if as_json:
         for s in scenarios.SCENARIOS:
-            click.echo(json.dumps(s.to_dict()))
+            click.echo(json.dumps(tables.record(s.to_dict(), "scenario")))
         return
     rows = [(s.id, s.cause, "%s / %s" % (s.drop_function, s.drop_reason) if s.drop_function else "-",
              s.drop_ns or "-", "yes" if s.docker else "", s.description) for s in scenarios.SCENARIOS]
@@ -36,7 +36,7 @@ def list_(as_json):
                                        "what is broken")))
 
 
-@lab.command()
+@lab.command(epilog="\b\nExample:\n  sudo dnattrace lab up no-listener --prefix mylab")
 @click.argument("scenario")
 @click.option("--prefix", help="Instance name (also the prefix of its namespaces); default: the scenario id.")
 @click.option("--docker", "use_docker", is_flag=True, help="Use the real Docker engine for the host.")
@@ -49,7 +49,7 @@ def up(scenario, prefix, use_docker):
                   inst.target_addr, inst.target_port))
 
 
-@lab.command()
+@lab.command(epilog="\b\nExample:\n  sudo dnattrace lab traffic mylab --attempts 3 --json")
 @click.argument("name")
 @click.option("--attempts", default=1, show_default=True, type=click.IntRange(1, 100))
 @click.option("--timeout", default=2.0, show_default=True, type=opt.Seconds(0.05, 30))
@@ -60,7 +60,7 @@ def traffic(name, attempts, timeout, as_json):
     inst = manage.get(name)
     r = inst.traffic(attempts=attempts, timeout=timeout)
     if as_json:
-        click.echo(json.dumps(dict(r.to_dict(), name=inst.name)))
+        click.echo(json.dumps(tables.record(dict(r.to_dict(), name=inst.name), "traffic")))
     else:
         rows = [(i + 1, "ok" if a["ok"] else "FAILED", a["reason"], a["status"] or "", "%.3f" % a["seconds"])
                 for i, a in enumerate(r.attempts)]
@@ -69,14 +69,14 @@ def traffic(name, attempts, timeout, as_json):
     return 0 if r.ok else 1
 
 
-@lab.command()
+@lab.command(epilog="\b\nExample:\n  sudo dnattrace lab status --json")
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json):
     """The instances: up, building (its `lab up` still runs) or incomplete (that `lab up` was killed)."""
     insts = manage.instances()
     if as_json:
         for i in insts:
-            click.echo(json.dumps(i.public_dict()))
+            click.echo(json.dumps(tables.record(i.public_dict(), "instance")))
         return
     if not insts:
         click.echo("no lab instances are up")
@@ -88,7 +88,7 @@ def status(as_json):
                                        "container")))
 
 
-@lab.command()
+@lab.command(epilog="\b\nExample:\n  sudo dnattrace lab down --all")
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Every instance, including leftovers of crashed runs.")
 def down(name, all_):

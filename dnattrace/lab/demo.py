@@ -11,7 +11,7 @@ from dnattrace.errors import EXIT_FAULT, EXIT_OK
 from dnattrace.kernel import preflight
 
 
-@click.command()
+@click.command(epilog="\b\nExample:\n  sudo dnattrace demo --scenario rp-filter")
 @click.option("--scenario", default="forwarding-off", show_default=True, help="Which lab scenario to diagnose.")
 @click.option("--docker", is_flag=True, help="Use the real Docker engine for the lab host.")
 @click.option("--json", "as_json", is_flag=True)

@@ -7,7 +7,7 @@ import json
 import click
 
 from dnattrace import model
-from dnattrace.output import journey_lines
+from dnattrace.output import journey_lines, tables
 from dnattrace.diagnose import causes
 from dnattrace.diagnose.run import Result
 
@@ -82,6 +82,6 @@ def as_dict(res: Result) -> dict:
 def show(res: Result, as_json: bool):
     """Print the diagnosis: one JSON object, or the text for people."""
     if as_json:
-        click.echo(json.dumps(as_dict(res)))
+        click.echo(json.dumps(tables.record(as_dict(res))))
     else:
         click.echo(text(res))

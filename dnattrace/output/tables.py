@@ -6,6 +6,10 @@ import sys
 
 import orjson
 
+# The version of every --json record's layout ("schema" field): raised when a field changes meaning or
+# goes away; new fields do not raise it. README, "JSON records", lists the records and their fields.
+SCHEMA = 1
+
 
 def table(rows, columns, headers=None, totals=None, floatfmt=".1f", maxcolwidths=None):
     """A plain-text table of `rows` (dicts) showing `columns`; `totals` (dict) becomes a last line."""
@@ -32,12 +36,21 @@ def _cell(value):
     return value
 
 
+def record(obj, kind=None):
+    """A --json record: "type" first (kind, when the object has none), then "schema", then its fields."""
+    kind = obj.get("type", kind)
+    out = {"type": kind} if kind is not None else {}
+    out["schema"] = SCHEMA
+    out.update((k, v) for k, v in obj.items() if k not in ("type", "schema"))
+    return out
+
+
 def json_line(obj):
-    """One compact JSON object on one line (stable key order as given).
+    """One compact JSON record on one line (stable key order as given), with its schema version.
 
     orjson rather than the json module: `watch --json` writes a line per journey, and the standard
     encoder costs several times more per journey (185 us against 28 on the development VM)."""
-    return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    return orjson.dumps(record(obj) if isinstance(obj, dict) else obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def emit(text, stream=None):
