@@ -888,19 +888,24 @@ def match_reply_policy_route(f: Facts) -> Optional[Match]:
     rt = next((s for s in reversed(_host_steps(f, j, ROUTE)) if s.route and s.route.oif and not s.route.err
                and not s.route.reverse and s.route.dst == f.conn.key.src), None)
     req_rx = next((s for r in f.conn.requests for s in _host_steps(f, r, RX)), None)
-    if rt is None or req_rx is None or rt.route.oif == req_rx.ifname or rt.route.table in (254, 255):
+    orig = next((s.ct.orig for s in j.steps if s.ct and s.ct.orig), None)
+    # where the request came in; when only the reply was seen (a SYN-ACK retransmitted for an attempt made
+    # before the capture), the link that holds the address the client connected to
+    req_if = req_rx.ifname if req_rx else next(
+        (l.name for l in f.ns.links if orig and any(c.split("/")[0] == orig.dst for c in l.addresses)), "")
+    if rt is None or not req_if or rt.route.oif == req_if or rt.route.table in (254, 255):
         return None         # the reply leaves where the request came in, or by the main table
     rule = _rule_for_table(f, rt.route.table)
-    client = f.conn.key.src
+    client = orig.src if orig else f.conn.key.src
     s = _Score()
     s.add(3, True, f.drop_line())
     s.add(3, True, "the request came in on %s; its reply was routed by table %d to %s%s"
-          % (req_rx.ifname, rt.route.table, rt.route.oif, " via %s" % rt.route.gateway if rt.route.gateway else ""))
+          % (req_if, rt.route.table, rt.route.oif, " via %s" % rt.route.gateway if rt.route.gateway else ""))
     s.add(2, rule is not None, "ip rule %d: %s" % rule if rule else "")
     s.note("routes in %s (main): %s" % (f.ns.name, "; ".join(f.ns.routes)))
     fix = None
     if rule is not None:
-        inl = f.ns.link(req_rx.ifname)
+        inl = f.ns.link(req_if)
         import ipaddress
         net = next((str(ipaddress.ip_interface(c).network) for c in (inl.addresses if inl else [])
                     if ipaddress.ip_address(client) in ipaddress.ip_interface(c).network), client + "/32")
@@ -908,7 +913,7 @@ def match_reply_policy_route(f: Facts) -> Optional[Match]:
                % (f.ingress or rt.ifname, net, max(1, rule[0] - 1))]
     return Match(s, "Policy routing sends the reply out of %s (table %d), not back out of %s where the request came "
                     "in: the reply to %s takes another uplink and dies there. Route the replies of inbound "
-                    "connections back the way they came." % (rt.route.oif, rt.route.table, req_rx.ifname, client),
+                    "connections back the way they came." % (rt.route.oif, rt.route.table, req_if, client),
                  fix, "better for every client: mark inbound connections and route their replies by the mark "
                       "(iptables -t mangle ... CONNMARK --set-mark / --restore-mark; ip rule add fwmark 1 lookup main)")
 
