@@ -151,12 +151,7 @@ def build(inst, sc):
     net.run(["ip", "link", "add", n["bridge"], "type", "bridge"], netns=host)
     net.add_addr(n["bridge"], "%s/%d" % (BRIDGE_ADDR, BRIDGE_PREFIX), host)
     net.run(["ip", "link", "set", n["bridge"], "up"], netns=host)
-    net.run(["ip", "link", "add", n["ctr_veth"], "type", "veth", "peer", "name", "eth0", "netns", ctr],
-            netns=host)
-    net.run(["ip", "link", "set", n["ctr_veth"], "master", n["bridge"], "up"], netns=host)
-    net.run(["ip", "link", "set", "eth0", "up"], netns=ctr)
-    net.add_addr("eth0", "%s/%d" % (CONTAINER_ADDR, BRIDGE_PREFIX), ctr)
-    net.run(["ip", "route", "add", "default", "via", BRIDGE_ADDR], netns=ctr)
+    attach_container(n, ctr, n["ctr_veth"], CONTAINER_ADDR)
 
     net.run(["iptables-restore"], netns=host,
             input=docker_rules(n["bridge"], sc.dnat_target or CONTAINER_ADDR, sc.dnat_target or CONTAINER_ADDR,
@@ -255,16 +250,21 @@ def add_reply_uplink(n):
 
 def add_sibling(inst, n):
     """A second container on the bridge (the client of the "sibling" layout)."""
-    sib, host = n["sibling_ns"], n["host_ns"]
+    sib = n["sibling_ns"]
     inst.record("netns", name=sib)
     net.add_netns(sib)
     base_sysctls(sib, False)
-    net.run(["ip", "link", "add", n["sibling_veth"], "type", "veth", "peer", "name", "eth0", "netns", sib],
-            netns=host)
-    net.run(["ip", "link", "set", n["sibling_veth"], "master", n["bridge"], "up"], netns=host)
-    net.run(["ip", "link", "set", "eth0", "up"], netns=sib)
-    net.add_addr("eth0", "%s/%d" % (SIBLING_ADDR, BRIDGE_PREFIX), sib)
-    net.run(["ip", "route", "add", "default", "via", BRIDGE_ADDR], netns=sib)
+    attach_container(n, sib, n["sibling_veth"], SIBLING_ADDR)
+
+
+def attach_container(n, ns, veth, addr):
+    """A veth from the bridge into container namespace `ns` (eth0 there, `addr`, default route via the bridge)."""
+    host = n["host_ns"]
+    net.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns], netns=host)
+    net.run(["ip", "link", "set", veth, "master", n["bridge"], "up"], netns=host)
+    net.run(["ip", "link", "set", "eth0", "up"], netns=ns)
+    net.add_addr("eth0", "%s/%d" % (addr, BRIDGE_PREFIX), ns)
+    net.run(["ip", "route", "add", "default", "via", BRIDGE_ADDR], netns=ns)
 
 
 def hairpin_dnat(n):
@@ -315,19 +315,8 @@ while True:
 
 def start_bulk_server(inst, ns):
     """A web server on the container port whose GET /big answers with a large body in one write."""
-    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _BULK_HTTP, str(CONTAINER_PORT),
-                          str(BIG_SIZE), BIG_PATH], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-    p.returncode = 0
-    time.sleep(0.01)
-    from dnattrace.lab import state
-    inst.record("process", pid=p.pid, start=state.process_start(p.pid), netns=ns)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if net.run(["ss", "-Hltn", "sport = :%d" % CONTAINER_PORT], netns=ns, check=False).stdout.strip():
-            return
-        time.sleep(0.05)
-    raise net.NetError("the lab bulk server did not start in %s" % ns)
+    _start_service(inst, ns, [sys.executable, "-c", _BULK_HTTP, str(CONTAINER_PORT), str(BIG_SIZE), BIG_PATH],
+                   "-Hltn", CONTAINER_PORT, "bulk HTTP server")
 
 
 def add_reply_notrack(n):
@@ -363,18 +352,23 @@ _UDP_ECHO = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM
 
 def start_udp_echo(inst, ns):
     """A UDP echo server on the container port (own session, recorded like the HTTP server)."""
-    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _UDP_ECHO], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    _start_service(inst, ns, [sys.executable, "-c", _UDP_ECHO], "-Hlun", UDP_CONTAINER_PORT, "UDP echo server")
+
+
+def _start_service(inst, ns, argv, ss_flags, port, what):
+    """Run argv in `ns` in its own session (so it outlives the CLI), record its pid, wait until it listens."""
+    p = subprocess.Popen(["ip", "netns", "exec", ns] + argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
     p.returncode = 0
     time.sleep(0.01)
     from dnattrace.lab import state
     inst.record("process", pid=p.pid, start=state.process_start(p.pid), netns=ns)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if net.run(["ss", "-Hlun", "sport = :%d" % UDP_CONTAINER_PORT], netns=ns, check=False).stdout.strip():
+        if net.run(["ss", ss_flags, "sport = :%d" % port], netns=ns, check=False).stdout.strip():
             return
         time.sleep(0.05)
-    raise net.NetError("the lab UDP echo server did not start in %s" % ns)
+    raise net.NetError("the lab %s did not start in %s" % (what, ns))
 
 
 def send_udp_first(n):
