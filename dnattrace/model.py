@@ -206,14 +206,19 @@ class Connection:
 
     @property
     def outcome(self) -> str:
-        """answered | refused (RST reply) | reply-dropped | dropped | no-reply | unfinished | incomplete. A
-        reply counts as an answer only if it was not dropped on its way back: the verdict is about the
-        client. A failure seen while events were lost is "incomplete": the missing events may hold the
-        answer, so no verdict is given that they could contradict."""
+        """answered | refused (RST reply) | stalled | reply-dropped | dropped | no-reply | unfinished |
+        incomplete. A reply counts as an answer only if it was not dropped on its way back: the verdict is
+        about the client. TCP: a handshake answered whose data replies (the followed ones: the first data
+        packet, every one with --all) were all dropped is "stalled". A failure seen while events were lost
+        is "incomplete": the missing events may hold the answer, so no verdict is given that they could
+        contradict."""
         flags = [s.tcp_flags for j in self.replies for s in j.steps[:1]]
         if any("R" in f for f in flags):
             return "refused"
         if self.replies and not all(j.outcome == "dropped" for j in self.replies):
+            data = [j for j in self.replies if j.steps and j.first.tcp_flags and "S" not in j.first.tcp_flags]
+            if data and all(j.outcome == "dropped" for j in data):
+                return "stalled"
             return "answered"
         if any(j.lost_events for j in self.requests + self.replies):
             return "incomplete"

@@ -364,3 +364,41 @@ def test_nft_base_chains_of_other_tables_are_read_with_hook_and_policy():
     assert [(c["family"], c["table"], c["chain"], c["hook"], c["policy"]) for c in chains] == [
         ("inet", "filter", "forward", "forward", "DROP"), ("ip", "filter", "FORWARD", "forward", "ACCEPT")]
     assert chains[0]["rules"] == [{"verdict": "DROP", "packets": 4}]
+
+
+def test_nft_rules_carry_their_ct_state_match():
+    """foreign-nft-reply-drop needs to know whether a chain accepts established traffic."""
+    from dnattrace.evidence import firewall
+    text = json.dumps({"nftables": [
+        {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter",
+                   "hook": "forward", "prio": 0, "policy": "drop"}},
+        {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 2, "expr": [
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+            {"counter": {"packets": 2, "bytes": 120}}, {"accept": None}]}},
+        {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 3, "expr": [
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+            {"accept": None}]}},
+    ]})
+    rules = firewall.parse_nft_base_chains(text)[0]["rules"]
+    assert rules == [{"verdict": "ACCEPT", "packets": 2, "ct_state": ["new"]},
+                     {"verdict": "ACCEPT", "packets": None, "ct_state": ["established", "related"]}]
+
+
+def test_handshake_answered_then_data_reply_dropped_is_stalled():
+    """A fault after the handshake (a path MTU black hole): the SYN-ACK got out, the first data packet of
+    the reply was dropped: the connection does not work."""
+    from dnattrace.model import Connection, Journey, Step, Tuple5
+    key = Tuple5(6, "198.51.100.2", 40000, "198.51.100.1", 8080)
+    back = Tuple5(6, "172.31.0.2", 80, "198.51.100.2", 40000)
+    syn = Journey(1, [Step(1, "rx", tuple=key, tcp_flags="S"), Step(2, "consume", location="tcp_v4_rcv+0x1")])
+    synack = Journey(2, [Step(3, "nf", hook="OUTPUT", stage="first", tuple=back, tcp_flags="SA"),
+                         Step(4, "xmit", ifname="o", tuple=back, tcp_flags="SA")], direction="reply")
+    data = Journey(3, [Step(5, "nf", hook="OUTPUT", stage="first", tuple=back, tcp_flags="A"),
+                       Step(6, "drop", location="ip_forward+0x2c0", reason="PKT_TOO_BIG")], direction="reply")
+    c = Connection(key, [syn], [synack, data])
+    assert c.outcome == "stalled" and causes.failing(c)
+    assert causes.representative(c) is data
+    assert Connection(key, [syn], [synack]).outcome == "answered"
+    udp = Tuple5(17, "198.51.100.2", 40000, "198.51.100.1", 5353)
+    assert Connection(udp, [Journey(4, [Step(1, "rx", tuple=udp)])],
+                      [Journey(5, [Step(2, "drop", tuple=udp.reversed())], direction="reply")]).outcome == "reply-dropped"

@@ -152,6 +152,13 @@ REPORTED = {
     "hostlocal-prerouting-only": ("not-dnated", "iptables -t nat -A OUTPUT"),
     "localhost-route-localnet": ("route-localnet", "route_localnet=1"),
     "notrack-reply": ("reply-notrack", "iptables -t raw -D PREROUTING"),
+    "mtu-pmtud-blackhole": ("pmtu-blackhole", "--icmp-type fragmentation-needed -j ACCEPT"),
+    "reply-policy-route": ("reply-policy-route", "ip rule add iif"),
+    "bridge-port-down": ("bridge-port-down", "ip link set"),
+    "ctr-to-published-no-hairpin": ("no-hairpin-dnat", "iptables -t nat -I DOCKER 1 -i"),
+    "dnat-wrong-iface": ("not-dnated", "iptables -t nat -I DOCKER 1 -i"),
+    "nft-forward-no-established": ("foreign-nft-reply-drop",
+                                   "nft insert rule inet filter forward ct state established,related accept"),
 }
 
 
@@ -161,7 +168,7 @@ def test_reported_scenario_cause_and_fix_through_the_cli(lab_instance, scenario)
     cause, needle = REPORTED[scenario]
     inst = lab_instance(scenario)
     assert not inst.traffic(attempts=1, timeout=1.0).ok
-    rc, d, err = diagnose(inst)
+    rc, d, err = diagnose(inst, timeout=10 if scenarios.get(scenario).drop_delay else 8)
     assert d is not None, err
     assert rc == 1 and d["top_cause"] == cause, json.dumps(d["findings"], indent=1)
     top = d["findings"][0]
@@ -194,3 +201,42 @@ def test_not_dnated_is_told_apart_from_no_listener(lab_instance):
     assert d1 is not None and d2 is not None, err1 + err2
     assert d1["top_cause"] == "not-dnated" and d2["top_cause"] == "no-listener"
     assert "not reached from nat OUTPUT" in d1["findings"][0]["explanation"]
+
+
+# Scenarios that share a drop signature (function and reason) with another one: each gets its own cause,
+# and the words that tell them apart. (scenario, what its top finding must say)
+SHARED = {
+    "neigh_invalidate/NEIGH_FAILED": [("neigh-failed", "answers ARP"),
+                                      ("reply-policy-route", "table 100"),
+                                      ("bridge-port-down", "administratively DOWN")],
+    "tcp_v4_rcv/NO_SOCKET (host)": [("hostlocal-prerouting-only", "not reached from nat OUTPUT"),
+                                    ("dnat-wrong-iface", "the packet came in on"),
+                                    ("ctr-to-published-no-hairpin", "! -i"),
+                                    ("no-listener", "no socket listens")],
+    "nft_do_chain/NETFILTER_DROP": [("forward-policy-drop", "DROP policy"),
+                                    ("nft-inet-forward-drop", "inet filter"),
+                                    ("nft-forward-no-established", "established,related")],
+}
+
+
+@pytest.mark.parametrize("signature", sorted(SHARED))
+def test_shared_signatures_are_told_apart(lab_instance, signature):
+    seen = {}
+    for scenario, words in SHARED[signature]:
+        sc = scenarios.get(scenario)
+        _, d, err = diagnose(lab_instance(scenario), timeout=10 if sc.drop_delay else 8)
+        assert d is not None, err
+        last = d["journey"]["steps"][-1]
+        assert last["location"].startswith(sc.drop_function + "+") and last["reason"] == sc.drop_reason, last
+        top = d["findings"][0]
+        assert d["top_cause"] == sc.cause, json.dumps(d["findings"], indent=1)
+        text = " ".join([top["explanation"]] + top["evidence"] + (top.get("fix") or []))
+        assert words in text, (scenario, text)
+        seen[scenario] = (d["journey"].get("direction"), d["top_cause"], tuple(top.get("fix") or ()))
+    # not-dnated has two variants here (nat OUTPUT not reaching the DNAT; a DNAT for another interface):
+    # one cause, told apart by why and by the fix
+    assert len({(c, fix) for _, c, fix in seen.values()}) == len(seen), seen
+    if "reply-policy-route" in seen:      # the failing packet is the reply there, the request elsewhere
+        assert seen["reply-policy-route"][0] == "reply" and seen["neigh-failed"][0] == "request", seen
+    if "nft-forward-no-established" in seen:
+        assert seen["nft-forward-no-established"][0] == "reply" and seen["nft-inet-forward-drop"][0] == "request"

@@ -139,7 +139,7 @@ def representative(conn: Connection) -> Optional[Journey]:
     """The journey that says most about the failure: a dropped request, a dropped reply, an unfinished
     request, else the last request. When the replies were all dropped, the dropped reply: the packets
     the client sends after it (its RST to an unknown SYN-ACK) are consequences, not the failure."""
-    groups = (conn.replies, conn.requests) if conn.outcome == "reply-dropped" else (conn.requests, conn.replies)
+    groups = (conn.replies, conn.requests) if conn.outcome in ("reply-dropped", "stalled") else (conn.requests, conn.replies)
     for group in groups:
         for j in group:
             if j.outcome == "dropped":
@@ -398,6 +398,8 @@ def match_neigh_failed(f: Facts) -> Optional[Match]:
     s.add(2, failed, "neighbour %s on %s: %s" % (nb["addr"], nb["dev"], nb["state"]) if nb else "")
     r = f.route.route if f.route and f.route.route else None
     s.add(1, r is not None and r.oif, "route %s -> dev %s" % (f.dest[0], r.oif) if r else "")
+    if f.seen and (f.journey.direction == "reply" or _down_bridge_ports(f)):
+        s.add(2, False)     # a reply (reply-policy-route), or a bridge port down (bridge-port-down)
     t = f.snapshot.target
     if t.dnat_rule:
         s.note("DNAT rule: %s" % t.dnat_rule)
@@ -609,6 +611,8 @@ def match_foreign_nft_drop(f: Facts) -> Optional[Match]:
     c = chains[0]
     accepted = _iptables_accepted(f)
     s = _Score()
+    if f.journey.direction == "reply":
+        s.add(2, False)     # the requests pass, their replies are dropped: foreign-nft-reply-drop
     s.add(3, True, f.drop_line() + " on the %s hook" % f.hook)
     s.add(3, True, "nft table %s %s, base chain %s (hook %s, priority %s): policy %s%s" % (
         c["family"], c["table"], c["chain"], c["hook"], c["prio"], c["policy"],
@@ -684,6 +688,8 @@ def match_not_dnated(f: Facts) -> Optional[Match]:
           % (ct.reply.src, ct.reply.sport, t.service_addr, t.service_port) if ct and ct.reply else
           "no DNAT in the packet's journey")
     s.add(3, True, "; ".join(why))
+    if _hairpin(f):
+        s.add(2, False)     # from the bridge the DNAT excludes: no-hairpin-dnat names it
     fix = None
     rules = f.ns.rules
     first = f.journey.steps[0]
@@ -699,6 +705,7 @@ def match_not_dnated(f: Facts) -> Optional[Match]:
             if "-d" not in text.split():
                 text = "! -d 127.0.0.0/8 " + text
         fix = [f.ns.prefix() + "iptables -t nat -A OUTPUT " + text]
+    fix = fix or _dnat_copy_fix(f)
     return Match(s, "The published port %s/%d reached %s, but no DNAT rule applied to the packet, so it went to "
                     "the host itself, where nothing listens: %s." % (t.proto, t.port, f.ns.name, "; ".join(why)),
                  fix, "" if fix else "recreate the publication for the address/interface the clients use")
@@ -764,6 +771,8 @@ def _reply_source(f: Facts) -> Optional[tuple[str, int]]:
     j, c = f.journey, f.conn
     if c is None or j is None or j.direction != "reply" or j.outcome != "dropped" or c.key is None:
         return None
+    if f.drop is not None and f.drop.netns in {e.inode for e in f.snapshot.namespaces()}:
+        return None     # dropped on the service's side, before its NAT would have been undone
     t = (f.drop.tuple if f.drop and f.drop.tuple else None) or (j.tuples()[-1] if j.tuples() else None)
     if t is None or (t.src, t.sport) == (c.key.dst, c.key.dport):
         return None
@@ -820,6 +829,232 @@ def match_reply_not_unnated(f: Facts) -> Optional[Match]:
                     "back through that host (or SNAT the requests so they must come back)." % src)
 
 
+# --- more causes from researched reports: a fault after the handshake, reply paths, shared signatures ---
+
+def _host_steps(f: Facts, j: Optional[Journey], point: str) -> list[Step]:
+    host = f.snapshot.host.inode
+    return [s for s in (j.steps if j else []) if s.point == point and s.netns == host]
+
+
+def _icmp_drop_moves(f: Facts) -> list[CounterMove]:
+    """DROP/REJECT rules of the filter table that match ICMP and counted packets during the capture."""
+    return [m for m in f.moves() if m.table in ("filter", "ip filter") and m.target in DROP_TARGETS
+            and not m.policy and "icmp" in m.rule.lower()]
+
+
+def match_pmtu_blackhole(f: Facts) -> Optional[Match]:
+    if not f.seen or f.reason != "PKT_TOO_BIG":
+        return None
+    dst = f.drop.tuple.dst if f.drop.tuple else ""
+    out = next((s for s in _host_steps(f, f.journey, ROUTE) if s.route and s.route.oif
+                and (s.route.dst == dst or not dst)), None)     # not the ICMP error's own lookup
+    oif = f.ns.link(out.route.oif) if out else None
+    inl = f.ns.link(f.ingress) if f.ingress else None
+    icmp = _icmp_drop_moves(f)
+    fails = f.nsdelta.snmp.get("IpFragFails", 0) if f.nsdelta else 0
+    s = _Score()
+    s.add(3, True, f.drop_line())
+    s.add(2, f.conn is not None and f.conn.outcome == "stalled", "the handshake completed; the first data packet "
+          "of the reply was dropped (the connection stalls after it is established)")
+    smaller = oif is not None and oif.mtu and (inl is None or not inl.mtu or oif.mtu < inl.mtu)
+    s.add(2, smaller, "MTU: %s %s, %s %s" % (f.ingress or "?", inl.mtu if inl else "?", oif.name, oif.mtu) if oif else "")
+    s.add(3, bool(icmp), "%s (counter moved: the ICMP \"fragmentation needed\" that would tell the sender "
+                         "to send smaller packets is dropped)" % icmp[0] if icmp else "")
+    s.add(1, fails > 0, "IpFragFails +%d in %s" % (fails, f.ns.name))
+    clamp = f.ns.prefix() + "iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
+    if icmp:
+        fix = [f.ns.prefix() + "iptables -I %s -p icmp --icmp-type fragmentation-needed -j ACCEPT" % icmp[0].chain]
+        note = "or, a workaround where ICMP cannot be let through: " + clamp
+    else:
+        fix, note = [clamp], "a workaround (cure: let ICMP type 3 code 4 through wherever it is dropped)"
+    return Match(s, "A path MTU black hole: packets of %d+ bytes must leave %s by %s (MTU %s) and cannot be "
+                    "fragmented, so the kernel drops them and answers with ICMP \"fragmentation needed\"%s. The "
+                    "handshake and small packets pass; the large data never arrives."
+                 % ((oif.mtu + 1) if oif and oif.mtu else 0, f.ns.name, oif.name if oif else "?",
+                    oif.mtu if oif else "?", ", which is dropped" if icmp else ", which does not reach the sender"),
+                 fix, note, icmp[0] if icmp else None)
+
+
+def _rule_for_table(f: Facts, table: int) -> Optional[tuple[int, str]]:
+    """The policy routing rule (pref, text) that sends lookups to `table`."""
+    for line in f.ns.ip_rules:
+        pref, _, text = line.partition(":")
+        words = text.split()
+        if "lookup" in words and words[words.index("lookup") + 1:][:1] == [str(table)] and pref.strip().isdigit():
+            return int(pref), text.strip()
+    return None
+
+
+def match_reply_policy_route(f: Facts) -> Optional[Match]:
+    j = f.journey
+    if not f.seen or j.direction != "reply" or f.drop is None or f.conn is None:
+        return None
+    rt = next((s for s in reversed(_host_steps(f, j, ROUTE)) if s.route and s.route.oif and not s.route.err
+               and not s.route.reverse and s.route.dst == f.conn.key.src), None)
+    req_rx = next((s for r in f.conn.requests for s in _host_steps(f, r, RX)), None)
+    orig = next((s.ct.orig for s in j.steps if s.ct and s.ct.orig), None)
+    # where the request came in; when only the reply was seen (a SYN-ACK retransmitted for an attempt made
+    # before the capture), the link that holds the address the client connected to
+    req_if = req_rx.ifname if req_rx else next(
+        (l.name for l in f.ns.links if orig and any(c.split("/")[0] == orig.dst for c in l.addresses)), "")
+    if rt is None or not req_if or rt.route.oif == req_if or rt.route.table in (254, 255):
+        return None         # the reply leaves where the request came in, or by the main table
+    rule = _rule_for_table(f, rt.route.table)
+    client = orig.src if orig else f.conn.key.src
+    s = _Score()
+    s.add(3, True, f.drop_line())
+    s.add(3, True, "the request came in on %s; its reply was routed by table %d to %s%s"
+          % (req_if, rt.route.table, rt.route.oif, " via %s" % rt.route.gateway if rt.route.gateway else ""))
+    s.add(2, rule is not None, "ip rule %d: %s" % rule if rule else "")
+    s.note("routes in %s (main): %s" % (f.ns.name, "; ".join(f.ns.routes)))
+    fix = None
+    if rule is not None:
+        inl = f.ns.link(req_if)
+        import ipaddress
+        net = next((str(ipaddress.ip_interface(c).network) for c in (inl.addresses if inl else [])
+                    if ipaddress.ip_address(client) in ipaddress.ip_interface(c).network), client + "/32")
+        fix = [f.ns.prefix() + "ip rule add iif %s to %s lookup main pref %d"
+               % (f.ingress or rt.ifname, net, max(1, rule[0] - 1))]
+    return Match(s, "Policy routing sends the reply out of %s (table %d), not back out of %s where the request came "
+                    "in: the reply to %s takes another uplink and dies there. Route the replies of inbound "
+                    "connections back the way they came." % (rt.route.oif, rt.route.table, req_if, client),
+                 fix, "better for every client: mark inbound connections and route their replies by the mark "
+                      "(iptables -t mangle ... CONNMARK --set-mark / --restore-mark; ip rule add fwmark 1 lookup main)")
+
+
+def _down_bridge_ports(f: Facts) -> list:
+    """Ports (members) of the bridge the packet was routed to that are administratively down."""
+    r = f.route.route if f.route and f.route.route else None
+    br = f.ns.link(r.oif) if r and r.oif else None
+    if br is None or br.kind != "bridge":
+        return []
+    return [l for l in f.ns.links if l.master == br.name and not l.up]
+
+
+def match_bridge_port_down(f: Facts) -> Optional[Match]:
+    if not f.seen or f.journey.direction != "request" or f.reason != "NEIGH_FAILED":
+        return None
+    down = _down_bridge_ports(f)
+    if not down:
+        return None
+    br = f.ns.link(f.route.route.oif)
+    ports = [l for l in f.ns.links if l.master == br.name]
+    s = _Score()
+    s.add(3, True, f.drop_line())
+    s.add(3, True, "bridge %s: port%s %s administratively DOWN (%d of %d ports up)"
+          % (br.name, "s" if len(down) > 1 else "", ", ".join(l.name for l in down), len(ports) - len(down), len(ports)))
+    nb = f.ns.neighbour(f.dest[0]) if f.dest[0] else None
+    s.add(1, nb is not None and any(x in nb["state"] for x in ("FAILED", "INCOMPLETE")),
+          "neighbour %s on %s: %s" % (nb["addr"], nb["dev"], nb["state"]) if nb else "")
+    return Match(s, "The container's port on bridge %s is down (%s), so ARP for %s is never answered: the address "
+                    "is right, the link to it is not. Bring the port up (Docker: restart the container)."
+                 % (br.name, ", ".join(l.name for l in down), f.dest[0]),
+                 [f.ns.prefix() + "ip link set %s up" % l.name for l in down])
+
+
+def _hairpin(f: Facts) -> Optional[tuple]:
+    """The packet came from a bridge (a container calling its host's published address) and the DNAT
+    rule for the port excludes that bridge: (bridge link, DnatTarget)."""
+    import ipaddress
+    if not _not_dnated(f) or not f.ingress:
+        return None
+    br = f.ns.link(f.ingress)
+    if br is None or br.kind != "bridge" or not f.ns.rules:
+        return None
+    for d in firewall.dnat_targets(f.ns.rules, f.snapshot.target.port, f.snapshot.target.proto):
+        words = d.rule.split()
+        if "-i" in words and words[words.index("-i") + 1] == br.name and words[words.index("-i") - 1] == "!":
+            if d.addr and any(ipaddress.ip_address(d.addr) in ipaddress.ip_interface(c).network for c in br.addresses):
+                return br, d
+    return None
+
+
+def match_no_hairpin_dnat(f: Facts) -> Optional[Match]:
+    if not (f.reason == "NO_SOCKET" or (f.conn is not None and f.conn.outcome == "refused")):
+        return None
+    h = _hairpin(f)
+    if h is None:
+        return None
+    br, d = h
+    t = f.snapshot.target
+    src = f.journey.tuples()[0].src
+    ret = [m for m in f.moves() if m.table == "nat" and m.target == "RETURN" and "-i %s" % br.name in m.rule]
+    listen = [l for l in f.ns.listeners if l.port == t.port]
+    s = _Score()
+    s.add(3, True, f.drop_line() or "the host itself refused the connection")
+    s.add(3, True, "the packet came in on %s (from %s, a container on it); the DNAT rule excludes it: %s"
+          % (br.name, src, d.rule))
+    s.add(1, bool(ret), "%s (counter moved: traffic from the bridge leaves the DNAT chain)" % ret[0] if ret else "")
+    s.add(2, not listen, "nothing listens on %s port %d in %s (no userland proxy to take the connection)"
+          % (t.proto, t.port, f.ns.name))
+    rule = " ".join(w for w in d.rule.split()[2:])
+    rule = rule.replace("! -i %s" % br.name, "-i %s" % br.name)
+    fix = [f.ns.prefix() + "iptables -t nat -I %s 1 %s" % (d.chain, rule)]
+    return Match(s, "A container on %s connects to the host's published port %s/%d. Docker's DNAT rule skips traffic "
+                    "from the bridge (`! -i %s`) because its userland proxy, listening on the port, is meant to take "
+                    "those connections, but no proxy listens here, so the host itself refuses them. Add the hairpin "
+                    "DNAT for traffic from the bridge." % (br.name, t.proto, t.port, br.name), fix,
+                 "or run Docker's userland proxy (\"userland-proxy\": true, the default); Docker with "
+                 "userland-proxy=false writes this hairpin DNAT itself")
+
+
+def _dnat_copy_fix(f: Facts) -> Optional[list[str]]:
+    """not-dnated, for a packet arriving from outside: insert a copy of the DNAT rule restricted to what
+    the packet really had (its input interface, its destination address) instead of what it did not match."""
+    rules = f.ns.rules
+    tuples = f.journey.tuples()
+    if not rules or not tuples or not f.ingress:
+        return None
+    for d in firewall.dnat_targets(rules, f.snapshot.target.port, f.snapshot.target.proto):
+        words = d.rule.split()[2:]
+        out, i, changed = [], 0, False
+        while i < len(words):
+            neg = words[i] == "!" and i + 1 < len(words)
+            opt = words[i + 1] if neg else words[i]
+            if opt in ("-i", "-d") and i + (2 if neg else 1) < len(words):
+                val = words[i + (2 if neg else 1)]
+                want = f.ingress if opt == "-i" else tuples[0].dst
+                ok = (val == want or val.split("/")[0] == want) != neg
+                out += ([opt, want] if not ok else words[i:i + (3 if neg else 2)])
+                changed |= not ok
+                i += 3 if neg else 2
+                continue
+            out.append(words[i])
+            i += 1
+        if changed:
+            return [f.ns.prefix() + "iptables -t nat -I %s 1 %s" % (d.chain, " ".join(out))]
+    return None
+
+
+def match_foreign_nft_reply_drop(f: Facts) -> Optional[Match]:
+    if not f.seen or f.journey.direction != "reply" or not f.netfilter_drop or not f.hook:
+        return None
+    chains = [c for c in _foreign_drop_chains(f)
+              if not any(r["verdict"] == "ACCEPT" and {"established", "related"} & set(r.get("ct_state", []))
+                         for r in c["rules"])]
+    if not chains:
+        return None
+    c = chains[0]
+    passed = any(s.point == NF and s.hook == f.hook and s.stage == "last" and s.netns == f.ns.inode
+                 for r in (f.conn.requests if f.conn else []) for s in r.steps)
+    ct = next((s.ct for s in reversed(f.journey.steps) if s.ct), None)
+    new_only = [r for r in c["rules"] if r["verdict"] == "ACCEPT" and "new" in r.get("ct_state", [])]
+    s = _Score()
+    s.add(3, True, f.drop_line() + " on the %s hook; the dropped packet is a reply (from the service)" % f.hook)
+    s.add(3, True, "nft table %s %s, base chain %s (hook %s, priority %s): policy %s, no rule accepts "
+          "established/related traffic" % (c["family"], c["table"], c["chain"], c["hook"], c["prio"], c["policy"]))
+    s.add(2, passed, "the request passed the same hook (%s) in %s" % (f.hook, f.ns.name))
+    s.add(1, ct is not None and ct.state in ("REPLY", "ESTABLISHED"), "conntrack state of the reply: %s" % ct.state
+          if ct else "")
+    if new_only:
+        s.note("a rule accepts only ct state new (%d packets)" % (new_only[0]["packets"] or 0))
+    nft = f.ns.prefix() + "nft insert rule %s %s %s " % (c["family"], c["table"], c["chain"])
+    return Match(s, "nft table %s %s (not Docker's) has a base chain %s on the %s hook that lets the requests through "
+                    "but drops their replies: it has no `ct state established,related accept`, so the connection "
+                    "never completes." % (c["family"], c["table"], c["chain"], f.hook),
+                 [nft + "ct state established,related accept"])
+
+
 CATALOGUE: tuple[Cause, ...] = (
     Cause("forwarding-off", "IPv4 forwarding is off", match_forwarding_off),
     Cause("filter-forward-drop", "A firewall rule or policy in FORWARD drops it", match_filter_forward_drop),
@@ -839,6 +1074,13 @@ CATALOGUE: tuple[Cause, ...] = (
     Cause("route-localnet", "Loopback source routed out after DNAT (route_localnet)", match_route_localnet),
     Cause("reply-notrack", "The reply bypasses conntrack (NOTRACK), so it is not un-NATed", match_reply_notrack),
     Cause("reply-not-unnated", "The reply reaches the client without its NAT undone", match_reply_not_unnated),
+    Cause("pmtu-blackhole", "Path MTU black hole: large packets dropped, ICMP filtered", match_pmtu_blackhole),
+    Cause("reply-policy-route", "Policy routing sends the reply out of another uplink", match_reply_policy_route),
+    Cause("bridge-port-down", "The container's bridge port is down", match_bridge_port_down),
+    Cause("no-hairpin-dnat", "A container calls the published port; the DNAT excludes its bridge",
+          match_no_hairpin_dnat),
+    Cause("foreign-nft-reply-drop", "Another nft table drops the replies (no established accept)",
+          match_foreign_nft_reply_drop),
 )
 
 

@@ -26,6 +26,10 @@ from dnattrace.target import Target
 SETTLE_S = 0.25
 # A request delivered this long ago without a reply is decided: no reply is coming.
 NO_REPLY_S = 1.5
+# An attempt that looks answered may not be: its reply can still be dropped after waiting for a neighbour
+# (about 3 s of ARP), or, once the handshake is done, its first data reply can be dropped (a path MTU
+# black hole). Keep watching up to this long after the decision for that.
+REPLY_WAIT_S, DATA_WAIT_S = 4.0, 1.0
 # A diagnosis needs a few attempts, not all of a busy port's traffic: new journeys a second at most.
 MAX_NEW = 1000
 
@@ -69,6 +73,32 @@ def _decided(c: model.Connection) -> bool:
     return bool(c.replies) or any(j.outcome == "dropped" for j in c.openers)
 
 
+def _left(j: model.Journey) -> bool:
+    """The packet was handed to a device after its last route decision, or its end is known."""
+    if j.outcome != "unfinished":
+        return True
+    routes = [s for s in j.steps if s.point == model.ROUTE]
+    if routes and routes[-1].route is not None and routes[-1].route.local:
+        return True         # delivered to this namespace's own socket (TCP frees it without a tracepoint)
+    return any(s.point == model.XMIT and (not routes or s.ts_ns > routes[-1].ts_ns) for s in j.steps)
+
+
+def _wait_needed(builder) -> float:
+    """How long after the decision to keep watching: REPLY_WAIT_S while a TCP reply has not been seen
+    leaving (parked on a neighbour, say: it may still be dropped), DATA_WAIT_S while a handshake was
+    answered and no data reply was seen yet (the first data packets may be dropped), else 0."""
+    first = lambda j: next((s.tuple for s in j.steps if s.tuple), None)
+    replies = [j for j in builder.open.values() if first(j) is not None and builder.is_request(first(j)) is False]
+    replies += [j for c in builder.connections for j in c.replies]
+    tcp = [j for j in replies if first(j) is not None and first(j).proto == 6]
+    if any(not _left(j) for j in tcp):
+        return REPLY_WAIT_S
+    flags = [j.first.tcp_flags for j in tcp]
+    if any("S" in f and "R" not in f for f in flags) and not any(f and "S" not in f and "R" not in f for f in flags):
+        return DATA_WAIT_S
+    return 0.0
+
+
 def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
         traffic: Optional[Callable[[], None]] = None, on_ready: Optional[Callable[[], None]] = None,
         caps=None, local=None) -> Result:
@@ -91,12 +121,18 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
                 on_journey(j, c)
 
         def settled():
-            """Stop SETTLE_S after the first attempt was decided (a reply on its way counts, and so does
-            a request delivered to the service that has had no reply for NO_REPLY_S)."""
+            """Stop SETTLE_S after the first attempt was decided (a reply on its way counts, and so does a
+            request delivered to the service that has had no reply for NO_REPLY_S), or later while an
+            answered-looking attempt may still fail (_wait_needed)."""
             if res.first_failure_at is None and (follower.builder.open_replies()
                                                  or _unanswered(follower.builder.connections)):
                 res.first_failure_at = time.monotonic()
-            return res.first_failure_at is not None and time.monotonic() >= res.first_failure_at + SETTLE_S
+            if res.first_failure_at is None:
+                return False
+            now = time.monotonic()
+            if now < res.first_failure_at + SETTLE_S:
+                return False
+            return now >= res.first_failure_at + max(SETTLE_S, _wait_needed(follower.builder))
 
         # run() also finishes what is still open at the end: replies on their way count as seen
         follower.run(seen, duration=timeout, stop=settled, poll_ms=50)

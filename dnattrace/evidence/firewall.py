@@ -175,7 +175,8 @@ def read_nft(netns=None) -> Ruleset:
 
 def parse_nft_base_chains(text: str) -> list[dict]:
     """Base chains (those attached to a hook) of every ip/inet nft table, with their rules' counters and
-    verdicts: {"family", "table", "chain", "hook", "prio", "policy", "rules": [{"verdict", "packets"}]}.
+    verdicts: {"family", "table", "chain", "hook", "prio", "policy", "rules": [{"verdict", "packets",
+    and "ct_state" (the states a `ct state` match names) when it has one}]}.
     Every base chain on a hook runs: an ACCEPT in iptables-nft's `ip filter` does not stop another
     table's chain from dropping the packet."""
     data = json.loads(text or "{}").get("nftables", [])
@@ -188,14 +189,21 @@ def parse_nft_base_chains(text: str) -> list[dict]:
                 policy=(c.get("policy") or "accept").upper(), rules=[])
         r = item.get("rule")
         if r and (r.get("family"), r.get("table"), r.get("chain")) in chains:
-            verdict, pk = "", None
+            verdict, pk, states = "", None, []
             for e in r.get("expr", []):
                 if isinstance(e.get("counter"), dict):
                     pk = e["counter"].get("packets", 0)
+                m = e.get("match")
+                if isinstance(m, dict) and isinstance(m.get("left"), dict) and m["left"].get("ct", {}).get("key") == "state":
+                    right = m.get("right")
+                    states += right if isinstance(right, list) else [right]
                 for k in ("accept", "drop", "reject", "jump", "goto"):
                     if k in e:
                         verdict = k.upper()
-            chains[(r["family"], r["table"], r["chain"])]["rules"].append(dict(verdict=verdict, packets=pk))
+            rule = dict(verdict=verdict, packets=pk)
+            if states:
+                rule["ct_state"] = [str(x) for x in states]
+            chains[(r["family"], r["table"], r["chain"])]["rules"].append(rule)
     return list(chains.values())
 
 

@@ -29,6 +29,7 @@ class Link:
     kind: str = ""                  # veth, bridge, ... ("" for physical/loopback)
     master: str = ""                # bridge the link is a port of
     addresses: list[str] = field(default_factory=list)   # IPv4 CIDRs
+    mtu: int = 0
 
 
 @dataclass
@@ -82,7 +83,8 @@ def _links(netns=None) -> list[Link]:
         kind = info.get_attr("IFLA_INFO_KIND") if info else ""
         master = m.get_attr("IFLA_MASTER")
         out[m["index"]] = Link(name=names[m["index"]], index=m["index"], state=m.get_attr("IFLA_OPERSTATE") or "",
-                               up=bool(m["flags"] & 1), kind=kind or "", master=names.get(master, "") if master else "")
+                               up=bool(m["flags"] & 1), kind=kind or "", master=names.get(master, "") if master else "",
+                               mtu=m.get_attr("IFLA_MTU") or 0)
     for a in addrs:
         if a["index"] in out:
             out[a["index"]].addresses.append("%s/%d" % (a.get_attr("IFA_ADDRESS"), a["prefixlen"]))
@@ -169,6 +171,15 @@ def routes(netns=None) -> list[str]:
             line = "%s %s" % (RTN_TYPES.get(r["type"], r["type"]), line)
         out.append(line)
     return out
+
+
+def ip_rules(netns=None) -> list[str]:
+    """The IPv4 policy routing rules as `ip rule` prints them ("100: from all iif docker0 lookup 100")."""
+    import subprocess
+    prefix = ["nsenter", "--net=%s" % netns] if netns else []
+    out = subprocess.run(prefix + ["ip", "-4", "rule", "show"], capture_output=True, text=True, timeout=10,
+                         check=True).stdout
+    return [" ".join(l.split()) for l in out.splitlines() if l.strip()]
 
 
 def veth_peer_nsids(netns=None) -> set[int]:

@@ -35,6 +35,7 @@ class NsEvidence:
     errors: list[str] = field(default_factory=list)  # evidence that could not be read, and why
     nft_chains: list[dict] = field(default_factory=list)  # nft base chains of every table (firewall.py)
     ct_entries: list[str] = field(default_factory=list)  # conntrack entries to the watched ports
+    ip_rules: list[str] = field(default_factory=list)    # policy routing rules (`ip -4 rule show`)
 
     def link(self, name: str) -> Optional[Link]:
         return next((l for l in self.links if l.name == name), None)
@@ -83,6 +84,7 @@ def read_namespace(name: str, netns=None, ports=(), proto="tcp", lookups=(), nei
         if n is not None:
             ev.neighbours.append(n)
     ev.nft_chains = _gather(ev, firewall.read_nft_base_chains, netns) or []
+    ev.ip_rules = _gather(ev, links.ip_rules, netns) or []
     ev.ct_entries = [e for p in sorted(ports) for e in (_gather(ev, conntrack.entries, proto, p, netns) or [])]
     found = _gather(ev, sockets.listeners, None, proto, netns) or []
     ev.listeners = [l for l in found if not ports or l.port in ports]

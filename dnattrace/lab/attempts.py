@@ -12,8 +12,11 @@ from dnattrace.diagnose import probeclient
 @contextlib.contextmanager
 def background(inst, count: int = 2, timeout: float = 2.0):
     """Run `count` attempts of instance `inst`'s client during the block; stopped (or joined) after it."""
+    from dnattrace.lab import scenarios
     proc, thread = None, None
-    if inst.proto == "udp":     # the lab's own UDP client: datagrams from one fixed source port
+    # the lab's own client: UDP datagrams from one fixed source port, or a request whose large response
+    # must be read whole (a fault after the handshake shows only there)
+    if inst.proto == "udp" or scenarios.get(inst.scenario).large_response:
         thread = threading.Thread(target=inst.traffic, kwargs=dict(attempts=count, timeout=min(timeout, 1.5)),
                                   daemon=True)
         thread.start()

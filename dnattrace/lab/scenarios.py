@@ -37,7 +37,8 @@ class Scenario:
     drop_delay: float = 0.0         # seconds between the first packet and its drop (neighbour timeouts)
     # Where the client is (a layout, not a fault): "outside" (its own namespace), "host" (a process in
     # the host namespace connecting to the host's outside address), "localhost" (the same, to 127.0.0.1,
-    # with the DNAT rules CNI portmap / netavark write for it).
+    # with the DNAT rules CNI portmap / netavark write for it), "sibling" (a second container on the same
+# bridge connecting to the host's published address).
     client: str = "outside"
     proto: str = "tcp"              # "udp": a UDP echo service published on 5353 -> container :53
     bridge_up: bool = True          # the docker0-like bridge is up
@@ -47,6 +48,15 @@ class Scenario:
     output_dnat: bool = True        # nat OUTPUT jumps to DOCKER (host-local clients get DNATed)
     route_localnet: bool = True     # net.ipv4.conf.BRIDGE.route_localnet=1 (localhost client layout)
     udp_stale: bool = False         # the client's UDP flow was tracked before the port was published
+    # Layout, not a fault: the service answers GET /big with a large body in one write (a bulk download),
+    # and the lab's traffic fetches all of it.
+    large_response: bool = False
+    pmtu_blackhole: bool = False    # smaller MTU on the host's outside link, ICMP "fragmentation needed" dropped
+    reply_uplink: bool = False      # a second uplink and an `ip rule iif BRIDGE` sending the replies out of it
+    ctr_port_up: bool = True        # the container's veth (its bridge port) is up
+    hairpin: bool = True            # client "sibling" only: the DNAT also applies to traffic from the bridge
+    dnat_other_iface: bool = False  # the DNAT rule is restricted (-i) to an interface the clients do not use
+    foreign_forward_new_only: bool = False  # a native nft forward chain accepts new requests, not their replies
 
     def to_dict(self):
         return {k: getattr(self, k) for k in ("id", "description", "cause", "drop_function", "drop_reason",
@@ -116,6 +126,45 @@ SCENARIOS += [
              "fails (https://github.com/rkt/rkt/issues/2283, https://github.com/containers/netavark/issues/362).",
              cause="route-localnet", drop_function="nf_hook_slow", drop_reason="NETFILTER_DROP", drop_ns="host",
              client="localhost", route_localnet=False),
+]
+
+# More from /work/notes/scenarios.md (ctr-to-published-no-hairpin is its
+# container-to-published-port-no-hairpin-dnat, shortened: an instance is named after its scenario): a fault after the handshake, reply-path failures, and drop
+# signatures shared with the scenarios above (the tests prove they are told apart).
+SCENARIOS += [
+    Scenario("mtu-pmtud-blackhole", "The host's outside link has a smaller MTU (1400) and ICMP \"fragmentation "
+             "needed\" is filtered: the handshake and the request work, the large response stalls "
+             "(https://github.com/moby/moby/issues/20178, https://github.com/moby/moby/issues/22028).",
+             cause="pmtu-blackhole", drop_function="ip_forward", drop_reason="PKT_TOO_BIG", drop_ns="host",
+             large_response=True, pmtu_blackhole=True),
+    Scenario("reply-policy-route", "A second uplink and a policy rule for traffic from the bridge (as VPN / "
+             "exit-node tools install) send the container's replies out of another interface than the requests "
+             "came in by; its gateway does not answer ARP (https://github.com/moby/moby/issues/35251, "
+             "https://github.com/tailscale/tailscale/issues/9164).", cause="reply-policy-route",
+             drop_function="neigh_invalidate", drop_reason="NEIGH_FAILED", drop_ns="host", reply_uplink=True,
+             drop_delay=3.5),
+    Scenario("bridge-port-down", "The container's veth (its port on the docker0-like bridge) is down: ARP for "
+             "the container fails (https://github.com/coreos/bugs/issues/122, "
+             "https://github.com/wukongdaily/OrangePiShell/issues/18).", cause="bridge-port-down",
+             drop_function="neigh_invalidate", drop_reason="NEIGH_FAILED", drop_ns="host", ctr_port_up=False,
+             drop_delay=3.5),
+    Scenario("ctr-to-published-no-hairpin", "A second container on the bridge connects to the "
+             "host's published address; the DNAT rule excludes traffic from the bridge (`! -i BRIDGE`, the layout "
+             "that expects Docker's userland proxy) and no proxy listens, so the host refuses it "
+             "(https://github.com/moby/moby/issues/40518, https://github.com/moby/moby/issues/38784).",
+             cause="no-hairpin-dnat", drop_function="tcp_v4_rcv", drop_reason="NO_SOCKET", drop_ns="host",
+             client="sibling", hairpin=False),
+    Scenario("dnat-wrong-iface", "The DNAT rule is restricted to an input interface the clients do not come in "
+             "by (a renamed or other NIC), so their SYNs reach the host itself, where nothing listens "
+             "(https://github.com/canonical/lxd/issues/1102, "
+             "https://github.com/SierraSoftworks/tailscale-unifi/issues/104).", cause="not-dnated",
+             drop_function="tcp_v4_rcv", drop_reason="NO_SOCKET", drop_ns="host", dnat_other_iface=True),
+    Scenario("nft-forward-no-established", "A native nft `table inet filter` forward chain (policy drop) accepts "
+             "new connections to the container but has no established/related accept: the SYN passes, the "
+             "SYN-ACK is dropped (https://unix.stackexchange.com/questions/657545/nftables-whitelisting-docker, "
+             "https://github.com/greenpau/cni-plugins/issues/12).", cause="foreign-nft-reply-drop",
+             drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host",
+             foreign_forward_new_only=True),
 ]
 
 BY_ID = {s.id: s for s in SCENARIOS}

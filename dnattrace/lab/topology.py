@@ -28,9 +28,17 @@ UDP_TIMEOUT = 3600           # host ns only: the stale UDP entry outlives a slow
 CONNTRACK_MAX = 256          # global limit while conntrack-full is up: small, but above a quiet host's count
 
 
+SIBLING_ADDR = "172.31.0.3"   # client "sibling": a second container on the bridge
+UPLINK2_ADDR, UPLINK2_GW = "203.0.113.1", "203.0.113.254"   # reply_uplink: the second uplink, a gateway nobody has
+REPLY_TABLE, REPLY_RULE_PREF = 100, 100
+BLACKHOLE_MTU = 1400
+BIG_PATH, BIG_SIZE = "/big", 256 * 1024
+
+
 def names(name, token):
     return dict(client_ns=name + "-client", host_ns=name + "-host", container_ns=name + "-ctr",
-                outside_if=token + "o", client_if=token + "c", bridge=token + "br", ctr_veth=token + "v")
+                sibling_ns=name + "-sib", outside_if=token + "o", client_if=token + "c", bridge=token + "br",
+                ctr_veth=token + "v", sibling_veth=token + "s", uplink2=token + "u", uplink2_peer=token + "w")
 
 
 def docker_rules(bridge, ctr_addr, dnat_to, forward_accept=True, input_drop=False):
@@ -143,12 +151,7 @@ def build(inst, sc):
     net.run(["ip", "link", "add", n["bridge"], "type", "bridge"], netns=host)
     net.add_addr(n["bridge"], "%s/%d" % (BRIDGE_ADDR, BRIDGE_PREFIX), host)
     net.run(["ip", "link", "set", n["bridge"], "up"], netns=host)
-    net.run(["ip", "link", "add", n["ctr_veth"], "type", "veth", "peer", "name", "eth0", "netns", ctr],
-            netns=host)
-    net.run(["ip", "link", "set", n["ctr_veth"], "master", n["bridge"], "up"], netns=host)
-    net.run(["ip", "link", "set", "eth0", "up"], netns=ctr)
-    net.add_addr("eth0", "%s/%d" % (CONTAINER_ADDR, BRIDGE_PREFIX), ctr)
-    net.run(["ip", "route", "add", "default", "via", BRIDGE_ADDR], netns=ctr)
+    attach_container(n, ctr, n["ctr_veth"], CONTAINER_ADDR)
 
     net.run(["iptables-restore"], netns=host,
             input=docker_rules(n["bridge"], sc.dnat_target or CONTAINER_ADDR, sc.dnat_target or CONTAINER_ADDR,
@@ -171,7 +174,9 @@ def build(inst, sc):
 
     apply_knobs(inst, sc, n)
     www = make_www(inst)
-    if sc.proto == "udp":
+    if sc.large_response:
+        start_bulk_server(inst, ctr)
+    elif sc.proto == "udp":
         start_udp_echo(inst, ctr)
         if sc.udp_stale:
             send_udp_first(n)
@@ -203,6 +208,115 @@ def apply_knobs(inst, sc, n):
                  "--dst-type", "LOCAL", "-j", "DOCKER"], netns=host)
     if sc.client == "localhost":
         localhost_dnat(n, sc.route_localnet)
+    if sc.pmtu_blackhole:
+        pmtu_blackhole(n)
+    if sc.reply_uplink:
+        add_reply_uplink(n)
+    if not sc.ctr_port_up:
+        net.run(["ip", "link", "set", n["ctr_veth"], "down"], netns=host)
+    if sc.client == "sibling":
+        add_sibling(inst, n)
+        if sc.hairpin:
+            hairpin_dnat(n)
+    if sc.dnat_other_iface:
+        dnat_other_iface(n)
+    if sc.foreign_forward_new_only:
+        add_foreign_forward_new_only(host)
+
+
+def pmtu_blackhole(n):
+    """A path MTU black hole: the host's outside link carries less than the 1500 bytes both ends assume
+    (a tunnel, a cloud overlay), and the ICMP "fragmentation needed" the host sends back is filtered, so
+    the container never learns to send smaller segments."""
+    host = n["host_ns"]
+    net.run(["ip", "link", "set", n["outside_if"], "mtu", str(BLACKHOLE_MTU)], netns=host)
+    net.run(["iptables", "-I", "OUTPUT", "-p", "icmp", "--icmp-type", "fragmentation-needed", "-j", "DROP"],
+            netns=host)
+
+
+def add_reply_uplink(n):
+    """A second uplink and a policy rule for traffic coming from the bridge, as VPN / exit-node tools
+    install: the containers' replies leave by it (towards a gateway that does not exist here)."""
+    host = n["host_ns"]
+    net.run(["ip", "link", "add", n["uplink2"], "type", "veth", "peer", "name", n["uplink2_peer"]], netns=host)
+    for dev in (n["uplink2"], n["uplink2_peer"]):
+        net.run(["ip", "link", "set", dev, "up"], netns=host)
+    net.add_addr(n["uplink2"], UPLINK2_ADDR + "/24", host)
+    net.run(["ip", "route", "add", "default", "via", UPLINK2_GW, "dev", n["uplink2"], "table", str(REPLY_TABLE)],
+            netns=host)
+    net.run(["ip", "rule", "add", "iif", n["bridge"], "lookup", str(REPLY_TABLE), "pref", str(REPLY_RULE_PREF)],
+            netns=host)
+
+
+def add_sibling(inst, n):
+    """A second container on the bridge (the client of the "sibling" layout)."""
+    sib = n["sibling_ns"]
+    inst.record("netns", name=sib)
+    net.add_netns(sib)
+    base_sysctls(sib, False)
+    attach_container(n, sib, n["sibling_veth"], SIBLING_ADDR)
+
+
+def attach_container(n, ns, veth, addr):
+    """A veth from the bridge into container namespace `ns` (eth0 there, `addr`, default route via the bridge)."""
+    host = n["host_ns"]
+    net.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns], netns=host)
+    net.run(["ip", "link", "set", veth, "master", n["bridge"], "up"], netns=host)
+    net.run(["ip", "link", "set", "eth0", "up"], netns=ns)
+    net.add_addr("eth0", "%s/%d" % (addr, BRIDGE_PREFIX), ns)
+    net.run(["ip", "route", "add", "default", "via", BRIDGE_ADDR], netns=ns)
+
+
+def hairpin_dnat(n):
+    """Docker's userland-proxy=false layout: the DNAT applies to traffic from the bridge too."""
+    host, br = n["host_ns"], n["bridge"]
+    net.run(["iptables", "-t", "nat", "-I", "DOCKER", "1", "-i", br, "-p", "tcp", "-m", "tcp", "--dport",
+             str(PUBLISHED_PORT), "-j", "DNAT", "--to-destination", "%s:%d" % (CONTAINER_ADDR, CONTAINER_PORT)],
+            netns=host)
+
+
+def dnat_other_iface(n):
+    """The DNAT rule restricted to an input interface the clients do not use (a NIC renamed since the
+    rule was written, or another uplink): its `! -i BRIDGE` becomes `-i OTHER`."""
+    host, br = n["host_ns"], n["bridge"]
+    net.run(["iptables", "-t", "nat", "-R", "DOCKER", "2", "-i", n["uplink2"], "-p", "tcp", "-m", "tcp",
+             "--dport", str(PUBLISHED_PORT), "-j", "DNAT", "--to-destination",
+             "%s:%d" % (CONTAINER_ADDR, CONTAINER_PORT)], netns=host)
+
+
+def add_foreign_forward_new_only(host):
+    """A hand-written nftables.conf forward chain, policy drop, that lets new connections to the container
+    in and forgets the replies (no `ct state established,related accept`)."""
+    net.run(["nft", "-f", "-"], netns=host,
+            input="table inet filter {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n"
+                  "  ip daddr %s tcp dport %d ct state new counter accept\n }\n}\n" % (CONTAINER_ADDR, CONTAINER_PORT))
+
+
+_BULK_HTTP = r'''
+import socket, sys
+body = bytes(range(256)) * (int(sys.argv[2]) // 256)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", int(sys.argv[1]))); s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    try:
+        req = c.recv(4096)
+        big = req.split(b" ")[1:2] == [sys.argv[3].encode()]
+        data = body if big else b"dnattrace lab\n"
+        # headers and body in one write, as a web server does: the first reply segment is full-sized
+        c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+    except OSError:
+        pass
+    finally:
+        c.close()
+'''
+
+
+def start_bulk_server(inst, ns):
+    """A web server on the container port whose GET /big answers with a large body in one write."""
+    _start_service(inst, ns, [sys.executable, "-c", _BULK_HTTP, str(CONTAINER_PORT), str(BIG_SIZE), BIG_PATH],
+                   "-Hltn", CONTAINER_PORT, "bulk HTTP server")
 
 
 def add_reply_notrack(n):
@@ -238,18 +352,23 @@ _UDP_ECHO = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM
 
 def start_udp_echo(inst, ns):
     """A UDP echo server on the container port (own session, recorded like the HTTP server)."""
-    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _UDP_ECHO], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    _start_service(inst, ns, [sys.executable, "-c", _UDP_ECHO], "-Hlun", UDP_CONTAINER_PORT, "UDP echo server")
+
+
+def _start_service(inst, ns, argv, ss_flags, port, what):
+    """Run argv in `ns` in its own session (so it outlives the CLI), record its pid, wait until it listens."""
+    p = subprocess.Popen(["ip", "netns", "exec", ns] + argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
     p.returncode = 0
     time.sleep(0.01)
     from dnattrace.lab import state
     inst.record("process", pid=p.pid, start=state.process_start(p.pid), netns=ns)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if net.run(["ss", "-Hlun", "sport = :%d" % UDP_CONTAINER_PORT], netns=ns, check=False).stdout.strip():
+        if net.run(["ss", ss_flags, "sport = :%d" % port], netns=ns, check=False).stdout.strip():
             return
         time.sleep(0.05)
-    raise net.NetError("the lab UDP echo server did not start in %s" % ns)
+    raise net.NetError("the lab %s did not start in %s" % (what, ns))
 
 
 def send_udp_first(n):
@@ -277,9 +396,11 @@ def describe(name, token, sc):
     on_host = sc.client in ("host", "localhost")
     target_addr = LOCALHOST if sc.client == "localhost" else OUTSIDE_ADDR
     port = HOST_SERVICE_PORT if sc.input_drop else UDP_PUBLISHED_PORT if sc.proto == "udp" else PUBLISHED_PORT
-    return dict(client_ns=n["host_ns"] if on_host else n["client_ns"], host_ns=n["host_ns"],
+    client_ns = n["host_ns"] if on_host else n["sibling_ns"] if sc.client == "sibling" else n["client_ns"]
+    client_addr = target_addr if on_host else SIBLING_ADDR if sc.client == "sibling" else CLIENT_ADDR
+    return dict(client_ns=client_ns, host_ns=n["host_ns"],
                 container_ns=n["container_ns"], container_name=None,
-                client_addr=target_addr if on_host else CLIENT_ADDR, target_addr=target_addr, target_port=port,
+                client_addr=client_addr, target_addr=target_addr, target_port=port,
                 proto=sc.proto, container_addr=CONTAINER_ADDR,
                 container_port=UDP_CONTAINER_PORT if sc.proto == "udp" else CONTAINER_PORT,
                 outside_if=n["outside_if"], bridge=n["bridge"])

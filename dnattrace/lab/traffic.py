@@ -47,23 +47,38 @@ for _ in range(attempts):
 print(json.dumps(out))
 '''
 
-# Runs in the client namespace. Reasons: ok, timeout, refused, unreachable, reset, no-response, error.
+# Runs in the client namespace. Reasons: ok, timeout, refused, unreachable, reset, no-response, stalled (the
+# headers came, the body did not: only for a path other than "/", whose whole body is read), error.
 _REQUEST = r'''
 import errno, json, socket, sys, time
 addr, port, attempts, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+path = sys.argv[5] if len(sys.argv) > 5 else "/"
 out = []
 for _ in range(attempts):
     t0 = time.monotonic(); reason = "ok"; status = None
     s = socket.socket(); s.settimeout(timeout)
     try:
         s.connect((addr, port))
-        s.sendall(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
+        s.sendall(b"GET %s HTTP/1.0\r\nHost: lab\r\n\r\n" % path.encode())
         data = s.recv(256)
         status = data.split(b"\r\n", 1)[0].decode("ascii", "replace") if data else None
         if not (status or "").startswith("HTTP/"):
             reason = "no-response"
+        elif path != "/":   # a large response: read all of it (bounded), the body must be complete
+            head, _, body = data.partition(b"\r\n\r\n")
+            want = int(([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+                        or [b"0"])[0])
+            got = len(body)
+            while got < want and time.monotonic() - t0 < timeout:
+                s.settimeout(max(0.01, timeout - (time.monotonic() - t0)))
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+            if got < want:
+                reason = "stalled"
     except socket.timeout:
-        reason = "timeout"
+        reason = "stalled" if status else "timeout"
     except ConnectionRefusedError:
         reason = "refused"
     except ConnectionResetError:
@@ -113,6 +128,13 @@ def _client(inst, script, *args, timeout):
     return json.loads(p.stdout)
 
 
+def request_path(inst):
+    """What the lab's client fetches: the large response of a scenario that serves one, else "/"."""
+    from dnattrace.lab import scenarios, topology
+    sc = scenarios.BY_ID.get(inst.scenario)
+    return topology.BIG_PATH if sc is not None and sc.large_response else "/"
+
+
 def request(inst, attempts=1, timeout=2.0):
     """`attempts` sequential TCP connects + HTTP GET to the instance's target (UDP instances: a datagram
     and its echo), each bounded by `timeout`."""
@@ -121,7 +143,8 @@ def request(inst, attempts=1, timeout=2.0):
     if inst.proto == "udp":
         out = _client(inst, _UDP_REQUEST, attempts, timeout, UDP_SPORT, timeout=attempts * (timeout + 1) + 10)
     else:
-        out = _client(inst, _REQUEST, attempts, timeout, timeout=attempts * (timeout + 1) + 10)
+        out = _client(inst, _REQUEST, attempts, timeout, request_path(inst),
+                      timeout=attempts * (timeout + 1) + 10)
     failed = [a for a in out if not a["ok"]]
     return TrafficResult(ok=not failed, reason=failed[0]["reason"] if failed else "ok", attempts=out)
 
