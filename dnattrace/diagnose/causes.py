@@ -789,9 +789,10 @@ def _notrack_moves(f: Facts) -> list[CounterMove]:
 
 
 def _untracked_on_host(f: Facts) -> bool:
-    """The reply crossed the host's hooks without a conntrack entry."""
+    """The reply crossed the host's hooks without a conntrack entry: seen at a hook's last position,
+    where conntrack has run (at the first position of PREROUTING and OUTPUT it has not yet)."""
     host = f.snapshot.host.inode
-    return any(s.point == NF and s.netns == host and s.ct is None for s in f.journey.steps)
+    return any(s.point == NF and s.netns == host and s.stage == "last" and s.ct is None for s in f.journey.steps)
 
 
 def match_reply_notrack(f: Facts) -> Optional[Match]:
