@@ -93,7 +93,8 @@ def ip_forward() -> str:
 
 
 def files_under(run_dir) -> list[str]:
-    return sorted(os.path.join(d, f) for d, _, fs in os.walk(run_dir) for f in fs)
+    # capabilities.json is this boot's answers to the capability trials: a cache meant to stay
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(run_dir) for f in fs if f != "capabilities.json")
 
 
 def processes_of(run_dir) -> list[int]:

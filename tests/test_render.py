@@ -16,7 +16,7 @@ def test_table_has_headers_rows_and_totals():
 
 def test_json_line_is_one_compact_line():
     line = tables.json_line({"a": 1, "b": [1, 2], "c": None})
-    assert "\n" not in line and json.loads(line) == {"a": 1, "b": [1, 2], "c": None}
+    assert "\n" not in line and json.loads(line) == {"schema": 1, "a": 1, "b": [1, 2], "c": None}
 
 
 def test_emit_and_shorten():
