@@ -36,6 +36,12 @@ class Scenario:
     dnat_target: str | None = None  # DNAT to this address instead of the container's (a missing host)
     drop_delay: float = 0.0         # seconds between the first packet and its drop (neighbour timeouts)
 
+    def drop_site_matches(self, location: str) -> bool:
+        """Is `location` ("function+0xoff") this scenario's drop function? Compared without the compiler's
+        suffixes: 6.1 drops in ip_rcv_finish_core.constprop.0+0x1ab."""
+        from dnattrace.kernel.kallsyms import base_name
+        return bool(self.drop_function) and base_name(location.split("+")[0]) == self.drop_function
+
     def to_dict(self):
         return {k: getattr(self, k) for k in ("id", "description", "cause", "drop_function", "drop_reason",
                                               "drop_ns", "docker", "expect_ok")}
