@@ -1,5 +1,6 @@
 """`dnattrace diagnose` and `demo` on the real kernel: every lab scenario gets its ground-truth cause."""
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -9,7 +10,7 @@ import pytest
 
 from dnattrace import lab
 from dnattrace.diagnose import probeclient
-from conftest import slow
+from conftest import require, slow
 from dnattrace.netns import build as net
 from dnattrace.lab import scenarios
 
@@ -144,5 +145,8 @@ def test_demo_end_to_end(root):
     (["--port", "80", "--timeout", "0"], 2, "--timeout"),
 ])
 def test_bad_input(root, args, code, needle):
+    if "--container" in args:     # telling "no such container" needs an engine to ask
+        require(bool(shutil.which("docker")) and subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
+                "a Docker engine (docker info)")
     p = subprocess.run(CLI + ["diagnose"] + args, capture_output=True, text=True, timeout=slow(60))
     assert p.returncode == code and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

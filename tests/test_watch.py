@@ -1,6 +1,7 @@
 """`dnattrace watch` on the real kernel, against lab scenarios (namespace hosts and real Docker)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,10 +148,14 @@ def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(lab_inst
         "the SYN and its retransmissions are one attempt"
     assert [j["transmission"] for j in syns] == list(range(1, len(syns) + 1))
     for j in syns:
-        last, before = j["steps"][-1], j["steps"][-2]
+        last = j["steps"][-1]
         assert last["point"] == "drop" and last["location"].startswith("ip_error+")
         assert last["reason"] == "IP_INADDRERRORS"
-        assert before["point"] == "route" and before["route"]["oif"] == inst.bridge
+        # just before: the route lookup, then (where fexit/kretprobe on ip_route_input_noref work) its result
+        before = [s["point"] for s in j["steps"][-3:-1]]
+        assert before in (["route", "rtresult"], [j["steps"][-3]["point"], "route"]), j["steps"]
+        route = [s for s in j["steps"] if s["point"] == "route"][-1]
+        assert route["route"]["oif"] == inst.bridge
     conn = next(c for c in summary["connections"] if c["key"] == syns[0]["connection"])
     assert conn["outcome"] == "dropped" and conn["dropped"] == conn["transmissions"] == len(syns)
 
@@ -210,7 +215,9 @@ def test_pcap_has_one_record_per_point(lab_instance, tmp_path):
     inst = lab_instance("forwarding-off")
     pcap = tmp_path / "j.pcapng"
     journeys, _ = watch_lab(inst, timeout=1.2, extra=["--pcap", str(pcap)])
-    with_packet = sum(1 for j in journeys for s in j["steps"] if s["point"] != "route")
+    # (nor the route result and a hook's verdict, where the kernel gives them: the verdict comes after
+    # the skb is freed, the route result is a dst, not the packet)
+    with_packet = sum(1 for j in journeys for s in j["steps"] if s["point"] not in ("route", "rtresult", "verdict"))
     records = list(RawPcapNgReader(str(pcap)))
     assert records, "the pcapng file has records"
     # every point carries the packet as captured there, except the route lookup (a lookup, not a packet)
@@ -242,6 +249,9 @@ def test_container_option_follows_into_docker(lab_instance):
     ([], "--port PORT or --container"),
 ])
 def test_bad_input_is_one_line(root, args, needle):
+    if "--container" in args:     # telling "no such container" needs an engine to ask
+        require(subprocess.run(["docker", "info"], capture_output=True).returncode == 0 if shutil.which("docker")
+                else False, "a Docker engine (docker info)")
     p = subprocess.run([sys.executable, "-m", "dnattrace.cli", "watch", "--duration", str(slow(1))] + args,
                        capture_output=True, text=True, timeout=slow(60))
     assert p.returncode == 2
@@ -274,12 +284,13 @@ def test_count_stops_after_n_attempts_and_src_filters(lab_instance):
         journeys, summary = finish(p)
     finally:
         probeclient.stop(client)
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < slow(10)
     assert len({json.dumps(j["connection"]) for j in journeys}) == 1
     # --src: two watches side by side, one for the client's range (sees the attempt), one for another
     # range (does not)
+    # (the second watch's start-up runs inside the first one's window: under emulation that is seconds)
     inside = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--src", "198.51.100.0/24",
-                         "--duration", str(slow(2.5)))
+                         "--duration", str(slow(2.5) + slow(2.5) - 2.5))
     outside = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--src", "203.0.113.0/24",
                           "--duration", str(slow(2.5)))
     client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 1, 1.0)
@@ -315,9 +326,12 @@ def test_udp_to_a_closed_port_is_followed_to_its_drop(netns):
     journeys, summary = finish(p)
     dgrams = [j for j in journeys if j["direction"] == "request"]
     assert len(dgrams) == 3, "each datagram is its own journey"
+    # a BPF netfilter link is itself a hook; where hooks come from nf_hook_slow (no links), a namespace
+    # without netfilter rules has no hooks for a packet to pass
+    links = p.start["probes"].get("netfilter hooks", [""])[0].startswith("nf_")
     for j in dgrams:
         hooks = [s.get("hook") for s in j["steps"] if s["point"] == "nf"]
-        assert "PREROUTING" in hooks and "INPUT" in hooks
+        assert ("PREROUTING" in hooks and "INPUT" in hooks) if links else hooks == [], j["steps"]
         route = next(s for s in j["steps"] if s["point"] == "route")
         assert route["route"]["local"] is True
         assert j["steps"][-1]["reason"] == "NO_SOCKET" and j["steps"][-1]["netns_name"] == host
