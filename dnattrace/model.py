@@ -95,9 +95,10 @@ class Step:
     ct: Optional[CtInfo] = None
     route: Optional[RouteInfo] = None
     location: str = ""              # DROP / CONSUME: symbolized site, e.g. "ip_error+0x68"
-    reason: str = ""                # DROP: kernel drop reason name, e.g. "IP_INADDRERRORS"
+    reason: str = ""                # DROP: kernel drop reason name, e.g. "IP_INADDRERRORS"; RTRESULT: errno name
     out_ifname: str = ""            # NF: the hook's output device when known
     seq: Optional[int] = None       # TCP: the sequence number (a SYN's tells a new connection on a reused port)
+    reason_inferred: Optional[bool] = None   # DROP: True when the kernel reports no drop reasons (before 5.17): inferred from the site
 
     @property
     def where(self) -> str:
@@ -113,6 +114,7 @@ class Journey:
     steps: list[Step] = field(default_factory=list)
     direction: str = "request"      # "request" (towards the service) or "reply"
     lost_events: int = 0            # ring-buffer losses while this journey was open
+    unobservable: list[str] = field(default_factory=list)   # points this kernel cannot show ("netfilter hooks")
 
     @property
     def first(self) -> Step:
@@ -296,6 +298,8 @@ def _step_dict(s: Step) -> dict:
         d["out_ifname"] = s.out_ifname
     if s.seq is not None:
         d["seq"] = s.seq
+    if s.reason_inferred:
+        d["reason_inferred"] = True
     return d
 
 
@@ -334,7 +338,8 @@ def step_from_dict(d) -> Step:
 
 def journey_from_dict(d) -> Journey:
     return Journey(skb=d["skb"], steps=[step_from_dict(s) for s in d.get("steps", [])],
-                   direction=d.get("direction", "request"), lost_events=d.get("lost_events", 0))
+                   direction=d.get("direction", "request"), lost_events=d.get("lost_events", 0),
+                   unobservable=list(d.get("unobservable", [])))
 
 
 def connection_from_dict(d) -> Connection:

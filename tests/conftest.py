@@ -5,6 +5,17 @@ import os
 import pytest
 
 
+# How many times slower than the development VM this machine runs the kernel tests: scripts/vm/run sets it
+# for its emulated guests. Time windows (watch durations, client timeouts, waits) are scaled by it here,
+# so the host keeps its short windows.
+SLOW = float(os.environ.get("DNATTRACE_TEST_SLOW") or 1)
+
+
+def slow(seconds: float) -> float:
+    """A test's time window, scaled to this machine's speed (DNATTRACE_TEST_SLOW)."""
+    return seconds * SLOW
+
+
 def require(condition, what):
     """Skip with a message that names the missing capability (never a silent skip)."""
     if not condition:

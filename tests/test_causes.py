@@ -402,3 +402,36 @@ def test_handshake_answered_then_data_reply_dropped_is_stalled():
     udp = Tuple5(17, "198.51.100.2", 40000, "198.51.100.1", 5353)
     assert Connection(udp, [Journey(4, [Step(1, "rx", tuple=udp)])],
                       [Journey(5, [Step(2, "drop", tuple=udp.reversed())], direction="reply")]).outcome == "reply-dropped"
+
+
+def test_forward_policy_drop_from_the_verdict_alone():
+    """A kernel without netfilter hook steps (no links, no nf_hook_slow entry probe): the hook comes from
+    nf_hook_slow's verdict; no crash on a journey without a netfilter-hook step."""
+    from dnattrace.model import VERDICT
+    rules = RULES.replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]")
+    c = conn(s(RX, ifname="veth-ext", tuple=T_IN, tcp_flags="S"),
+             s(ROUTE, route=RouteInfo(254, oif="br0", dst=INNER, local=False)),
+             s(VERDICT, hook="FORWARD", reason="NF_DROP"), drop("nf_hook_slow+0x9b", "NETFILTER_DROP"))
+    d = delta(CounterMove("filter", "FORWARD", "policy DROP", 1, 60, "DROP", policy=True))
+    f = top(causes.explain([c], snap(host(rules=rules)), d))
+    assert f.cause_id == "filter-forward-drop"
+    assert any("FORWARD (its verdict)" in e for e in f.evidence)
+
+
+def test_inferred_reason_matches_like_a_reported_one():
+    """5.10 reports no drop reasons: the inferred one (marked) is what the causes match on."""
+    from dnattrace.watch import infer
+    steps = [*prerouting(), *forwarded()[:1], drop("ip_error+0x68", "")]
+    c = conn(*steps)
+    infer.infer_drop_reasons(c.requests[0])
+    d = c.requests[0].drop
+    assert (d.reason, d.reason_inferred) == ("IP_INADDRERRORS", True)
+    off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0",
+                          "net.ipv4.conf.veth-ext.forwarding": "0"})
+    assert top(causes.explain([c], snap(host(off)))).cause_id == "forwarding-off"
+
+
+def test_drop_sites_compare_without_compiler_suffixes():
+    c = conn(s(RX, ifname="veth-ext", tuple=T_IN), drop("ip_rcv_finish_core.constprop.0+0x1ab", "IP_RPFILTER", T_IN))
+    f = causes.Facts(c, snap(), None)
+    assert f.func == "ip_rcv_finish_core"

@@ -56,13 +56,24 @@ def test_plan_on_a_kernel_like_the_development_one():
     assert plan.rule_verdict().probe.needs == "counters"
 
 
-def test_plan_without_netfilter_links_uses_kretprobe_on_nf_hook_slow():
+def test_plan_without_netfilter_links_uses_kprobes_on_nf_hook_slow():
+    """Before 6.4: every hook's passage from nf_hook_slow's entry and return; its verdicts come with it."""
     p = by_point(plan.choose(caps_with("btf", "raw_tp", "tracepoint", "kprobe"), has_function=every, has_event=every))
-    assert p["netfilter hooks"].probe is None
-    assert p["hook verdict"].probe.label == "kretprobe/nf_hook_slow"
-    assert [t for t, _ in p["hook verdict"].tried] == ["fexit/nf_hook_slow"]
+    assert p["netfilter hooks"].programs == ("hook_kprobe", "hook_kretprobe")
+    assert [t for t, _ in p["netfilter hooks"].tried] == [plan._netfilter_label(),
+                                                          "fentry+fexit/nf_hook_slow (entry = first, return = last or the verdict)"]
+    assert p["hook verdict"].programs == () and "kprobe+kretprobe/nf_hook_slow" in p["hook verdict"].probe.label
+    assert p["route result"].programs == ("route_kprobe", "route_kretprobe")
     assert p["drop"].probe.label == "skb:kfree_skb"       # watch has no raw_tp drop program
     assert p["route decision"].probe.label == "raw_tp/fib_table_lookup"
+
+
+def test_plan_without_netfilter_links_prefers_fentry_fexit_on_nf_hook_slow():
+    p = by_point(plan.choose(caps_with("btf", "tp_btf", "fexit", "kprobe", "fib_tracepoint"), has_function=every,
+                             has_event=every))
+    assert p["netfilter hooks"].programs == ("hook_fentry", "hook_fexit")
+    assert p["hook verdict"].programs == ()
+    assert p["route result"].programs == ("route_fentry", "route_fexit")
 
 
 def test_plan_skips_inlined_functions_and_missing_tracepoints():
@@ -94,11 +105,12 @@ def test_doctor_shows_exactly_what_watch_loads(have, monkeypatch):
     chosen, _ = tracer.choose(caps)
     shown = {c.point: c for c in plan.choose(caps)}
     for point, programs in chosen.items():
-        if point == "netfilter hooks":
+        if point == "netfilter hooks" and plan.hooks_by_links(list(shown.values())):
             assert set(programs) == {p for _, p, _ in plan.positions(True, caps.has("direct_read"))}
         else:
             assert tuple(programs) == shown[point].programs
-    assert set(chosen) == {p for p, c in shown.items() if c.probe}
+    # a point covered by another's programs (the verdict, by nf_hook_slow's probes) loads nothing of its own
+    assert set(chosen) == {p for p, c in shown.items() if c.probe and c.programs}
 
 
 def test_netfilter_positions_are_one_table():

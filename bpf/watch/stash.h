@@ -29,18 +29,30 @@ struct {
 	__type(value, struct entry_args);
 } entries SEC(".maps");
 
-/* fentry/nf_hook_slow -> fexit: the hook of each call made for a followed skb, by skb. A dropped skb is
- * freed (and forgotten by `tracked`) before nf_hook_slow returns, so the exit cannot ask `tracked`. */
+
+/* fentry/kprobe nf_hook_slow -> fexit/kretprobe: the hook call of a followed skb, by skb (a dropped skb
+ * is freed, and forgotten by `tracked`, before nf_hook_slow returns: the return cannot ask `tracked`). ts is the hook's first event's: the verdict event carries ts + 1, so a drop
+ * inside the hook (kfree_skb, reported before nf_hook_slow returns) sorts after the verdict. state is
+ * read again at the return (it lives in the caller's frame until then). */
+struct hook_call {
+	__u64 ts;
+	__u64 state;
+	__u32 netns;
+	__u8 hook;
+	__u8 pad[3];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u64);
-	__type(value, __u32);
-} verdict_hooks SEC(".maps");
+	__type(value, struct hook_call);
+} hook_calls SEC(".maps");
 
 /* stash_key.kind: which probed function stashed the entry */
 #define STASH_VERDICT 0
 #define STASH_ROUTE 1
+#define STASH_HOOK 2
 
 static __always_inline void stash_key(struct stash_key *k, __u32 kind)
 {

@@ -178,6 +178,147 @@ int nf_snat(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_SNAT, 0); }
 SEC("netfilter")
 int nf_last(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_LAST, 0); }
 
+/* ---- netfilter hooks where links are missing: fentry/fexit (else kprobe/kretprobe) on nf_hook_slow ----
+ *
+ * nf_hook_slow runs once per hook a packet passes (in namespaces with hooks registered there): its
+ * `state` names the hook, the family, the devices and the namespace. The entry is the hook's first
+ * position (the tuple before any rewrite), the return its last (after DNAT/SNAT) or its verdict. It runs
+ * for every packet of every flow, so "not followed" is decided first with the cheapest test there is
+ * (the deadline, then the tracked lookup with its per-CPU miss memory); only OUTPUT reads the headers of
+ * packets not followed (a packet made in this namespace is first seen there, as with the links). */
+
+#define NFPROTO_IPV4_ 2
+
+/* The hook's devices and namespace, read through BPF_CORE_READ (kprobe's state is not a BTF pointer). */
+static __always_inline void hook_fill(struct dt_event *e, const struct nf_hook_state *state, struct sk_buff *skb,
+				      __u8 hook, __u8 stage)
+{
+	e->hook = hook;
+	e->stage = stage;
+	e->netns = BPF_CORE_READ(state, net, ns.inum);
+	struct net_device *in = BPF_CORE_READ(state, in);
+	struct net_device *out = BPF_CORE_READ(state, out);
+	struct net_device *dev = in ? in : out;
+	if (dev) {
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		dev_name(e->ifname, dev);
+	}
+	dev_name(e->out_ifname, out);
+	fill_ct(e, skb);
+}
+
+/* Entry: the followed packet enters a hook. Returns 1 when the call was recorded in hook_calls.
+ * trusted: state is a BTF pointer (fentry), read with plain loads until the packet is known followed. */
+static __always_inline int hook_enter(struct sk_buff *skb, const struct nf_hook_state *state, const int trusted)
+{
+	__u64 key = (__u64)skb;
+	struct followed *t = none_followed() ? NULL : tracked_entry(key);
+	__u8 hook = trusted ? state->hook : BPF_CORE_READ(state, hook);   /* fentry: a plain load */
+	if (!t && hook != NF_INET_LOCAL_OUT)
+		return 0;
+	if (BPF_CORE_READ(state, pf) != NFPROTO_IPV4_ || BPF_CORE_READ(skb, protocol) != ETH_P_IP_BE)
+		return 0;
+	unsigned char *l3 = skb_l3(skb);
+	struct l34 p;
+	int fresh = 0;
+	if (t) {
+		if (l34_at(l3, &p) || !(t = same_packet(key, t, &p)))
+			return 0;
+	} else if (!maybe(l3, &p, 0) || !(t = follow(key, &p, &fresh))) {
+		return 0;
+	}
+	nf_routing(skb, hook, DT_STAGE_FIRST, &p);
+	t->sig = sig(&p);
+	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+	t->ctinfo = (nfct & ~7UL) ? (nfct & 7) : DT_NO_CT;
+	struct hook_call c = { .state = (__u64)state, .netns = BPF_CORE_READ(state, net, ns.inum), .hook = hook };
+	struct dt_event *e = emit(DT_NF | (fresh ? DT_NEW : 0), key, &p, l3);
+	if (e) {
+		c.ts = e->ts;
+		hook_fill(e, state, skb, hook, DT_STAGE_FIRST);
+		submit(e);
+	} else {
+		c.ts = bpf_ktime_get_ns();
+	}
+	bpf_map_update_elem(&hook_calls, &key, &c, BPF_ANY);
+	return 1;
+}
+
+/* Return: ACCEPT (1) is the hook's last position, with the packet as the hook left it; anything else
+ * is the verdict (a drop: the skb is already freed, so nothing of it is read; 0: stolen or queued). */
+static __always_inline void hook_return(struct sk_buff *skb, int ret)
+{
+	__u64 key = (__u64)skb;
+	if (ret == 1 && !tracked_entry(key))
+		return;     /* the usual case: the entry just remembered this skb as not followed */
+	struct hook_call *cp = bpf_map_lookup_elem(&hook_calls, &key);
+	if (!cp)
+		return;
+	struct hook_call c = *cp;
+	bpf_map_delete_elem(&hook_calls, &key);
+	struct l34 p = {};
+	if (ret != 1) {
+		struct dt_event *e = emit(DT_VERDICT, key, &p, NULL);
+		if (!e)
+			return;
+		e->ts = c.ts + 1;
+		e->hook = c.hook;
+		e->netns = c.netns;
+		e->reason = (__u32)ret;
+		submit(e);
+		return;
+	}
+	if (!followed_skb(skb, &p))
+		return;
+	const struct nf_hook_state *state = (const struct nf_hook_state *)c.state;
+	nf_routing(skb, c.hook, DT_STAGE_LAST, &p);
+	struct dt_event *e = emit(DT_NF, key, &p, skb_l3(skb));
+	if (!e)
+		return;
+	hook_fill(e, state, skb, c.hook, DT_STAGE_LAST);
+	submit(e);
+}
+
+SEC("fentry/nf_hook_slow")
+int BPF_PROG(hook_fentry, struct sk_buff *skb, struct nf_hook_state *state)
+{
+	hook_enter(skb, state, 1);
+	return 0;
+}
+
+SEC("fexit/nf_hook_slow")
+int BPF_PROG(hook_fexit, struct sk_buff *skb, struct nf_hook_state *state, void *entries, unsigned int s, int ret)
+{
+	hook_return(skb, ret);
+	return 0;
+}
+
+/* The kprobe fallback: the return probe has no arguments, so the entry stashes the skb per execution
+ * context (a hook entered inside another on the same context, e.g. a RST sent from INPUT, overwrites
+ * it: that inner call's return is then not seen). */
+SEC("kprobe/nf_hook_slow")
+int BPF_KPROBE(hook_kprobe, struct sk_buff *skb, struct nf_hook_state *state)
+{
+	if (hook_enter(skb, state, 0)) {
+		struct stash_key k;
+		stash_key(&k, STASH_HOOK);
+		struct entry_args a = { .skb = (__u64)skb };
+		bpf_map_update_elem(&entries, &k, &a, BPF_ANY);
+	}
+	return 0;
+}
+
+SEC("kretprobe/nf_hook_slow")
+int BPF_KRETPROBE(hook_kretprobe, int ret)
+{
+	if (none_followed())
+		return 0;
+	struct entry_args a;
+	if (unstash(&a, STASH_HOOK))
+		hook_return((struct sk_buff *)a.skb, ret);
+	return 0;
+}
+
 /* ---- route decision: the fib lookup made for the packet this CPU is routing ---- */
 
 static __always_inline int on_fib(__u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
@@ -267,22 +408,36 @@ static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 re
 	return 0;
 }
 
+/* The drop reason is kfree_skb's third argument since 5.17; older kernels (5.10) have none: the
+ * argument is read only where the kernel has it (a CO-RE check, so the verifier never sees the read),
+ * else 0 goes up and user space infers the reason from the drop site. */
+#define KFREE_SKB_HAS_REASON bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason)
+
 SEC("tp_btf/kfree_skb")
-int BPF_PROG(drop_direct, struct sk_buff *skb, void *location, int reason)
+int drop_direct(unsigned long long *ctx)
 {
-	return on_free(skb, location, reason, DT_DROP, 1, 1);
+	__u32 reason = 0;
+	if (KFREE_SKB_HAS_REASON)
+		reason = (__u32)ctx[2];
+	return on_free((struct sk_buff *)ctx[0], (void *)ctx[1], reason, DT_DROP, 1, 1);
 }
 
 SEC("tp_btf/kfree_skb")
-int BPF_PROG(drop_btf, struct sk_buff *skb, void *location, int reason)
+int drop_btf(unsigned long long *ctx)
 {
-	return on_free(skb, location, reason, DT_DROP, 1, 0);
+	__u32 reason = 0;
+	if (KFREE_SKB_HAS_REASON)
+		reason = (__u32)ctx[2];
+	return on_free((struct sk_buff *)ctx[0], (void *)ctx[1], reason, DT_DROP, 1, 0);
 }
 
 SEC("tracepoint/skb/kfree_skb")
 int drop_tp(struct trace_event_raw_kfree_skb *ctx)
 {
-	return on_free((struct sk_buff *)ctx->skbaddr, ctx->location, ctx->reason, DT_DROP, 0, 0);
+	__u32 reason = 0;
+	if (bpf_core_field_exists(ctx->reason))
+		reason = BPF_CORE_READ(ctx, reason);
+	return on_free((struct sk_buff *)ctx->skbaddr, ctx->location, reason, DT_DROP, 0, 0);
 }
 
 SEC("tp_btf/consume_skb")
@@ -326,7 +481,7 @@ int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
 
 /* A netfilter verdict other than ACCEPT (ret 1) for a call made for a followed skb: a drop (ret < 0;
  * the drop event itself comes from kfree_skb inside the call) or a steal (0: queued, or taken over). */
-static __always_inline void verdict(__u64 skb, __u8 hook, int ret)
+static __always_inline void verdict(__u64 skb, __u8 hook, int ret, __u64 entered, __u32 netns)
 {
 	if (ret == 1)
 		return;     /* only drops and steals are news: the links already show accepted packets */
@@ -334,6 +489,9 @@ static __always_inline void verdict(__u64 skb, __u8 hook, int ret)
 	struct dt_event *e = emit(DT_VERDICT, skb, &p, NULL);
 	if (!e)
 		return;
+	if (entered)
+		e->ts = entered;    /* when the hook was entered: before a drop inside it (see hook_calls) */
+	e->netns = netns;
 	e->hook = hook;
 	e->reason = (__u32)ret;
 	submit(e);
@@ -345,8 +503,9 @@ int BPF_PROG(verdict_fentry, struct sk_buff *skb, struct nf_hook_state *state)
 	__u64 key = (__u64)skb;
 	if (!tracked_entry(key))
 		return 0;
-	__u32 hook = BPF_CORE_READ(state, hook);
-	bpf_map_update_elem(&verdict_hooks, &key, &hook, BPF_ANY);
+	struct hook_call c = { .ts = bpf_ktime_get_ns(), .netns = BPF_CORE_READ(state, net, ns.inum),
+			       .hook = BPF_CORE_READ(state, hook) };
+	bpf_map_update_elem(&hook_calls, &key, &c, BPF_ANY);
 	return 0;
 }
 
@@ -354,19 +513,34 @@ SEC("fexit/nf_hook_slow")
 int BPF_PROG(verdict_fexit, struct sk_buff *skb, struct nf_hook_state *state, void *entries, unsigned int s, int ret)
 {
 	__u64 key = (__u64)skb;
-	__u32 *hook = bpf_map_lookup_elem(&verdict_hooks, &key);
-	if (!hook)
+	struct hook_call *c = bpf_map_lookup_elem(&hook_calls, &key);
+	if (!c)
 		return 0;
-	__u8 h = *hook;
-	bpf_map_delete_elem(&verdict_hooks, &key);
-	verdict(key, h, ret);
+	struct hook_call v = *c;
+	bpf_map_delete_elem(&hook_calls, &key);
+	verdict(key, v.hook, ret, v.ts, v.netns);
 	return 0;
+}
+
+/* The entry of ip_route_input_noref names the packet this CPU routes next and the addresses it is
+ * routed by (after any DNAT): on_fib ties the lookups inside to it, whatever probes the hooks. */
+static __always_inline void route_enter(struct sk_buff *skb, __u32 daddr, __u32 saddr)
+{
+	if (none_followed() || !tracked_entry((__u64)skb))
+		return;
+	__u32 zero = 0;
+	struct routing r = { .skb = (__u64)skb, .daddr = daddr, .saddr = saddr };
+	bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
 }
 
 static __always_inline void route_result(struct sk_buff *skb, long ret)
 {
 	__u64 key = (__u64)skb;
 	struct l34 p;
+	__u32 zero = 0;
+	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
+	if (r && r->skb == key)
+		r->skb = 0;     /* routed: later lookups on this CPU (a RST's, say) are not this packet's */
 	if (!followed_skb(skb, &p))
 		return;
 	struct dt_event *e = emit(DT_RTRESULT, key, &p, NULL);
@@ -381,6 +555,13 @@ static __always_inline void route_result(struct sk_buff *skb, long ret)
 		dev_name(e->out_ifname, dev);
 	}
 	submit(e);
+}
+
+SEC("fentry/ip_route_input_noref")
+int BPF_PROG(route_fentry, struct sk_buff *skb, __u32 daddr, __u32 saddr)
+{
+	route_enter(skb, daddr, saddr);
+	return 0;
 }
 
 SEC("fexit/ip_route_input_noref")
@@ -402,13 +583,14 @@ int BPF_KRETPROBE(verdict_kretprobe, int ret)
 {
 	struct entry_args a;
 	if (unstash(&a, STASH_VERDICT))
-		verdict(a.skb, a.hook, ret);
+		verdict(a.skb, a.hook, ret, 0, 0);
 	return 0;
 }
 
 SEC("kprobe/ip_route_input_noref")
-int BPF_KPROBE(route_kprobe, struct sk_buff *skb)
+int BPF_KPROBE(route_kprobe, struct sk_buff *skb, __u32 daddr, __u32 saddr)
 {
+	route_enter(skb, daddr, saddr);
 	stash(skb, 0, STASH_ROUTE);
 	return 0;
 }

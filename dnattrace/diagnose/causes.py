@@ -23,6 +23,7 @@ from dnattrace.evidence import firewall
 from dnattrace.evidence.firewall import DROP_TARGETS, CounterMove
 from dnattrace.evidence.snapshot import Delta, NsDelta, NsEvidence, Snapshot
 
+from dnattrace.kernel.kallsyms import base_name
 from dnattrace.kernel.reasons import meaning as reason_meaning
 
 NONE = "none"               # the cause id of a healthy connection (no finding)
@@ -67,7 +68,8 @@ class Facts:
         j = self.journey
         self.drop: Optional[Step] = j.drop if j else None
         self.end: Optional[Step] = (j.end_step or j.last) if j and j.steps else None
-        self.func = self.drop.location.split("+")[0] if self.drop else ""
+        # by name without compiler suffixes: 6.1 drops in ip_rcv_finish_core.constprop.0
+        self.func = base_name(self.drop.location.split("+")[0]) if self.drop else ""
         self.reason = self.drop.reason if self.drop else ""
         where = self.end.netns if self.end else 0
         self.ns: NsEvidence = snapshot.by_inode(where)
@@ -78,7 +80,7 @@ class Facts:
         # where netfilter links are not available (kernels before 6.4) the hook comes from the verdict
         # of nf_hook_slow (fexit/kretprobe)
         verdict = self._last(VERDICT)
-        self.hook = self.nf.hook if self.nf else (verdict.hook if verdict else None)
+        self.hook = verdict.hook if verdict else (self.nf.hook if self.nf else None)
         self.route: Optional[Step] = self._last(ROUTE)
         rx = self._last(RX, same_ns=True)
         self.ingress = rx.ifname if rx else ""
@@ -312,7 +314,9 @@ def _filter_match(f: Facts, hook: str) -> Optional[Match]:
     if f.hook != hook or not (f.netfilter_drop or f.stopped_in_hook):
         return None
     s = _Score()
-    s.add(3, True, "last netfilter hook reached: %s/%s in %s" % (f.nf.hook, f.nf.stage, f.ns.name))
+    # the hook may be known from nf_hook_slow's verdict alone (no netfilter-hook step in the journey)
+    s.add(3, True, "last netfilter hook reached: %s in %s" % (
+        "%s/%s" % (f.nf.hook, f.nf.stage) if f.nf and f.nf.hook == hook else "%s (its verdict)" % hook, f.ns.name))
     s.add(2, f.netfilter_drop, f.drop_line())
     moves = _drop_moves(f, hook)
     s.add(3, bool(moves), "%s (counter moved during the capture)" % moves[0] if moves else "")

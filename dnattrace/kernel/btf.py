@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import struct
 
+from dnattrace.errors import CannotObserve
+
 from dnattrace.kernel.objects import BTF_PATH as VMLINUX
 MAGIC = 0xEB9F
 
@@ -26,8 +28,9 @@ _HEADER = struct.Struct("<HBBIIIII")
 _TYPE = struct.Struct("<III")
 
 
-class BtfError(Exception):
-    """The BTF blob is missing or not in the expected format."""
+class BtfError(CannotObserve):
+    """The BTF blob is missing or not in the expected format (or lacks what was asked of it): a one-line
+    error with exit code 3 when nobody handles it."""
 
 
 def _tail_size(kind, vlen):

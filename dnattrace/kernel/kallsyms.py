@@ -8,6 +8,7 @@ Python tuples it cost 25 MB, most of watch's memory budget.
 from __future__ import annotations
 
 import bisect
+import re
 import functools
 from array import array
 
@@ -18,6 +19,16 @@ MODULES = "/proc/modules"
 _TEXT_TYPES = frozenset("tTwW")
 # the padding in front of each function (call thunks, CFI): code never returns into it
 _PADDING = ("__pfx_", "__cfi_")
+# Suffixes the compiler gives a function's copies (ip_rcv_finish_core.constprop.0, foo.isra.0.cold)
+_SUFFIX = re.compile(r"(\.(constprop|isra|part|cold|llvm|lto_priv)(\.\d+)?)+$")
+
+
+def base_name(function: str) -> str:
+    """A function's name without the compiler's suffixes: sites are compared by it, since 6.1 drops in
+    `ip_rcv_finish_core.constprop.0` where 6.18 drops in `ip_rcv_finish_core`."""
+    return _SUFFIX.sub("", function)
+
+
 # No kernel function is this long: an address further past the last symbol is not inside any of them.
 _MAX_OFFSET = 1 << 20
 

@@ -110,15 +110,23 @@ POINTS = (
                                          "tracepoint": "rx_tp"}, "net", "netif_receive_skb"),
           required=True, why="where a packet enters a namespace, and whether it is followed"),
     Point("netfilter hooks", (Probe(tuple(sorted({p.program for p in POSITIONS})), "netfilter_link",
-                                    _netfilter_label()),),
+                                    _netfilter_label()),
+                              # where links are missing (before 6.4): every call of nf_hook_slow, entry =
+                              # the hook's first position, return = its last (ACCEPT) or its verdict
+                              Probe(("hook_fentry", "hook_fexit"), "fexit", "fentry+fexit/nf_hook_slow "
+                                    "(entry = first, return = last or the verdict)", functions=("nf_hook_slow",)),
+                              Probe(("hook_kprobe", "hook_kretprobe"), "kprobe", "kprobe+kretprobe/nf_hook_slow "
+                                    "(entry = first, return = last or the verdict)", functions=("nf_hook_slow",))),
           why="each hook passed, with conntrack state and NAT rewrites"),
     Point("hook verdict", _function_exit(("verdict_fentry", "verdict_fexit"), ("verdict_kprobe", "verdict_kretprobe"),
                                          "nf_hook_slow"),
           why="a hook's drop verdict, which names the hook where netfilter links are missing"),
     Point("route decision", _tracepoint({"fib_tracepoint": "fib_btf", "raw_tp": "fib_raw"}, "fib", "fib_table_lookup"),
           why="the route lookup tied to the packet being routed: table, device, next hop"),
-    Point("route result", _function_exit(("route_fexit",), ("route_kprobe", "route_kretprobe"), "ip_route_input_noref"),
-          why="the route's input handler (ip_forward, ip_local_deliver, ip_error)"),
+    Point("route result", _function_exit(("route_fentry", "route_fexit"), ("route_kprobe", "route_kretprobe"),
+                                         "ip_route_input_noref"),
+          why="the route's input handler (ip_forward, ip_local_deliver, ip_error); its entry ties the fib "
+              "lookups inside to the packet"),
     Point("drop", _tracepoint({"direct_read": "drop_direct", "tp_btf": "drop_btf", "tracepoint": "drop_tp"},
                               "skb", "kfree_skb"),
           required=True, why="the drop site and the kernel's drop reason"),
@@ -172,6 +180,16 @@ def _passed_over(probe: Probe, caps, has_function, has_event) -> Optional[str]:
     return None
 
 
+# Where the hooks come from nf_hook_slow itself, its return already carries every verdict: the verdict
+# point's own programs on the same function would report each drop twice.
+COVERED = {"hook verdict": ("netfilter hooks", "nf_hook_slow")}
+
+
+def hooks_by_links(choices: list[Choice]) -> bool:
+    """Do the netfilter hooks come from BPF netfilter links (attached per namespace)?"""
+    return any(c.point == "netfilter hooks" and c.probe and c.probe.needs == "netfilter_link" for c in choices)
+
+
 def choose(caps, has_function: Optional[Callable] = None, has_event: Optional[Callable] = None) -> list[Choice]:
     """The first usable probe of every point, in the table's order. has_function(name) and
     has_event(category, name) answer True/False/None (None: cannot tell, so the probe is tried)."""
@@ -180,6 +198,12 @@ def choose(caps, has_function: Optional[Callable] = None, has_event: Optional[Ca
     out = []
     for point in POINTS:
         c = Choice(point.name, None)
+        by, function = COVERED.get(point.name, (None, None))
+        host = next((o for o in out if o.point == by and o.probe and function in o.probe.functions), None)
+        if host is not None:
+            c.probe = Probe((), host.probe.needs, "with the netfilter hooks (%s)" % host.probe.label)
+            out.append(c)
+            continue
         for probe in point.probes:
             why = _passed_over(probe, caps, has_function, has_event)
             if why is None:

@@ -96,7 +96,7 @@ def start_server(inst, ns, listen, www):
     from dnattrace.lab import state
     inst.record("process", pid=p.pid, start=state.process_start(p.pid), netns=ns)
     port = listen.rsplit(":", 1)[-1]
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 15      # a wait until, not a sleep: an emulated kernel (scripts/vm) needs >3 s
     while time.monotonic() < deadline:
         if net.run(["ss", "-Hltn", "sport = :%s" % port], netns=ns, check=False).stdout.strip():
             return

@@ -79,17 +79,32 @@ def step_lines(j: model.Journey) -> list[str]:
             lines.append("%-11s %-14s %-12s %s" % ("rp-check" if s.route.reverse else "route",
                                                    s.route.oif, _ns(s), route_text(s.route)))
         elif s.point == model.RTRESULT:
-            lines.append("%-11s %-14s %-12s input handler %s" % ("route", s.out_ifname, _ns(s), s.location))
+            lines.append("%-11s %-14s %-12s input handler %s%s" % ("route", s.out_ifname, _ns(s), s.location or "?",
+                                                                  " (%s)" % s.reason if s.reason else ""))
         elif s.point == model.VERDICT:
             lines.append("%-11s %-14s %-12s verdict %s" % (s.hook, "", _ns(s), s.reason))
         elif s.point == model.DROP:
             hook = drop_hook(j)
-            lines.append("%-11s %-14s %-12s %s reason %s%s" % ("drop", s.ifname, _ns(s), s.location, s.reason,
+            lines.append("%-11s %-14s %-12s %s reason %s%s" % ("drop", s.ifname, _ns(s), s.location, reason_text(s),
                                                              " (inside %s)" % hook if hook else ""))
         elif s.point == model.CONSUME:
             label = "done" if j.outcome == "sent" else "delivered"
-            lines.append("%-11s %-14s %-12s consumed at %s" % (label, "", _ns(s), s.location))
+            lines.append("%-11s %-14s %-12s consumed at %s" % (label, "", _ns(s), s.location or "?"))
+    for point in j.unobservable:
+        lines.insert(1 if lines else 0, "%-11s %-14s %-12s not observable on this kernel" % (
+            UNOBSERVABLE_LABELS.get(point, point), "", _ns(j.first) if j.steps else "?"))
     return lines
+
+
+# how a point the kernel cannot show is named in a journey's text
+UNOBSERVABLE_LABELS = {"netfilter hooks": "hooks", "route decision": "route"}
+
+
+def reason_text(s: model.Step) -> str:
+    """A drop's reason as printed: the kernel's, or the one inferred from the site, marked so."""
+    if not s.reason:
+        return "unknown (this kernel reports none)"
+    return s.reason + (" (inferred)" if s.reason_inferred else "")
 
 
 def drop_hook(j: model.Journey) -> Optional[str]:
@@ -110,7 +125,7 @@ def journey_end(j: model.Journey) -> str:
     end = j.end_step
     if j.outcome == "dropped":
         hook = drop_hook(j)
-        return "dropped at %s (%s)%s" % (end.location, end.reason, " in %s" % hook if hook else "")
+        return "dropped at %s (%s)%s" % (end.location, reason_text(end), " in %s" % hook if hook else "")
     if j.outcome == "delivered":
         return "delivered in %s" % _ns(end)
     if j.outcome == "sent":

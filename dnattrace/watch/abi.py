@@ -6,6 +6,7 @@ change on one side that is not made on the other fails loudly instead of decodin
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import socket
 import struct
@@ -132,4 +133,7 @@ def to_step(ev: RawEvent, symbolize: Callable[[int], str] = hex, reason_name: Ca
         step.reason = "NF_DROP" if struct.unpack("<i", struct.pack("<I", ev.reason))[0] < 0 else "NF_STOLEN"
     elif kind == DT_RTRESULT:
         step.location = symbolize(ev.location) if ev.location else ""   # dst->input: ip_forward, ip_error, ...
+        ret = struct.unpack("<i", struct.pack("<I", ev.reason))[0]
+        if ret < 0:                   # e.g. EXDEV: the reverse-path filter refused the source
+            step.reason = errno.errorcode.get(-ret, str(ret))
     return step

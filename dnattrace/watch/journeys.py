@@ -56,6 +56,9 @@ class JourneyBuilder:
         # Hashes, not tuples: a second of a busy port retires tens of thousands of them.
         self._retired_tuples: dict[int, object] = {}
         self.late_journeys = 0                             # journeys of retired connections, not shown
+        # journeys just ended by a drop, by skb: a hook's verdict (fexit nf_hook_slow) is reported after
+        # the drop inside the hook; one that arrives in a later batch joins its journey here
+        self._dropped: dict[int, model.Journey] = {}
 
     # -- journeys --
 
@@ -63,6 +66,11 @@ class JourneyBuilder:
         """Add one step (new: the kernel says a new packet starts here, even if the skb address is
         known); returns journeys that finished because of it."""
         done = []
+        if step.point == model.VERDICT and skb not in self.open and skb in self._dropped:
+            late = self._dropped.pop(skb)
+            late.steps.append(step)
+            late.steps.sort(key=lambda s: s.ts_ns)
+            return done
         if new and skb in self.open:
             done += self._finished(self.open.pop(skb))
         if skb not in self.open and not new and skb in self._expired:
@@ -75,6 +83,10 @@ class JourneyBuilder:
         j.steps.append(step)
         if step.point in (model.DROP, model.CONSUME):
             del self.open[skb]
+            if step.point == model.DROP:
+                self._dropped[skb] = j
+                if len(self._dropped) > 256:
+                    del self._dropped[next(iter(self._dropped))]
             done += self._finished(j)
         return done
 

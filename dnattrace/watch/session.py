@@ -11,7 +11,7 @@ from dnattrace.drops import counter as drops
 from dnattrace.kernel import btf, kallsyms
 from dnattrace.netns import enter, names as netns
 from dnattrace.signals import stop_signals
-from dnattrace.watch import abi, journeys
+from dnattrace.watch import abi, infer, journeys
 from dnattrace.watch.resolve import local_addresses
 from dnattrace.watch.tracer import FilterEntry, WatchTracer
 
@@ -34,6 +34,10 @@ class _LazySymbols:
 MAX_LIVE = 2000
 
 
+def _ts(ev) -> int:
+    return ev.ts
+
+
 class Follower:
     """Run the watch tracer for a Target and call on_journey(journey, connection) as packets finish."""
 
@@ -53,7 +57,14 @@ class Follower:
                                                keep=self._keep, trim=bounded, max_live=MAX_LIVE if bounded else 0)
         self._inodes = inodes
         self._local: Optional[dict[int, set[str]]] = local
-        self.reasons = btf.drop_reasons()
+        try:
+            self.reasons = btf.drop_reasons()
+        except btf.BtfError:
+            # no enum skb_drop_reason: the kernel predates drop reasons (5.17); they are inferred from
+            # the drop site when a journey finishes (watch/infer.py)
+            self.reasons = {}
+        # what this kernel cannot show: said in every journey, never silently left out
+        self.unobservable = [p for p in ("netfilter hooks", "route decision") if p not in self.tracer.chosen]
         self.namer = netns.Namer()
         self.pcap = pcap
         self.events_seen = 0
@@ -76,6 +87,9 @@ class Follower:
         destination that is not one of the namespace's addresses must be forwarded."""
         if not any(s.netns in self._inodes for s in j.steps):
             return False
+        j.unobservable = self.unobservable
+        if not self.reasons:
+            infer.infer_drop_reasons(j)
         for s in j.steps:
             if s.point == model.ROUTE and s.route and s.route.local is None and s.netns in self._local:
                 s.route.local = s.route.dst in self._local[s.netns]
@@ -95,12 +109,17 @@ class Follower:
         self.close()
 
     def _step(self, ev) -> model.Step:
-        return abi.to_step(ev, self.symbols.format, lambda r: self.reasons.get(r, str(r)), self.namer.name)
+        return abi.to_step(ev, self.symbols.format, self._reason_name, self.namer.name)
+
+    def _reason_name(self, r: int) -> str:
+        return self.reasons.get(r, str(r)) if self.reasons else ""    # "": none reported, inferred later
 
     def poll(self, timeout_ms=100) -> list:
         """Process what the kernel sent; returns finished (journey, connection) pairs."""
         done = []
-        for ev in self.tracer.poll(timeout_ms):
+        # in time order: a hook's verdict (fexit on nf_hook_slow, reported when the call returns) carries
+        # the time the hook was entered, so it comes before a drop inside that hook, reported earlier
+        for ev in sorted(self.tracer.poll(timeout_ms), key=_ts):
             self.events_seen += 1
             step = self._step(ev)
             if self.pcap is not None and ev.caplen:

@@ -47,8 +47,8 @@ def choose(caps) -> tuple[dict[str, list[str]], list[str]]:
     unavailable (shown with --verbose)."""
     choices = plan.choose(caps)
     plan.require(choices)
-    chosen = {c.point: list(c.programs) for c in choices if c.probe}
-    if "netfilter hooks" in chosen:     # all loaded; which are attached depends on --hook-detail
+    chosen = {c.point: list(c.programs) for c in choices if c.probe and c.programs}
+    if plan.hooks_by_links(choices):    # all loaded; which are attached depends on --hook-detail
         chosen["netfilter hooks"] = sorted({p for _, p, _ in _positions(caps, hook_detail=True)})
     notes = ["%s: %s" % (c.point, c.probe.label if c.probe else "unavailable") +
              "".join("; passed over %s (%s)" % t for t in c.tried) for c in choices if c.tried]
@@ -75,6 +75,8 @@ class WatchTracer:
         self.caps = caps or capabilities.probe()
         self.positions = _positions(self.caps, hook_detail)
         self.chosen, self.notes = choose(self.caps)
+        # netfilter links are attached per namespace; nf_hook_slow's probes (older kernels) once, globally
+        self.links = plan.hooks_by_links(plan.choose(self.caps))
         self._obj = None
         self._rb = None
         self._links: list = []
@@ -89,7 +91,7 @@ class WatchTracer:
             names = [p for progs in self.chosen.values() for p in progs]
             obj.only(*names)
             obj.set_max_entries("events", RING_CAPPED if self.max_new and not self.all_packets else RING_FULL)
-            for p in self.chosen.get("netfilter hooks", []):
+            for p in (self.chosen.get("netfilter hooks", []) if self.links else []):
                 obj.program(p).set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
             t0 = time.perf_counter()
             obj.load()
@@ -121,12 +123,12 @@ class WatchTracer:
     def attach(self):
         """Attach the loaded programs: the tracepoints once, the netfilter links in every namespace."""
         for point, progs in self.chosen.items():
-            if point == "netfilter hooks":
+            if point == "netfilter hooks" and self.links:
                 continue
             for p in progs:
                 self._links.append(self._obj.program(p).attach())
                 log.info("%s: %s", point, self._obj.program(p).section)
-        if "netfilter hooks" in self.chosen:
+        if "netfilter hooks" in self.chosen and self.links:
             for path in self.netns_paths:
                 self.attach_netns(path)
 
@@ -138,7 +140,10 @@ class WatchTracer:
         self._links = []
 
     def attach_netns(self, path):
-        """Netfilter links in one more namespace (None = the current one)."""
+        """Netfilter links in one more namespace (None = the current one); nothing to do where the hooks
+        come from nf_hook_slow (it sees every namespace)."""
+        if not self.links:
+            return
         for hook, prog, prio in self.positions:
             self._links.append(self._attach_nf(prog, hook, prio, path))
         log.info("netfilter links: %d positions in %s", len(self.positions), path or "the current namespace")
