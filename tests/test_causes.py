@@ -435,3 +435,11 @@ def test_drop_sites_compare_without_compiler_suffixes():
     c = conn(s(RX, ifname="veth-ext", tuple=T_IN), drop("ip_rcv_finish_core.constprop.0+0x1ab", "IP_RPFILTER", T_IN))
     f = causes.Facts(c, snap(), None)
     assert f.func == "ip_rcv_finish_core"
+
+
+def test_a_packet_purged_with_its_unresolved_neighbour_is_a_neighbour_failure():
+    """The same fault drops some packets at neigh_invalidate (NEIGH_FAILED) and others, queued on the
+    entry, at neigh_destroy (QUEUE_PURGE) when it is destroyed: both read as the neighbour failing."""
+    c = conn(*(prerouting() + forwarded() + [drop("neigh_destroy+0x89", "QUEUE_PURGE")]))
+    f = top(causes.explain([c], snap()))
+    assert f.cause_id == "neigh-failed", f

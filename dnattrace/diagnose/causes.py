@@ -111,6 +111,14 @@ class Facts:
         return self.journey is not None
 
     @property
+    def neighbour_failed(self) -> bool:
+        """Dropped waiting for a neighbour that never answered: at neigh_invalidate (NEIGH_FAILED), or
+        purged from its queue when the unresolved entry is destroyed (neigh_destroy, QUEUE_PURGE): one
+        fault, two sites, depending on which comes first for a given packet."""
+        return (self.reason == "NEIGH_FAILED" or self.func == "neigh_invalidate"
+                or (self.func == "neigh_destroy" and self.reason == "QUEUE_PURGE"))
+
+    @property
     def netfilter_drop(self) -> bool:
         return self.reason == "NETFILTER_DROP" or self.func in NETFILTER_FUNCS
 
@@ -393,7 +401,7 @@ def match_no_listener(f: Facts) -> Optional[Match]:
 def match_neigh_failed(f: Facts) -> Optional[Match]:
     nb = f.ns.neighbour(f.dest[0]) if f.dest[0] else None
     failed = nb is not None and any(st in nb["state"] for st in ("FAILED", "INCOMPLETE"))
-    reason = f.reason == "NEIGH_FAILED" or f.func == "neigh_invalidate"
+    reason = f.neighbour_failed
     stalled = f.seen and f.drop is None and f.journey.outcome == "unfinished" and f.route is not None
     if not (reason or (failed and (stalled or not f.seen))):
         return None
@@ -937,7 +945,7 @@ def _down_bridge_ports(f: Facts) -> list:
 
 
 def match_bridge_port_down(f: Facts) -> Optional[Match]:
-    if not f.seen or f.journey.direction != "request" or f.reason != "NEIGH_FAILED":
+    if not f.seen or f.journey.direction != "request" or not f.neighbour_failed:
         return None
     down = _down_bridge_ports(f)
     if not down:
