@@ -4,7 +4,7 @@
 The maximum connection rate of one client loop through the DNAT path of a lab `healthy` host (the
 set-up of bench watch: scripts/bench_watch.py, imported), first for a while with nothing attached, then
 for M minutes with all three tools attached at once:
-  watch     `watch --json` on the benchmark's port (default --max-rate 20), for the whole run
+  watch     `watch --json` on the benchmark's port (--max-rate as given, default 20), for the whole run
   drops     `drops --json --interval 5`, for the whole run
   diagnose  `diagnose --port P` over and over (each ends at the first answered attempt), so its probes
             are attached most of the time
@@ -74,8 +74,8 @@ def untraced(inst, seconds):
     return r
 
 
-def traced(inst, seconds, tmp):
-    watch = bw.Watch(inst, bw.BENCH_PORT, os.path.join(tmp, "watch.jsonl"))
+def traced(inst, seconds, tmp, max_rate=20):
+    watch = bw.Watch(inst, bw.BENCH_PORT, os.path.join(tmp, "watch.jsonl"), extra=("--max-rate", str(max_rate)))
     drops_out = open(os.path.join(tmp, "drops.jsonl"), "w")
     drops = subprocess.Popen([sys.executable, "-c", bw.DNATTRACE, "drops", "--json", "--interval", "5"],
                              stdout=drops_out, stderr=subprocess.DEVNULL)
@@ -134,6 +134,7 @@ def report(base, run):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--max-rate", type=int, default=20, help="watch's --max-rate (0: follow every connection)")
     ap.add_argument("--baseline-seconds", type=float, default=None,
                     help="seconds of untraced traffic first (default: a fifth of the traced run, 30-120 s)")
     a = ap.parse_args(argv)
@@ -142,7 +143,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp, bw.bench_lab("sk") as inst:
         print("untraced for %.0f s, then %.1f min with watch, drops and diagnose attached" % (base_s, a.minutes), flush=True)
         base = untraced(inst, base_s)
-        run = traced(inst, seconds, tmp)
+        run = traced(inst, seconds, tmp, a.max_rate)
         return 0 if report(base, run) else 1
 
 
