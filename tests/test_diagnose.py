@@ -233,7 +233,7 @@ def test_shared_signatures_are_told_apart(lab_instance, signature):
         _, d, err = diagnose(lab_instance(scenario), timeout=10 if sc.drop_delay else 8)
         assert d is not None, err
         last = d["journey"]["steps"][-1]
-        assert last["location"].startswith(sc.drop_function + "+") and last["reason"] == sc.drop_reason, last
+        assert sc.drop_site_matches(last["location"]), last
         top = d["findings"][0]
         assert d["top_cause"] == sc.cause, json.dumps(d["findings"], indent=1)
         text = " ".join([top["explanation"]] + top["evidence"] + (top.get("fix") or []))

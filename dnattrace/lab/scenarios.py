@@ -158,7 +158,7 @@ SCENARIOS += [
              "the container fails (https://github.com/coreos/bugs/issues/122, "
              "https://github.com/wukongdaily/OrangePiShell/issues/18).", cause="bridge-port-down",
              drop_function="neigh_invalidate", drop_reason="NEIGH_FAILED", drop_ns="host", ctr_port_up=False,
-             drop_delay=3.5),
+             drop_delay=3.5, drop_function_alt=("neigh_destroy",)),
     Scenario("ctr-to-published-no-hairpin", "A second container on the bridge connects to the "
              "host's published address; the DNAT rule excludes traffic from the bridge (`! -i BRIDGE`, the layout "
              "that expects Docker's userland proxy) and no proxy listens, so the host refuses it "

@@ -73,7 +73,9 @@ def sweep() -> list[str]:
     Records of live runs are left alone: a concurrent diagnose --probe keeps its namespace."""
     removed = []
     try:
-        files = sorted(f for f in os.listdir(made_dir()) if f.endswith(".json"))
+        # a run killed between writing its record and renaming it into place leaves the .tmp: it is that
+        # run's newest record
+        files = sorted(f for f in os.listdir(made_dir()) if f.endswith((".json", ".json.tmp")))
     except FileNotFoundError:
         return removed
     for f in files:
@@ -81,15 +83,31 @@ def sweep() -> list[str]:
         try:
             with open(path) as fh:
                 rec = json.load(fh)
-        except (OSError, ValueError):
-            continue      # being written, or removed by another sweep
+        except ValueError:      # a .tmp cut short by the kill: nothing in it can be undone
+            if f.endswith(".tmp") and _older_than(path, 10):
+                _unlink(path)
+            continue
+        except OSError:
+            continue      # removed by another sweep
         if owner_alive(rec):
             continue
         for obj in reversed(rec.get("objects", [])):
             _undo(obj)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        removed.append(f[:-5])
+        _unlink(path)
+        removed.append(f.split(".json")[0])
     return removed
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _older_than(path, seconds) -> bool:
+    import time
+    try:
+        return time.time() - os.stat(path).st_mtime > seconds
+    except OSError:
+        return False
