@@ -27,11 +27,16 @@ CLIENT_ADDR, OUTSIDE_ADDR = "198.51.100.2", "198.51.100.1"
 PUBLISHED_PORT, CONTAINER_PORT = 8080, 80
 
 
-def docker(*args, check=True, timeout=120, input=None):
-    p = subprocess.run(["docker"] + list(args), capture_output=True, timeout=timeout, input=input)
+def engine(tool, *args, check=True, timeout=120, input=None):
+    """`tool args...` (docker or podman); a NetError with its stderr when it fails and check is set."""
+    p = subprocess.run([tool] + list(args), capture_output=True, timeout=timeout, input=input)
     if check and p.returncode != 0:
-        raise net.NetError("docker %s failed: %s" % (" ".join(args[:2]), p.stderr.decode(errors="replace").strip()))
+        raise net.NetError("%s %s failed: %s" % (tool, " ".join(args[:2]), p.stderr.decode(errors="replace").strip()))
     return p
+
+
+def docker(*args, **kw):
+    return engine("docker", *args, **kw)
 
 
 def _rootfs_tar():

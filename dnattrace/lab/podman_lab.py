@@ -17,7 +17,6 @@ to work, so it inserts the ACCEPT such a host needs (recorded, removed by `down`
 from __future__ import annotations
 
 import json
-import subprocess
 
 from dnattrace.netns import build as net
 from dnattrace.lab import docker_lab
@@ -26,11 +25,8 @@ IMAGE = "localhost/dnattrace-lab:busybox"
 PUBLISHED_PORT, CONTAINER_PORT = docker_lab.PUBLISHED_PORT, docker_lab.CONTAINER_PORT
 
 
-def podman(*args, check=True, timeout=120, input=None):
-    p = subprocess.run(["podman"] + list(args), capture_output=True, timeout=timeout, input=input)
-    if check and p.returncode != 0:
-        raise net.NetError("podman %s failed: %s" % (" ".join(args[:2]), p.stderr.decode(errors="replace").strip()))
-    return p
+def podman(*args, **kw):
+    return docker_lab.engine("podman", *args, **kw)
 
 
 def ensure_image():
