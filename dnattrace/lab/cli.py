@@ -40,12 +40,16 @@ def list_(as_json):
 @click.argument("scenario")
 @click.option("--prefix", help="Instance name (also the prefix of its namespaces); default: the scenario id.")
 @click.option("--docker", "use_docker", is_flag=True, help="Use the real Docker engine for the host.")
-def up(scenario, prefix, use_docker):
+@click.option("--podman", "use_podman", is_flag=True,
+              help="Use rootful Podman for the host (healthy and forwarding-off).")
+def up(scenario, prefix, use_docker, use_podman):
     """Bring up SCENARIO."""
     _need_root()
-    inst = manage.up(scenario, prefix=prefix, docker=use_docker)
+    if use_docker and use_podman:
+        raise UsageError("--docker or --podman, not both")
+    inst = manage.up(scenario, prefix=prefix, docker=use_docker, podman=use_podman)
     click.echo("lab %s up (scenario %s%s): the client in netns %s connects to %s:%d"
-               % (inst.name, inst.scenario, ", docker" if inst.docker else "", inst.client_ns,
+               % (inst.name, inst.scenario, ", podman" if inst.podman else ", docker" if inst.docker else "", inst.client_ns,
                   inst.target_addr, inst.target_port))
 
 
@@ -81,7 +85,7 @@ def status(as_json):
     if not insts:
         click.echo("no lab instances are up")
         return
-    rows = [(i.name, i.status(), i.scenario, "docker" if i.docker else "netns", i.client_ns, i.host_ns or "(root)",
+    rows = [(i.name, i.status(), i.scenario, "podman" if i.podman else "docker" if i.docker else "netns", i.client_ns, i.host_ns or "(root)",
              "%s:%d" % (i.target_addr, i.target_port), "%s:%d" % (i.container_addr, i.container_port))
             for i in insts]
     click.echo(tables.grid(rows, ("name", "status", "scenario", "variant", "client netns", "host netns", "target",

@@ -27,11 +27,16 @@ CLIENT_ADDR, OUTSIDE_ADDR = "198.51.100.2", "198.51.100.1"
 PUBLISHED_PORT, CONTAINER_PORT = 8080, 80
 
 
-def docker(*args, check=True, timeout=120, input=None):
-    p = subprocess.run(["docker"] + list(args), capture_output=True, timeout=timeout, input=input)
+def engine(tool, *args, check=True, timeout=120, input=None):
+    """`tool args...` (docker or podman); a NetError with its stderr when it fails and check is set."""
+    p = subprocess.run([tool] + list(args), capture_output=True, timeout=timeout, input=input)
     if check and p.returncode != 0:
-        raise net.NetError("docker %s failed: %s" % (" ".join(args[:2]), p.stderr.decode(errors="replace").strip()))
+        raise net.NetError("%s %s failed: %s" % (tool, " ".join(args[:2]), p.stderr.decode(errors="replace").strip()))
     return p
+
+
+def docker(*args, **kw):
+    return engine("docker", *args, **kw)
 
 
 def _rootfs_tar():
@@ -73,18 +78,8 @@ def _address_taken(addr):
     return any(a.get("local") == addr for link in json.loads(out) for a in link.get("addr_info", []))
 
 
-def build(inst, sc):
-    """Make the Docker variant of `sc`, recording each object in `inst` before making it."""
-    key = "net.ipv4.ip_forward"
-    if _address_taken(OUTSIDE_ADDR):
-        raise net.NetError("%s is already on an interface of the root namespace (another --docker lab "
-                           "instance?)" % OUTSIDE_ADDR)
-    if docker("container", "inspect", inst.container_name, check=False).returncode == 0:
-        raise net.NetError("a container named %s exists already (not made by this instance)" % inst.container_name)
-    if not sc.forwarding:  # recorded before it is changed: whatever happens next, down puts it back
-        inst.record("sysctl", key=key, old=net.sysctl_get(key), netns=None)
-        net.sysctl_set(key, 0)
-    ensure_image()
+def build_client(inst):
+    """The client namespace and its veth to the root namespace (198.51.100.2 -> 198.51.100.1), recorded."""
     client = inst.client_ns
     inst.record("netns", name=client)
     net.add_netns(client)
@@ -100,6 +95,30 @@ def build(inst, sc):
     net.run(["ip", "link", "set", inst.token + "c", "up"], netns=client)
     net.run(["ip", "route", "add", "default", "via", OUTSIDE_ADDR], netns=client)
 
+
+def wait_listening(inst):
+    deadline = time.monotonic() + 5
+    while not net.run(["nsenter", "--net=" + inst.container_ns, "ss", "-Hltn", "sport = :%d" % CONTAINER_PORT],
+                      check=False).stdout.strip():
+        if time.monotonic() > deadline:
+            raise net.NetError("the container %s does not listen on :%d" % (inst.container_name, CONTAINER_PORT))
+        time.sleep(0.05)
+
+
+def build(inst, sc):
+    """Make the Docker variant of `sc`, recording each object in `inst` before making it."""
+    key = "net.ipv4.ip_forward"
+    if _address_taken(OUTSIDE_ADDR):
+        raise net.NetError("%s is already on an interface of the root namespace (another --docker lab "
+                           "instance?)" % OUTSIDE_ADDR)
+    if docker("container", "inspect", inst.container_name, check=False).returncode == 0:
+        raise net.NetError("a container named %s exists already (not made by this instance)" % inst.container_name)
+    if not sc.forwarding:  # recorded before it is changed: whatever happens next, down puts it back
+        inst.record("sysctl", key=key, old=net.sysctl_get(key), netns=None)
+        net.sysctl_set(key, 0)
+    ensure_image()
+    build_client(inst)
+
     inst.record("container", name=inst.container_name)
     docker("run", "-d", "--name", inst.container_name, "-p", "%d:%d" % (PUBLISHED_PORT, CONTAINER_PORT),
            IMAGE, "busybox", "httpd", "-f", "-p", str(CONTAINER_PORT), "-h", "/www")
@@ -114,9 +133,4 @@ def build(inst, sc):
                 "--dport", str(CONTAINER_PORT), "-j", "DROP"]
         inst.record("rule", table="filter", rule=rule, netns=None)
         net.run(["iptables", "-t", "filter", "-I"] + rule)
-    deadline = time.monotonic() + 5
-    while not net.run(["nsenter", "--net=" + inst.container_ns, "ss", "-Hltn", "sport = :%d" % CONTAINER_PORT],
-                      check=False).stdout.strip():
-        if time.monotonic() > deadline:
-            raise net.NetError("the container %s does not listen on :%d" % (inst.container_name, CONTAINER_PORT))
-        time.sleep(0.05)
+    wait_listening(inst)

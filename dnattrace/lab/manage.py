@@ -13,6 +13,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,30}$")
 _TOKEN = re.compile(r"^[a-z0-9]{1,9}$")
 
 
+PODMAN = ("healthy", "forwarding-off")      # the scenarios with a --podman variant
+
+
 class LabError(UsageError):
     """A lab instance could not be made (the partial instance has been removed)."""
 
@@ -22,26 +25,30 @@ def _token(name):
     return name if _TOKEN.match(name) else net.unique("dl")
 
 
-def up(scenario_id, prefix=None, docker=False):
+def up(scenario_id, prefix=None, docker=False, podman=False):
     """Build scenario `scenario_id` (namespace variant, or real Docker with docker=True); an Instance.
 
     The instance is named `prefix`, or after the scenario. Anything made before a failure (or a SIGTERM /
     Ctrl-C) is removed again before the error propagates.
     """
     sc = scenarios.get(scenario_id)
+    if podman and sc.id not in PODMAN:
+        raise UsageError("scenario %s has no --podman variant (those that do: %s)" % (sc.id, ", ".join(PODMAN)))
     if docker and not sc.docker:
         raise UsageError("scenario %s has no --docker variant (those that do: %s)"
                          % (sc.id, ", ".join(s.id for s in scenarios.SCENARIOS if s.docker)))
-    name = prefix or (sc.id + ("-docker" if docker else ""))
+    name = prefix or (sc.id + ("-podman" if podman else "-docker" if docker else ""))
     if not _NAME.match(name):
         raise UsageError("bad lab instance name %r: use up to 31 letters, digits, '-' or '_'" % name)
     token = _token(name)
-    if docker:
+    if podman:
+        from dnattrace.lab import podman_lab as variant
+    elif docker:
         from dnattrace.lab import docker_lab as variant
     else:
         from dnattrace.lab import topology as variant
     me = os.getpid()
-    inst = state.Instance(name=name, scenario=sc.id, docker=docker, token=token, created=time.time(),
+    inst = state.Instance(name=name, scenario=sc.id, docker=docker or podman, podman=podman, token=token, created=time.time(),
                           builder={"pid": me, "start": state.process_start(me)}, **variant.describe(name, token, sc))
     existing = state.load(name)
     if existing is not None or not state.create(inst):

@@ -24,7 +24,7 @@ class Instance:
     """A running lab instance: where its pieces are and what the client should connect to."""
     name: str
     scenario: str
-    docker: bool
+    docker: bool                    # a real engine's variant: Docker's, or Podman's when podman is set
     token: str                      # short prefix of interface names (<= 9 characters)
     client_ns: str                  # ip-netns name of the outside client
     host_ns: str | None             # ip-netns name of the host, None for the root namespace (--docker)
@@ -42,6 +42,7 @@ class Instance:
     complete: bool = False          # set once `up` has made everything
     builder: dict = dataclasses.field(default_factory=dict)   # pid and start time of the `up` building it
     objects: list = dataclasses.field(default_factory=list)   # the undo log, in creation order
+    podman: bool = False            # the --podman variant (docker is then True too: a real engine, root ns)
 
     def target(self):
         """The dnattrace Target of this instance: its published port, DNAT target and namespaces."""
@@ -198,6 +199,15 @@ def _undo_container(obj):
     subprocess.run(["docker", "rm", "-f", obj["name"]], capture_output=True, timeout=60)
 
 
+def _undo_podman_container(obj):
+    subprocess.run(["podman", "rm", "-f", "-t", "0", obj["name"]], capture_output=True, timeout=90)
+
+
+def _undo_podman_network(obj):
+    """The network, with its netavark rules (and any container still on it)."""
+    subprocess.run(["podman", "network", "rm", "-f", obj["name"]], capture_output=True, timeout=90)
+
+
 def _undo_netns(obj):
     """Processes still in the namespace go first: one started but not yet recorded when its `up` was
     killed (a server is recorded once it has a pid) would outlive the namespace's name."""
@@ -219,6 +229,8 @@ UNDO = {
     "sysctl": _undo_sysctl,
     "process": _undo_process,
     "container": _undo_container,
+    "podman-container": _undo_podman_container,
+    "podman-network": _undo_podman_network,
     "rule": _undo_rule,
     "dir": lambda o: shutil.rmtree(o["path"], ignore_errors=True),
 }

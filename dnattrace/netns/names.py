@@ -2,7 +2,7 @@
 user knows ("host", an `ip netns` name, a Docker container's name), and back for --netns NAME.
 
 Sources, cheapest first: the root namespace (/proc/1/ns/net), /run/netns/* (ip netns), then Docker
-(container State.Pid -> /proc/PID/ns/net). Docker is asked only when an inode is not known otherwise, at
+(container State.Pid -> /proc/PID/ns/net) and Podman (`podman ps`, in the same look-up). Docker is asked only when an inode is not known otherwise, at
 most once every few seconds (in a child process for watch and drops), and a missing engine is simply no
 names from Docker.
 """
@@ -62,12 +62,12 @@ def ip_netns():
 
 
 def docker_netns():
-    """{container name: (inode, /proc/PID/ns/net)} of running containers; {} when Docker is not there.
+    """{container name: (inode, /proc/PID/ns/net)} of running Docker and Podman containers; {} when neither is there.
 
     In a long-lived watch or drops, which ask this now and then to name a new namespace, it is asked in a
     short-lived child process (dnattrace.forked): the Docker SDK's imports (about 16 MB) must not stay."""
     try:
-        return forked.lookup(_docker_netns, timeout=_DOCKER_TIMEOUT_S)
+        return forked.lookup(_containers_netns, timeout=_DOCKER_TIMEOUT_S)
     except DnattraceError as e:   # an engine that hangs: no names from Docker this time
         log.debug("no Docker names: %s", e)
         return {}
@@ -94,6 +94,37 @@ def _docker_netns():
         log.debug("Docker listing failed: %s", e)
     finally:
         client.close()
+    return out
+
+
+def _podman_netns():
+    """{name: (inode, /proc/PID/ns/net)} of running rootful Podman containers; {} without Podman."""
+    import json
+    import shutil
+    import subprocess
+    if not shutil.which("podman"):
+        return {}
+    try:
+        p = subprocess.run(["podman", "ps", "--format", "json"], capture_output=True, text=True,
+                           timeout=_DOCKER_TIMEOUT_S - 2)
+        listed = json.loads(p.stdout or "[]") if p.returncode == 0 else []
+    except (subprocess.TimeoutExpired, ValueError) as e:
+        log.debug("podman listing failed: %s", e)
+        return {}
+    out = {}
+    for c in listed:
+        pid, names = c.get("Pid") or 0, c.get("Names") or []
+        path = "/proc/%d/ns/net" % pid
+        ino = _inode(path) if pid and names else None
+        if ino is not None:
+            out[names[0]] = (ino, path)
+    return out
+
+
+def _containers_netns():
+    """Docker's containers, then Podman's (a name Docker has wins)."""
+    out = _podman_netns()
+    out.update(_docker_netns())
     return out
 
 

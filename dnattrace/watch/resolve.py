@@ -62,9 +62,21 @@ def netns_path_of(name: Optional[str]) -> Optional[str]:
     return path
 
 
+def find_container(name: str):
+    """The container `name` from Docker, else from Podman (asked only when Docker has no such name or
+    no engine answers); UsageError (or Docker's error) when neither knows it."""
+    from dnattrace.evidence import docker_state, podman_state
+    try:
+        return docker_state.container(name)
+    except DnattraceError as docker_said:     # UsageError (no such name) or no engine
+        try:
+            return podman_state.container(name)
+        except UsageError:
+            raise docker_said from None
+
+
 def from_container(name: str, proto: str = "tcp", port: Optional[int] = None) -> Target:
-    from dnattrace.evidence import docker_state
-    c = docker_state.container(name)
+    c = find_container(name)
     if not c.running:
         raise UsageError("container %s is not running" % c.name)
     bindings = c.published(proto)
@@ -85,7 +97,13 @@ def from_port(port: int, proto: str = "tcp", host_netns: Optional[str] = None) -
             from dnattrace.evidence import docker_state
             found = docker_state.publisher(port, proto)
         except DnattraceError:
-            found = None    # no Docker engine: fall back to the rules
+            found = None    # no Docker engine: Podman's, else the rules
+        if not found:
+            from dnattrace.evidence import podman_state
+            try:
+                found = podman_state.publisher(port, proto)
+            except DnattraceError:
+                found = None
         if found:
             return from_container(found[0].name, proto, port)
     from dnattrace.evidence import firewall
