@@ -60,6 +60,7 @@ class Scenario:
     # other functions some kernels free the packet in for the same drop (Debian's 6.1 and 5.10 free a
     # packet an nftables DROP verdict refused in nf_hook_slow, 6.18 in nft_do_chain)
     drop_function_alt: tuple[str, ...] = ()
+    drop_reason_alt: tuple[str, ...] = ()     # the reasons those other sites give (QUEUE_PURGE, ...)
 
     def drop_site_matches(self, location: str) -> bool:
         """Is `location` ("function+0xoff") this scenario's drop function? Compared without the compiler's
@@ -158,7 +159,8 @@ SCENARIOS += [
              "the container fails (https://github.com/coreos/bugs/issues/122, "
              "https://github.com/wukongdaily/OrangePiShell/issues/18).", cause="bridge-port-down",
              drop_function="neigh_invalidate", drop_reason="NEIGH_FAILED", drop_ns="host", ctr_port_up=False,
-             drop_delay=3.5, drop_function_alt=("neigh_destroy",)),
+             drop_delay=3.5,
+             drop_function_alt=("neigh_destroy",), drop_reason_alt=("QUEUE_PURGE",)),
     Scenario("ctr-to-published-no-hairpin", "A second container on the bridge connects to the "
              "host's published address; the DNAT rule excludes traffic from the bridge (`! -i BRIDGE`, the layout "
              "that expects Docker's userland proxy) and no proxy listens, so the host refuses it "
