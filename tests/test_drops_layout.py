@@ -1,15 +1,12 @@
 """counter.py's struct formats and flags against bpf/drops/drops.h (struct drops_config, FLAG_*,
 DROPS_STAT_*) and bpf/common/drop_key.h (struct drop_key), compiled with the host compiler, so that the
 two sides cannot drift apart."""
-import os
 import re
-import shutil
 import struct
-import subprocess
 
+import hostcc
 from dnattrace.drops import counter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 C_LAYOUT = r"""
 #include <stdio.h>
@@ -47,15 +44,7 @@ def offsets(fmt, names):
 
 
 def c_layout(tmp_path):
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    assert cc, "a C compiler is needed to check the drop counter's layout"
-    src = tmp_path / "layout.c"
-    src.write_text(C_LAYOUT)
-    exe = tmp_path / "layout"
-    subprocess.run([cc, "-I", os.path.join(ROOT, "bpf", "drops"), "-I", os.path.join(ROOT, "bpf", "common"),
-                    str(src), "-o", str(exe)], check=True)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
-    return {name: int(value) for name, value in (line.split() for line in out.splitlines())}
+    return {name: int(value) for name, value in hostcc.layout(tmp_path, C_LAYOUT, "drops", "common").items()}
 
 
 def test_formats_and_flags_match_the_c_header(tmp_path):

@@ -1,17 +1,14 @@
 """Decoding of raw watch records (the layout of struct dt_event in bpf/watch/watch.h)."""
-import os
 import re
-import shutil
 import socket
 import struct
-import subprocess
 
 import pytest
 
+import hostcc
 from dnattrace.watch import abi
 from dnattrace import model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def record(**kw):
@@ -46,13 +43,7 @@ int main(void) {
 
 def test_record_layout_matches_the_c_header(tmp_path):
     """Compile bpf/watch/watch.h with the host compiler and compare sizes and offsets with abi._FMT."""
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    assert cc, "a C compiler is needed to check the event layout"
-    src = tmp_path / "layout.c"
-    src.write_text(C_LAYOUT)
-    exe = tmp_path / "layout"
-    subprocess.run([cc, "-I", os.path.join(ROOT, "bpf", "watch"), str(src), "-o", str(exe)], check=True)
-    c = dict(line.split() for line in subprocess.run([str(exe)], capture_output=True, text=True).stdout.splitlines())
+    c = hostcc.layout(tmp_path, C_LAYOUT, "watch")
     assert int(c.pop("size")) == abi.RECORD_SIZE
     codes = abi._FMT[1:]
     offsets, off = {}, 0

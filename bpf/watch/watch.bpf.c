@@ -411,24 +411,23 @@ static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 re
 /* The drop reason is kfree_skb's third argument since 5.17; older kernels (5.10) have none: the
  * argument is read only where the kernel has it (a CO-RE check, so the verifier never sees the read),
  * else 0 goes up and user space infers the reason from the drop site. */
-#define KFREE_SKB_HAS_REASON bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason)
+static __always_inline __u32 kfree_skb_reason(unsigned long long *ctx)
+{
+	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason))
+		return (__u32)ctx[2];
+	return 0;
+}
 
 SEC("tp_btf/kfree_skb")
 int drop_direct(unsigned long long *ctx)
 {
-	__u32 reason = 0;
-	if (KFREE_SKB_HAS_REASON)
-		reason = (__u32)ctx[2];
-	return on_free((struct sk_buff *)ctx[0], (void *)ctx[1], reason, DT_DROP, 1, 1);
+	return on_free((struct sk_buff *)ctx[0], (void *)ctx[1], kfree_skb_reason(ctx), DT_DROP, 1, 1);
 }
 
 SEC("tp_btf/kfree_skb")
 int drop_btf(unsigned long long *ctx)
 {
-	__u32 reason = 0;
-	if (KFREE_SKB_HAS_REASON)
-		reason = (__u32)ctx[2];
-	return on_free((struct sk_buff *)ctx[0], (void *)ctx[1], reason, DT_DROP, 1, 0);
+	return on_free((struct sk_buff *)ctx[0], (void *)ctx[1], kfree_skb_reason(ctx), DT_DROP, 1, 0);
 }
 
 SEC("tracepoint/skb/kfree_skb")

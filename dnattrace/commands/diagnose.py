@@ -51,13 +51,8 @@ def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as
     # evidence snapshots) stay in short-lived children
     forked.stay_light()
     t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns)
-    client = None
-    traffic = None
-    if probe:
-        client = probeclient.ProbeClient(t.host_netns).up()
-
-        def traffic():
-            client.start_attempts(t.port, count=2, timeout=1.0)
+    client = probeclient.ProbeClient(t.host_netns).up() if probe else None
+    traffic = (lambda: client.start_attempts(t.port, count=2, timeout=1.0)) if client else None
     try:
         res = dg.run(t, timeout=timeout, traffic=traffic, on_ready=lambda: _ready(t, timeout, as_json, client),
                      local=local)

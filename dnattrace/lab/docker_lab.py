@@ -20,7 +20,6 @@ import tarfile
 import time
 
 from dnattrace.netns import build as net
-from dnattrace.lab import state
 
 IMAGE = "dnattrace-lab:busybox"
 CLIENT_ADDR, OUTSIDE_ADDR = "198.51.100.2", "198.51.100.1"

@@ -278,7 +278,7 @@ def hairpin_dnat(n):
 def dnat_other_iface(n):
     """The DNAT rule restricted to an input interface the clients do not use (a NIC renamed since the
     rule was written, or another uplink): its `! -i BRIDGE` becomes `-i OTHER`."""
-    host, br = n["host_ns"], n["bridge"]
+    host = n["host_ns"]
     net.run(["iptables", "-t", "nat", "-R", "DOCKER", "2", "-i", n["uplink2"], "-p", "tcp", "-m", "tcp",
              "--dport", str(PUBLISHED_PORT), "-j", "DNAT", "--to-destination",
              "%s:%d" % (CONTAINER_ADDR, CONTAINER_PORT)], netns=host)

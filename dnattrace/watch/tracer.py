@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import struct
 import time
@@ -19,7 +18,6 @@ from typing import Optional
 from dnattrace.kernel import capabilities, loader, objects, plan
 from dnattrace.drops import counter as drops
 from dnattrace.watch import abi
-from dnattrace.errors import CannotObserve
 
 log = logging.getLogger("dnattrace.watch")
 
