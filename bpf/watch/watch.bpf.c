@@ -120,15 +120,14 @@ static __always_inline int nf_news(struct followed *t, struct sk_buff *skb, stru
 }
 
 /* Where the hook runs: its namespace, the device the packet came in on (else the one it leaves by),
- * the device it leaves by, and the packet's conntrack entry. */
-static __always_inline void nf_fill(struct dt_event *e, const struct nf_hook_state *state, struct sk_buff *skb,
-				    __u8 hook, __u8 stage)
+ * the device it leaves by, and the packet's conntrack entry. The callers read `in` and `out` their own
+ * way: a netfilter link's state is a trusted pointer (plain loads), a kprobe's is not (BPF_CORE_READ). */
+static __always_inline void hook_where(struct dt_event *e, const struct nf_hook_state *state, struct sk_buff *skb,
+				       struct net_device *in, struct net_device *out, __u8 hook, __u8 stage)
 {
 	e->hook = hook;
 	e->stage = stage;
 	e->netns = BPF_CORE_READ(state, net, ns.inum);
-	struct net_device *in = state->in;
-	struct net_device *out = state->out;
 	struct net_device *dev = in ? in : out;
 	if (dev) {
 		e->ifindex = BPF_CORE_READ(dev, ifindex);
@@ -136,6 +135,12 @@ static __always_inline void nf_fill(struct dt_event *e, const struct nf_hook_sta
 	}
 	dev_name(e->out_ifname, out);
 	fill_ct(e, skb);
+}
+
+static __always_inline void nf_fill(struct dt_event *e, const struct nf_hook_state *state, struct sk_buff *skb,
+				    __u8 hook, __u8 stage)
+{
+	hook_where(e, state, skb, state->in, state->out, hook, stage);
 }
 
 static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int direct)
@@ -193,18 +198,7 @@ int nf_last(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_LAST, 0); }
 static __always_inline void hook_fill(struct dt_event *e, const struct nf_hook_state *state, struct sk_buff *skb,
 				      __u8 hook, __u8 stage)
 {
-	e->hook = hook;
-	e->stage = stage;
-	e->netns = BPF_CORE_READ(state, net, ns.inum);
-	struct net_device *in = BPF_CORE_READ(state, in);
-	struct net_device *out = BPF_CORE_READ(state, out);
-	struct net_device *dev = in ? in : out;
-	if (dev) {
-		e->ifindex = BPF_CORE_READ(dev, ifindex);
-		dev_name(e->ifname, dev);
-	}
-	dev_name(e->out_ifname, out);
-	fill_ct(e, skb);
+	hook_where(e, state, skb, BPF_CORE_READ(state, in), BPF_CORE_READ(state, out), hook, stage);
 }
 
 /* Entry: the followed packet enters a hook. Returns 1 when the call was recorded in hook_calls.
