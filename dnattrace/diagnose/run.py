@@ -85,17 +85,22 @@ def _left(j: model.Journey) -> bool:
 
 def _wait_needed(builder) -> float:
     """How long after the decision to keep watching: REPLY_WAIT_S while a TCP reply has not been seen
-    leaving (parked on a neighbour, say: it may still be dropped), DATA_WAIT_S while a handshake was
-    answered and no data reply was seen yet (the first data packets may be dropped), else 0."""
+    leaving (parked on a neighbour, say: it may still be dropped), or while the client sent data after
+    the handshake and no data reply was seen (its first data reply may be dropped: a path MTU black hole;
+    the server may take a moment to answer); DATA_WAIT_S while a handshake was answered and the client
+    sent nothing yet; else 0."""
     first = lambda j: next((s.tuple for s in j.steps if s.tuple), None)
     replies = [j for j in builder.open.values() if first(j) is not None and builder.is_request(first(j)) is False]
     replies += [j for c in builder.connections for j in c.replies]
     tcp = [j for j in replies if first(j) is not None and first(j).proto == 6]
     if any(not _left(j) for j in tcp):
         return REPLY_WAIT_S
+    def data(f):
+        return bool(f) and "S" not in f and "R" not in f
     flags = [j.first.tcp_flags for j in tcp]
-    if any("S" in f and "R" not in f for f in flags) and not any(f and "S" not in f and "R" not in f for f in flags):
-        return DATA_WAIT_S
+    if any("S" in f and "R" not in f for f in flags) and not any(data(f) for f in flags):
+        sent = any(data(j.first.tcp_flags) for c in builder.connections for j in c.requests if j.steps)
+        return REPLY_WAIT_S if sent else DATA_WAIT_S
     return 0.0
 
 
