@@ -47,9 +47,9 @@ def text(res: Result) -> str:
         if f.rule:
             out.append("  rule      %s %s: %s  (%s packets)" % (f.rule.get("table"), f.rule.get("chain"),
                                                               f.rule.get("rule"), f.rule.get("packets")))
-        label = "workaround" if f.workaround else "fix       "
+        label = "workaround" if f.workaround else "fix"
         for cmd in f.fix or []:
-            out.append("  %s %s" % (label, cmd))
+            out.append("  %-9s %s" % (label, cmd))
         if f.fix_note:
             out.append("            (%s)" % f.fix_note)
         if i == 0:
