@@ -168,7 +168,7 @@ def build(inst, sc):
         net.sysctl_set("net.ipv4.conf.%s.rp_filter" % n["outside_if"], 1, host)
         # The host would not even answer the client's ARP (arp_process checks the reverse path too), so
         # the client knows the host's MAC already, as a client behind a router would: the SYN is sent.
-        mac = net.run(["cat", "/sys/class/net/%s/address" % n["outside_if"]], netns=host).stdout.strip()
+        mac = net.link_address(n["outside_if"], host)
         net.run(["ip", "neigh", "replace", OUTSIDE_ADDR, "lladdr", mac, "dev", n["client_if"], "nud",
                  "permanent"], netns=client)
 
