@@ -37,6 +37,7 @@ def diagnose(inst, *extra, client=True, timeout=8):
     return p.returncode, (json.loads(out) if out.strip() else None), err
 
 
+@pytest.mark.guest
 @pytest.mark.parametrize("scenario", [s.id for s in scenarios.SCENARIOS])
 def test_each_scenario_gets_its_ground_truth(lab_instance, scenario):
     sc = scenarios.get(scenario)
@@ -124,6 +125,7 @@ def test_docker_variant(lab_instance, scenario):
         assert d["findings"][0]["fix"] and "-D DOCKER-USER" in d["findings"][0]["fix"][0]
 
 
+@pytest.mark.guest
 def test_demo_end_to_end(root):
     t = time.monotonic()
     p = subprocess.run(CLI + ["demo"], capture_output=True, text=True, timeout=slow(120))

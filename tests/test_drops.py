@@ -105,6 +105,7 @@ def udp_no_socket(described):
     return sum(d["count"] for d in described if d["reason"] == "NO_SOCKET" and d["proto"] == "udp")
 
 
+@pytest.mark.guest
 def test_exact_counts_at_the_right_site_reason_and_namespace(lab):
     with engine.DropCounter() as everything, engine.DropCounter(netns=lab.host_inode) as host_only:
         send_syns(lab, N)
@@ -128,6 +129,7 @@ def test_exact_counts_at_the_right_site_reason_and_namespace(lab):
     assert sum(d["count"] for d in client_udp) == N
 
 
+@pytest.mark.guest
 def test_port_view_follows_the_published_port_across_dnat(lab):
     with engine.DropCounter(port=DNAT_PORT) as port_view:
         send_syns(lab, N)
@@ -209,6 +211,7 @@ class Cli:
         return out
 
 
+@pytest.mark.guest
 def test_cli_json(lab):
     cli = Cli("--json", "--duration", "2", "--interval", "0.5", "--netns", lab.host)
     send_syns(lab, N)

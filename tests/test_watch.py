@@ -86,6 +86,7 @@ def mine(journeys, inst):
     return [j for j in journeys if any(s.get("netns_name", "").startswith(inst.name) for s in j["steps"])]
 
 
+@pytest.mark.guest
 def test_healthy_journey_hook_by_hook(lab_instance):
     inst = lab_instance("healthy")
     journeys, summary = watch_lab(inst)
@@ -140,6 +141,7 @@ def test_sigterm_stops_watch_like_ctrl_c_with_its_summary(netns):
     assert journeys == [] and summary["connections"] == [] and summary["lost_events"] == 0
 
 
+@pytest.mark.guest
 def test_forwarding_off_retransmissions_grouped_and_dropped_at_ip_error(lab_instance):
     inst = lab_instance("forwarding-off")
     journeys, summary = watch_lab(inst, timeout=2.5)
@@ -189,6 +191,7 @@ def test_drops_of_connections_not_followed_are_counted_by_site(lab_instance, cap
     assert live and sum(d["count"] for d in live) == sites[0]["count"], "each drop told once as it came"
 
 
+@pytest.mark.guest
 def test_forward_policy_drop_names_the_hook(lab_instance):
     inst = lab_instance("forward-policy-drop")
     journeys, _ = watch_lab(inst, timeout=1.2)
@@ -198,6 +201,7 @@ def test_forward_policy_drop_names_the_hook(lab_instance):
     assert ("nf", "FORWARD", "first") in points(j) and ("nf", "FORWARD", "last") not in points(j)
 
 
+@pytest.mark.guest
 def test_no_listener_shows_the_rst_reply(lab_instance):
     inst = lab_instance("no-listener")
     journeys, summary = watch_lab(inst, timeout=1.2)
@@ -274,6 +278,7 @@ def test_container_without_published_port(root):
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
+@pytest.mark.guest
 def test_count_stops_after_n_attempts_and_src_filters(lab_instance):
     inst = lab_instance("forwarding-off")
     # --count 1: the watch ends by itself once one attempt was seen, well before --duration
@@ -319,6 +324,7 @@ def send_udp(client, port, n=3):
              "[s.sendto(b'x', ('198.51.100.1', %d)) for _ in range(%d)]" % (port, n)], netns=client)
 
 
+@pytest.mark.guest
 def test_udp_to_a_closed_port_is_followed_to_its_drop(netns):
     client, host = client_and_host(netns)
     p = start_watch("--proto", "udp", "--port", "19999", "--netns", host, "--duration", str(slow(2)))
