@@ -291,16 +291,17 @@ def test_count_stops_after_n_attempts_and_src_filters(lab_instance):
         probeclient.stop(client)
     assert time.monotonic() - t0 < slow(10)
     assert len({json.dumps(j["connection"]) for j in journeys}) == 1
-    # --src: two watches side by side, one for the client's range (sees the attempt), one for another
-    # range (does not)
-    # (the second watch's start-up runs inside the first one's window: under emulation that is seconds)
+    # --src: two watches side by side, one for the client's range (sees the attempt, and --count 1 ends
+    # it), one for another range (does not); the second is stopped once the first has ended, so its
+    # window surely held the attempt, however long start-ups take (under emulation: tens of seconds)
     inside = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--src", "198.51.100.0/24",
-                         "--duration", str(slow(2.5) + slow(2.5) - 2.5))
+                         "--count", "1", "--duration", str(slow(20)))
     outside = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--src", "203.0.113.0/24",
-                          "--duration", str(slow(2.5)))
+                          "--duration", str(slow(40)))
     client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 1, 1.0)
     try:
         seen, _ = finish(inside)
+        outside.send_signal(signal.SIGINT)
         unseen, summary = finish(outside)
     finally:
         probeclient.stop(client)
