@@ -30,7 +30,9 @@ import traceback
 
 from dnattrace.errors import DnattraceError
 
-TIMEOUT_S = 30.0
+# A stuck Docker engine or netlink must not hang a command for ever; a healthy look-up takes 0.1-0.3 s
+# here, but 10-40 s on an emulated kernel (the kernel matrix's guests, three at once on two cores).
+TIMEOUT_S = 90.0
 _in_child = False
 _light = False      # stay_light() was called: lookup() runs apart
 

@@ -50,6 +50,15 @@ def test_describe_names_everything():
     assert unknown["reason"] == "reason 999" and unknown["netns"] == "netns:7"
 
 
+def test_a_kernel_without_drop_reasons_gets_them_by_site_or_unknown():
+    """5.10: every reason code is 0; a site with one reason gives it, marked inferred; ip_error has two."""
+    d = drops.Describer(Names(), SYMBOLS, {})
+    udp, ip_error = (d.describe(r) for r in drops.decode_rows([entry(UDP, 0, 1, 17, [2]), entry(IP_ERROR, 0, 1, 6, [1])]))
+    assert (udp["reason"], udp["reason_inferred"]) == ("NO_SOCKET", True) and udp["meaning"].startswith("inferred")
+    assert ip_error["reason"] == "unknown" and "no drop reasons" in ip_error["meaning"]
+    assert describe(drops.decode_rows([entry(UDP, 3, 1, 17, [1])]))[0]["reason_inferred"] is False
+
+
 def test_group_merges_and_marks_mixed_fields():
     rows = drops.decode_rows([entry(IP_ERROR, 87, 1, 6, [4]), entry(IP_ERROR, 87, 2, 6, [1]),
                               entry(UDP, 3, 1, 17, [3])])

@@ -81,10 +81,10 @@ class Facts:
         # of nf_hook_slow (fexit/kretprobe)
         verdict = self._last(VERDICT)
         self.hook = verdict.hook if verdict else (self.nf.hook if self.nf else None)
-        self.route: Optional[Step] = self._last(ROUTE)
         rx = self._last(RX, same_ns=True)
         self.ingress = rx.ifname if rx else ""
         self.dest = self._dest()
+        self.route: Optional[Step] = self._forward_route()
 
     def _last(self, point, same_ns=False) -> Optional[Step]:
         if not self.journey:
@@ -93,6 +93,16 @@ class Facts:
             if s.point == point and (not same_ns or not self.end or s.netns == self.end.netns):
                 return s
         return None
+
+    def _forward_route(self) -> Optional[Step]:
+        """The route step of the packet's own destination: the last forward lookup for it, else the last
+        forward lookup, else the last route step. The lookups arrive in the kernel's order, which differs
+        between kernels and probes: a reverse-path (source validation) lookup, for the client's address,
+        may come last, and its device says nothing about where the packet was going."""
+        routes = [s for s in (self.journey.steps if self.journey else ()) if s.point == ROUTE]
+        forward = [s for s in routes if not (s.route and s.route.reverse)]
+        own = [s for s in forward if s.route and self.dest[0] and s.route.dst == self.dest[0]]
+        return (own or forward or routes or [None])[-1]
 
     def _dest(self) -> tuple[str, int]:
         """Where the packet was going after NAT: conntrack's view, else the last tuple, else the target."""

@@ -203,19 +203,25 @@ class Describer:
         return self.reason_names.get(code, "reason %d" % code)
 
     def describe(self, row, seconds=None):
-        name = self.reason(row.reason)
+        function = self.symbols.function(row.location)
+        inferred = not self.reason_names      # the kernel has no drop reasons: by the site, or unknown
+        name = reasons.BY_SITE.get(kallsyms.base_name(function), reasons.UNKNOWN) if inferred \
+            else self.reason(row.reason)
         d = {
             "count": row.count,
             "rate": round(row.count / seconds, 1) if seconds else None,
             "location": self.symbols.format(row.location),
             "address": "%#x" % row.location,
-            "function": self.symbols.function(row.location),
+            "function": function,
             "reason": name,
             "reason_code": row.reason,
+            "reason_inferred": inferred,
             "netns": self.namer.name(row.netns),
             "netns_inode": row.netns,
             "proto": proto_name(row.l3proto, row.l4proto),
-            "meaning": reasons.meaning(name),
+            "meaning": ("this kernel reports no drop reasons (5.17+), and this site has several"
+                        if name == reasons.UNKNOWN else
+                        ("inferred from the site: " if inferred else "") + reasons.meaning(name)),
         }
         if row.port:
             d["port"] = row.port

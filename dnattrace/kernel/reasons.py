@@ -139,3 +139,19 @@ def meaning(name):
     if name.startswith("SKB_DROP_REASON_"):
         name = name[len("SKB_DROP_REASON_"):]
     return MEANINGS.get(name, GENERIC % name)
+
+
+# Kernels before 5.17 report no drop reason. The reason a site always gives where the kernel has them
+# (function without compiler suffixes -> reason): what `drops` and `watch` show there, marked inferred.
+# Sites with several reasons are not here (watch infers ip_error's from the journey's route lookup).
+BY_SITE = {
+    "nft_do_chain": "NETFILTER_DROP",
+    "ipt_do_table": "NETFILTER_DROP",
+    "nf_hook_slow": "NETFILTER_DROP",
+    "tcp_v4_rcv": "NO_SOCKET",
+    "__udp4_lib_rcv": "NO_SOCKET",
+    "neigh_invalidate": "NEIGH_FAILED",
+    "__neigh_event_send": "NEIGH_QUEUEFULL",
+    "skb_queue_purge": "QUEUE_PURGE",
+}
+UNKNOWN = "unknown"

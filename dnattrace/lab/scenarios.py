@@ -122,7 +122,7 @@ SCENARIOS += [
              "the other base chain on the same hook drops it (https://github.com/firewalld/firewalld/issues/534, "
              "https://github.com/moby/libnetwork/issues/2496).", cause="foreign-nft-drop",
              drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host",
-             foreign_forward_drop=True),
+             foreign_forward_drop=True, drop_function_alt=("nf_hook_slow",)),
     Scenario("udp-stale-conntrack", "The client's UDP flow was tracked before the port was published; nat "
              "rules see only a flow's first packet, so the datagrams keep going to the host itself "
              "(https://github.com/moby/moby/issues/8795, https://github.com/moby/moby/pull/44742).",
@@ -177,7 +177,7 @@ SCENARIOS += [
              "SYN-ACK is dropped (https://unix.stackexchange.com/questions/657545/nftables-whitelisting-docker, "
              "https://github.com/greenpau/cni-plugins/issues/12).", cause="foreign-nft-reply-drop",
              drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host",
-             foreign_forward_new_only=True),
+             foreign_forward_new_only=True, drop_function_alt=("nf_hook_slow",)),
 ]
 
 BY_ID = {s.id: s for s in SCENARIOS}

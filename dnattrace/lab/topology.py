@@ -88,20 +88,8 @@ def base_sysctls(ns, forwarding):
 
 def start_server(inst, ns, listen, www):
     """Run busybox httpd in `ns` (own session, so it outlives the CLI); record its pid; wait until it listens."""
-    p = subprocess.Popen(["ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", listen, "-h", www],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
-    p.returncode = 0          # the lab owns it from now on (down kills it); silence Popen's destructor
-    time.sleep(0.01)
-    from dnattrace.lab import state
-    inst.record("process", pid=p.pid, start=state.process_start(p.pid), netns=ns)
-    port = listen.rsplit(":", 1)[-1]
-    deadline = time.monotonic() + 15      # a wait until, not a sleep: an emulated kernel (scripts/vm) needs >3 s
-    while time.monotonic() < deadline:
-        if net.run(["ss", "-Hltn", "sport = :%s" % port], netns=ns, check=False).stdout.strip():
-            return
-        time.sleep(0.05)
-    raise net.NetError("the lab server did not start listening on %s in %s" % (listen, ns))
+    _start_service(inst, ns, ["busybox", "httpd", "-f", "-p", listen, "-h", www], "-Hltn",
+                   int(listen.rsplit(":", 1)[-1]), "server on " + listen)
 
 
 def make_www(inst):
@@ -359,11 +347,12 @@ def _start_service(inst, ns, argv, ss_flags, port, what):
     """Run argv in `ns` in its own session (so it outlives the CLI), record its pid, wait until it listens."""
     p = subprocess.Popen(["ip", "netns", "exec", ns] + argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
-    p.returncode = 0
+    p.returncode = 0          # the lab owns it from now on (down kills it); silence Popen's destructor
     time.sleep(0.01)
     from dnattrace.lab import state
     inst.record("process", pid=p.pid, start=state.process_start(p.pid), netns=ns)
-    deadline = time.monotonic() + 5
+    # a wait until, not a sleep: a Python server on an emulated kernel (scripts/vm) under load needs >5 s
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if net.run(["ss", ss_flags, "sport = :%d" % port], netns=ns, check=False).stdout.strip():
             return

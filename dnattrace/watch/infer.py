@@ -10,18 +10,9 @@ from typing import Optional
 
 from dnattrace import model
 from dnattrace.kernel.kallsyms import base_name
+from dnattrace.kernel.reasons import BY_SITE
 
-# drop site (function, without compiler suffixes) -> the reason the kernel gives there when it has them
-BY_SITE = {
-    "nft_do_chain": "NETFILTER_DROP",
-    "ipt_do_table": "NETFILTER_DROP",
-    "nf_hook_slow": "NETFILTER_DROP",
-    "tcp_v4_rcv": "NO_SOCKET",
-    "__udp4_lib_rcv": "NO_SOCKET",
-    "neigh_invalidate": "NEIGH_FAILED",
-    "__neigh_event_send": "NEIGH_QUEUEFULL",
-    "skb_queue_purge": "QUEUE_PURGE",
-}
+NO_ROUTE = (-errno.ENETUNREACH, -errno.EAGAIN)
 
 
 def _route_error(j: model.Journey, before: model.Step) -> Optional[int]:
@@ -51,10 +42,10 @@ def reason_for(j: model.Journey, drop: model.Step) -> str:
     """The reason the kernel would have given for `drop`, or "" when the site does not tell."""
     func = base_name(drop.location.split("+")[0])
     if func == "ip_error":
-        # ip_error frees by the unreachable route's error: ENETUNREACH (the lookup found no route) counts
-        # as no route, EHOSTUNREACH (a route, but forwarding is off, or an unreachable route) as an
-        # address error
-        return "IP_INNOROUTES" if _route_error(j, drop) == -errno.ENETUNREACH else "IP_INADDRERRORS"
+        # ip_error frees by the unreachable route's error: no route counts as no route, EHOSTUNREACH (a
+        # route, but forwarding is off, or an unreachable route) as an address error. The fib tracepoint
+        # reports a table without a match as EAGAIN (fib_lookup turns the last one into ENETUNREACH).
+        return "IP_INNOROUTES" if _route_error(j, drop) in NO_ROUTE else "IP_INADDRERRORS"
     if func == "ip_rcv_finish_core":
         # the route input failed: EXDEV is the reverse-path filter
         rr = _route_result(j, drop)
