@@ -431,6 +431,24 @@ def test_inferred_reason_matches_like_a_reported_one():
     assert top(causes.explain([c], snap(host(off)))).cause_id == "forwarding-off"
 
 
+def test_a_packet_too_big_is_told_by_ipfragfails_where_the_kernel_gives_no_reason():
+    """5.10: ip_forward drops for several reasons and reports none; the frag-needed drop counts
+    IpFragFails, so that counter moving names it (inferred, and said so); without it, no guess."""
+    from dnattrace.model import Journey
+    back = Tuple5(6, INNER, 80, "198.51.100.2", 40000)
+    def stalled():
+        syn = Journey(1, [*prerouting(), *forwarded(), s(CONSUME, location="tcp_v4_rcv+0x1")])
+        data = Journey(3, [s(NF, hook="PREROUTING", stage="first", tuple=back, tcp_flags="A", ifname="br0"),
+                           drop("ip_forward+0x1b9", "", back)], direction="reply")
+        synack = Journey(2, [s(XMIT, ifname="veth-ext", tuple=back, tcp_flags="SA")], direction="reply")
+        return Connection(T_IN, [syn], [synack, data])
+    links = [Link("veth-ext", 2, "UP", True, "veth", "", ["198.51.100.1/24"], mtu=1400),
+             Link("br0", 3, "UP", True, "bridge", "", ["172.17.0.1/16"], mtu=1500)]
+    f = top(causes.explain([stalled()], snap(host(links=links)), delta(snmp={"IpFragFails": 2})))
+    assert f.cause_id == "pmtu-blackhole" and any("(inferred" in e for e in f.evidence), f
+    assert top(causes.explain([stalled()], snap(host(links=links)), delta())).cause_id == "unexplained"
+
+
 def test_drop_sites_compare_without_compiler_suffixes():
     c = conn(s(RX, ifname="veth-ext", tuple=T_IN), drop("ip_rcv_finish_core.constprop.0+0x1ab", "IP_RPFILTER", T_IN))
     f = causes.Facts(c, snap(), None)

@@ -76,6 +76,11 @@ class Facts:
         if where and self.ns.inode != where:    # a namespace no evidence was read from (the client's)
             self.ns = NsEvidence(name=self.end.netns_name or "netns %d" % where, inode=where)
         self.nsdelta: Optional[NsDelta] = delta.by_inode(self.ns.inode) if delta else None
+        self.reason_inferred = bool(self.drop and self.drop.reason_inferred)
+        if self.drop and not self.reason and self.func == "ip_forward" and self._moved("IpFragFails"):
+            # a kernel without drop reasons (before 5.17): ip_forward drops for several reasons, and the
+            # one that counts IpFragFails is a packet too big for the next link (frag_needed)
+            self.reason, self.reason_inferred = "PKT_TOO_BIG", True
         self.nf: Optional[Step] = self._last(NF)
         # where netfilter links are not available (kernels before 6.4) the hook comes from the verdict
         # of nf_hook_slow (fexit/kretprobe)
@@ -141,11 +146,16 @@ class Facts:
     def moves(self) -> list[CounterMove]:
         return self.nsdelta.moves if self.nsdelta else []
 
+    def _moved(self, counter: str) -> bool:
+        return bool(self.nsdelta and self.nsdelta.snmp.get(counter, 0) > 0)
+
     def drop_line(self) -> str:
         if not self.drop:
             return ""
-        return "dropped at %s in %s, reason %s (%s)" % (self.drop.location or "?", self.ns.name,
-                                                        self.reason or "?", reason_meaning(self.reason))
+        return "dropped at %s in %s, reason %s%s (%s)" % (
+            self.drop.location or "?", self.ns.name, self.reason or "?",
+            " (inferred: this kernel reports no drop reasons)" if self.reason_inferred else "",
+            reason_meaning(self.reason))
 
     def delivered_to_listener_ns(self) -> Optional[Journey]:
         """A request journey that was delivered (consumed by a socket) somewhere."""
