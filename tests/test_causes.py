@@ -444,8 +444,10 @@ def test_a_packet_too_big_is_told_by_ipfragfails_where_the_kernel_gives_no_reaso
         return Connection(T_IN, [syn], [synack, data])
     links = [Link("veth-ext", 2, "UP", True, "veth", "", ["198.51.100.1/24"], mtu=1400),
              Link("br0", 3, "UP", True, "bridge", "", ["172.17.0.1/16"], mtu=1500)]
-    f = top(causes.explain([stalled()], snap(host(links=links)), delta(snmp={"IpFragFails": 2})))
+    c = stalled()
+    f = top(causes.explain([c], snap(host(links=links)), delta(snmp={"IpFragFails": 2})))
     assert f.cause_id == "pmtu-blackhole" and any("(inferred" in e for e in f.evidence), f
+    assert (c.replies[1].drop.reason, c.replies[1].drop.reason_inferred) == ("PKT_TOO_BIG", True)
     assert top(causes.explain([stalled()], snap(host(links=links)), delta())).cause_id == "unexplained"
 
 

@@ -79,8 +79,10 @@ class Facts:
         self.reason_inferred = bool(self.drop and self.drop.reason_inferred)
         if self.drop and not self.reason and self.func == "ip_forward" and self._moved("IpFragFails"):
             # a kernel without drop reasons (before 5.17): ip_forward drops for several reasons, and the
-            # one that counts IpFragFails is a packet too big for the next link (frag_needed)
+            # one that counts IpFragFails is a packet too big for the next link (frag_needed). Written
+            # on the step too, so the journey shown with the diagnosis says it (marked inferred).
             self.reason, self.reason_inferred = "PKT_TOO_BIG", True
+            self.drop.reason, self.drop.reason_inferred = self.reason, True
         self.nf: Optional[Step] = self._last(NF)
         # where netfilter links are not available (kernels before 6.4) the hook comes from the verdict
         # of nf_hook_slow (fexit/kretprobe)
