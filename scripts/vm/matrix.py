@@ -53,25 +53,39 @@ def capability(caps, names):
     return " / ".join(cells)
 
 
+def counts(path):
+    """{tests, failures, errors, skipped} of a junit file."""
+    suite = ET.parse(path).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+
+
 def tests(d):
-    """(cell, passed?) from the share's junit file and exit code."""
+    """(cell, passed?) from the share's junit files (the run, and the rerun of its failures) and exit code."""
     path = os.path.join(d, "junit.xml")
     rc = read(d, "rc", "?")
     if not os.path.exists(path):
         return "**did not run** (rc %s)" % rc, False
-    suite = ET.parse(path).getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    n = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
+    n = counts(path)
+    failed = n["failures"] + n["errors"]
+    passed = n["tests"] - failed - n["skipped"]
+    rerun = os.path.join(d, "rerun.xml")
+    again = 0
+    if failed and os.path.exists(rerun):
+        r = counts(rerun)
+        again = r["tests"] - r["failures"] - r["errors"] - r["skipped"]
+        passed, failed = passed + again, failed - again
     cell = "%d passed" % passed
-    if n["failures"] or n["errors"]:
-        cell += ", **%d failed**" % (n["failures"] + n["errors"])
+    if again:
+        cell += " (%d of them on a second run)" % again
+    if failed:
+        cell += ", **%d failed**" % failed
     if n["skipped"]:
         cell += ", %d skipped" % n["skipped"]
     secs = read(d, "seconds")
     if secs:
         cell += " (%s s)" % secs
-    return cell, rc == "0" and not (n["failures"] or n["errors"])
+    return cell, rc == "0" and not failed
 
 
 def main(argv):
@@ -86,7 +100,7 @@ def main(argv):
         rows.append([title] + [capability(docs[l][0], names) for l, _ in cols])
     for point in POINTS:
         rows.append(["probe: " + point] +
-                    [(docs[l][1].get(point) or {}).get("probe") or "-" for l, _ in cols])
+                    [((docs[l][1].get(point) or {}).get("probe") or "-").split(" (")[0] for l, _ in cols])
     ok = True
     cells = []
     for l, d in cols:
