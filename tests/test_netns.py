@@ -104,18 +104,16 @@ def test_docker_is_asked_less_often_while_it_cannot_name_a_namespace(monkeypatch
 def test_owner_netns_survives_a_namespace_that_vanishes_meanwhile(monkeypatch):
     """Two namespaces hold the address; one is removed between the listing and the nsid question (a
     container stopping, another lab torn down): the look-up answers with the other, no traceback."""
-    from dnattrace.evidence import links
-    from dnattrace.netns import names as nsnames
+    from dnattrace.netns import names as nsnames, rtnl
     from dnattrace.watch import resolve
     monkeypatch.setattr(nsnames, "ip_netns", lambda: {"a": (1, "/proc/self/ns/net"), "b": (2, "/gone/ns")})
     monkeypatch.setattr(nsnames, "docker_netns", lambda: {})
-    monkeypatch.setattr(links, "links", lambda path=None: [])
-    monkeypatch.setattr(links, "local_addresses", lambda ls: ["172.31.0.2"])
-    monkeypatch.setattr(links, "veth_peer_nsids", lambda host: {7})
+    monkeypatch.setattr(rtnl, "addresses", lambda path=None: ["172.31.0.2"])
+    monkeypatch.setattr(rtnl, "veth_peer_nsids", lambda host: {7})
 
     def nsid_of(path, host):
         if path == "/gone/ns":
             raise FileNotFoundError(2, "No such file or directory", path)
         return 7
-    monkeypatch.setattr(links, "nsid_of", nsid_of)
+    monkeypatch.setattr(rtnl, "nsid_of", nsid_of)
     assert resolve.owner_netns("172.31.0.2", "/proc/1/ns/net") == "/proc/self/ns/net"

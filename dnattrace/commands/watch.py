@@ -55,9 +55,13 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     # children, for the target here and for the look-ups made while watching (dnattrace.forked)
     forked.stay_light()
     t0 = time.perf_counter()
-    t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns,
-                               dst=dst)
-    log.info("start-up: target and addresses looked up in %.0f ms", (time.perf_counter() - t0) * 1000)
+    # With --netns and no --container the look-up needs no Docker SDK (iptables-save and netlink only),
+    # so it runs here, ~0.2 s sooner than in a child; else the SDK is imported in a child
+    apart = container is not None or netns is None
+    t, local = (forked.run_apart if apart else _here)(resolve_with_addresses, port=port, container=container,
+                                                     proto=proto, netns=netns, dst=dst)
+    log.info("start-up: target and addresses looked up in %.0f ms (%s)", (time.perf_counter() - t0) * 1000,
+             "in a look-up child" if apart else "in this process")
     out = Output()
     writer = GuardedFile(_pcap_writer(pcap), pcap, out) if pcap else None
     printer = _Printer(as_json, src, out)
@@ -79,6 +83,10 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     printer.summary(f)
     out.check()
     presence.check()
+
+
+def _here(fn, **kw):
+    return fn(**kw)
 
 
 class _Presence:

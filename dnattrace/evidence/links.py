@@ -180,24 +180,3 @@ def ip_rules(netns=None) -> list[str]:
     out = subprocess.run(prefix + ["ip", "-4", "rule", "show"], capture_output=True, text=True, timeout=10,
                          check=True).stdout
     return [" ".join(l.split()) for l in out.splitlines() if l.strip()]
-
-
-def veth_peer_nsids(netns=None) -> set[int]:
-    """The namespace ids (as this namespace numbers them) of the peers of its veth links."""
-    with entered(netns):
-        with _ipr() as ipr:
-            return {l.get_attr("IFLA_LINK_NETNSID") for l in ipr.get_links()
-                    if l.get_attr("IFLA_LINK_NETNSID") is not None}
-
-
-def nsid_of(path: str, netns=None) -> Optional[int]:
-    """The id namespace `netns` gives the namespace at `path`, or None when it has none (not linked)."""
-    import os
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with entered(netns):
-            with _ipr() as ipr:
-                nsid = ipr.get_netnsid(fd=fd).get("nsid")
-    finally:
-        os.close(fd)
-    return None if nsid is None or nsid >= 2 ** 31 else nsid

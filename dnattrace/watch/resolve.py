@@ -10,6 +10,7 @@ import os
 from typing import Optional
 
 from dnattrace.errors import DnattraceError, UsageError
+from dnattrace.netns import rtnl
 from dnattrace.target import Endpoint, Target
 
 
@@ -128,41 +129,41 @@ def owner_netns(addr: str, host_netns: Optional[str] = None) -> Optional[str]:
     hooks are watched too. Several namespaces may hold the same private address (one per lab or per
     compose project): the one whose veth peer sits in the host's namespace is the one the host reaches.
     Docker is asked only when no `ip netns` namespace linked to the host holds it (its SDK costs
-    ~0.2 s of start-up).
+    ~0.2 s of start-up). The netlink questions go over a plain socket (netns/rtnl.py), not pyroute2: this
+    runs in the watch process itself when --netns says where the host is.
     """
     from dnattrace.netns import names as nsnames
-    from dnattrace.evidence import links
     peers = None
     unlinked: list[str] = []        # holders no veth of the host reaches: the answer if nothing better
     for source in (nsnames.ip_netns, nsnames.docker_netns):
-        holders = _holders(links, addr, [path for _name, (_ino, path) in source().items()], host_netns)
+        holders = _holders(addr, [path for _name, (_ino, path) in source().items()], host_netns)
         if holders:
-            peers = links.veth_peer_nsids(host_netns) if peers is None else peers
-            linked = [p for p in holders if _nsid_or_none(links, p, host_netns) in peers]
+            peers = rtnl.veth_peer_nsids(host_netns) if peers is None else peers
+            linked = [p for p in holders if _nsid_or_none(p, host_netns) in peers]
             if linked:
                 return linked[0]
             unlinked += holders
     return unlinked[0] if unlinked else None
 
 
-def _holders(links, addr, candidates, host_netns) -> list[str]:
+def _holders(addr, candidates, host_netns) -> list[str]:
     out = []
     for path in candidates:
         if not path or path == host_netns:
             continue
         try:
-            if addr in links.local_addresses(links.links(path)):
+            if addr in rtnl.addresses(path):
                 out.append(path)
         except Exception:   # a namespace that vanished meanwhile
             continue
     return [p for p in out if os.path.exists(p)]
 
 
-def _nsid_or_none(links, path, host_netns):
+def _nsid_or_none(path, host_netns):
     """The namespace's id as the host sees it; None when it vanished meanwhile (a container stopped, a
     lab torn down between the listing and this question)."""
     try:
-        return links.nsid_of(path, host_netns)
+        return rtnl.nsid_of(path, host_netns)
     except OSError:
         return None
 
@@ -196,12 +197,11 @@ def local_addresses(paths) -> dict[int, set[str]]:
 
 
 def _local_addresses(paths) -> dict[int, set[str]]:
-    from dnattrace.evidence import links
     from dnattrace.netns import enter as ns
     out = {}
     for path in paths:
         try:
-            out[ns.inode(path)] = set(links.local_addresses(links.links(path)))
+            out[ns.inode(path)] = set(rtnl.addresses(path))
         except Exception:     # evidence, not a precondition: the journey just says less
             continue
     return out
