@@ -83,3 +83,33 @@ def test_running_kernel_drop_reasons():
     for number, name in pairs:
         assert values[name] == int(number), name
     assert btf.drop_reasons()[values["NO_SOCKET"]] == "NO_SOCKET"
+
+
+def test_the_running_kernels_enum_is_kept_for_the_boot(tmp_path):
+    """The first process parses the BTF and keeps the enum in RUN_DIR; the next reads it from there (the
+    same table); a file written for another boot or kernel build is not used."""
+    import json
+    import subprocess
+    import sys
+    if not os.path.exists(btf.VMLINUX):
+        pytest.fail("this kernel has no BTF at %s" % btf.VMLINUX)
+    env = dict(os.environ, DNATTRACE_RUN_DIR=str(tmp_path))
+    code = "import json; from dnattrace.kernel import btf; print(json.dumps(btf.drop_reasons()))"
+
+    def run():
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    cache = tmp_path / (btf.BOOT_CACHE % "skb_drop_reason")
+    parsed = run()
+    assert cache.exists()
+    kept = run()
+    assert kept == parsed and "NO_SOCKET" in kept.values()
+    d = json.loads(cache.read_text())
+    d["key"][0] = "another boot"
+    d["value"] = {"SKB_DROP_REASON_WRONG": 2}
+    cache.write_text(json.dumps(d))
+    again = run()
+    assert again == parsed, "a file from another boot was used"
+    assert json.loads(cache.read_text())["key"][0] != "another boot", "the file was not renewed"

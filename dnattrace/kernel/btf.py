@@ -9,9 +9,11 @@ reach the next record) and a section of NUL-terminated strings.
 from __future__ import annotations
 
 import functools
+import os
 import struct
 
 from dnattrace.errors import CannotObserve
+from dnattrace.kernel import bootcache
 
 from dnattrace.kernel.objects import BTF_PATH as VMLINUX
 MAGIC = 0xEB9F
@@ -98,8 +100,23 @@ def parse_enums(blob, wanted):
     return found
 
 
+# The running kernel's enums, once parsed (~60 ms for skb_drop_reason, on watch's path to 'Watching'),
+# are kept for the rest of the boot (kernel/bootcache.py), keyed by the BTF file's size and time too.
+BOOT_CACHE = "btf-enum-%s.json"     # % the enum's name
+
+
 @functools.lru_cache(maxsize=None)
 def _vmlinux_enum(name, path):
+    key = None
+    if path == VMLINUX:
+        try:
+            st = os.stat(path)
+            key = bootcache.boot_key(name, st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass
+        cached = bootcache.load(BOOT_CACHE % name, key) if key else None
+        if isinstance(cached, dict):
+            return cached
     try:
         with open(path, "rb") as f:
             blob = f.read()
@@ -108,6 +125,8 @@ def _vmlinux_enum(name, path):
     enums = parse_enums(blob, [name])
     if name not in enums:
         raise BtfError("the kernel BTF has no enum %s" % name)
+    if key:
+        bootcache.store(BOOT_CACHE % name, key, enums[name])
     return enums[name]
 
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import atexit
 import errno as errno_mod
-import json
 import os
 import threading
 import time
 from dataclasses import dataclass
 
-from dnattrace.kernel import loader, objects, preflight, tracefs
-from dnattrace.paths import RUN_DIR
+from dnattrace.kernel import bootcache, loader, objects, preflight, tracefs
 from dnattrace.errors import CannotObserve
 
 PROBES_OBJECT = objects.path("probes")
@@ -253,34 +251,23 @@ def avoided():
 # by boot id, kernel build, the trial list, the avoided set and the trial object), so watch and diagnose
 # start without them (~150-300 ms). The cheap environment checks (BTF file, tracefs mount, kallsyms
 # addresses) are made again each time; doctor always tries everything and renews the file.
-BOOT_CACHE = os.path.join(RUN_DIR, "capabilities.json")
+BOOT_CACHE = "capabilities.json"     # in RUN_DIR (kernel/bootcache.py)
 LIVE = ("btf", "tracefs", "kallsyms")
 
 
 def _boot_key() -> list:
-    def read(path):
-        try:
-            with open(path) as f:
-                return f.read().strip()
-        except OSError:
-            return ""
     try:
         obj = os.stat(PROBES_OBJECT).st_mtime_ns
     except OSError:
         obj = 0
-    return [read("/proc/sys/kernel/random/boot_id"), read("/proc/version"), list(NAMES),
-            sorted(os.environ.get(AVOID_ENV, "").split(",")), obj]
+    return bootcache.boot_key(list(NAMES), sorted(os.environ.get(AVOID_ENV, "").split(",")), obj)
 
 
 def _from_boot_cache() -> Capabilities | None:
-    try:
-        with open(BOOT_CACHE) as f:
-            d = json.load(f)
-    except (OSError, ValueError):
+    items = bootcache.load(BOOT_CACHE, _boot_key())
+    if not isinstance(items, list):
         return None
-    if d.get("key") != _boot_key():
-        return None
-    cached = {c["name"]: Capability(c["name"], c["ok"], c["detail"], c["ms"], c.get("value")) for c in d["items"]}
+    cached = {c["name"]: Capability(c["name"], c["ok"], c["detail"], c["ms"], c.get("value")) for c in items}
     if set(cached) != set(NAMES):
         return None
     for name in LIVE:
@@ -289,14 +276,7 @@ def _from_boot_cache() -> Capabilities | None:
 
 
 def _to_boot_cache(caps: Capabilities):
-    try:
-        os.makedirs(os.path.dirname(BOOT_CACHE), exist_ok=True)
-        tmp = "%s.%d" % (BOOT_CACHE, os.getpid())
-        with open(tmp, "w") as f:
-            json.dump({"key": _boot_key(), "items": [c.to_dict() for c in caps]}, f)
-        os.replace(tmp, BOOT_CACHE)
-    except OSError:
-        pass    # a read-only /run: the next run tries again
+    bootcache.store(BOOT_CACHE, _boot_key(), [c.to_dict() for c in caps])
 
 
 def probe(refresh=False):

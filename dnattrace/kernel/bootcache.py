@@ -1,0 +1,50 @@
+"""What does not change while a kernel runs, kept in RUN_DIR for the rest of the boot: the capability
+trials' answers (capabilities.py) and enums read from the kernel's BTF (btf.py). Each file carries its
+key (boot id, kernel build, and whatever else its answer depends on); a file with another key is not
+used, and one that cannot be written (a read-only /run) only means the next run works it out again."""
+from __future__ import annotations
+
+import json
+import os
+
+from dnattrace.paths import RUN_DIR
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def boot_key(*more) -> list:
+    """This boot of this kernel build, plus `more` (JSON values)."""
+    return [_read("/proc/sys/kernel/random/boot_id"), _read("/proc/version"), *more]
+
+
+def path(name: str) -> str:
+    return os.path.join(RUN_DIR, name)
+
+
+def load(name: str, key: list):
+    """The value stored under `name` with this key, else None."""
+    try:
+        with open(path(name)) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return d.get("value") if isinstance(d, dict) and d.get("key") == key else None
+
+
+def store(name: str, key: list, value):
+    """Keep value (JSON) under `name` for this key; written whole or not at all."""
+    target = path(name)
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = "%s.%d" % (target, os.getpid())
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "value": value}, f)
+        os.replace(tmp, target)
+    except OSError:
+        pass
