@@ -46,14 +46,44 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
           hook_detail):
     """Follow each SYN (and its reply) through the kernel, hook by hook."""
     from dnattrace import forked
-    from dnattrace.watch.session import Follower
-    from dnattrace.watch.resolve import resolve_with_addresses
 
     preflight.require_root()
     preflight.require_btf()
     # a long-lived process with a memory budget: Docker's and pyroute2's imports stay in short-lived
     # children, for the target here and for the look-ups made while watching (dnattrace.forked)
     forked.stay_light()
+    from dnattrace.watch.tracer import WatchTracer
+    # the programs load on a thread while the target is looked up (WatchTracer.load_early)
+    tracer = WatchTracer([], all_packets=all_packets, capture=bool(pcap), max_new=max_rate,
+                         hook_detail=hook_detail).load_early()
+    try:
+        f, printer, out, writer, presence = _prepare(tracer, port, container, proto, netns, src, dst, all_packets,
+                                                     as_json, pcap, max_rate, hook_detail)
+    except BaseException:
+        tracer.close()
+        raise
+
+    def stop():
+        return (count is not None and printer.shown >= count) or out.failure is not None or presence.nothing_left()
+    try:
+        with f:
+            printer.started(f.target, f.tracer.chosen, duration)   # a script can start its traffic on this line
+            f.run(printer.journey, duration=duration, stop=stop, on_drops=printer.drops, until_signal=True)
+    except KeyboardInterrupt:
+        pass    # Ctrl-C ends the watch: the summary below is what the user wants
+    finally:
+        if writer:
+            writer.close()
+    printer.summary(f)
+    out.check()
+    presence.check()
+
+
+def _prepare(tracer, port, container, proto, netns, src, dst, all_packets, as_json, pcap, max_rate, hook_detail):
+    """The target looked up, and the follower, printer and checks of a watch."""
+    from dnattrace import forked
+    from dnattrace.watch.session import Follower
+    from dnattrace.watch.resolve import resolve_with_addresses
     t0 = time.perf_counter()
     # With --netns and no --container the look-up needs no Docker SDK (iptables-save and netlink only),
     # so it runs here, ~0.2 s sooner than in a child; else the SDK is imported in a child
@@ -67,22 +97,8 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     printer = _Printer(as_json, src, out)
     presence = _Presence(t.netns_paths())
     f = Follower(t, all_packets=all_packets, pcap=writer, max_new=max_rate, hook_detail=hook_detail, local=local,
-                 bounded=True)
-
-    def stop():
-        return (count is not None and printer.shown >= count) or out.failure is not None or presence.nothing_left()
-    try:
-        with f:
-            printer.started(t, f.tracer.chosen, duration)   # a script can start its traffic on this line
-            f.run(printer.journey, duration=duration, stop=stop, on_drops=printer.drops, until_signal=True)
-    except KeyboardInterrupt:
-        pass    # Ctrl-C ends the watch: the summary below is what the user wants
-    finally:
-        if writer:
-            writer.close()
-    printer.summary(f)
-    out.check()
-    presence.check()
+                 bounded=True, tracer=tracer)
+    return f, printer, out, writer, presence
 
 
 def _here(fn, **kw):

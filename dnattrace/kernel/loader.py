@@ -58,6 +58,16 @@ class BpfError(Exception):
 _libbpf = None
 _libc = None
 _lock = threading.Lock()
+
+
+def _new_lock_in_child():
+    """A look-up child forked while another thread loads programs (watch's load_early) must not inherit
+    _lock held by that thread, which does not exist in the child."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 _log_capture: list[list[str]] = []
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -71,8 +81,15 @@ _PRINT_BUF_SIZE = 16 << 20
 _print_buf = None         # (mapping, its address)
 
 
+LIBBPF_DEBUG = 2
+
+
 def _print_cb(level, fmt, va_list):
     global _print_buf
+    if level == LIBBPF_DEBUG and not log.isEnabledFor(logging.DEBUG):
+        # ~1,300 debug lines per load of watch.bpf.o (CO-RE relocations): formatting them cost ~25 ms and,
+        # with load_early, the GIL the main thread needs; the verifier's log comes at warning level
+        return 0
     if _print_buf is None:
         m = mmap.mmap(-1, _PRINT_BUF_SIZE)
         _print_buf = (m, ctypes.addressof(ctypes.c_char.from_buffer(m)))

@@ -42,14 +42,17 @@ class Follower:
     """Run the watch tracer for a Target and call on_journey(journey, connection) as packets finish."""
 
     def __init__(self, target, all_packets=False, idle_s=1.0, caps=None, pcap=None, max_new=0,
-                 hook_detail=False, local=None, bounded=False):
+                 hook_detail=False, local=None, bounded=False, tracer=None):
         """local: the watched namespaces' addresses when the caller already read them
         (resolve_with_addresses); else start() reads them. bounded: a long watch keeps its memory
-        bounded (journeys trimmed once handed out, at most MAX_LIVE connections kept whole)."""
+        bounded (journeys trimmed once handed out, at most MAX_LIVE connections kept whole). tracer: a
+        WatchTracer made (and loading, load_early) before the target was known, with the same options."""
         self.target = target
-        self.tracer = WatchTracer([FilterEntry(*e) for e in target.endpoints()], target.netns_paths(),
-                                  all_packets=all_packets, capture=pcap is not None, max_new=max_new,
-                                  hook_detail=hook_detail, caps=caps)
+        filters = [FilterEntry(*e) for e in target.endpoints()]
+        if tracer is None:
+            tracer = WatchTracer(filters, target.netns_paths(), all_packets=all_packets, capture=pcap is not None,
+                                 max_new=max_new, hook_detail=hook_detail, caps=caps)
+        self.tracer = tracer.aim(filters, target.netns_paths())
         inodes = {enter.inode(p) for p in target.netns_paths()}
         # only packets that entered the host (or container) being watched: another host on this
         # machine (a lab, a nested setup) may use the same addresses and ports

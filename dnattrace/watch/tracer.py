@@ -11,6 +11,7 @@ import errno
 import logging
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -40,14 +41,15 @@ class FilterEntry:
         return struct.pack("<BBH", self.proto, 0, socket.htons(self.port)) + addr
 
 
-def choose(caps) -> tuple[dict[str, list[str]], list[str]]:
+def choose(caps, hook_detail=True) -> tuple[dict[str, list[str]], list[str]]:
     """Programs to load for each point (kernel/plan.py's choice), and notes on what was passed over or
-    unavailable (shown with --verbose)."""
+    unavailable (shown with --verbose). The netfilter positions inside a hook are loaded only with
+    hook_detail (--hook-detail): each program verified costs start-up time."""
     choices = plan.choose(caps)
     plan.require(choices)
     chosen = {c.point: list(c.programs) for c in choices if c.probe and c.programs}
-    if plan.hooks_by_links(choices):    # all loaded; which are attached depends on --hook-detail
-        chosen["netfilter hooks"] = sorted({p for _, p, _ in _positions(caps, hook_detail=True)})
+    if plan.hooks_by_links(choices):
+        chosen["netfilter hooks"] = sorted({p for _, p, _ in _positions(caps, hook_detail=hook_detail)})
     notes = ["%s: %s" % (c.point, c.probe.label if c.probe else "unavailable") +
              "".join("; passed over %s (%s)" % t for t in c.tried) for c in choices if c.tried]
     return chosen, notes
@@ -72,38 +74,73 @@ class WatchTracer:
         self.max_new = max_new
         self.caps = caps or capabilities.probe()
         self.positions = _positions(self.caps, hook_detail)
-        self.chosen, self.notes = choose(self.caps)
+        self.chosen, self.notes = choose(self.caps, hook_detail)
         # netfilter links are attached per namespace; nf_hook_slow's probes (older kernels) once, globally
         self.links = plan.hooks_by_links(plan.choose(self.caps))
         self._obj = None
         self._rb = None
         self._links: list = []
         self._pending: list = []
+        self._loading: Optional[threading.Thread] = None
+        self._load_error: Optional[BaseException] = None
+        self._load_ms = (0.0, 0)
+
+    def aim(self, filters, netns_paths):
+        """What to follow and where, when they were not known at construction (see load_early)."""
+        self.filters = list(filters)
+        self.netns_paths = list(netns_paths)
+        return self
+
+    def load_early(self):
+        """Open and load the programs on a thread, now, while the caller finds out what to follow: libbpf
+        (BTF parsing, the verifier) runs without the GIL, so it overlaps the caller's imports and look-ups
+        on a second core. start() waits for it. (watch: ~80 ms off the path to 'Watching'.)"""
+        def run():
+            try:
+                self._load()
+            except BaseException as e:      # raised by start(), in the caller's thread
+                self._load_error = e
+        self._loading = threading.Thread(target=run, name="bpf-load", daemon=True)
+        self._loading.start()
+        return self
+
+    def _load(self):
+        t0 = time.perf_counter()
+        obj = loader.BpfObject(OBJECT)
+        self._obj = obj
+        names = [p for progs in self.chosen.values() for p in progs]
+        obj.only(*names)
+        obj.set_max_entries("events", RING_CAPPED if self.max_new and not self.all_packets else RING_FULL)
+        for p in (self.chosen.get("netfilter hooks", []) if self.links else []):
+            obj.program(p).set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
+        obj.load()
+        obj.map("watch_config").update(struct.pack("<I", 0),
+                                       struct.pack("<IIII", int(self.all_packets), int(self.capture),
+                                                   int(self.max_new), 0))
+        self._load_ms = ((time.perf_counter() - t0) * 1000, len(names))
 
     def start(self):
         for note in self.notes:
             log.info("%s", note)
-        obj = loader.BpfObject(OBJECT)
-        self._obj = obj
         try:
-            names = [p for progs in self.chosen.values() for p in progs]
-            obj.only(*names)
-            obj.set_max_entries("events", RING_CAPPED if self.max_new and not self.all_packets else RING_FULL)
-            for p in (self.chosen.get("netfilter hooks", []) if self.links else []):
-                obj.program(p).set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
             t0 = time.perf_counter()
-            obj.load()
+            if self._loading is not None:
+                self._loading.join()
+                self._loading = None
+                if self._load_error is not None:
+                    raise self._load_error
+                how = "on a thread during the look-ups, %.0f ms of it here" % ((time.perf_counter() - t0) * 1000)
+            else:
+                self._load()
+                how = "here"
             t1 = time.perf_counter()
-            obj.map("watch_config").update(struct.pack("<I", 0),
-                                           struct.pack("<IIII", int(self.all_packets), int(self.capture),
-                                                       int(self.max_new), 0))
-            self._fill_filter(obj)
+            self._fill_filter(self._obj)
             self.attach()
-            self._rb = obj.ring_buffer("events", self._on_record)
-            log.info("start-up: capabilities %s, load %.0f ms (%d programs), attach %.0f ms (%d links)",
+            self._rb = self._obj.ring_buffer("events", self._on_record)
+            log.info("start-up: capabilities %s, open+load %.0f ms (%d programs; %s), attach %.0f ms (%d links)",
                      "from this boot's earlier trials" if getattr(self.caps, "cached", False)
                      else "tried in %.0f ms" % self.caps.total_ms,
-                     (t1 - t0) * 1000, len(names), (time.perf_counter() - t1) * 1000, len(self._links))
+                     self._load_ms[0], self._load_ms[1], how, (time.perf_counter() - t1) * 1000, len(self._links))
         except BaseException:
             self.close()
             raise
@@ -185,6 +222,9 @@ class WatchTracer:
         return self._obj is not None
 
     def close(self):
+        if self._loading is not None:
+            self._loading.join()
+            self._loading = None
         if self._obj is not None:
             self._obj.close()
             self._obj = None
