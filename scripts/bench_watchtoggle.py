@@ -11,6 +11,9 @@ seconds apart, in random order:
   b  watch's programs attached (WatchTracer.attach / detach: the same programs, maps and links as a
      watch process's; its user space, which sleeps in b, is left out)
   f  the floor's empty programs attached at the same points
+  t  bpftrace counting kfree_skb, consume_skb, netif_receive_skb and fib_table_lookup (the reference a
+     watch on a busy port must beat; bench_watch.BPFTRACE_PROG)
+Each run drives the DNAT path with several client processes (--clients, as bench watch).
 A ratio is the median over rounds of each round's own ratio; the spread is given as the middle half
 of the rounds' ratios and the standard error of the median (1.25 sd / sqrt(rounds)).
 """
@@ -38,14 +41,18 @@ def spread(ratios):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--connections", type=int, default=2000, help="connections per run (default 2000)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="at most this long per run (default 5)")
-    ap.add_argument("--rounds", type=int, default=40, help="rounds of a, b and f (default 40)")
+    ap.add_argument("--connections", type=int, default=10 ** 6,
+                    help="at most this many connections per client and run (default: --seconds decides)")
+    ap.add_argument("--seconds", type=float, default=1.0, help="each run lasts this long (default 1)")
+    ap.add_argument("--clients", type=int, default=bw.CLIENTS, help="client processes per run (default %d)" % bw.CLIENTS)
+    ap.add_argument("--rounds", type=int, default=40, help="rounds of a, b, f and t (default 40)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench watchtoggle: needs root (namespaces, BPF)")
-    results = {c: [] for c in "abf"}
+    bw.CLIENTS = args.clients
+    conds = "abft"
+    results = {c: [] for c in conds}
     with bw.bench_lab("bt", args.connections, args.seconds) as inst:
         host = "/run/netns/" + inst.host_ns
         watch = tr.WatchTracer([tr.FilterEntry(6, bw.OTHER_PORT)], [host], max_new=20)
@@ -56,24 +63,30 @@ def main(argv=None):
             print("%-5s %-4s %8s %8s %9s" % ("round", "cond", "conns", "conn/s", "us CPU/c"))
             shuffle = random.Random(args.seed)
             for rnd in range(1, args.rounds + 1):
-                for cond in shuffle.sample("abf", 3):
-                    links = []
+                for cond in shuffle.sample(conds, len(conds)):
+                    links, bpftrace = [], None
                     if cond == "b":
                         watch.attach()
                     elif cond == "f":
                         links = bw.attach_floor(floor, host)
+                    elif cond == "t":
+                        bpftrace = bw.Bpftrace()
                     time.sleep(SETTLE_S)
                     r = bw.timed_run(inst, args.connections, args.seconds)
                     watch.detach()
                     for link in links:
                         link.close()
+                    if bpftrace:
+                        bpftrace.stop()
                     results[cond].append(r)
                     print("%-5d %-4s %8d %8.0f %9.1f" % (rnd, cond, r["ok"], r["rate"], r["cpu_us"]), flush=True)
         finally:
             watch.close()
             floor.close()
     print()
-    for cond, label in (("b", "watch's programs, another port"), ("f", "empty programs at b's points")):
+    print("%d client processes, %g s per run; t = bpftrace -e '%s'" % (bw.CLIENTS, args.seconds, bw.BPFTRACE_PROG))
+    for cond, label in (("b", "watch's programs, another port"), ("f", "empty programs at b's points"),
+                        ("t", "bpftrace counting 4 tracepoints")):
         print("%s/a (%s): rate %s" % (cond, label, spread(bw.round_ratios(results, cond))))
         print("    a's CPU per connection / %s's: %s"
               % (cond, spread(bw.round_ratios(results, cond, "cpu_us", per_cost=True))))

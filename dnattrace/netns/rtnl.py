@@ -1,6 +1,6 @@
 """The three rtnetlink questions `watch` asks before it can start, over a plain netlink socket.
 
-A namespace's IPv4 addresses, the namespace ids of its veth peers, and the id one namespace gives
+A namespace's addresses, the namespace ids of its veth peers, and the id one namespace gives
 another: what target resolution needs to find the container behind a DNAT rule (watch/resolve.py). Asked
 with pyroute2 they cost its import (~100 ms and ~20 MB, which a long-lived watch must not keep, so they ran
 in a look-up child); here they cost one socket and one dump each (~1 ms), in the watch process itself.
@@ -73,14 +73,17 @@ def _ask(netns, msg_type: int, flags: int, body: bytes):
 
 
 def addresses(netns=None) -> list[str]:
-    """Every IPv4 address (IFA_ADDRESS, as `ip -4 addr` prints it) of the namespace."""
+    """The namespace's addresses (IFA_ADDRESS, as `ip addr` prints them): IPv4, then IPv6 but link-local."""
     out = []
-    for kind, msg in _ask(netns, RTM_GETADDR, NLM_F_DUMP, struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, 0)):
-        if kind != RTM_NEWADDR or msg[0] != socket.AF_INET:
-            continue
-        for t, v in _attrs(msg, 8, len(msg)):       # after struct ifaddrmsg
-            if t == IFA_ADDRESS and len(v) == 4:
-                out.append(socket.inet_ntoa(v))
+    for family, size in ((socket.AF_INET, 4), (socket.AF_INET6, 16)):
+        for kind, msg in _ask(netns, RTM_GETADDR, NLM_F_DUMP, struct.pack("=BBBBI", family, 0, 0, 0, 0)):
+            if kind != RTM_NEWADDR or msg[0] != family:
+                continue
+            for t, v in _attrs(msg, 8, len(msg)):       # after struct ifaddrmsg
+                if t == IFA_ADDRESS and len(v) == size:
+                    addr = socket.inet_ntop(family, v)
+                    if not addr.startswith("fe80:"):
+                        out.append(addr)
     return out
 
 
