@@ -21,6 +21,7 @@ in the round do not become part of one condition's figure:
      netfilter positions in the host namespace: what those points cost by themselves (b's floor)
   d  the same with `--max-rate 0`: every connection followed in full (a figure, not a target: at ~10k
      connections a second this is what the Python side can decode, not what a person can read)
+  g  the same in the host's and the container's namespaces: the points c attaches to (c's floor)
   t  bpftrace counting kfree_skb, consume_skb, netif_receive_skb and fib_table_lookup (BPFTRACE_PROG): the
      reference, "a bare counter"; b/t and c/t say whether watch is ahead of it in the same rounds
 The watch runs as a subprocess, so its CPU (/proc/PID/stat) and peak RSS (VmHWM) are its own; it is
@@ -60,7 +61,8 @@ SETTLE_S = 0.5
 ATTACHED_PAUSE_S = float(os.environ.get("BENCH_ATTACHED_PAUSE_S", "0.3"))
 LABELS = {"a": "no tracer", "b": "watch on another port", "c": "watch on this port",
           "d": "watch on this port, --max-rate 0", "e": "watch on this port, --max-rate 100",
-          "f": "empty programs at b's points", "t": "bpftrace counting 4 tracepoints"}
+          "f": "empty programs at b's points", "g": "empty programs at c's points",
+          "t": "bpftrace counting 4 tracepoints"}
 TICK = os.sysconf("SC_CLK_TCK")
 
 # Accept and close, nothing else: the container side costs as little as possible. One process per CPU on
@@ -78,7 +80,7 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 s.bind(("0.0.0.0", %d))
 s.listen(4096)
 s.settimeout(60)
-print("ready", flush=True)
+os.write(1, b"ready\n")     # one write: the processes share the pipe, and print may write twice
 try:
     while True:
         c, _ = s.accept()
@@ -154,11 +156,12 @@ def start_server(ns, procs=None):
     """The accept-and-close server, one process per CPU; killed as a group (start_new_session)."""
     procs = procs or os.cpu_count()
     p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, str(procs)],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     for _ in range(procs):
         if p.stdout.readline().strip() != "ready":
             os.killpg(p.pid, signal.SIGKILL)
-            raise SystemExit("bench watch: the accept-and-close server did not start in %s" % ns)
+            raise SystemExit("bench watch: the accept-and-close server did not start in %s: %s"
+                             % (ns, p.stderr.read().strip()[-300:]))
     return p
 
 
@@ -251,13 +254,14 @@ def load_floor():
     return obj.load()
 
 
-def attach_floor(obj, netns_path):
-    """The floor's links, at the points b attaches to: the same tracepoints, and the first and last
-    netfilter position of every hook in the host's namespace."""
-    from dnattrace.kernel import capabilities
+def attach_floor(obj, *netns_paths):
+    """The floor's links, at the points a watch attaches to: the same tracepoints, and the first and last
+    netfilter position of every hook in each namespace given (b: the host's; c: the host's and the
+    container's)."""
+    from dnattrace.kernel import plan
     links = [obj.program(p).attach() for p in ("floor_rx", "floor_fib", "floor_xmit", "floor_drop", "floor_consume")]
-    links += [obj.program("floor_nf").attach_netfilter(hook, prio, netns_path=netns_path)
-              for hook in capabilities.HOOKS.values() for prio in capabilities.EDGE_PRIORITIES]
+    links += [obj.program("floor_nf").attach_netfilter(plan.HOOKS[hook], prio, netns_path=path)
+              for path in netns_paths for hook, _prog, prio in plan.positions()]
     return links
 
 
@@ -266,7 +270,7 @@ FLOOR = r"""
 import signal, sys
 sys.path.insert(0, "scripts")
 import bench_watch
-links = bench_watch.attach_floor(bench_watch.load_floor(), sys.argv[1])
+links = bench_watch.attach_floor(bench_watch.load_floor(), *sys.argv[1:])
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 print("ready", len(links), flush=True)
 signal.sigwait({signal.SIGINT})
@@ -276,9 +280,9 @@ signal.sigwait({signal.SIGINT})
 class Floor:
     """floor.bpf.o attached by a subprocess; stop() detaches (the process ends)."""
 
-    def __init__(self, inst):
-        self.p = subprocess.Popen([sys.executable, "-c", FLOOR, "/run/netns/" + inst.host_ns],
-                                  stdout=subprocess.PIPE, text=True)
+    def __init__(self, inst, container_too=False):
+        paths = ["/run/netns/" + inst.host_ns] + (["/run/netns/" + inst.container_ns] if container_too else [])
+        self.p = subprocess.Popen([sys.executable, "-c", FLOOR, *paths], stdout=subprocess.PIPE, text=True)
         line = self.p.stdout.readline().split()
         if not line or line[0] != "ready":
             self.kill()
@@ -450,6 +454,8 @@ def measure(inst, cond, n, seconds, tmp, profile=None, bpf_stats=False):
         watch = Watch(inst, BENCH_PORT, os.path.join(tmp, "watch-c.jsonl"), profile=profile)
     elif cond == "f":
         watch = Floor(inst)
+    elif cond == "g":
+        watch = Floor(inst, container_too=True)
     elif cond == "e":
         watch = Watch(inst, BENCH_PORT, os.path.join(tmp, "watch-e.jsonl"), extra=("--max-rate", "100"))
     elif cond == "d":
@@ -462,7 +468,7 @@ def measure(inst, cond, n, seconds, tmp, profile=None, bpf_stats=False):
         r = timed_run(inst, n, seconds)
         if watch:
             r["watch_cpu_pct"] = 100.0 * (cpu_seconds(watch.p.pid) - watch.cpu0) / r["seconds"]
-            if cond not in "ft":
+            if cond not in "fgt":
                 time.sleep(1.5)   # journeys still open finish (idle expiry) before the summary
             r.update(watch.stop(bpf_stats))
         return r
@@ -545,9 +551,12 @@ def bench_lab(prefix, warm_connections=500, seconds=5.0):
         # lab's own client namespace (gone with it).
         net.sysctl_set("net.ipv4.ip_local_port_range", "1024 65000", inst.client_ns)
         net.sysctl_set("net.ipv4.tcp_tw_reuse", 1, inst.client_ns)
-        # the host's conntrack entries of closed connections go in a second, not two minutes: a table
-        # growing through the runs makes each lookup dearer, a drift that is not the tracer's
-        net.sysctl_set("net.netfilter.nf_conntrack_tcp_timeout_time_wait", 1, inst.host_ns)
+        # the host's conntrack entries of closed connections go at once, not after two minutes: a table
+        # growing through the runs makes each lookup dearer, a drift that is not the tracer's; and the
+        # global nf_conntrack_max is shared with every other lab on the machine (a conntrack-full lab
+        # lowers it to 256), so only the few connections open at a time may hold an entry
+        for state in ("time_wait", "close", "last_ack", "fin_wait", "close_wait"):
+            net.sysctl_set("net.netfilter.nf_conntrack_tcp_timeout_%s" % state, 0, inst.host_ns)
         # and the server keeps no TIME_WAIT sockets: tens of thousands of them, met again when the client
         # comes back to a port, slowed each run down more than the one before
         net.sysctl_set("net.ipv4.tcp_max_tw_buckets", 0, inst.container_ns)
@@ -586,7 +595,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1, help="seed of each round's order of conditions (default 1)")
     ap.add_argument("--conds", default="bct",
                     help="conditions besides a, in each round: b, c (the targets), t (bpftrace, the reference), "
-                         "f (empty programs, the floor), e, d (default bct)")
+                         "f and g (empty programs at b's and c's points: their floors), e, d (default bct)")
     ap.add_argument("--profile", action="store_true",
                     help="afterwards, one more b and c with BPF run-time statistics and cProfile on the watch")
     args = ap.parse_args(argv)
@@ -594,7 +603,7 @@ def main(argv=None):
         raise SystemExit("bench watch: needs root (namespaces, BPF)")
 
     CLIENTS = args.clients
-    conds = "a" + "".join(c for c in "bcedft" if c in args.conds)
+    conds = "a" + "".join(c for c in "bcedfgt" if c in args.conds)
     results = {c: [] for c in conds}
     with bench_lab("bw", args.connections, args.seconds) as inst:
         tmp = "/tmp/%s" % inst.name
