@@ -93,10 +93,11 @@ def ip_forward() -> str:
 
 
 def files_under(run_dir) -> list[str]:
-    # capabilities.json (the capability trials' answers) and btf-enum-*.json (enums parsed from the
-    # kernel's BTF) are this boot's caches (kernel/bootcache.py), meant to stay
+    # capabilities.json (the capability trials' answers), btf-enum-*.json (enums parsed from the kernel's
+    # BTF) and kallsyms.bin (the symbol table) are this boot's caches (kernel/bootcache.py), meant to stay
     return sorted(os.path.join(d, f) for d, _, fs in os.walk(run_dir) for f in fs
-                  if f != "capabilities.json" and not (f.startswith("btf-enum-") and f.endswith(".json")))
+                  if f not in ("capabilities.json", "kallsyms.bin")
+                  and not (f.startswith("btf-enum-") and f.endswith(".json")))
 
 
 def processes_of(run_dir) -> list[int]:

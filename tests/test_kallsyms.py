@@ -76,3 +76,26 @@ def test_table_is_read_again_when_a_module_loads(tmp_path, monkeypatch):
         assert table.format(0xffffffff81000004) == "core_a+0x4"
     finally:
         kallsyms.load.cache_clear()
+
+
+def test_the_running_kernels_table_is_kept_for_the_boot(root, tmp_path, monkeypatch):
+    """Read once, the table is kept in RUN_DIR and read back the same; a file whose key no longer holds
+    (a module loaded, moved or unloaded since: the layout is part of the key) is not used but renewed."""
+    from dnattrace.kernel import bootcache
+    monkeypatch.setattr(bootcache, "RUN_DIR", str(tmp_path))
+    fresh = kallsyms._read_kept(kallsyms.KALLSYMS)
+    assert (tmp_path / kallsyms.BOOT_CACHE).exists()
+    kept = kallsyms._read_kept(kallsyms.KALLSYMS)
+    assert len(kept) == len(fresh) > 10000
+    assert (list(kept._addrs), list(kept._offsets), kept._blob, kept._core_end) == \
+        (list(fresh._addrs), list(fresh._offsets), fresh._blob, fresh._core_end)
+    addr = fresh._addrs[len(fresh) // 2] + 1
+    assert kept.format(addr) == fresh.format(addr)
+    # another module layout: the file is not used (a wrong table would be: every name is replaced)
+    bad = kallsyms._to_bytes(kallsyms.parse("ffffffff81000000 T only_this\n"))
+    bootcache.store_bytes(kallsyms.BOOT_CACHE, bootcache.boot_key(kallsyms._module_layout()), bad)
+    assert len(kallsyms._read_kept(kallsyms.KALLSYMS)) == 1, "the file with the right key is used"
+    monkeypatch.setattr(kallsyms, "_module_layout", lambda: "a_module_loaded_since:4096:0xffffffffc0000000")
+    again = kallsyms._read_kept(kallsyms.KALLSYMS)
+    assert len(again) == len(fresh), "a file kept for another module layout was used"
+    assert kallsyms._from_bytes(b"truncated") is None

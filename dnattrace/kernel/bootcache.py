@@ -1,5 +1,6 @@
 """What does not change while a kernel runs, kept in RUN_DIR for the rest of the boot: the capability
-trials' answers (capabilities.py) and enums read from the kernel's BTF (btf.py). Each file carries its
+trials' answers (capabilities.py), enums read from the kernel's BTF (btf.py) and the kernel's symbol
+table (kallsyms.py, keyed by the modules loaded too). Each file carries its
 key (boot id, kernel build, and whatever else its answer depends on); a file with another key is not
 used, and one that cannot be written (a read-only /run) only means the next run works it out again."""
 from __future__ import annotations
@@ -39,12 +40,33 @@ def load(name: str, key: list):
 
 def store(name: str, key: list, value):
     """Keep value (JSON) under `name` for this key; written whole or not at all."""
+    _write(name, json.dumps({"key": key, "value": value}).encode())
+
+
+def load_bytes(name: str, key: list):
+    """The bytes stored under `name` with this key (store_bytes), else None."""
+    try:
+        with open(path(name), "rb") as f:
+            head = f.readline()
+            if json.loads(head) != key:
+                return None
+            return f.read()
+    except (OSError, ValueError):
+        return None
+
+
+def store_bytes(name: str, key: list, data: bytes):
+    """Keep data under `name` for this key: a line of JSON (the key), then the bytes."""
+    _write(name, json.dumps(key).encode() + b"\n" + data)
+
+
+def _write(name: str, data: bytes):
     target = path(name)
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         tmp = "%s.%d" % (target, os.getpid())
-        with open(tmp, "w") as f:
-            json.dump({"key": key, "value": value}, f)
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, target)
     except OSError:
         pass

@@ -10,9 +10,12 @@ from __future__ import annotations
 import bisect
 import re
 import functools
+import struct
 from array import array
+from typing import Optional
 
 from dnattrace.errors import CannotObserve
+from dnattrace.kernel import bootcache
 
 KALLSYMS = "/proc/kallsyms"
 MODULES = "/proc/modules"
@@ -135,11 +138,65 @@ def _read(path):
         raise CannotObserve("cannot read %s: %s" % (path, e.strerror)) from None
 
 
+# The table of the running kernel is kept for the boot (kernel/bootcache.py) in its compact form:
+# reading and parsing /proc/kallsyms costs 150-250 ms of CPU, which a watch paid when its first followed
+# packet needed a name (on a busy host, in the middle of the traffic it watches). Loaded modules and
+# where they sit are part of the key: a module loaded or reloaded since makes the file stale.
+BOOT_CACHE = "kallsyms.bin"
+_HEAD = struct.Struct("<QQQQ")
+
+
+def _module_layout() -> str:
+    try:
+        with open(MODULES) as f:
+            return " ".join("%s:%s:%s" % (p[0], p[1], p[-1]) for p in map(str.split, f) if len(p) >= 6)
+    except OSError:
+        return ""
+
+
+def _to_bytes(t: Symbols) -> bytes:
+    return (_HEAD.pack(len(t._addrs), len(t._offsets), len(t._blob), t._core_end)
+            + t._addrs.tobytes() + t._offsets.tobytes() + t._blob)
+
+
+def _from_bytes(data: bytes) -> Optional[Symbols]:
+    try:
+        n, m, b, core_end = _HEAD.unpack_from(data)
+        pos = _HEAD.size
+        addrs, offsets = array("Q"), array("I")
+        addrs.frombytes(data[pos:pos + 8 * n])
+        pos += 8 * n
+        offsets.frombytes(data[pos:pos + 4 * m])
+        pos += 4 * m
+        blob = data[pos:pos + b]
+    except (struct.error, ValueError):
+        return None
+    if len(addrs) != n or len(offsets) != m or len(blob) != b or m != n + 1:
+        return None
+    t = Symbols(())
+    t._addrs, t._offsets, t._blob, t._core_end = addrs, offsets, blob, core_end
+    return t
+
+
+def _read_kept(path):
+    """The running kernel's table from this boot's file when its key still holds, else read (and kept)."""
+    if path != KALLSYMS:
+        return _read(path)
+    key = bootcache.boot_key(_module_layout())
+    data = bootcache.load_bytes(BOOT_CACHE, key)
+    table = _from_bytes(data) if data else None
+    if table is None:
+        table = _read(path)
+        bootcache.store_bytes(BOOT_CACHE, key, _to_bytes(table))
+    return table
+
+
 @functools.lru_cache(maxsize=1)
 def load(path=KALLSYMS):
-    """The running kernel's symbols, read once per process, and again when the module list changes
-    (a drop in a module loaded after start, nf_tables say, must not take a neighbour's name)."""
-    table = _read(path)
+    """The running kernel's symbols, read once per process (from this boot's file when the modules are
+    the same), and again when the module list changes (a drop in a module loaded after start, nf_tables
+    say, must not take a neighbour's name)."""
+    table = _read_kept(path)
     seen = {"modules": _modules()}
 
     def reload(symbols):
