@@ -47,6 +47,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     """Follow each SYN (and its reply) through the kernel, hook by hook."""
     from dnattrace import forked
 
+    log.info("start-up: the watch command begins %.0f ms after exec (Python, imports, options)", _since_exec_ms())
     preflight.require_root()
     preflight.require_btf()
     # a long-lived process with a memory budget: Docker's and pyroute2's imports stay in short-lived
@@ -67,6 +68,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
         return (count is not None and printer.shown >= count) or out.failure is not None or presence.nothing_left()
     try:
         with f:
+            log.info("start-up: every probe attached %.0f ms after exec", _since_exec_ms())
             printer.started(f.target, f.tracer.chosen, duration)   # a script can start its traffic on this line
             f.run(printer.journey, duration=duration, stop=stop, on_drops=printer.drops, until_signal=True)
     except KeyboardInterrupt:
@@ -103,6 +105,14 @@ def _prepare(tracer, port, container, proto, netns, src, dst, all_packets, as_js
 
 def _here(fn, **kw):
     return fn(**kw)
+
+
+def _since_exec_ms() -> float:
+    """Milliseconds since this process was exec'd (its start time in /proc is in 10 ms steps)."""
+    import os
+    with open("/proc/self/stat") as f:
+        started = int(f.read().rsplit(")", 1)[1].split()[19])
+    return (time.clock_gettime(time.CLOCK_BOOTTIME) - started / os.sysconf("SC_CLK_TCK")) * 1000
 
 
 class _Presence:
