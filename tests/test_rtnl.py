@@ -6,12 +6,18 @@ import pytest
 
 
 def test_rtnl_answers_as_pyroute2_does(lab_instance):
-    from pyroute2 import IPRoute, NetNS
+    from pyroute2 import IPRoute
     from dnattrace.netns import rtnl
+    from dnattrace.netns.enter import entered
+
+    def ipr_in(path):
+        """pyroute2 in the namespace, as evidence/links.py opens it (a socket made inside)."""
+        with entered(path):
+            return IPRoute()
     inst = lab_instance("healthy")
     paths = ["/run/netns/" + ns for ns in (inst.host_ns, inst.client_ns, inst.container_ns)]
     for path in paths:
-        with NetNS(path) as ipr:
+        with ipr_in(path) as ipr:
             raw = list(ipr.get_addr(family=2)) + list(ipr.get_addr(family=10))
             want_addrs = sorted(a.get_attr("IFA_ADDRESS") for a in raw if not a.get_attr("IFA_ADDRESS").startswith("fe80:"))
             want_peers = {l.get_attr("IFLA_LINK_NETNSID") for l in ipr.get_links()
@@ -24,7 +30,7 @@ def test_rtnl_answers_as_pyroute2_does(lab_instance):
     for other in paths[1:]:
         fd = os.open(other, os.O_RDONLY)
         try:
-            with NetNS(host) as ipr:
+            with ipr_in(host) as ipr:
                 want = ipr.get_netnsid(fd=fd).get("nsid")
         finally:
             os.close(fd)
