@@ -71,13 +71,15 @@ def main(argv=None):
                         links = bw.attach_floor(floor, host)
                     elif cond == "t":
                         bpftrace = bw.Bpftrace()
-                    time.sleep(SETTLE_S)
-                    r = bw.timed_run(inst, args.connections, args.seconds)
-                    watch.detach()
-                    for link in links:
-                        link.close()
-                    if bpftrace:
-                        bpftrace.stop()
+                    try:
+                        time.sleep(SETTLE_S)
+                        r = bw.timed_run(inst, args.connections, args.seconds)
+                    finally:
+                        watch.detach()
+                        for link in links:
+                            link.close()
+                        if bpftrace:
+                            bpftrace.stop()
                     results[cond].append(r)
                     print("%-5d %-4s %8d %8.0f %9.1f" % (rnd, cond, r["ok"], r["rate"], r["cpu_us"]), flush=True)
         finally:
