@@ -60,7 +60,7 @@ def main(argv=None):
         try:
             watch.start()
             watch.detach()
-            print("%-5s %-4s %8s %8s %9s" % ("round", "cond", "conns", "conn/s", "us CPU/c"))
+            print("%-5s %-4s %8s %6s %8s %9s" % ("round", "cond", "conns", "fail", "conn/s", "us CPU/c"))
             shuffle = random.Random(args.seed)
             for rnd in range(1, args.rounds + 1):
                 for cond in shuffle.sample(conds, len(conds)):
@@ -81,11 +81,16 @@ def main(argv=None):
                         if bpftrace:
                             bpftrace.stop()
                     results[cond].append(r)
-                    print("%-5d %-4s %8d %8.0f %9.1f" % (rnd, cond, r["ok"], r["rate"], r["cpu_us"]), flush=True)
+                    print("%-5d %-4s %8d %6d %8.0f %9.1f" % (rnd, cond, r["ok"], r["failed"], r["rate"], r["cpu_us"]),
+                          flush=True)
         finally:
             watch.close()
             floor.close()
     print()
+    failed = sum(r["failed"] for c in conds for r in results[c])
+    if failed:
+        print("WARNING: %d connects failed during the runs: the rates are not comparable (%s)"
+              % (failed, bw.conntrack_note()))
     print("%d client processes, %g s per run; t = bpftrace -e '%s'" % (bw.CLIENTS, args.seconds, bw.BPFTRACE_PROG))
     for cond, label in (("b", "watch's programs, another port"), ("f", "empty programs at b's points"),
                         ("t", "bpftrace counting 4 tracepoints")):
