@@ -411,3 +411,31 @@ def test_tracer_detach_and_attach_again(netns):
         assert seen() == [], "a detached tracer still saw packets"
         t.attach()
         assert len(seen()) == 3
+
+
+def test_tracer_loaded_early_then_aimed_sees_packets(netns):
+    """watch loads its programs on a thread before it knows the target (WatchTracer.load_early), then
+    aim() gives the filter and the namespaces: the packets of the port aimed at are seen, as when the
+    tracer is made with them."""
+    from dnattrace.watch import tracer as tr
+    client, host = client_and_host(netns)
+    t = tr.WatchTracer([]).load_early()
+    try:
+        t.aim([tr.FilterEntry(17, 19996)], [net.netns_path(host)]).start()
+        send_udp(client, 19996)
+        time.sleep(0.2)
+        assert len([e for e in t.poll(100) if e.kind == 1]) == 3     # one receive event per datagram
+    finally:
+        t.close()
+
+
+def test_a_failed_early_load_is_raised_by_start(root, monkeypatch):
+    """An error on the loading thread (here a missing object) reaches the caller from start(), with its
+    own message, and closing is safe."""
+    from dnattrace.kernel import loader
+    from dnattrace.watch import tracer as tr
+    monkeypatch.setattr(tr, "OBJECT", "/nonexistent/watch.bpf.o")
+    t = tr.WatchTracer([]).load_early()
+    with pytest.raises(loader.BpfError, match="is missing"):
+        t.aim([tr.FilterEntry(6, 9)], [None]).start()
+    t.close()
