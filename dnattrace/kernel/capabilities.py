@@ -298,13 +298,16 @@ def probe(refresh=False):
         results = {n: Capability(n, False, "not tried: listed in %s" % AVOID_ENV) for n in avoided()}
         side = threading.Thread(target=lambda: results.update(drop_reason_enum=run_trial("drop_reason_enum")))
         parallel = "drop_reason_enum" not in results
-        if parallel:
-            side.start()
-        for name in NAMES:
-            if name not in results and name != "drop_reason_enum":
-                results[name] = run_trial(name)
-        if parallel:
-            side.join()
+        # trials that fail print through libbpf's callback: a signal then waits until they are done
+        # (loader.held_signals), and the threads started here (the side thread, the releases) keep it blocked
+        with loader.held_signals():
+            if parallel:
+                side.start()
+            for name in NAMES:
+                if name not in results and name != "drop_reason_enum":
+                    results[name] = run_trial(name)
+            if parallel:
+                side.join()
         _cache = Capabilities([results[n] for n in NAMES], (time.perf_counter() - t0) * 1000)
         if os.geteuid() == 0:
             _to_boot_cache(_cache)

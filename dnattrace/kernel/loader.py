@@ -16,6 +16,7 @@ import errno as errno_mod
 import logging
 import mmap
 import os
+import signal
 import threading
 
 log = logging.getLogger("dnattrace.libbpf")
@@ -85,6 +86,30 @@ LIBBPF_DEBUG = 2
 
 
 def _print_cb(level, fmt, va_list):
+    return _print(level, fmt, va_list)
+
+
+_HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def held_signals():
+    """SIGINT and SIGTERM held back in this thread for the block, and delivered when it ends.
+
+    Python runs a signal's handler at the first bytecode the main thread meets, and inside a libbpf call
+    that may be the print callback: ctypes prints the KeyboardInterrupt (or SIGTERM's Terminated) and
+    drops it, so a Ctrl-C or SIGTERM during start-up was lost (the watch then ran its whole duration).
+    Held back, the signal arrives once libbpf has returned. Threads started inside the block inherit the
+    mask and keep it: a signal must reach the main thread only, or its flag could be set while the
+    main thread is inside a callback."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _print(level, fmt, va_list):
     global _print_buf
     if level == LIBBPF_DEBUG and not log.isEnabledFor(logging.DEBUG):
         # ~1,300 debug lines per load of watch.bpf.o (CO-RE relocations): formatting them cost ~25 ms and,
@@ -177,11 +202,13 @@ def _errno():
 
 @contextlib.contextmanager
 def capture_log():
-    """Collect libbpf's messages (including the verifier log) while the block runs."""
+    """Collect libbpf's messages (including the verifier log) while the block runs; signals are held
+    back meanwhile (held_signals)."""
     sink: list[str] = []
     _log_capture.append(sink)
     try:
-        yield sink
+        with held_signals():
+            yield sink
     finally:
         _log_capture.remove(sink)
 

@@ -100,8 +100,9 @@ class WatchTracer:
                 self._load()
             except BaseException as e:      # raised by start(), in the caller's thread
                 self._load_error = e
-        self._loading = threading.Thread(target=run, name="bpf-load", daemon=True)
-        self._loading.start()
+        with loader.held_signals():     # the thread keeps SIGINT and SIGTERM blocked: they are the main thread's
+            self._loading = threading.Thread(target=run, name="bpf-load", daemon=True)
+            self._loading.start()
         return self
 
     def _load(self):
