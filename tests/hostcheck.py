@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,10 +95,13 @@ def ip_forward() -> str:
 
 def files_under(run_dir) -> list[str]:
     # capabilities.json (the capability trials' answers), btf-enum-*.json (enums parsed from the kernel's
-    # BTF) and kallsyms.bin (the symbol table) are this boot's caches (kernel/bootcache.py), meant to stay
-    return sorted(os.path.join(d, f) for d, _, fs in os.walk(run_dir) for f in fs
-                  if f not in ("capabilities.json", "kallsyms.bin")
-                  and not (f.startswith("btf-enum-") and f.endswith(".json")))
+    # BTF) and kallsyms.bin (the symbol table) are this boot's caches (kernel/bootcache.py), meant to stay;
+    # NAME.PID is one being written by another run at the moment of the look
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(run_dir) for f in fs if not _boot_cache(f))
+
+
+def _boot_cache(f) -> bool:
+    return re.fullmatch(r"(capabilities\.json|kallsyms\.bin|btf-enum-\w+\.json)(\.\d+)?", f) is not None
 
 
 def processes_of(run_dir) -> list[int]:
