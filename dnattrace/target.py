@@ -63,9 +63,10 @@ class Target:
         head = "%s :%d" % (self.proto.upper(), self.port)
         if self.container and self.backends:
             b = self.backends[0]
-            return '%s is published by container "%s" -> %s:%d' % (head, self.container, b.addr, b.port)
+            return '%s is published by container "%s" -> %s' % (head, self.container, ", ".join(
+                model.hostport(b.addr, b.port) for b in self.backends))
         if self.backends:
-            return "%s is DNATed to %s" % (head, ", ".join("%s:%d" % (b.addr, b.port) for b in self.backends))
+            return "%s is DNATed to %s" % (head, ", ".join(model.hostport(b.addr, b.port) for b in self.backends))
         return "%s (no DNAT for this port: a local service)" % head
 
     def to_dict(self):

@@ -20,9 +20,9 @@ def _rewrite(before: Optional[model.Tuple5], after: Optional[model.Tuple5]) -> s
         return ""
     parts = []
     if (before.dst, before.dport) != (after.dst, after.dport):
-        parts.append("DNAT %s:%d -> %s:%d" % (before.dst, before.dport, after.dst, after.dport))
+        parts.append("DNAT %s -> %s" % (model.hostport(before.dst, before.dport), model.hostport(after.dst, after.dport)))
     if (before.src, before.sport) != (after.src, after.sport):
-        parts.append("SNAT %s:%d -> %s:%d" % (before.src, before.sport, after.src, after.sport))
+        parts.append("SNAT %s -> %s" % (model.hostport(before.src, before.sport), model.hostport(after.src, after.sport)))
     return "; ".join(parts)
 
 
