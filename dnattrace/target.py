@@ -42,6 +42,11 @@ class Target:
         b = self.backend
         return (b.addr or "") if b else ""
 
+    def backend_for(self, family: int) -> Optional[Endpoint]:
+        """Where DNAT sends clients of this IP family (4 or 6): a dual-stack container has an address of
+        each; None when the port is not DNATed for that family."""
+        return next((b for b in self.backends if b.addr and model.family_of(b.addr) == family), None)
+
     @property
     def service_port(self) -> int:
         """The port the service listens on: the backend's, or the published one for a local service."""

@@ -52,8 +52,9 @@ MEANINGS = {
     "IP_RPFILTER": "reverse-path filter: the source is not reachable back through the receiving interface "
                    "(net.ipv4.conf.*.rp_filter)",
     "IP_NOPROTO": "no handler for this IP protocol",
-    "IP_INADDRERRORS": "no route to deliver or forward the packet; often IPv4 forwarding is off "
-                       "(net.ipv4.ip_forward=0) for a packet that must be forwarded (e.g. after Docker DNAT)",
+    "IP_INADDRERRORS": "no route to deliver or forward the packet; often forwarding is off "
+                       "(net.ipv4.ip_forward=0; for IPv6, in ip6_forward, net.ipv6.conf.all.forwarding=0) for a "
+                       "packet that must be forwarded (e.g. after Docker DNAT)",
     "IP_INNOROUTES": "no route for the packet's destination",
     "IP_LOCAL_SOURCE": "the source address is one of this host's own addresses (spoofed or looped)",
     "IP_INVALID_SOURCE": "the source address is invalid (multicast, broadcast or zero)",

@@ -205,7 +205,7 @@ SCENARIOS += [
     Scenario("v6-not-published", "The port is published on IPv4 only (Docker without ip6tables, the default "
              "before 27): the IPv6 client's SYN to the host's IPv6 address is not DNATed and reaches the host "
              "itself, where nothing listens (tcp_v6_rcv, NO_SOCKET); over IPv4 the same port works "
-             "(https://github.com/moby/moby/issues/2174).", cause="not-published-ipv6",
+             "(https://github.com/moby/moby/issues/2174).", cause="family-not-published",
              drop_function="tcp_v6_rcv", drop_reason="NO_SOCKET", drop_ns="host", family=6, publish6=False),
 ]
 
