@@ -15,7 +15,7 @@ _CONNECT = """
 import socket, sys, time
 dst, port, n, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 for _ in range(n):
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET)
     s.settimeout(timeout)
     try:
         s.connect((dst, port))
