@@ -241,3 +241,37 @@ def test_diagnose_says_what_ipv4_meets_when_ipv6_fails(lab_instance):
     assert top["fix"] == ["nsenter --net=/run/netns/%s sysctl -w net.ipv6.conf.all.forwarding=1" % inst.host_ns]
     assert any(e.startswith("IPv4 on host: DNAT to 172.31.0.2:80; forwarding on") for e in top["evidence"]), top
     assert d["connection"]["key"]["src"] == inst.client_addr
+
+
+@pytest.mark.kernel
+@pytest.mark.docker
+def test_docker_ipv6_healthy_and_forwarding_off_with_the_engine(lab_instance):
+    """The real engine (ip6tables: true, a user-defined network with IPv6): healthy is answered over IPv6
+    and diagnosed healthy; with root IPv6 forwarding off the SYN dies in ip6_forward and diagnose names
+    the IPv6 sysctl. Root IPv6 forwarding and the network are put back by `lab down`."""
+    from test_diagnose import diagnose
+    from test_lab import require_docker_host, snapshot
+    from dnattrace import lab
+    from dnattrace.netns import build as net
+    require_docker_host()
+    before = net.sysctl_get("net.ipv6.conf.all.forwarding")
+    inst = lab_instance("v6-healthy", docker=True)
+    assert ":" in inst.container_addr and inst.traffic(timeout=2.0).ok
+    rc, d, err = diagnose(inst, "--container", inst.container_name)
+    assert rc == 0 and d["healthy"], err
+    assert any(":" in b["addr"] for b in d["target"]["backends"]), d["target"]
+    lab.down(inst.name)
+    assert net.sysctl_get("net.ipv6.conf.all.forwarding") == before
+
+    inst = lab_instance("v6-forwarding-off", docker=True)
+    assert net.sysctl_get("net.ipv6.conf.all.forwarding") == "0"
+    rc, d, err = diagnose(inst, "--container", inst.container_name)
+    assert rc == 1 and d["top_cause"] == "forwarding-off", err
+    drop = d["journey"]["steps"][-1]
+    assert drop["location"].startswith("ip6_forward+") and drop["reason"] == "IP_INADDRERRORS"
+    assert d["findings"][0]["fix"] == ["sysctl -w net.ipv6.conf.all.forwarding=1"]
+    lab.down(inst.name)
+    assert net.sysctl_get("net.ipv6.conf.all.forwarding") == before
+    snap = snapshot(inst.name, inst.token)
+    assert snap["containers"] == [] and not net.link_exists(inst.token + "o")
+    assert inst.name + "-net6" not in net.run(["docker", "network", "ls", "--format", "{{.Name}}"]).stdout

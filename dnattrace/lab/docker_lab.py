@@ -131,6 +131,19 @@ def wait_listening(inst):
         time.sleep(0.05)
 
 
+def wait_ipv6_ready(inst, netname):
+    """The engine's IPv6 addresses go through duplicate address detection (about a second, during which a
+    packet to them is dropped): wait until neither the container's nor the bridge's is tentative."""
+    bridge = "br-" + docker("network", "inspect", "-f", "{{.Id}}", netname).stdout.decode().strip()[:12]
+    deadline = time.monotonic() + 10
+    while (net.run(["nsenter", "--net=" + inst.container_ns, "ip", "-6", "addr", "show", "tentative"],
+                   check=False).stdout.strip()
+           or net.run(["ip", "-6", "addr", "show", "dev", bridge, "tentative"], check=False).stdout.strip()):
+        if time.monotonic() > deadline:
+            raise net.NetError("the IPv6 addresses of %s are still tentative" % inst.container_name)
+        time.sleep(0.05)
+
+
 def build(inst, sc):
     """Make the Docker variant of `sc`, recording each object in `inst` before making it."""
     key = "net.ipv4.ip_forward"
@@ -163,3 +176,5 @@ def build(inst, sc):
         inst.record("rule", table="filter", rule=rule, netns=None)
         net.run(["iptables", "-t", "filter", "-I"] + rule)
     wait_listening(inst)
+    if network:
+        wait_ipv6_ready(inst, network[1])
