@@ -185,7 +185,7 @@ def test_watch_follows_each_ipv6_scenario_to_its_ground_truth(lab_instance, scen
     inst = lab_instance(scenario)
     js, summary = watch_lab(inst)
     req = [j for j in js if j["direction"] == "request"]
-    assert req, js
+    assert req and req[0]["family"] == 6 and summary["connections"][0]["family"] == 6, js
     steps = req[0]["steps"]
     assert ":" in steps[0]["tuple"]["src"] and steps[0]["tuple"]["dst"] == inst.target_addr
     hooks = [s.get("hook") for s in steps if s["point"] == model.NF]
@@ -275,3 +275,20 @@ def test_docker_ipv6_healthy_and_forwarding_off_with_the_engine(lab_instance):
     snap = snapshot(inst.name, inst.token)
     assert snap["containers"] == [] and not net.link_exists(inst.token + "o")
     assert inst.name + "-net6" not in net.run(["docker", "network", "ls", "--format", "{{.Name}}"]).stdout
+
+
+@pytest.mark.kernel
+def test_pcap_writes_ipv6_packets_wireshark_can_decode(lab_instance, tmp_path):
+    """LINKTYPE_RAW: scapy (as Wireshark) tells IPv6 from IPv4 by the version nibble."""
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap
+    from test_watch import watch_lab
+    inst = lab_instance("v6-forwarding-off")
+    pcap = tmp_path / "v6.pcapng"
+    js, _ = watch_lab(inst, timeout=1.2, extra=["--pcap", str(pcap)])
+    pkts = rdpcap(str(pcap))
+    assert pkts and all(p.haslayer(IPv6) for p in pkts), pkts
+    syn = pkts[0]
+    assert syn[IPv6].src == inst.client_addr and syn[TCP].dport == inst.target_port and syn[TCP].flags == "S"
+    assert any(p[IPv6].dst == inst.container_addr and p[TCP].dport == 80 for p in pkts), "the DNATed packet"
