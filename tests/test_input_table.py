@@ -35,7 +35,7 @@ COMMANDS = {
 
 OTHERS = [
     ["drops", "--json", "--dropwatch"],
-    ["watch"], ["diagnose"],
+    ["watch"], ["diagnose"], ["diagnose", "--port", "8079", "--family", "6"], ["diagnose", "--port", "8079", "--probe", "--family", "5"],
     ["lab", "up", "no-such-scenario"], ["lab", "up", "forwarding-off", "--prefix", "ht bad name"],
     ["lab", "up", "forwarding-off", "--prefix", "ht" + "x" * 40],
     ["lab", "down"], ["lab", "down", "htx", "--all"], ["lab", "traffic", "no-such-instance"],

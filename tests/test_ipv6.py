@@ -292,3 +292,19 @@ def test_pcap_writes_ipv6_packets_wireshark_can_decode(lab_instance, tmp_path):
     syn = pkts[0]
     assert syn[IPv6].src == inst.client_addr and syn[TCP].dport == inst.target_port and syn[TCP].flags == "S"
     assert any(p[IPv6].dst == inst.container_addr and p[TCP].dport == 80 for p in pkts), "the DNATed packet"
+
+
+@pytest.mark.kernel
+def test_probe_over_each_family_tells_a_host_reachable_on_one_only(lab_instance):
+    """ip6tables drops what iptables accepts: --probe --family 6 names the IPv6 FORWARD policy, the same
+    host probed over IPv4 is healthy."""
+    inst = lab_instance("v6-forward-drop")
+    base = CLI + ["diagnose", "--json", "--probe", "--port", str(inst.target_port), "--netns", inst.host_ns,
+                  "--timeout", str(slow(5))]
+    six = subprocess.run(base + ["--family", "6"], capture_output=True, text=True, timeout=slow(60))
+    d = json.loads(six.stdout.splitlines()[-1])
+    assert six.returncode == 1 and d["top_cause"] == "filter-forward-drop", six.stderr
+    assert d["connection"]["family"] == 6 and d["findings"][0]["fix"][0].split()[2] == "ip6tables"
+    four = subprocess.run(base, capture_output=True, text=True, timeout=slow(60))
+    d = json.loads(four.stdout.splitlines()[-1])
+    assert four.returncode == 0 and d["healthy"] and d["connection"]["family"] == 4, four.stderr
