@@ -48,14 +48,14 @@ def diagnose(ctx, port, container, proto, netns, timeout, probe, family, do_fix,
     from dnattrace.output import diagnosis
     from dnattrace.watch.resolve import resolve_with_addresses
 
+    if family == "6" and not probe:
+        raise click.UsageError("--family chooses the family of --probe's attempts: give --probe too", ctx)
     preflight.require_root()
     preflight.require_btf()
     # the watch's memory budget holds for diagnose too: Docker's and pyroute2's imports (the target, the
     # evidence snapshots) stay in short-lived children
     forked.stay_light()
     t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns)
-    if family == "6" and not probe:
-        raise click.UsageError("--family chooses the family of --probe's attempts: give --probe too", ctx)
     client = probeclient.ProbeClient(t.host_netns, int(family)).up() if probe else None
     traffic = (lambda: client.start_attempts(t.port, count=2, timeout=1.0)) if client else None
     try:
