@@ -58,14 +58,14 @@ static __always_inline __u32 dev_netns(struct net_device *dev)
 	return dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
 }
 
-/* An IPv4 header with the first 20 bytes after it: the whole of a TCP or UDP header without options,
- * which is what almost every packet has, read with one bpf_probe_read_kernel. */
+/* The 20 bytes after an IP header: the whole of a TCP or UDP header without options, which is what
+ * almost every packet has (TCP and UDP ports sit in the same place). */
+#define L4_AFTER_IP union { struct tcphdr tcp; struct udphdr udp; }
+
+/* An IPv4 header and its L4 header, read with one bpf_probe_read_kernel. */
 struct ip_l4 {
 	struct iphdr ip;
-	union {
-		struct tcphdr tcp;
-		struct udphdr udp;
-	};
+	L4_AFTER_IP;
 };
 
 static __always_inline void l34_ip(const struct iphdr *ip, struct l34 *out)
@@ -135,14 +135,11 @@ static __always_inline int l34_at4(unsigned char *l3, struct l34 *out)
 	return 0;
 }
 
-/* An IPv6 header with the 20 bytes after it: the TCP or UDP header of a packet without extension
- * headers (almost every packet), read with one bpf_probe_read_kernel. */
+/* An IPv6 header and the L4 header of a packet without extension headers (almost every packet), read
+ * with one bpf_probe_read_kernel. */
 struct ip6_l4 {
 	struct ipv6hdr ip6;
-	union {
-		struct tcphdr tcp;
-		struct udphdr udp;
-	};
+	L4_AFTER_IP;
 };
 
 static __always_inline void l34_ip6(const struct ipv6hdr *ip6, struct l34 *out)

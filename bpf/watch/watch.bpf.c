@@ -320,6 +320,32 @@ int BPF_KRETPROBE(hook_kretprobe, int ret)
 
 /* ---- route decision: the fib lookup made for the packet this CPU is routing ---- */
 
+/* The route decision for the packet this CPU routes: the lookup's flow (p), whether it was the reverse
+ * path check, the table, the error and the next hop chosen (IPv4's fib_nh_common, IPv6's inside its
+ * fib6_nh), with its gateway of either family. */
+static __always_inline void route_event(__u64 skb, struct l34 *p, __u8 reverse, __u32 table, int err,
+					const struct fib_nh_common *nhc)
+{
+	struct dt_event *e = emit(DT_ROUTE, skb, p, NULL);
+	if (!e)
+		return;
+	e->stage = reverse;
+	e->priority = table;
+	e->reason = (__u32)err;
+	if (nhc) {
+		struct net_device *dev = BPF_CORE_READ(nhc, nhc_dev);
+		e->netns = dev_netns(dev);
+		e->ifindex = BPF_CORE_READ(nhc, nhc_oif);
+		dev_name(e->out_ifname, dev);
+		__u8 gw_family = BPF_CORE_READ(nhc, nhc_gw_family);
+		if (gw_family == 2 /* AF_INET */)
+			e->gateway[0] = BPF_CORE_READ(nhc, nhc_gw.ipv4);
+		else if (gw_family == 10 /* AF_INET6 */)
+			BPF_CORE_READ_INTO(&e->gateway, nhc, nhc_gw.ipv6);
+	}
+	submit(e);
+}
+
 static __always_inline int on_fib(__u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
 {
 	__u32 zero = 0;
@@ -340,21 +366,7 @@ static __always_inline int on_fib(__u32 table, const struct flowi4 *flp, const s
 	p.saddr[0] = BPF_CORE_READ(flp, saddr);
 	p.daddr[0] = daddr;
 	p.proto = BPF_CORE_READ(flp, __fl_common.flowic_proto);
-	struct dt_event *e = emit(DT_ROUTE, r->skb, &p, NULL);
-	if (!e)
-		return 0;
-	e->stage = reverse;
-	e->priority = table;
-	e->reason = (__u32)err;
-	if (nhc) {
-		struct net_device *dev = BPF_CORE_READ(nhc, nhc_dev);
-		e->netns = dev_netns(dev);
-		e->ifindex = BPF_CORE_READ(nhc, nhc_oif);
-		dev_name(e->out_ifname, dev);
-		if (BPF_CORE_READ(nhc, nhc_gw_family) == 2 /* AF_INET */)
-			e->gateway[0] = BPF_CORE_READ(nhc, nhc_gw.ipv4);
-	}
-	submit(e);
+	route_event(r->skb, &p, reverse, table, err, nhc);
 	return 0;
 }
 
@@ -411,22 +423,8 @@ static __always_inline int on_fib6(const struct fib6_result *res, struct fib6_ta
 	if (id == 255 /* RT6_TABLE_LOCAL */ && err == -113)
 		return 0;       /* not a local address: the main table is asked next, and decides */
 	p.proto = BPF_CORE_READ(flp, __fl_common.flowic_proto);
-	struct dt_event *e = emit(DT_ROUTE, r->skb, &p, NULL);
-	if (!e)
-		return 0;
-	e->stage = reverse;
-	e->priority = id;
-	e->reason = (__u32)err;
 	struct fib6_nh *nh = BPF_CORE_READ(res, nh);
-	if (nh && !e->reason) {
-		struct net_device *dev = BPF_CORE_READ(nh, nh_common.nhc_dev);
-		e->netns = dev_netns(dev);
-		e->ifindex = BPF_CORE_READ(nh, nh_common.nhc_oif);
-		dev_name(e->out_ifname, dev);
-		if (BPF_CORE_READ(nh, nh_common.nhc_gw_family) == 10 /* AF_INET6 */)
-			BPF_CORE_READ_INTO(&e->gateway, nh, nh_common.nhc_gw.ipv6);
-	}
-	submit(e);
+	route_event(r->skb, &p, reverse, id, err, nh && !err ? &nh->nh_common : NULL);
 	return 0;
 }
 
