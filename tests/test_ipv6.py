@@ -308,3 +308,21 @@ def test_probe_over_each_family_tells_a_host_reachable_on_one_only(lab_instance)
     four = subprocess.run(base, capture_output=True, text=True, timeout=slow(60))
     d = json.loads(four.stdout.splitlines()[-1])
     assert four.returncode == 0 and d["healthy"] and d["connection"]["family"] == 4, four.stderr
+
+
+def test_foreign_nft_chain_of_the_packets_family_only():
+    """An `ip` table sees IPv4 only: for an IPv6 packet the `inet` table's drop is named, with an ip6 fix;
+    ip6tables-nft's own `ip6 filter` is not foreign."""
+    c = v6_journey(st(NF, hook="FORWARD", stage="first", ifname="ens5", out_ifname="cni0", tuple=T_NAT),
+                   st(DROP, location="nft_do_chain+0x637", reason="NETFILTER_DROP", tuple=T_NAT))
+
+    def chain(family, table, policy):
+        return {"family": family, "table": table, "chain": "forward", "hook": "forward", "prio": 0,
+                "policy": policy, "rules": []}
+    h = ipv6_host(v6_rules=V6_RULES.replace("FORWARD DROP", "FORWARD ACCEPT"))
+    h.nft_chains = [chain("ip", "v4only", "DROP"), chain("ip6", "filter", "ACCEPT"), chain("inet", "fw", "DROP")]
+    f = causes.explain([c], v6_snap(h))[0]
+    assert f.cause_id == "foreign-nft-drop" and "inet fw" in f.explanation, f
+    assert f.fix[1] == "nft insert rule inet fw forward ip6 daddr 2001:db8:aa::5 tcp dport 8443 accept"
+    h.nft_chains = [chain("ip", "v4only", "DROP")]
+    assert "foreign-nft-drop" not in [x.cause_id for x in causes.explain([c], v6_snap(h))]

@@ -709,7 +709,8 @@ def match_foreign_nft_drop(f: Facts) -> Optional[Match]:
           % accepted[0] if accepted else "no DROP rule or policy counter of iptables' filter table moved")
     proto, dst, dport = _packet(f)
     nft = f.ns.prefix() + "nft insert rule %s %s %s " % (c["family"], c["table"], c["chain"])
-    fix = [nft + "ct state established,related accept", nft + "ip daddr %s %s dport %d accept" % (dst, proto, dport)]
+    fix = [nft + "ct state established,related accept",
+           nft + "%s daddr %s %s dport %d accept" % ("ip6" if f.family == 6 else "ip", dst, proto, dport)]
     return Match(s, "Another nft table than iptables' own, %s %s, has a base chain %s on the %s hook that drops the "
                     "packet for %s:%d. Every base chain on a hook runs, so Docker's ACCEPT in the iptables filter "
                     "table does not save it: that table must accept it too."

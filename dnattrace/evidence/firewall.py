@@ -17,6 +17,7 @@ from typing import Optional
 from dnattrace.netns.enter import command_prefix, run_tool
 
 DROP_TARGETS = ("DROP", "REJECT")
+IP_FAMILIES = ("ip", "ip6", "inet")     # the nft families that see IP packets (inet: both)
 _COUNTED = re.compile(r"^\[(\d+):(\d+)\]\s+(.*)$")
 
 
@@ -150,20 +151,20 @@ def read_ip6tables(netns=None) -> Ruleset:
 
 
 def parse_nft_json(text: str) -> Ruleset:
-    """Rules from `nft -j list ruleset` (ip and inet families): chains with policies and, where a rule has
+    """Rules from `nft -j list ruleset` (ip, ip6 and inet families): chains with policies and, where a rule has
     a counter statement, its counters. Rule text is nft's own rendering of the expressions' kinds."""
     rs = Ruleset(source="nft")
     data = json.loads(text or "{}").get("nftables", [])
     for item in data:
         if "chain" in item:
             c = item["chain"]
-            if c.get("family") not in ("ip", "inet"):
+            if c.get("family") not in IP_FAMILIES:
                 continue
             table = "%s %s" % (c["family"], c["table"])
             rs.tables.setdefault(table, {})[c["name"]] = Chain(c["name"], (c.get("policy") or "-").upper())
         elif "rule" in item:
             r = item["rule"]
-            if r.get("family") not in ("ip", "inet"):
+            if r.get("family") not in IP_FAMILIES:
                 continue
             table = "%s %s" % (r["family"], r["table"])
             chain = rs.tables.setdefault(table, {}).setdefault(r["chain"], Chain(r["chain"]))
@@ -188,7 +189,7 @@ def read_nft(netns=None) -> Ruleset:
 
 
 def parse_nft_base_chains(text: str) -> list[dict]:
-    """Base chains (those attached to a hook) of every ip/inet nft table, with their rules' counters and
+    """Base chains (those attached to a hook) of every ip/ip6/inet nft table, with their rules' counters and
     verdicts: {"family", "table", "chain", "hook", "prio", "policy", "rules": [{"verdict", "packets",
     and "ct_state" (the states a `ct state` match names) when it has one}]}.
     Every base chain on a hook runs: an ACCEPT in iptables-nft's `ip filter` does not stop another
@@ -197,7 +198,7 @@ def parse_nft_base_chains(text: str) -> list[dict]:
     chains = {}
     for item in data:
         c = item.get("chain")
-        if c and c.get("family") in ("ip", "inet") and c.get("hook"):
+        if c and c.get("family") in IP_FAMILIES and c.get("hook"):
             chains[(c["family"], c["table"], c["name"])] = dict(
                 family=c["family"], table=c["table"], chain=c["name"], hook=c["hook"], prio=c.get("prio", 0),
                 policy=(c.get("policy") or "accept").upper(), rules=[])
