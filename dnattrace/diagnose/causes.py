@@ -89,6 +89,8 @@ class Facts:
         self.family: int = tuples[0].family if tuples else 4
         self.rules = self.ns.ruleset(self.family)
         self.tool = "ip6tables" if self.family == 6 else "iptables"
+        # br_netfilter passes bridged packets to each family's tables under its own switch
+        self.br_nf_key = "net.bridge.bridge-nf-call-%s" % self.tool
         self.nf: Optional[Step] = self._last(NF)
         # where netfilter links are not available (kernels before 6.4) the hook comes from the verdict
         # of nf_hook_slow (fexit/kretprobe)
@@ -425,7 +427,7 @@ def _filter_result(f: Facts, s: _Score, hook: str, move: Optional[CounterMove]) 
 
 def match_filter_forward_drop(f: Facts) -> Optional[Match]:
     m = _filter_match(f, "FORWARD")
-    if m and f.seen and _is_bridged(f) and sysctl.as_int(f.ns.sysctls, "net.bridge.bridge-nf-call-iptables") == 1:
+    if m and f.seen and _is_bridged(f) and sysctl.as_int(f.ns.sysctls, f.br_nf_key) == 1:
         m.score.add(2, False)   # bridged traffic in FORWARD: br-netfilter explains it better
     if m and f.seen and _foreign_drop_chains(f):
         m.score.add(2, False)   # another nft table's chain on the hook drops: foreign-nft-drop names it
@@ -561,19 +563,19 @@ def match_martian_source(f: Facts) -> Optional[Match]:
 def match_br_netfilter(f: Facts) -> Optional[Match]:
     if not f.seen:
         return None
-    on = sysctl.as_int(f.ns.sysctls, "net.bridge.bridge-nf-call-iptables") == 1
+    on = sysctl.as_int(f.ns.sysctls, f.br_nf_key) == 1
     if not on or not _is_bridged(f) or not (f.hook == "FORWARD" and (f.netfilter_drop or f.stopped_in_hook)):
         return None
     s = _Score()
-    s.add(3, True, "net.bridge.bridge-nf-call-iptables = 1")
-    s.add(3, True, "bridged packet (no route decision; in/out are bridge ports) reached iptables FORWARD")
+    s.add(3, True, "%s = 1" % f.br_nf_key)
+    s.add(3, True, "bridged packet (no route decision; in/out are bridge ports) reached %s FORWARD" % f.tool)
     s.add(2, f.netfilter_drop, f.drop_line())
     moves = _drop_moves(f, "FORWARD")
     s.add(1, bool(moves), "%s (counter moved during the capture)" % moves[0] if moves else "")
     return Match(s, "br_netfilter sends traffic bridged between ports of one bridge through iptables, and the "
                     "FORWARD chain drops it; the packet never needed routing.",
-                 [f.ns.prefix() + "sysctl -w net.bridge.bridge-nf-call-iptables=0"],
-                 "or keep br_netfilter and accept bridged traffic: iptables -I FORWARD -m physdev "
+                 [f.ns.prefix() + "sysctl -w %s=0" % f.br_nf_key],
+                 "or keep br_netfilter and accept bridged traffic: " + f.tool + " -I FORWARD -m physdev "
                  "--physdev-is-bridged -j ACCEPT; " + PERSIST, moves[0] if moves else None, workaround=True)
 
 
@@ -1322,7 +1324,7 @@ def _refuted(f: Facts) -> dict[str, str]:
     if st.get("max") and not ct_stats.is_full(st):
         out["conntrack-full"] = "conntrack holds %s of %s entries in %s" % (st.get("count"), st.get("max"), f.ns.name)
     rp = sysctl.rp_filter(v, f.ingress or None)
-    if rp.get("effective") is not None and rp["effective"] != 1:
+    if f.family == 4 and rp.get("effective") is not None and rp["effective"] != 1:    # IPv6 has no rp_filter
         out["rp-filter"] = "rp_filter is not strict on %s (effective %s)" % (f.ingress or "all", rp["effective"])
     lookup = f.ns.lookup(addr) if addr else None
     if lookup is not None and not lookup.err:
@@ -1330,8 +1332,8 @@ def _refuted(f: Facts) -> dict[str, str]:
     nb = f.ns.neighbour(addr) if addr else None
     if nb is not None and not any(st_ in nb["state"] for st_ in ("FAILED", "INCOMPLETE")):
         out["neigh-failed"] = "neighbour %s is %s" % (addr, nb["state"])
-    if sysctl.as_int(v, "net.bridge.bridge-nf-call-iptables") == 0:
-        out["br-netfilter"] = "net.bridge.bridge-nf-call-iptables = 0 in %s" % f.ns.name
+    if sysctl.as_int(v, f.br_nf_key) == 0:
+        out["br-netfilter"] = "%s = 0 in %s" % (f.br_nf_key, f.ns.name)
     return out
 
 
