@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from dnattrace.model import family_of
 from dnattrace.target import Target
 from dnattrace.evidence import conntrack, firewall, links, snmp, sockets, sysctl
 from dnattrace.evidence.firewall import CounterMove, Ruleset
@@ -115,9 +116,10 @@ class Snapshot:
         host_lookups, nbrs, ports = [], [], {target.port, target.service_port} - {0}
         # every backend (a dual-stack container has one per family): the lookup of the failing client's
         # family is the packet's own input lookup, the other family's an output lookup
+        family = family_of(client or target.service_addr)
         for b in target.backends:
             if b.addr and b.addr not in nbrs:
-                same = bool(client) and (":" in client) == (":" in b.addr)
+                same = family_of(b.addr) == family
                 host_lookups.append((b.addr, ingress if same else None, client if same else None))
                 nbrs.append(b.addr)
         host = read_namespace("host", host_netns, ports, target.proto, host_lookups, nbrs, counters_only)
