@@ -142,6 +142,13 @@ def wait_ipv6_ready(inst, netname):
         if time.monotonic() > deadline:
             raise net.NetError("the IPv6 addresses of %s are still tentative" % inst.container_name)
         time.sleep(0.05)
+    # then one ping along each hop, as topology.settle_neighbours does for the namespace lab (why: there)
+    gateway = json.loads(docker("network", "inspect", netname).stdout)[0]["IPAM"]["Config"]
+    gateway = next((c.get("Gateway") for c in gateway if ":" in (c.get("Gateway") or "")), "")
+    for prefix, addr in (([], inst.container_addr), (["nsenter", "--net=" + inst.container_ns], gateway),
+                         (["ip", "netns", "exec", inst.client_ns], OUTSIDE_ADDR6)):
+        if addr:
+            net.run(prefix + ["busybox", "ping", "-6", "-c", "1", "-W", "3", addr], check=False, timeout=10)
 
 
 def build(inst, sc):

@@ -204,6 +204,18 @@ def add_ipv6(n, sc):
         net.run(["ip6tables-restore"], netns=host,
                 input=docker_rules(n["bridge"], CONTAINER_ADDR6, CONTAINER_ADDR6,
                                    forward_accept=sc.forward_accept6, family=6))
+    settle_neighbours(n)
+
+
+def settle_neighbours(n):
+    """One ping along each hop of the journeys (bounded; its result is not the scenario's business).
+    Measured here: in the first second after the addresses are added, a neighbour solicitation can go
+    unanswered (the container's for its gateway, 1 lab in 4-20: the bridge's MLD snooping has not yet
+    seen the solicited-node groups; the host's own drops show br_dev_xmit NO_TX_TARGET), and the SYN-ACK
+    then waits a second for ND's retransmission. IPv4's ARP is broadcast and needs none of this."""
+    for ns, addr in ((n["client_ns"], OUTSIDE_ADDR6), (n["host_ns"], CONTAINER_ADDR6),
+                     (n["container_ns"], BRIDGE_ADDR6), (n["host_ns"], CLIENT_ADDR6)):
+        net.run(["busybox", "ping", "-6", "-c", "1", "-W", "3", addr], netns=ns, check=False, timeout=10)
 
 
 # --- one helper per departure from the healthy layout (everything lives in the lab's namespaces, so
