@@ -201,7 +201,7 @@ SCENARIOS += [
              "the container's IPv6 address while iptables accepts the IPv4 twin: the IPv6 SYN is dropped by the "
              "policy (nft_do_chain, NETFILTER_DROP, in the host's ip6 filter table).",
              cause="filter-forward-drop", drop_function="nft_do_chain", drop_reason="NETFILTER_DROP",
-             drop_ns="host", family=6, forward_accept6=False),
+             drop_ns="host", family=6, forward_accept6=False, drop_function_alt=("nf_hook_slow",)),
     Scenario("v6-not-published", "The port is published on IPv4 only (Docker without ip6tables, the default "
              "before 27): the IPv6 client's SYN to the host's IPv6 address is not DNATed and reaches the host "
              "itself, where nothing listens (tcp_v6_rcv, NO_SOCKET); over IPv4 the same port works "
