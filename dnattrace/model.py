@@ -30,10 +30,20 @@ PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
 
 
+def hostport(addr: str, port: int) -> str:
+    """ADDR:PORT, with an IPv6 address in brackets ([2001:db8::1]:80) as URLs and ss write it."""
+    return ("[%s]:%d" if ":" in (addr or "") else "%s:%d") % (addr, port)
+
+
+def family_of(addr: str) -> int:
+    """4 or 6, from an address's text."""
+    return 6 if ":" in (addr or "") else 4
+
+
 class Tuple5(NamedTuple):
     """A packet's addresses; a named tuple because watch makes hundreds of thousands of them."""
     proto: int          # IP protocol number
-    src: str            # dotted quad
+    src: str            # dotted quad, or IPv6 text
     sport: int
     dst: str
     dport: int
@@ -42,7 +52,11 @@ class Tuple5(NamedTuple):
         return Tuple5(self.proto, self.dst, self.dport, self.src, self.sport)
 
     def __str__(self):
-        return "%s:%d -> %s:%d" % (self.src, self.sport, self.dst, self.dport)
+        return "%s -> %s" % (hostport(self.src, self.sport), hostport(self.dst, self.dport))
+
+    @property
+    def family(self) -> int:
+        return family_of(self.src)
 
     def __repr__(self):
         return "Tuple5(%d, %s)" % (self.proto, self)

@@ -42,6 +42,11 @@ class Target:
         b = self.backend
         return (b.addr or "") if b else ""
 
+    def backend_for(self, family: int) -> Optional[Endpoint]:
+        """Where DNAT sends clients of this IP family (4 or 6): a dual-stack container has an address of
+        each; None when the port is not DNATed for that family."""
+        return next((b for b in self.backends if b.addr and model.family_of(b.addr) == family), None)
+
     @property
     def service_port(self) -> int:
         """The port the service listens on: the backend's, or the published one for a local service."""
@@ -63,9 +68,10 @@ class Target:
         head = "%s :%d" % (self.proto.upper(), self.port)
         if self.container and self.backends:
             b = self.backends[0]
-            return '%s is published by container "%s" -> %s:%d' % (head, self.container, b.addr, b.port)
+            return '%s is published by container "%s" -> %s' % (head, self.container, ", ".join(
+                model.hostport(b.addr, b.port) for b in self.backends))
         if self.backends:
-            return "%s is DNATed to %s" % (head, ", ".join("%s:%d" % (b.addr, b.port) for b in self.backends))
+            return "%s is DNATed to %s" % (head, ", ".join(model.hostport(b.addr, b.port) for b in self.backends))
         return "%s (no DNAT for this port: a local service)" % head
 
     def to_dict(self):

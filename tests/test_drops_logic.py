@@ -78,5 +78,6 @@ def test_group_merges_and_marks_mixed_fields():
 def test_proto_names():
     assert drops.proto_name(0x0800, 6) == "tcp"
     assert drops.proto_name(0x86DD, 0) == "ipv6"
+    assert drops.proto_name(0x86DD, 6) == "tcp6" and drops.proto_name(0x86DD, 58) == "icmpv6"
     assert drops.proto_name(0x0800, 99) == "ip/99"
     assert drops.proto_name(0, 0) == "-"

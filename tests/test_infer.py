@@ -87,3 +87,16 @@ def test_compiler_suffixes():
     assert base_name("foo.isra.0.cold") == "foo" and base_name("ip_error") == "ip_error"
     assert scenarios.get("rp-filter").drop_site_matches("ip_rcv_finish_core.constprop.0+0x1ab")
     assert not scenarios.get("rp-filter").drop_site_matches("ip_rcv_core+0x1")
+
+
+def test_ipv6_sites():
+    """tcp_v6_rcv as tcp_v4_rcv; ip6_forward's refusal of a SYN is forwarding off (a SYN is never too big),
+    of a data packet it is not said."""
+    t6 = model.Tuple5(6, "2001:db8:1::2", 40000, "2001:db8:2::2", 80)
+    syn = j(model.Step(ts_ns=0, point=model.DROP, netns=7, tuple=t6, tcp_flags="S", location="ip6_forward+0x689"))
+    data = j(model.Step(ts_ns=0, point=model.DROP, netns=7, tuple=t6, tcp_flags="AP", location="ip6_forward+0x1"))
+    rst = j(model.Step(ts_ns=0, point=model.DROP, netns=7, tuple=t6, tcp_flags="S", location="tcp_v6_rcv+0x35a"))
+    for journey in (syn, data, rst):
+        infer.infer_drop_reasons(journey)
+    assert (syn.last.reason, syn.last.reason_inferred) == ("IP_INADDRERRORS", True)
+    assert rst.last.reason == "NO_SOCKET" and not data.last.reason

@@ -14,8 +14,8 @@ COUNT = ["0", "-1", "1.5", "abc", "", "99999999999"]
 PORT = ["0", "-1", "65536", "http", ""]
 RATE = ["-1", "1.5", "x", "1000001"]
 TOP = ["0", "-5", "x", "100001"]
-CIDR = ["::1/128", "10.0.0.0/33", "not-an-ip", "999.1.1.1/8", "fe80::/10"]
-ADDRESS = ["999.1.1.1", "::1", "10.0.0.0/8", "not-an-ip"]
+CIDR = ["10.0.0.0/33", "not-an-ip", "999.1.1.1/8", "2001:db8::/129", "2001:db8::g/64"]   # IPv6 ranges are valid
+ADDRESS = ["999.1.1.1", "10.0.0.0/8", "not-an-ip", "2001:db8::/64", "2001:db8:::1"]
 NETNS = ["/tmp", "/etc/passwd", "no-such-netns-dnattrace"]
 LISTEN = ["70000", "-1", "x", "", "999.1.1.1:9433", "host:9433", "192.0.2.1:9433"]   # the last: not ours to bind
 
@@ -35,7 +35,7 @@ COMMANDS = {
 
 OTHERS = [
     ["drops", "--json", "--dropwatch"],
-    ["watch"], ["diagnose"],
+    ["watch"], ["diagnose"], ["diagnose", "--port", "8079", "--family", "6"], ["diagnose", "--port", "8079", "--probe", "--family", "5"],
     ["lab", "up", "no-such-scenario"], ["lab", "up", "forwarding-off", "--prefix", "ht bad name"],
     ["lab", "up", "forwarding-off", "--prefix", "ht" + "x" * 40],
     ["lab", "down"], ["lab", "down", "htx", "--all"], ["lab", "traffic", "no-such-instance"],

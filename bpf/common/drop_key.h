@@ -12,9 +12,9 @@ struct drop_key {
 	__u32 reason;        /* enum skb_drop_reason */
 	__u32 netns;         /* network namespace inode, 0 if unknown */
 	__s32 stack_id;      /* -1 when stacks are off or the stack could not be stored */
-	__u16 l3proto;       /* ethertype, host order (0x0800 IPv4) */
+	__u16 l3proto;       /* ethertype, host order (0x0800 IPv4, 0x86dd IPv6) */
 	__u16 port;          /* the port asked about (drops --port, watch's service), else 0 */
-	__u8 l4proto;        /* IP protocol when IPv4, else 0 */
+	__u8 l4proto;        /* IP protocol (IPv6: the upper-layer header past any extension headers), else 0 */
 	__u8 pad[7];
 };
 

@@ -75,6 +75,13 @@ int BPF_PROG(probe_fib, u32 table, const struct flowi4 *flp)
 	return 0;
 }
 
+SEC("tp_btf/fib6_table_lookup")
+int BPF_PROG(probe_fib6, const struct net *net, const struct fib6_result *res)
+{
+	hit(9);
+	return 0;
+}
+
 /* Direct loads of packet bytes through bpf_rdonly_cast(ptr, 0) (see ip_l4_at in skb.h). */
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(probe_direct_read, struct sk_buff *skb)

@@ -49,12 +49,13 @@ static __always_inline void fill_ct(struct dt_event *e, struct sk_buff *skb)
 	}
 	e->ctinfo = nfct & 7;
 	e->ct_status = BPF_CORE_READ(ct, status);
-	e->ct_osrc = BPF_CORE_READ(ct, tuplehash[0].tuple.src.u3.ip);
-	e->ct_odst = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u3.ip);
+	/* u3 is 16 bytes for both families (an IPv4 tuple's other 12 are 0): one read each, as before */
+	BPF_CORE_READ_INTO(&e->ct_osrc, ct, tuplehash[0].tuple.src.u3.all);
+	BPF_CORE_READ_INTO(&e->ct_odst, ct, tuplehash[0].tuple.dst.u3.all);
 	e->ct_osport = BPF_CORE_READ(ct, tuplehash[0].tuple.src.u.all);
 	e->ct_odport = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u.all);
-	e->ct_rsrc = BPF_CORE_READ(ct, tuplehash[1].tuple.src.u3.ip);
-	e->ct_rdst = BPF_CORE_READ(ct, tuplehash[1].tuple.dst.u3.ip);
+	BPF_CORE_READ_INTO(&e->ct_rsrc, ct, tuplehash[1].tuple.src.u3.all);
+	BPF_CORE_READ_INTO(&e->ct_rdst, ct, tuplehash[1].tuple.dst.u3.all);
 	e->ct_rsport = BPF_CORE_READ(ct, tuplehash[1].tuple.src.u.all);
 	e->ct_rdport = BPF_CORE_READ(ct, tuplehash[1].tuple.dst.u.all);
 }
@@ -95,8 +96,9 @@ static __always_inline struct dt_event *emit(__u8 point, __u64 skbp, struct l34 
 	e->ctinfo = DT_NO_CT;
 	e->proto = p->proto;
 	e->tcp_flags = p->tcp_flags;
-	e->saddr = p->saddr;
-	e->daddr = p->daddr;
+	e->family = p->family;
+	__builtin_memcpy(e->saddr, p->saddr, sizeof(e->saddr));
+	__builtin_memcpy(e->daddr, p->daddr, sizeof(e->daddr));
 	e->sport = p->sport;
 	e->dport = p->dport;
 	e->seq = p->seq;

@@ -34,7 +34,7 @@ struct {
 
 /* Flows whose first data packet has been followed already (each direction keyed separately). */
 struct flow_key {
-	__u32 saddr, daddr;
+	__u32 saddr[4], daddr[4];
 	__u16 sport, dport;
 };
 
@@ -56,7 +56,7 @@ static __always_inline int port_hit(__u16 port_be)
 /* The cheap test every packet meets: could the IPv4 packet at l3 belong to a followed flow? One read of
  * the IP and L4 headers (direct loads where the kernel allows them, see ip_l4_at); when it could, *p
  * is filled (no second read). */
-static __always_inline int maybe(unsigned char *l3, struct l34 *p, const int direct)
+static __always_inline int maybe4(unsigned char *l3, struct l34 *p, const int direct)
 {
 	struct ip_l4 copy;
 	const struct ip_l4 *h = ip_l4_at(&copy, l3, direct);
@@ -66,28 +66,74 @@ static __always_inline int maybe(unsigned char *l3, struct l34 *p, const int dir
 	if (h->ip.version != 4 || (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_))
 		return 0;
 	if (h->ip.ihl != 5 || (h->ip.frag_off & bpf_htons(0x1fff)))
-		return l34_at(l3, p) == 0 && (port_hit(p->sport) || port_hit(p->dport));
+		return l34_at4(l3, p) == 0 && (port_hit(p->sport) || port_hit(p->dport));
 	if (!port_hit(h->tcp.source) && !port_hit(h->tcp.dest))   /* TCP and UDP ports sit in the same place */
 		return 0;
 	__builtin_memset(p, 0, sizeof(*p));
 	l34_ip(&h->ip, p);
 	if (proto == IPPROTO_TCP_)
-		l34_tcp(&h->tcp, 5, p);
+		l34_tcp(&h->tcp, 20, p);
 	else
 		l34_udp(&h->udp, p);
 	return 1;
 }
 
+/* The same for IPv6: one read covers the fixed header and a TCP/UDP header right after it; a packet
+ * with extension headers takes the walk of l34_at6. */
+static __always_inline int maybe6(unsigned char *l3, struct l34 *p, const int direct)
+{
+	struct ip6_l4 copy;
+	const struct ip6_l4 *h = ip6_l4_at(&copy, l3, direct);
+	if (!h)
+		return 0;
+	__u8 nh = h->ip6.nexthdr;
+	if (h->ip6.version != 6)
+		return 0;
+	if (nh != IPPROTO_TCP_ && nh != IPPROTO_UDP_) {
+		if (!ip6_ext(nh))
+			return 0;
+		return l34_at6(l3, p) == 0 && (p->proto == IPPROTO_TCP_ || p->proto == IPPROTO_UDP_) &&
+		       (port_hit(p->sport) || port_hit(p->dport));
+	}
+	if (!port_hit(h->tcp.source) && !port_hit(h->tcp.dest))
+		return 0;
+	__builtin_memset(p, 0, sizeof(*p));
+	l34_ip6(&h->ip6, p);
+	if (nh == IPPROTO_TCP_)
+		l34_tcp(&h->tcp, 40, p);
+	else
+		l34_udp(&h->udp, p);
+	return 1;
+}
+
+/* Could the packet at l3, of ethertype proto_be (skb->protocol), belong to a followed flow? The family
+ * is decided by this one comparison: IPv4 takes the same path it took before IPv6 was followed. */
+static __always_inline int maybe(__be16 proto_be, unsigned char *l3, struct l34 *p, const int direct)
+{
+	if (proto_be == ETH_P_IP_BE)
+		return maybe4(l3, p, direct);
+	if (proto_be == ETH_P_IPV6_BE)
+		return maybe6(l3, p, direct);
+	return 0;
+}
+
 /* Does (proto, port, addr) match the filter, exactly or with any address? The port bitmap answers
  * first: a reply's destination is the client's port, so this saves its two hash lookups. */
-static __always_inline int filter_hit(__u8 proto, __u16 port, __u32 addr)
+static __always_inline int filter_hit(__u8 proto, __u16 port, __u8 family, const __u32 *addr)
 {
 	if (!port_hit(port))
 		return 0;
-	struct dt_filter_key k = { .proto = proto, .port = port, .addr = addr };
+	struct dt_filter_key k = { .proto = proto, .family = family, .port = port };
+	k.addr[0] = addr[0];
+	if (family == DT_V6) {
+		k.addr[1] = addr[1];
+		k.addr[2] = addr[2];
+		k.addr[3] = addr[3];
+	}
 	if (bpf_map_lookup_elem(&filter, &k))
 		return 1;
-	k.addr = 0;
+	k.family = 0;
+	k.addr[0] = k.addr[1] = k.addr[2] = k.addr[3] = 0;
 	return bpf_map_lookup_elem(&filter, &k) != NULL;
 }
 
@@ -98,9 +144,9 @@ static __always_inline int filter_hit(__u8 proto, __u16 port, __u32 addr)
 
 static __always_inline int service_side(struct l34 *p)
 {
-	if (filter_hit(p->proto, p->dport, p->daddr))
+	if (filter_hit(p->proto, p->dport, p->family, p->daddr))
 		return SERVICE_DST;
-	return filter_hit(p->proto, p->sport, p->saddr) ? SERVICE_SRC : 0;
+	return filter_hit(p->proto, p->sport, p->family, p->saddr) ? SERVICE_SRC : 0;
 }
 
 /* The admission window for new connections (max_new per second). Shared by all CPUs: a race at the
@@ -123,10 +169,10 @@ struct {
  * ports (a TIME_WAIT port after a second), so the entry also holds the SYN's initial sequence number:
  * a retransmitted SYN finds its own decision, a new connection on the same port gets one of its own. */
 struct client_key {
-	__u32 addr;
+	__u32 addr[4];
 	__u16 port;
 	__u8 proto;
-	__u8 pad;
+	__u8 family;
 };
 
 struct decision {
@@ -165,8 +211,8 @@ static __always_inline int admit(struct dt_config *cfg, struct l34 *p, int clien
 {
 	if (!cfg || !cfg->max_new)
 		return 1;
-	struct client_key k = { .proto = p->proto };
-	k.addr = client_is_src ? p->saddr : p->daddr;
+	struct client_key k = { .proto = p->proto, .family = p->family };
+	__builtin_memcpy(k.addr, client_is_src ? p->saddr : p->daddr, sizeof(k.addr));
 	k.port = client_is_src ? p->sport : p->dport;
 	int opening = p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	struct decision *seen = bpf_map_lookup_elem(&admitted, &k);
@@ -195,7 +241,9 @@ static __always_inline int wanted(struct l34 *p)
 			/* besides SYN, SYN-ACK and RST: the first data packet of each direction */
 			if (!p->payload)
 				return 0;
-			struct flow_key fk = { .saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport };
+			struct flow_key fk = { .sport = p->sport, .dport = p->dport };
+			__builtin_memcpy(fk.saddr, p->saddr, sizeof(fk.saddr));
+			__builtin_memcpy(fk.daddr, p->daddr, sizeof(fk.daddr));
 			__u8 one = 1;
 			if (bpf_map_update_elem(&data_seen, &fk, &one, BPF_NOEXIST))
 				return 0;
@@ -227,18 +275,17 @@ struct {
 static __always_inline void count_unfollowed_drop(struct sk_buff *skb, void *location, __u32 reason,
 						   const int trusted, const int direct)
 {
-	if (SKB_FIELD(trusted, skb, protocol) != ETH_P_IP_BE)
-		return;
+	__be16 l3proto = SKB_FIELD(trusted, skb, protocol);
 	struct l34 p;
 	unsigned char *l3 = SKB_FIELD(trusted, skb, head) + SKB_FIELD(trusted, skb, network_header);
-	if (!maybe(l3, &p, direct) || !kind_followed(&p))
+	if (!maybe(l3proto, l3, &p, direct) || !kind_followed(&p))
 		return;
 	int side = service_side(&p);
 	if (!side)
 		return;
 	__u16 port = side == SERVICE_DST ? p.dport : p.sport;
 	struct drop_key k = { .location = (__u64)location, .reason = reason, .netns = skb_netns(skb),
-			      .stack_id = -1, .l3proto = 0x0800, .port = bpf_ntohs(port), .l4proto = p.proto };
+			      .stack_id = -1, .l3proto = bpf_ntohs(l3proto), .port = bpf_ntohs(port), .l4proto = p.proto };
 	count_one_drop(&unfollowed_drops, &k);
 }
 

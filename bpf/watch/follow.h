@@ -124,8 +124,10 @@ static __always_inline __u64 ident(struct l34 *p)
  * the same CPU (softirq, no preemption) can be tied to it. */
 struct routing {
 	__u64 skb;
-	__u32 daddr;
-	__u32 saddr;
+	__u32 daddr[4];
+	__u32 saddr[4];
+	__u8 family;
+	__u8 pad[7];
 };
 
 struct {
@@ -168,7 +170,9 @@ static __always_inline struct followed *follow(__u64 skb, struct l34 *p, int *fr
 
 static __always_inline __u32 sig(struct l34 *p)
 {
-	return p->saddr ^ (p->daddr * 2654435761u) ^ ((__u32)p->sport << 16 | p->dport);
+	__u32 s = p->saddr[0] ^ p->saddr[1] ^ p->saddr[2] ^ p->saddr[3];
+	__u32 d = p->daddr[0] ^ p->daddr[1] ^ p->daddr[2] ^ p->daddr[3];
+	return s ^ (d * 2654435761u) ^ ((__u32)p->sport << 16 | p->dport);
 }
 
 /* The points that see an skb after its first (transmit, route result): is it followed, and does it

@@ -26,11 +26,10 @@ char LICENSE[] SEC("license") = "GPL";
  * (scripts/bench watch --profile). */
 static __always_inline int on_rx(struct sk_buff *skb, const int trusted, const int direct)
 {
-	if (SKB_FIELD(trusted, skb, protocol) != ETH_P_IP_BE)
-		return 0;
+	__be16 l3proto = SKB_FIELD(trusted, skb, protocol);
 	unsigned char *l3 = SKB_FIELD(trusted, skb, data);
 	struct l34 p;
-	if (!maybe(l3, &p, direct))
+	if (!maybe(l3proto, l3, &p, direct))
 		return 0;
 	int fresh;
 	if (!follow((__u64)skb, &p, &fresh))
@@ -81,12 +80,13 @@ static __always_inline struct followed *nf_followed(struct sk_buff *skb, __u8 ho
 						    struct l34 *p, int *fresh, const int direct)
 {
 	struct followed *t;
+	__be16 l3proto = skb->protocol;
 	if (hook == NF_INET_LOCAL_OUT && stage == DT_STAGE_FIRST) {
-		if (!maybe(l3, p, direct))
+		if (!maybe(l3proto, l3, p, direct))
 			return NULL;
 		return follow((__u64)skb, p, fresh);
 	}
-	if (none_followed() || !(t = tracked_entry((__u64)skb)) || !maybe(l3, p, direct))
+	if (none_followed() || !(t = tracked_entry((__u64)skb)) || !maybe(l3proto, l3, p, direct))
 		return NULL;
 	return same_packet((__u64)skb, t, p);
 }
@@ -97,7 +97,9 @@ static __always_inline void nf_routing(struct sk_buff *skb, __u8 hook, __u8 stag
 {
 	__u32 zero = 0;
 	if (hook == NF_INET_PRE_ROUTING && stage == DT_STAGE_LAST) {
-		struct routing r = { .skb = (__u64)skb, .daddr = p->daddr, .saddr = p->saddr };
+		struct routing r = { .skb = (__u64)skb, .family = p->family };
+		__builtin_memcpy(r.daddr, p->daddr, sizeof(r.daddr));
+		__builtin_memcpy(r.saddr, p->saddr, sizeof(r.saddr));
 		bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
 	} else if ((hook == NF_INET_LOCAL_IN || hook == NF_INET_FORWARD) && stage == DT_STAGE_FIRST) {
 		struct routing r = {};
@@ -146,8 +148,7 @@ static __always_inline void nf_fill(struct dt_event *e, const struct nf_hook_sta
 static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int direct)
 {
 	struct sk_buff *skb = ctx->skb;
-	if (skb->protocol != ETH_P_IP_BE)
-		return NF_ACCEPT;
+	/* the same programs are linked for NFPROTO_IPV4 and NFPROTO_IPV6; maybe() tells the two apart */
 	const struct nf_hook_state *state = ctx->state;
 	__u8 hook = state->hook;
 	unsigned char *l3 = skb->head + skb->network_header;
@@ -193,6 +194,7 @@ int nf_last(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_LAST, 0); }
  * packets not followed (a packet made in this namespace is first seen there, as with the links). */
 
 #define NFPROTO_IPV4_ 2
+#define NFPROTO_IPV6_ 10
 
 /* The hook's devices and namespace, read through BPF_CORE_READ (kprobe's state is not a BTF pointer). */
 static __always_inline void hook_fill(struct dt_event *e, const struct nf_hook_state *state, struct sk_buff *skb,
@@ -210,15 +212,18 @@ static __always_inline int hook_enter(struct sk_buff *skb, const struct nf_hook_
 	__u8 hook = trusted ? state->hook : BPF_CORE_READ(state, hook);   /* fentry: a plain load */
 	if (!t && hook != NF_INET_LOCAL_OUT)
 		return 0;
-	if (BPF_CORE_READ(state, pf) != NFPROTO_IPV4_ || BPF_CORE_READ(skb, protocol) != ETH_P_IP_BE)
+	/* state->pf says the family: the same code follows IPv4 and IPv6 (ARP and bridge hooks are not) */
+	__u8 pf = BPF_CORE_READ(state, pf);
+	__be16 l3proto = BPF_CORE_READ(skb, protocol);
+	if (!(pf == NFPROTO_IPV4_ && l3proto == ETH_P_IP_BE) && !(pf == NFPROTO_IPV6_ && l3proto == ETH_P_IPV6_BE))
 		return 0;
 	unsigned char *l3 = skb_l3(skb);
 	struct l34 p;
 	int fresh = 0;
 	if (t) {
-		if (l34_at(l3, &p) || !(t = same_packet(key, t, &p)))
+		if (l34_at(l3proto, l3, &p) || !(t = same_packet(key, t, &p)))
 			return 0;
-	} else if (!maybe(l3, &p, 0) || !(t = follow(key, &p, &fresh))) {
+	} else if (!maybe(l3proto, l3, &p, 0) || !(t = follow(key, &p, &fresh))) {
 		return 0;
 	}
 	nf_routing(skb, hook, DT_STAGE_FIRST, &p);
@@ -315,27 +320,15 @@ int BPF_KRETPROBE(hook_kretprobe, int ret)
 
 /* ---- route decision: the fib lookup made for the packet this CPU is routing ---- */
 
-static __always_inline int on_fib(__u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
+/* The route decision for the packet this CPU routes: the lookup's flow (p), whether it was the reverse
+ * path check, the table, the error and the next hop chosen (IPv4's fib_nh_common, IPv6's inside its
+ * fib6_nh), with its gateway of either family. */
+static __always_inline void route_event(__u64 skb, struct l34 *p, __u8 reverse, __u32 table, int err,
+					const struct fib_nh_common *nhc)
 {
-	__u32 zero = 0;
-	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
-	if (!r || !r->skb)
-		return 0;
-	__u32 daddr = BPF_CORE_READ(flp, daddr);
-	__u8 reverse;
-	if (daddr == r->daddr)
-		reverse = 0;
-	else if (daddr == r->saddr)
-		reverse = 1;    /* fib_validate_source: the reverse-path check */
-	else
-		return 0;
-	struct l34 p = {};
-	p.saddr = BPF_CORE_READ(flp, saddr);
-	p.daddr = daddr;
-	p.proto = BPF_CORE_READ(flp, __fl_common.flowic_proto);
-	struct dt_event *e = emit(DT_ROUTE, r->skb, &p, NULL);
+	struct dt_event *e = emit(DT_ROUTE, skb, p, NULL);
 	if (!e)
-		return 0;
+		return;
 	e->stage = reverse;
 	e->priority = table;
 	e->reason = (__u32)err;
@@ -344,10 +337,36 @@ static __always_inline int on_fib(__u32 table, const struct flowi4 *flp, const s
 		e->netns = dev_netns(dev);
 		e->ifindex = BPF_CORE_READ(nhc, nhc_oif);
 		dev_name(e->out_ifname, dev);
-		if (BPF_CORE_READ(nhc, nhc_gw_family) == 2 /* AF_INET */)
-			e->gateway = BPF_CORE_READ(nhc, nhc_gw.ipv4);
+		__u8 gw_family = BPF_CORE_READ(nhc, nhc_gw_family);
+		if (gw_family == 2 /* AF_INET */)
+			e->gateway[0] = BPF_CORE_READ(nhc, nhc_gw.ipv4);
+		else if (gw_family == 10 /* AF_INET6 */)
+			BPF_CORE_READ_INTO(&e->gateway, nhc, nhc_gw.ipv6);
 	}
 	submit(e);
+}
+
+static __always_inline int on_fib(__u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
+{
+	__u32 zero = 0;
+	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
+	if (!r || !r->skb)
+		return 0;
+	__u32 daddr = BPF_CORE_READ(flp, daddr);
+	__u8 reverse;
+	if (r->family != DT_V4)
+		return 0;
+	if (daddr == r->daddr[0])
+		reverse = 0;
+	else if (daddr == r->saddr[0])
+		reverse = 1;    /* fib_validate_source: the reverse-path check */
+	else
+		return 0;
+	struct l34 p = { .family = DT_V4 };
+	p.saddr[0] = BPF_CORE_READ(flp, saddr);
+	p.daddr[0] = daddr;
+	p.proto = BPF_CORE_READ(flp, __fl_common.flowic_proto);
+	route_event(r->skb, &p, reverse, table, err, nhc);
 	return 0;
 }
 
@@ -361,6 +380,66 @@ SEC("raw_tp/fib_table_lookup")
 int BPF_PROG(fib_raw, u32 table, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
 {
 	return on_fib(table, flp, nhc, err);
+}
+
+/* IPv6's route decision: fib6_table_lookup fires once per table the lookup tries (with the default rules
+ * the local table, then main). A miss in the local table is not a decision (every forwarded packet has
+ * one) and is left out; a miss in another table is kept (policy routing shows as such). The error is the kernel's own mapping of the result's type
+ * (ip6_rt_type_to_error in the fib6 tracepoint). */
+static __always_inline int rt6_type_error(__u8 type)
+{
+	switch (type) {
+	case 6: return -22;     /* RTN_BLACKHOLE: -EINVAL */
+	case 7: return -113;    /* RTN_UNREACHABLE: -EHOSTUNREACH (also the null entry: no route) */
+	case 8: return -13;     /* RTN_PROHIBIT: -EACCES */
+	case 9: return -11;     /* RTN_THROW: -EAGAIN */
+	}
+	return 0;
+}
+
+static __always_inline int same6(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+static __always_inline int on_fib6(const struct fib6_result *res, struct fib6_table *table, const struct flowi6 *flp)
+{
+	__u32 zero = 0;
+	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
+	if (!r || !r->skb || r->family != DT_V6)
+		return 0;
+	struct l34 p = { .family = DT_V6 };
+	BPF_CORE_READ_INTO(&p.daddr, flp, daddr);
+	BPF_CORE_READ_INTO(&p.saddr, flp, saddr);
+	__u8 reverse;
+	if (same6(p.daddr, r->daddr))
+		reverse = 0;
+	else if (same6(p.daddr, r->saddr))
+		reverse = 1;    /* a reverse-path check (ip6t rpfilter) */
+	else
+		return 0;
+	__u32 id = table ? BPF_CORE_READ(table, tb6_id) : 0;
+	int err = rt6_type_error(BPF_CORE_READ(res, fib6_type));
+	if (id == 255 /* RT6_TABLE_LOCAL */ && err == -113)
+		return 0;       /* not a local address: the main table is asked next, and decides */
+	p.proto = BPF_CORE_READ(flp, __fl_common.flowic_proto);
+	struct fib6_nh *nh = BPF_CORE_READ(res, nh);
+	route_event(r->skb, &p, reverse, id, err, nh && !err ? &nh->nh_common : NULL);
+	return 0;
+}
+
+SEC("tp_btf/fib6_table_lookup")
+int BPF_PROG(fib6_btf, const struct net *net, const struct fib6_result *res, struct fib6_table *table,
+	     const struct flowi6 *flp)
+{
+	return on_fib6(res, table, flp);
+}
+
+SEC("raw_tp/fib6_table_lookup")
+int BPF_PROG(fib6_raw, const struct net *net, const struct fib6_result *res, struct fib6_table *table,
+	     const struct flowi6 *flp)
+{
+	return on_fib6(res, table, flp);
 }
 
 /* ---- end of the road: drop, consume, transmit ---- */
@@ -522,7 +601,9 @@ static __always_inline void route_enter(struct sk_buff *skb, __u32 daddr, __u32 
 	if (none_followed() || !tracked_entry((__u64)skb))
 		return;
 	__u32 zero = 0;
-	struct routing r = { .skb = (__u64)skb, .daddr = daddr, .saddr = saddr };
+	struct routing r = { .skb = (__u64)skb, .family = DT_V4 };
+	r.daddr[0] = daddr;
+	r.saddr[0] = saddr;
 	bpf_map_update_elem(&cur, &zero, &r, BPF_ANY);
 }
 

@@ -27,6 +27,8 @@
 #define DT_NO_CT 0xff
 #define DT_PKT_BYTES 128
 
+/* Addresses are 16 bytes for both families (dt_event.family says which): an IPv4 address is the first
+ * word and the other three are 0, the layout of the kernel's union nf_inet_addr. */
 struct dt_event {
 	__u64 ts;
 	__u64 skb;
@@ -42,14 +44,16 @@ struct dt_event {
 	__u8 tcp_flags;
 	__u8 ctinfo;        /* enum ip_conntrack_info, DT_NO_CT when the packet has no conntrack entry */
 	__u16 caplen;
-	__u32 saddr, daddr;
+	__u8 family;        /* 4 or 6 (DT_V4, DT_V6 in common/skb.h); 0 when nothing of the packet was read */
+	__u8 pad[3];
+	__u32 saddr[4], daddr[4];
 	__u16 sport, dport;
 	__u32 ct_status;
-	__u32 ct_osrc, ct_odst;
+	__u32 ct_osrc[4], ct_odst[4];
 	__u16 ct_osport, ct_odport;
-	__u32 ct_rsrc, ct_rdst;
+	__u32 ct_rsrc[4], ct_rdst[4];
 	__u16 ct_rsport, ct_rdport;
-	__u32 gateway;      /* DT_ROUTE: next hop gateway, 0 = directly connected */
+	__u32 gateway[4];   /* DT_ROUTE: next hop gateway, 0 = directly connected */
 	__u32 cpu;
 	__u32 seq, ack;     /* TCP sequence and acknowledgement numbers (network order); 0 otherwise */
 	char ifname[16];
@@ -57,12 +61,13 @@ struct dt_event {
 	__u8 pkt[DT_PKT_BYTES];
 };
 
-/* filter map key: follow packets whose (proto, port, addr) matches on source or destination; addr 0 = any */
+/* filter map key: follow packets whose (proto, port, addr) matches on source or destination; family 0
+ * with addr 0 = any address of either family */
 struct dt_filter_key {
 	__u8 proto;
-	__u8 pad;
+	__u8 family;   /* 4, 6, or 0 (any) */
 	__u16 port;    /* network order */
-	__u32 addr;    /* network order */
+	__u32 addr[4]; /* network order; IPv4 in addr[0] */
 };
 
 struct dt_config {

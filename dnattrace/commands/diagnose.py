@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from dnattrace import model
 from dnattrace.kernel import preflight
 from dnattrace.commands import options as opt
 from dnattrace.commands.watch import watch_options
@@ -21,8 +22,8 @@ def _ready(t, timeout, as_json, client):
     else:
         click.echo("%s. Watching for %g s ..." % (t.describe(), timeout))
         if client:
-            click.echo("(--probe: connecting from a temporary namespace %s at %s to %s:%d; removed afterwards)"
-                       % (client.ns, client.client_addr, client.host_addr, t.port))
+            click.echo("(--probe: connecting from a temporary namespace %s at %s to %s; removed afterwards)"
+                       % (client.ns, client.client_addr, model.hostport(client.host_addr, t.port)))
     sys.stdout.flush()
 
 
@@ -34,24 +35,28 @@ def _exit_code(res):
 @watch_options
 @click.option("--timeout", type=opt.SECONDS, default=10.0, show_default=True, help="Seconds to wait for attempts.")
 @click.option("--probe", is_flag=True, help="Make the attempts from a temporary namespace attached to the host.")
+@click.option("--family", type=click.Choice(["4", "6"]), default="4", show_default=True,
+              help="With --probe: attempt over IPv4 or IPv6 (a dual-stack host may fail on one only).")
 @click.option("--fix", "do_fix", is_flag=True, help="Apply the top cause's fix (asks first on a terminal).")
 @click.option("--yes", is_flag=True, help="With --fix: do not ask.")
 @click.option("--json", "as_json", is_flag=True, help="The diagnosis as one JSON object.")
 @click.pass_context
-def diagnose(ctx, port, container, proto, netns, timeout, probe, do_fix, yes, as_json):
+def diagnose(ctx, port, container, proto, netns, timeout, probe, family, do_fix, yes, as_json):
     """Watch, follow, explain the cause with evidence, and print the fix."""
     from dnattrace import forked
     from dnattrace.diagnose import probeclient, run as dg
     from dnattrace.output import diagnosis
     from dnattrace.watch.resolve import resolve_with_addresses
 
+    if family == "6" and not probe:
+        raise click.UsageError("--family chooses the family of --probe's attempts: give --probe too", ctx)
     preflight.require_root()
     preflight.require_btf()
     # the watch's memory budget holds for diagnose too: Docker's and pyroute2's imports (the target, the
     # evidence snapshots) stay in short-lived children
     forked.stay_light()
     t, local = forked.run_apart(resolve_with_addresses, port=port, container=container, proto=proto, netns=netns)
-    client = probeclient.ProbeClient(t.host_netns).up() if probe else None
+    client = probeclient.ProbeClient(t.host_netns, int(family)).up() if probe else None
     traffic = (lambda: client.start_attempts(t.port, count=2, timeout=1.0)) if client else None
     try:
         res = dg.run(t, timeout=timeout, traffic=traffic, on_ready=lambda: _ready(t, timeout, as_json, client),

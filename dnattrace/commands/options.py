@@ -1,5 +1,5 @@
 """Every option's bounds, in one place, shared by the commands. A value that makes no sense (nan, inf, 0 or
-negative seconds, an IPv6 range, two output shapes at once) is refused while click parses the command
+negative seconds, a malformed address range, two output shapes at once) is refused while click parses the command
 line: one line, exit 2, before anything touches the kernel."""
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ class Seconds(click.ParamType):
         return seconds
 
 
-class IPv4Range(click.ParamType):
-    """An IPv4 address or CIDR range; IPv6 is refused by name (the tools follow IPv4 only for now)."""
+class AddressRange(click.ParamType):
+    """An IPv4 or IPv6 address or CIDR range (2001:db8::/32, 198.51.100.0/24), normalised."""
     name = "cidr"
 
     def convert(self, value, param, ctx):
@@ -49,22 +49,19 @@ class IPv4Range(click.ParamType):
             net = ipaddress.ip_network(value, strict=False)
         except ValueError:
             self.fail("%s is not an address range (CIDR)" % value, param, ctx)
-        if net.version != 4:
-            self.fail("%s is IPv6: dnattrace follows IPv4 only for now" % value, param, ctx)
         return str(net)
 
 
-class IPv4Address(click.ParamType):
+class Address(click.ParamType):
+    """One IPv4 or IPv6 address, normalised (2001:DB8:0::1 -> 2001:db8::1): the kernel's filter compares
+    bytes, user space compares text."""
     name = "ip"
 
     def convert(self, value, param, ctx):
         try:
-            ip = ipaddress.ip_address(value)
+            return str(ipaddress.ip_address(value))
         except ValueError:
             self.fail("%s is not an IP address" % value, param, ctx)
-        if ip.version != 4:
-            self.fail("%s is IPv6: dnattrace follows IPv4 only for now" % value, param, ctx)
-        return value
 
 
 class Listen(click.ParamType):
@@ -91,8 +88,8 @@ PORT = click.IntRange(1, 65535)
 COUNT = click.IntRange(1, MAX_COUNT)
 RATE = click.IntRange(0, MAX_RATE)
 TOP = click.IntRange(1, MAX_TOP)
-CIDR = IPv4Range()
-ADDRESS = IPv4Address()
+CIDR = AddressRange()
+ADDRESS = Address()
 LISTEN = Listen()
 
 

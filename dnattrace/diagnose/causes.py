@@ -16,6 +16,7 @@ import errno
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
+from dnattrace import model
 from dnattrace.model import NF, ROUTE, RX, VERDICT, Connection, Journey, Step
 from dnattrace.evidence import conntrack as ct_stats
 from dnattrace.evidence import sysctl
@@ -83,6 +84,13 @@ class Facts:
             # on the step too, so the journey shown with the diagnosis says it (marked inferred).
             self.reason, self.reason_inferred = "PKT_TOO_BIG", True
             self.drop.reason, self.drop.reason_inferred = self.reason, True
+        # the packet's IP family: which rules (iptables or ip6tables), sysctls and backend are its own
+        tuples = j.tuples() if j else []
+        self.family: int = tuples[0].family if tuples else 4
+        self.rules = self.ns.ruleset(self.family)
+        self.tool = "ip6tables" if self.family == 6 else "iptables"
+        # br_netfilter passes bridged packets to each family's tables under its own switch
+        self.br_nf_key = "net.bridge.bridge-nf-call-%s" % self.tool
         self.nf: Optional[Step] = self._last(NF)
         # where netfilter links are not available (kernels before 6.4) the hook comes from the verdict
         # of nf_hook_slow (fexit/kretprobe)
@@ -120,8 +128,15 @@ class Facts:
             tuples = self.journey.tuples()
             if tuples and self.journey.direction == "request":
                 return tuples[-1].dst, tuples[-1].dport
+        return self.service_addr, self.snapshot.target.service_port
+
+    @property
+    def service_addr(self) -> str:
+        """The address DNAT sends this packet's family to (the target's first backend when it has none
+        of that family, as for IPv4 alone)."""
         t = self.snapshot.target
-        return t.service_addr, t.service_port
+        b = t.backend_for(self.family)
+        return b.addr if b else t.service_addr
 
     @property
     def seen(self) -> bool:
@@ -146,7 +161,8 @@ class Facts:
                 and self.nf is not None and self.nf.stage != "last")
 
     def moves(self) -> list[CounterMove]:
-        return self.nsdelta.moves if self.nsdelta else []
+        """The rule counters that moved in the packet's namespace, of its family's tables."""
+        return [m for m in self.nsdelta.moves if m.family == self.family] if self.nsdelta else []
 
     def _moved(self, counter: str) -> bool:
         return bool(self.nsdelta and self.nsdelta.snmp.get(counter, 0) > 0)
@@ -255,7 +271,7 @@ def _is_bridged(f: Facts) -> bool:
 def _drop_moves(f: Facts, hook: str) -> list[CounterMove]:
     """DROP/REJECT rules and DROP policies that moved, in chains a packet entering `hook` visits."""
     out = []
-    rules = f.ns.rules
+    rules = f.rules
     for table in ("filter", "ip filter"):
         chains = rules.reachable(table, hook) if rules else {hook}
         for m in f.moves():
@@ -278,7 +294,12 @@ def _packet(f: Facts) -> tuple[str, str, int]:
 
 # --- the causes ---------------------------------------------------------------------------------------
 
+FORWARD_DROP_FUNCS = {4: "ip_error", 6: "ip6_forward"}   # where each family drops what it may not forward
+
+
 def match_forwarding_off(f: Facts) -> Optional[Match]:
+    if f.family == 6:
+        return _forwarding6_off(f)
     v = f.ns.sysctls
     on = sysctl.forwarding_on(v, f.ingress or None)
     lookup = f.ns.lookup(f.dest[0]) if f.dest[0] else None
@@ -289,7 +310,7 @@ def match_forwarding_off(f: Facts) -> Optional[Match]:
         routed_error = f.func == "ip_error" or (f.route and f.route.route and f.route.route.err)
         if not (routed_error or lookup_unreach):
             return None
-    elif not (f.snapshot.target.service_addr and not f.ns.has_address(f.snapshot.target.service_addr)):
+    elif not (f.service_addr and not f.ns.has_address(f.service_addr)):
         return None         # evidence only: matters only when the target must be forwarded
     if on is not False and not lookup_unreach:
         return None
@@ -312,6 +333,36 @@ def match_forwarding_off(f: Facts) -> Optional[Match]:
                  % (where, dest), [f.ns.prefix() + "sysctl -w %s=1" % key], PERSIST)
 
 
+def _forwarding6_off(f: Facts) -> Optional[Match]:
+    """IPv6: the route lookup succeeds whatever forwarding says (the route to the bridge is there); the
+    packet reaches ip6_forward, which refuses it while net.ipv6.conf.all.forwarding is 0 and counts it
+    as an address error (IP_INADDRERRORS)."""
+    v = f.ns.sysctls
+    if f.seen and (f.journey.outcome in ("delivered", "sent") or (f.drop and f.func != "ip6_forward")):
+        return None
+    if not f.seen and not (f.service_addr and not f.ns.has_address(f.service_addr)):
+        return None
+    if sysctl.forwarding_on(v, f.ingress or None, 6) is not False:
+        return None
+    s = _Score()
+    s.add(3, f.func == "ip6_forward", f.drop_line())
+    s.add(2, f.reason == "IP_INADDRERRORS")
+    off = [k for k, val in sysctl.forwarding(v, f.ingress or None, 6).items() if val == 0]
+    s.add(3, bool(off), "; ".join("%s = 0" % k for k in off))
+    r = f.route.route if f.route and f.route.route else None
+    s.add(1, r is not None and not r.err and (r.local is False or (r.oif and r.oif != "lo")),
+          "route %s -> dev %s (must be forwarded)" % (r.dst or f.dest[0], r.oif) if r else "")
+    v4 = sysctl.forwarding_on(v, f.ingress or None, 4)    # other_family_line says what IPv4 clients meet
+    dest = model.hostport(*f.dest) if f.dest[0] else "its destination"
+    return Match(s, "IPv6 forwarding is off on this host (net.ipv6.conf.all.forwarding = 0%s), so an IPv6 packet "
+                    "arriving there for %s (not an address of this namespace, it must be forwarded) is routed, then "
+                    "refused and dropped by ip6_forward."
+                 % ("; IPv4 forwarding is on" if v4 else "", dest),
+                 [f.ns.prefix() + "sysctl -w net.ipv6.conf.all.forwarding=1"],
+                 PERSIST + "; on a host that takes its IPv6 address from router advertisements, set "
+                 "net.ipv6.conf.<uplink>.accept_ra=2 first, or forwarding turns RA off")
+
+
 def match_no_route(f: Facts) -> Optional[Match]:
     if not f.seen:
         return None
@@ -319,7 +370,7 @@ def match_no_route(f: Facts) -> Optional[Match]:
     route_err = bool(r and r.err)
     if not (f.func == "ip_error" or f.reason in ("IP_INNOROUTES", "IP_OUTNOROUTES") or route_err):
         return None
-    if sysctl.forwarding_on(f.ns.sysctls, f.ingress or None) is False:
+    if sysctl.forwarding_on(f.ns.sysctls, f.ingress or None, f.family) is False:
         return None         # that is forwarding-off
     s = _Score()
     s.add(2, _down_link_for(f) is None)     # a link that is down explains the missing route better
@@ -350,7 +401,7 @@ def _filter_match(f: Facts, hook: str) -> Optional[Match]:
     s.add(2, f.netfilter_drop, f.drop_line())
     moves = _drop_moves(f, hook)
     s.add(3, bool(moves), "%s (counter moved during the capture)" % moves[0] if moves else "")
-    policy = f.ns.rules.chain("filter", hook) if f.ns.rules else None
+    policy = f.rules.chain("filter", hook) if f.rules else None
     if not moves and policy is not None:
         s.add(1, policy.policy == "DROP", "filter %s policy DROP" % hook)
     return _filter_result(f, s, hook, moves[0] if moves else None)
@@ -359,23 +410,24 @@ def _filter_match(f: Facts, hook: str) -> Optional[Match]:
 def _filter_result(f: Facts, s: _Score, hook: str, move: Optional[CounterMove]) -> Match:
     proto, dst, dport = _packet(f)
     chain = move.chain if move else hook
-    accept = "%siptables -I %s -d %s -p %s --dport %d -j ACCEPT" % (f.ns.prefix(), chain, dst, proto, dport)
+    accept = "%s%s -I %s -d %s -p %s --dport %d -j ACCEPT" % (f.ns.prefix(), f.tool, chain, dst, proto, dport)
     if move and not move.policy:
         fix = [firewall.fix_delete(move, f.ns.netns)]
         note = "or, to keep the rule, let this traffic through before it: " + accept
         what = "the rule `%s` in chain %s" % (move.rule, move.chain)
     else:
         fix = [accept]
-        note = "replies need accepting too if nothing accepts established traffic: %siptables -I %s -m conntrack " \
-               "--ctstate RELATED,ESTABLISHED -j ACCEPT" % (f.ns.prefix(), hook)
+        note = "replies need accepting too if nothing accepts established traffic: %s%s -I %s -m conntrack " \
+               "--ctstate RELATED,ESTABLISHED -j ACCEPT" % (f.ns.prefix(), f.tool, hook)
         what = "the %s chain's DROP policy" % hook
-    return Match(s, "The firewall (filter table, %s hook) in %s drops the packet for %s:%d: %s."
-                 % (hook, f.ns.name, dst, dport, what), fix, note, move)
+    return Match(s, "The firewall (%sfilter table, %s hook) in %s drops the packet for %s: %s."
+                 % ("ip6tables' " if f.family == 6 else "", hook, f.ns.name, model.hostport(dst, dport), what),
+                 fix, note, move)
 
 
 def match_filter_forward_drop(f: Facts) -> Optional[Match]:
     m = _filter_match(f, "FORWARD")
-    if m and f.seen and _is_bridged(f) and sysctl.as_int(f.ns.sysctls, "net.bridge.bridge-nf-call-iptables") == 1:
+    if m and f.seen and _is_bridged(f) and sysctl.as_int(f.ns.sysctls, f.br_nf_key) == 1:
         m.score.add(2, False)   # bridged traffic in FORWARD: br-netfilter explains it better
     if m and f.seen and _foreign_drop_chains(f):
         m.score.add(2, False)   # another nft table's chain on the hook drops: foreign-nft-drop names it
@@ -511,19 +563,19 @@ def match_martian_source(f: Facts) -> Optional[Match]:
 def match_br_netfilter(f: Facts) -> Optional[Match]:
     if not f.seen:
         return None
-    on = sysctl.as_int(f.ns.sysctls, "net.bridge.bridge-nf-call-iptables") == 1
+    on = sysctl.as_int(f.ns.sysctls, f.br_nf_key) == 1
     if not on or not _is_bridged(f) or not (f.hook == "FORWARD" and (f.netfilter_drop or f.stopped_in_hook)):
         return None
     s = _Score()
-    s.add(3, True, "net.bridge.bridge-nf-call-iptables = 1")
-    s.add(3, True, "bridged packet (no route decision; in/out are bridge ports) reached iptables FORWARD")
+    s.add(3, True, "%s = 1" % f.br_nf_key)
+    s.add(3, True, "bridged packet (no route decision; in/out are bridge ports) reached %s FORWARD" % f.tool)
     s.add(2, f.netfilter_drop, f.drop_line())
     moves = _drop_moves(f, "FORWARD")
     s.add(1, bool(moves), "%s (counter moved during the capture)" % moves[0] if moves else "")
     return Match(s, "br_netfilter sends traffic bridged between ports of one bridge through iptables, and the "
                     "FORWARD chain drops it; the packet never needed routing.",
-                 [f.ns.prefix() + "sysctl -w net.bridge.bridge-nf-call-iptables=0"],
-                 "or keep br_netfilter and accept bridged traffic: iptables -I FORWARD -m physdev "
+                 [f.ns.prefix() + "sysctl -w %s=0" % f.br_nf_key],
+                 "or keep br_netfilter and accept bridged traffic: " + f.tool + " -I FORWARD -m physdev "
                  "--physdev-is-bridged -j ACCEPT; " + PERSIST, moves[0] if moves else None, workaround=True)
 
 
@@ -620,8 +672,10 @@ def _foreign_drop_chains(f: Facts) -> list[dict]:
     if not f.hook:
         return []
     out = []
+    mine = {4: "ip", 6: "ip6"}[f.family]       # the nft family of iptables-nft (ip6tables-nft) tables
     for c in f.ns.nft_chains:
-        if c["hook"] != f.hook.lower() or (c["family"] == "ip" and c["table"] in IPTABLES_NFT_TABLES):
+        if c["hook"] != f.hook.lower() or c["family"] not in (mine, "inet") or \
+                (c["family"] == mine and c["table"] in IPTABLES_NFT_TABLES):
             continue
         dropping = [r for r in c["rules"] if r["verdict"] in ("DROP", "REJECT") and r["packets"]]
         if c["policy"] == "DROP" or dropping:
@@ -631,7 +685,7 @@ def _foreign_drop_chains(f: Facts) -> list[dict]:
 
 def _iptables_accepted(f: Facts) -> list[CounterMove]:
     """ACCEPT rules of iptables' filter table on the packet's hook whose counters moved."""
-    rules = f.ns.rules
+    rules = f.rules
     chains = rules.reachable("filter", f.hook) if rules and f.hook else set()
     return [m for m in f.moves() if m.table == "filter" and m.chain in chains and m.target == "ACCEPT"]
 
@@ -657,7 +711,8 @@ def match_foreign_nft_drop(f: Facts) -> Optional[Match]:
           % accepted[0] if accepted else "no DROP rule or policy counter of iptables' filter table moved")
     proto, dst, dport = _packet(f)
     nft = f.ns.prefix() + "nft insert rule %s %s %s " % (c["family"], c["table"], c["chain"])
-    fix = [nft + "ct state established,related accept", nft + "ip daddr %s %s dport %d accept" % (dst, proto, dport)]
+    fix = [nft + "ct state established,related accept",
+           nft + "%s daddr %s %s dport %d accept" % ("ip6" if f.family == 6 else "ip", dst, proto, dport)]
     return Match(s, "Another nft table than iptables' own, %s %s, has a base chain %s on the %s hook that drops the "
                     "packet for %s:%d. Every base chain on a hook runs, so Docker's ACCEPT in the iptables filter "
                     "table does not save it: that table must accept it too."
@@ -669,7 +724,7 @@ def match_foreign_nft_drop(f: Facts) -> Optional[Match]:
 def _not_dnated(f: Facts) -> bool:
     """The packet went to the published port of a DNAT and arrived at the host itself undNATed."""
     t = f.snapshot.target
-    if not (f.seen and t.service_addr and f.ns is f.snapshot.host):
+    if not (f.seen and (t.service_addr or t.backends) and f.ns is f.snapshot.host):
         return False
     if any(st.ct and st.ct.dnat for st in f.journey.steps):
         return False
@@ -679,7 +734,7 @@ def _not_dnated(f: Facts) -> bool:
 
 def _dnat_rule_checks(f: Facts) -> tuple[list, list[str]]:
     """The DNAT rules for the packet's port, and why each one does not apply to this packet ([] if one does)."""
-    rules = f.ns.rules
+    rules = f.rules
     first = f.journey.steps[0]
     hook = "OUTPUT" if first.point == NF and first.hook == "OUTPUT" else "PREROUTING"
     tuples = f.journey.tuples()
@@ -719,13 +774,13 @@ def match_not_dnated(f: Facts) -> Optional[Match]:
     s.add(3, True, f.drop_line() or "the host itself refused the connection")
     ct = next((st.ct for st in f.journey.steps if st.ct), None)
     s.add(2, True, "not DNATed: conntrack reply tuple %s:%d (the host itself, not %s:%d)"
-          % (ct.reply.src, ct.reply.sport, t.service_addr, t.service_port) if ct and ct.reply else
+          % (ct.reply.src, ct.reply.sport, f.service_addr, t.service_port) if ct and ct.reply else
           "no DNAT in the packet's journey")
     s.add(3, True, "; ".join(why))
     if _hairpin(f):
         s.add(2, False)     # from the bridge the DNAT excludes: no-hairpin-dnat names it
     fix = None
-    rules = f.ns.rules
+    rules = f.rules
     first = f.journey.steps[0]
     if first.point == NF and first.hook == "OUTPUT" and rules:
         chain = next(d.chain for d in firewall.dnat_targets(rules, t.port, t.proto))
@@ -743,6 +798,81 @@ def match_not_dnated(f: Facts) -> Optional[Match]:
     return Match(s, "The published port %s/%d reached %s, but no DNAT rule applied to the packet, so it went to "
                     "the host itself, where nothing listens: %s." % (t.proto, t.port, f.ns.name, "; ".join(why)),
                  fix, "" if fix else "recreate the publication for the address/interface the clients use")
+
+
+def _other(family: int) -> int:
+    return 4 if family == 6 else 6
+
+
+def _global_address(ns: Optional[NsEvidence], family: int) -> str:
+    """An address of this family on a namespace's links (not loopback, not link-local): where a
+    container is reached over that family."""
+    import ipaddress
+    for l in (ns.links if ns else []):
+        for c in l.addresses:
+            ip = ipaddress.ip_interface(c).ip
+            if ip.version == family and not (ip.is_loopback or ip.is_link_local):
+                return str(ip)
+    return ""
+
+
+def match_family_not_published(f: Facts) -> Optional[Match]:
+    """The port is DNATed for one IP family only (Docker before 27 publishes IPv4 only unless ip6tables
+    is on; a hand-written rule set may cover one family): a client of the other family reaches the host
+    itself, where nothing listens on the published port."""
+    if not _not_dnated(f) or not (f.reason == "NO_SOCKET" or f.conn.outcome == "refused"):
+        return None
+    t, other = f.snapshot.target, _other(f.family)
+    mine = firewall.dnat_targets(f.rules, t.port, t.proto) if f.rules else []
+    theirs_rules = f.ns.ruleset(other)
+    theirs = firewall.dnat_targets(theirs_rules, t.port, t.proto) if theirs_rules else []
+    if mine or not theirs:
+        return None         # a DNAT of this family that did not apply is not-dnated's; none at all: no-listener's
+    other_tool = "ip6tables" if other == 6 else "iptables"
+    s = _Score()
+    s.add(3, True, f.drop_line() or "the host itself refused the connection")
+    s.add(3, True, "no %s DNAT rule for %s port %d in %s: the packet was not DNATed" % (f.tool, t.proto, t.port,
+                                                                                         f.ns.name))
+    s.add(3, True, "%s DNAT for it: %s" % (other_tool, theirs[0].rule))
+    addr = _global_address(f.snapshot.container, f.family)
+    fix, note = None, ("the container has no IPv%d address: enable IPv%d on its network first (docker network "
+                       "create --ipv6 --subnet ...)" % (f.family, f.family))
+    if addr:
+        fix = [f.ns.prefix() + "%s -t nat -A PREROUTING -p %s --dport %d -m addrtype --dst-type LOCAL -j DNAT "
+               "--to-destination %s" % (f.tool, t.proto, t.port, model.hostport(addr, theirs[0].target_port)),
+               f.ns.prefix() + "%s -I FORWARD -d %s -p %s --dport %d -j ACCEPT" % (f.tool, addr, t.proto,
+                                                                                  theirs[0].target_port)]
+        s.note("the container has the IPv%d address %s" % (f.family, addr))
+        note = "with Docker, let the engine write these: \"ip6tables\": true in /etc/docker/daemon.json " \
+               "(with \"experimental\": true before 27) and IPv6 on the network"
+    return Match(s, "Port %s/%d is published for IPv%d only: %s DNATs it to %s, but %s has no DNAT rule for it, so "
+                    "this IPv%d client's packet reaches %s itself, where nothing listens on the port, and is refused. "
+                    "IPv%d clients of the same port get through."
+                 % (t.proto, t.port, other, other_tool, model.hostport(theirs[0].addr, theirs[0].target_port),
+                    f.tool, f.family, f.ns.name, other), fix, note)
+
+
+def other_family_line(f: Facts) -> str:
+    """What the other IP family would meet on this host for the same port (its DNAT, forwarding and
+    FORWARD policy), said when the port is published for that family too or the client used IPv6: a
+    dual-stack client that fails on one family may work on the other. "" when there is nothing to say."""
+    if not f.seen or f.ns is not f.snapshot.host:
+        return ""
+    t, other = f.snapshot.target, _other(f.family)
+    rules = f.ns.ruleset(other)
+    dnat = firewall.dnat_targets(rules, t.port, t.proto) if rules else []
+    if not dnat and f.family == 4:
+        return ""
+    fwd = sysctl.forwarding_on(f.ns.sysctls, f.ingress or None, other)
+    policy = rules.chain("filter", "FORWARD") if rules else None
+    parts = ["DNAT to %s" % model.hostport(dnat[0].addr, dnat[0].target_port) if dnat else "no DNAT for the port",
+             "forwarding %s" % {True: "on", False: "off", None: "unknown"}[fwd]]
+    if policy is not None:
+        parts.append("filter FORWARD policy %s" % policy.policy)
+    verdict = ("the same port is published over IPv%d" % other if dnat and fwd
+               else "IPv%d would not get through either" % other if dnat
+               else "the port is not published over IPv%d" % other)
+    return "IPv%d on %s: %s: %s" % (other, f.ns.name, "; ".join(parts), verdict)
 
 
 def match_udp_stale_conntrack(f: Facts) -> Optional[Match]:
@@ -775,7 +905,7 @@ def match_route_localnet(f: Facts) -> Optional[Match]:
     tuples = f.journey.tuples()
     if not tuples or not ipaddress.ip_address(tuples[0].src).is_loopback:
         return None
-    svc = f.snapshot.target.service_addr
+    svc = f.service_addr
     dev = next((l for l in f.ns.links if svc and not ipaddress.ip_address(svc).is_loopback and any(
         ipaddress.ip_address(svc) in ipaddress.ip_interface(c).network for c in l.addresses)), None)
     if dev is None:
@@ -789,7 +919,7 @@ def match_route_localnet(f: Facts) -> Optional[Match]:
     s.add(1, not ct_stats.is_full(f.ns.conntrack), "conntrack is not full (count %s of %s)"
           % (f.ns.conntrack.get("count"), f.ns.conntrack.get("max")))
     fix = [f.ns.prefix() + "sysctl -w %s=1" % key]
-    nat = f.ns.rules.chain("nat", "POSTROUTING") if f.ns.rules else None
+    nat = f.rules.chain("nat", "POSTROUTING") if f.rules else None
     if nat is not None and not any("127.0.0.0/8" in r.text and r.target == "MASQUERADE" for r in nat.rules):
         fix.append(f.ns.prefix() + "iptables -t nat -I POSTROUTING -s 127.0.0.0/8 -o %s -j MASQUERADE" % dev.name)
     return Match(s, "A connection to %s:%d from the host was DNATed to %s, but after the DNAT the kernel must route "
@@ -994,9 +1124,9 @@ def _hairpin(f: Facts) -> Optional[tuple]:
     if not _not_dnated(f) or not f.ingress:
         return None
     br = f.ns.link(f.ingress)
-    if br is None or br.kind != "bridge" or not f.ns.rules:
+    if br is None or br.kind != "bridge" or not f.rules:
         return None
-    for d in firewall.dnat_targets(f.ns.rules, f.snapshot.target.port, f.snapshot.target.proto):
+    for d in firewall.dnat_targets(f.rules, f.snapshot.target.port, f.snapshot.target.proto):
         words = d.rule.split()
         if "-i" in words and words[words.index("-i") + 1] == br.name and words[words.index("-i") - 1] == "!":
             if d.addr and any(ipaddress.ip_address(d.addr) in ipaddress.ip_interface(c).network for c in br.addresses):
@@ -1036,7 +1166,7 @@ def match_no_hairpin_dnat(f: Facts) -> Optional[Match]:
 def _dnat_copy_fix(f: Facts) -> Optional[list[str]]:
     """not-dnated, for a packet arriving from outside: insert a copy of the DNAT rule restricted to what
     the packet really had (its input interface, its destination address) instead of what it did not match."""
-    rules = f.ns.rules
+    rules = f.rules
     tuples = f.journey.tuples()
     if not rules or not tuples or not f.ingress:
         return None
@@ -1091,7 +1221,7 @@ def match_foreign_nft_reply_drop(f: Facts) -> Optional[Match]:
 
 
 CATALOGUE: tuple[Cause, ...] = (
-    Cause("forwarding-off", "IPv4 forwarding is off", match_forwarding_off),
+    Cause("forwarding-off", "IP forwarding is off (for the packet's family)", match_forwarding_off),
     Cause("filter-forward-drop", "A firewall rule or policy in FORWARD drops it", match_filter_forward_drop),
     Cause("filter-input-drop", "A firewall rule or policy in INPUT drops it", match_filter_input_drop),
     Cause("no-listener", "Nothing listens on the target port", match_no_listener),
@@ -1105,6 +1235,7 @@ CATALOGUE: tuple[Cause, ...] = (
     Cause("link-down", "The interface towards the destination is down", match_link_down),
     Cause("foreign-nft-drop", "Another nft table's base chain drops it", match_foreign_nft_drop),
     Cause("not-dnated", "No DNAT rule applied to the published port", match_not_dnated),
+    Cause("family-not-published", "The port is published for the other IP family only", match_family_not_published),
     Cause("udp-stale-conntrack", "A conntrack entry older than the DNAT rule", match_udp_stale_conntrack),
     Cause("route-localnet", "Loopback source routed out after DNAT (route_localnet)", match_route_localnet),
     Cause("reply-notrack", "The reply bypasses conntrack (NOTRACK), so it is not un-NATed", match_reply_notrack),
@@ -1176,12 +1307,13 @@ def _refuted(f: Facts) -> dict[str, str]:
     """For the causes the evidence refutes, why (cause id -> one line). Only checks that were made."""
     out = {}
     v = f.ns.sysctls
-    if sysctl.forwarding_on(v, f.ingress or None):
-        keys = sysctl.forwarding(v, f.ingress or None)
+    if sysctl.forwarding_on(v, f.ingress or None, f.family):
+        keys = sysctl.forwarding(v, f.ingress or None, f.family)
         out["forwarding-off"] = "forwarding is on: " + "; ".join("%s = %s" % kv for kv in keys.items() if kv[1] is not None)
     for hook, cid in (("FORWARD", "filter-forward-drop"), ("INPUT", "filter-input-drop")):
-        if f.delta is not None and f.ns.rules is not None and not _drop_moves(f, hook):
-            out[cid] = "no DROP rule or policy counter of the filter table's %s path moved in %s" % (hook, f.ns.name)
+        if f.delta is not None and f.rules is not None and not _drop_moves(f, hook):
+            out[cid] = "no DROP rule or policy counter of %s' filter table's %s path moved in %s" % (
+                f.tool, hook, f.ns.name)
     port, addr = f.dest[1], f.dest[0]
     for ns in [e for e in (f.snapshot.container, f.ns) if e is not None]:
         ls = [l for l in ns.listeners if l.port == port and (not addr or l.accepts(addr))]
@@ -1192,7 +1324,7 @@ def _refuted(f: Facts) -> dict[str, str]:
     if st.get("max") and not ct_stats.is_full(st):
         out["conntrack-full"] = "conntrack holds %s of %s entries in %s" % (st.get("count"), st.get("max"), f.ns.name)
     rp = sysctl.rp_filter(v, f.ingress or None)
-    if rp.get("effective") is not None and rp["effective"] != 1:
+    if f.family == 4 and rp.get("effective") is not None and rp["effective"] != 1:    # IPv6 has no rp_filter
         out["rp-filter"] = "rp_filter is not strict on %s (effective %s)" % (f.ingress or "all", rp["effective"])
     lookup = f.ns.lookup(addr) if addr else None
     if lookup is not None and not lookup.err:
@@ -1200,8 +1332,8 @@ def _refuted(f: Facts) -> dict[str, str]:
     nb = f.ns.neighbour(addr) if addr else None
     if nb is not None and not any(st_ in nb["state"] for st_ in ("FAILED", "INCOMPLETE")):
         out["neigh-failed"] = "neighbour %s is %s" % (addr, nb["state"])
-    if sysctl.as_int(v, "net.bridge.bridge-nf-call-iptables") == 0:
-        out["br-netfilter"] = "net.bridge.bridge-nf-call-iptables = 0 in %s" % f.ns.name
+    if sysctl.as_int(v, f.br_nf_key) == 0:
+        out["br-netfilter"] = "%s = 0 in %s" % (f.br_nf_key, f.ns.name)
     return out
 
 
@@ -1225,7 +1357,11 @@ def explain(connections: list[Connection], snapshot: Snapshot, delta: Optional[D
     groups = []
     for c in failures:
         facts = Facts(c, snapshot, delta)
-        groups.append(_with_ruled_out(_findings_for(facts) or [unexplained(facts)], facts))
+        fs = _with_ruled_out(_findings_for(facts) or [unexplained(facts)], facts)
+        other = other_family_line(facts)
+        if other:
+            fs[0].evidence.append(other)
+        groups.append(fs)
     if not failures:     # nothing arrived: that is the finding; the host's own state may suggest why
         suspicions = _findings_for(Facts(None, snapshot, delta), EVIDENCE_ONLY_CAP)
         return [nothing_arrived(snapshot)] + sorted(suspicions, key=lambda x: -x.confidence)

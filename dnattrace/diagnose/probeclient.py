@@ -1,6 +1,6 @@
 """`diagnose --probe`: make the attempts ourselves from a temporary namespace attached to the host by a
 veth, for when no client is at hand. The namespace, the veth and the addresses (a /30 from 203.0.113.0/24,
-a documentation range) are removed afterwards whatever happens; each is recorded before it is made
+or with family 6 a /64 of 2001:db8:ffff::/48, documentation ranges) are removed afterwards whatever happens; each is recorded before it is made
 (dnattrace.netns.record), so what a SIGKILLed run left is removed by the next one."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ _CONNECT = """
 import socket, sys, time
 dst, port, n, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 for _ in range(n):
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET)
     s.settimeout(timeout)
     try:
         s.connect((dst, port))
@@ -41,13 +41,21 @@ def stop(proc: Optional[subprocess.Popen]):
 class ProbeClient:
     """A throw-away client namespace: up() builds it, attempts() connects, down() removes it."""
 
-    def __init__(self, host_netns: Optional[str] = None):
+    def __init__(self, host_netns: Optional[str] = None, family: int = 4):
+        """family 6: the attempts go over IPv6, to the host's address on the veth (the published port's
+        IPv6 DNAT applies to it as to any local address)."""
         self.host_ns = host_netns     # a path, or None for the current namespace
+        self.family = family
         token = net.unique("dp")
         self.ns, self.host_if, self.peer_if = token, token + "h", token + "p"
-        base = 4 * random.randrange(1, 63)
-        self.host_addr = "203.0.113.%d" % (base + 1)
-        self.client_addr = "203.0.113.%d" % (base + 2)
+        if family == 6:
+            net64 = "2001:db8:ffff:%x::" % random.randrange(1, 0xffff)
+            self.host_addr, self.client_addr, self.plen = net64 + "1", net64 + "2", 64
+        else:
+            base = 4 * random.randrange(1, 63)
+            self.host_addr = "203.0.113.%d" % (base + 1)
+            self.client_addr = "203.0.113.%d" % (base + 2)
+            self.plen = 30
         self._proc = None
         self._record = record.Record(self.ns)
 
@@ -65,11 +73,13 @@ class ProbeClient:
                      "netns", self.ns])
             if self.host_ns:
                 net.run(["ip", "link", "set", self.host_if, "netns", self.host_ns])
-            self._host_cmd(["ip", "addr", "add", self.host_addr + "/30", "dev", self.host_if])
+            nodad = ["nodad"] if self.family == 6 else []     # usable at once, not after DAD's second
+            self._host_cmd(["ip", "addr", "add", "%s/%d" % (self.host_addr, self.plen), "dev", self.host_if] + nodad)
             self._host_cmd(["ip", "link", "set", self.host_if, "up"])
-            net.add_addr(self.peer_if, self.client_addr + "/30", self.ns)
+            net.run(["ip", "addr", "add", "%s/%d" % (self.client_addr, self.plen), "dev", self.peer_if] + nodad,
+                    netns=self.ns)
             net.run(["ip", "link", "set", self.peer_if, "up"], netns=self.ns)
-            net.add_route("default", via=self.host_addr, netns=self.ns)
+            net.run(["ip", "-%d" % self.family, "route", "add", "default", "via", self.host_addr], netns=self.ns)
         except BaseException:
             self.down()
             raise

@@ -50,9 +50,14 @@ class DropRow:
 
 
 def proto_name(l3proto, l4proto):
-    """'tcp', 'udp', ... for IPv4 payloads; else the L3 name ('ipv6', 'arp') or the hex ethertype."""
+    """'tcp', 'udp', ... for IPv4 payloads, 'tcp6', 'udp6', 'icmpv6' for IPv6 ones (as netstat names
+    them: the family shows, and --proto tcp counts both); else the L3 name ('ipv6', 'arp') or the hex
+    ethertype."""
     if l3proto == 0x0800 and l4proto:
         return _L4_NAMES.get(l4proto, "ip/%d" % l4proto)
+    if l3proto == 0x86DD and l4proto:
+        name = _L4_NAMES.get(l4proto, "ip6/%d" % l4proto)
+        return name if name.endswith("6") else name + "6"
     return _L3_NAMES.get(l3proto, "%#06x" % l3proto if l3proto else "-")
 
 

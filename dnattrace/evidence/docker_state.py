@@ -26,6 +26,7 @@ class ContainerInfo:
     addresses: dict[str, str] = field(default_factory=dict)    # network name -> IPv4 address
     gateways: dict[str, str] = field(default_factory=dict)     # network name -> gateway
     ports: list[PortBinding] = field(default_factory=list)
+    addresses6: dict[str, str] = field(default_factory=dict)   # network name -> IPv6 address (IPv6-enabled networks)
 
     @property
     def netns(self) -> Optional[str]:
@@ -35,6 +36,11 @@ class ContainerInfo:
     def address(self) -> str:
         """The first address (the one a single-network container is reached at)."""
         return next(iter(self.addresses.values()), "")
+
+    @property
+    def address6(self) -> str:
+        """The first IPv6 address: where ip6tables DNAT sends the port when the network has IPv6."""
+        return next(iter(self.addresses6.values()), "")
 
     def published(self, proto: Optional[str] = None) -> list[PortBinding]:
         """The published ports; a UsageError when there are none."""
@@ -67,13 +73,15 @@ def _info(attrs) -> ContainerInfo:
         cport, _, proto = key.partition("/")
         for b in binds or []:
             if ":" in (b.get("HostIp") or ""):
-                continue            # IPv6 binding: dnattrace follows IPv4
+                continue            # the IPv6 twin (::) of a binding: the same host port
             ports.append(PortBinding(int(b["HostPort"]), int(cport), proto or "tcp", b.get("HostIp") or ""))
     return ContainerInfo(name=attrs.get("Name", "").lstrip("/"), id=attrs.get("Id", ""),
                          running=bool(st.get("Running")), pid=int(st.get("Pid") or 0),
                          addresses={n: v.get("IPAddress") for n, v in nets.items() if v.get("IPAddress")},
                          gateways={n: v.get("Gateway") for n, v in nets.items() if v.get("Gateway")},
-                         ports=ports)
+                         ports=ports,
+                         addresses6={n: v.get("GlobalIPv6Address") for n, v in nets.items()
+                                     if v.get("GlobalIPv6Address")})
 
 
 def container(name_or_id: str, dc=None) -> ContainerInfo:

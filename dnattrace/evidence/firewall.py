@@ -1,4 +1,5 @@
-"""Firewall rules and their packet counters, read from `iptables-save -c` (and `nft -j list ruleset`).
+"""Firewall rules and their packet counters, read from `iptables-save -c`, `ip6tables-save -c` (IPv6 has its
+own tables and counters: a ruleset says its family) and `nft -j list ruleset`.
 
 Counters are what name the rule that dropped a packet: with the nft backend every DROP frees the packet
 in nft_do_chain, so the kernel's drop location cannot tell a FORWARD policy from a DOCKER-USER rule; the
@@ -16,6 +17,7 @@ from typing import Optional
 from dnattrace.netns.enter import command_prefix, run_tool
 
 DROP_TARGETS = ("DROP", "REJECT")
+IP_FAMILIES = ("ip", "ip6", "inet")     # the nft families that see IP packets (inet: both)
 _COUNTED = re.compile(r"^\[(\d+):(\d+)\]\s+(.*)$")
 
 
@@ -55,6 +57,12 @@ class Chain:
 class Ruleset:
     tables: dict[str, dict[str, Chain]] = field(default_factory=dict)
     source: str = "iptables-save"
+    family: int = 4                 # 6: ip6tables' tables
+
+    @property
+    def tool(self) -> str:
+        """The command that edits these rules."""
+        return "ip6tables" if self.family == 6 else "iptables"
 
     def chain(self, table: str, chain: str) -> Optional[Chain]:
         return self.tables.get(table, {}).get(chain)
@@ -71,14 +79,14 @@ class Ruleset:
         return seen
 
     def to_dict(self):
-        return {"source": self.source, "tables": {
+        return {"source": self.source, "family": self.family, "tables": {
             t: {c.name: {"policy": c.policy, "packets": c.packets, "bytes": c.bytes,
                          "rules": [{"text": r.text, "packets": r.packets, "bytes": r.bytes} for r in c.rules]}
                 for c in chains.values()} for t, chains in self.tables.items()}}
 
     @classmethod
     def from_dict(cls, d):
-        rs = cls(source=d.get("source", "iptables-save"))
+        rs = cls(source=d.get("source", "iptables-save"), family=d.get("family", 4))
         for t, chains in d.get("tables", {}).items():
             rs.tables[t] = {}
             for name, c in chains.items():
@@ -98,14 +106,16 @@ class CounterMove:
     bytes: int
     target: str             # DROP, ACCEPT, DNAT, ... (the policy for a policy move)
     policy: bool = False
+    family: int = 4         # 6: an ip6tables rule
 
     def __str__(self):
-        return "%s %s: %s (%d packets)" % (self.table, self.chain, self.rule, self.packets)
+        return "%s%s %s: %s (%d packets)" % ("ip6tables " if self.family == 6 else "", self.table, self.chain,
+                                             self.rule, self.packets)
 
 
-def parse_iptables_save(text: str) -> Ruleset:
-    """Parse `iptables-save -c` output."""
-    rs, table = Ruleset(), None
+def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
+    """Parse `iptables-save -c` output (family 6: `ip6tables-save -c`, the same format)."""
+    rs, table = Ruleset(source="ip6tables-save" if family == 6 else "iptables-save", family=family), None
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#") or line == "COMMIT":
@@ -135,21 +145,26 @@ def read_iptables(netns=None) -> Ruleset:
     return parse_iptables_save(run_tool(["iptables-save", "-c"], netns))
 
 
+def read_ip6tables(netns=None) -> Ruleset:
+    """The namespace's ip6tables rules with counters (ip6tables-save -c)."""
+    return parse_iptables_save(run_tool(["ip6tables-save", "-c"], netns), family=6)
+
+
 def parse_nft_json(text: str) -> Ruleset:
-    """Rules from `nft -j list ruleset` (ip and inet families): chains with policies and, where a rule has
+    """Rules from `nft -j list ruleset` (ip, ip6 and inet families): chains with policies and, where a rule has
     a counter statement, its counters. Rule text is nft's own rendering of the expressions' kinds."""
     rs = Ruleset(source="nft")
     data = json.loads(text or "{}").get("nftables", [])
     for item in data:
         if "chain" in item:
             c = item["chain"]
-            if c.get("family") not in ("ip", "inet"):
+            if c.get("family") not in IP_FAMILIES:
                 continue
             table = "%s %s" % (c["family"], c["table"])
             rs.tables.setdefault(table, {})[c["name"]] = Chain(c["name"], (c.get("policy") or "-").upper())
         elif "rule" in item:
             r = item["rule"]
-            if r.get("family") not in ("ip", "inet"):
+            if r.get("family") not in IP_FAMILIES:
                 continue
             table = "%s %s" % (r["family"], r["table"])
             chain = rs.tables.setdefault(table, {}).setdefault(r["chain"], Chain(r["chain"]))
@@ -174,7 +189,7 @@ def read_nft(netns=None) -> Ruleset:
 
 
 def parse_nft_base_chains(text: str) -> list[dict]:
-    """Base chains (those attached to a hook) of every ip/inet nft table, with their rules' counters and
+    """Base chains (those attached to a hook) of every ip/ip6/inet nft table, with their rules' counters and
     verdicts: {"family", "table", "chain", "hook", "prio", "policy", "rules": [{"verdict", "packets",
     and "ct_state" (the states a `ct state` match names) when it has one}]}.
     Every base chain on a hook runs: an ACCEPT in iptables-nft's `ip filter` does not stop another
@@ -183,7 +198,7 @@ def parse_nft_base_chains(text: str) -> list[dict]:
     chains = {}
     for item in data:
         c = item.get("chain")
-        if c and c.get("family") in ("ip", "inet") and c.get("hook"):
+        if c and c.get("family") in IP_FAMILIES and c.get("hook"):
             chains[(c["family"], c["table"], c["name"])] = dict(
                 family=c["family"], table=c["table"], chain=c["name"], hook=c["hook"], prio=c.get("prio", 0),
                 policy=(c.get("policy") or "accept").upper(), rules=[])
@@ -221,7 +236,7 @@ def counter_delta(before: Ruleset, after: Ruleset) -> list[CounterMove]:
             old = before.chain(table, name)
             if old is not None and chain.policy != "-" and chain.packets > old.packets:
                 moves.append(CounterMove(table, name, "policy %s" % chain.policy, chain.packets - old.packets,
-                                         chain.bytes - old.bytes, chain.policy, policy=True))
+                                         chain.bytes - old.bytes, chain.policy, policy=True, family=after.family))
             olds = {}
             for r in (old.rules if old else []):
                 olds.setdefault(r.text, []).append(r)
@@ -232,7 +247,8 @@ def counter_delta(before: Ruleset, after: Ruleset) -> list[CounterMove]:
                 base = prev[i] if i < len(prev) else None
                 d = r.packets - (base.packets if base else 0)
                 if d > 0 and base is not None:
-                    moves.append(CounterMove(table, name, r.text, d, r.bytes - base.bytes, r.target))
+                    moves.append(CounterMove(table, name, r.text, d, r.bytes - base.bytes, r.target,
+                                             family=after.family))
     moves.sort(key=lambda m: -m.packets)
     return moves
 
@@ -258,6 +274,18 @@ def _ports(spec: Optional[str]) -> list[tuple[int, int]]:
     return out
 
 
+def _split_destination(dest: str) -> tuple[str, str]:
+    """--to-destination ADDR[:PORT[-PORT]] or [IPV6]:PORT -> (address, first port or "")."""
+    if dest.startswith("["):
+        addr, _, rest = dest[1:].partition("]")
+        tport = rest.lstrip(":")
+    elif dest.count(":") > 1:        # a bare IPv6 address, no port
+        addr, tport = dest, ""
+    else:
+        addr, _, tport = dest.partition(":")
+    return addr, tport.split("-")[0]
+
+
 def dnat_targets(rules: Ruleset, port: int, proto: str = "tcp") -> list[DnatTarget]:
     """DNAT rules (nat table, any chain: Docker's DOCKER chain or PREROUTING/OUTPUT) for a port."""
     out = []
@@ -271,9 +299,7 @@ def dnat_targets(rules: Ruleset, port: int, proto: str = "tcp") -> list[DnatTarg
             ranges = _ports(r.option("--dport")) + _ports(r.option("--dports"))
             if not any(lo <= port <= hi for lo, hi in ranges):
                 continue
-            dest = r.option("--to-destination") or ""
-            addr, _, tport = dest.partition(":")
-            tport = tport.split("-")[0]
+            addr, tport = _split_destination(r.option("--to-destination") or "")
             out.append(DnatTarget(proto, port, addr, int(tport) if tport else port, "nat", chain.name, r.text))
     return out
 
@@ -281,4 +307,5 @@ def dnat_targets(rules: Ruleset, port: int, proto: str = "tcp") -> list[DnatTarg
 def fix_delete(rule: Rule | CounterMove, netns=None) -> str:
     """The command that deletes a rule (its -A line turned into -D)."""
     text = rule.rule if isinstance(rule, CounterMove) else rule.text
-    return " ".join(command_prefix(netns) + ["iptables", "-t", rule.table, "-D"] + text.split()[1:])
+    tool = "ip6tables" if getattr(rule, "family", 4) == 6 else "iptables"
+    return " ".join(command_prefix(netns) + [tool, "-t", rule.table, "-D"] + text.split()[1:])

@@ -64,7 +64,7 @@ def _ipr():
 
 
 def links(netns=None) -> list[Link]:
-    """Every link with its state, kind, bridge master and IPv4 addresses.
+    """Every link with its state, kind, bridge master and addresses (IPv4, then IPv6 but link-local ones).
 
     A long-lived watch reads its namespaces' addresses with this at start (watch.resolve.local_addresses) and
     must not keep pyroute2's imports (about 20 MB): there it runs in a child process (dnattrace.forked)."""
@@ -75,7 +75,8 @@ def _links(netns=None) -> list[Link]:
     with entered(netns):
         with _ipr() as ipr:
             raw = ipr.get_links()
-            addrs = ipr.get_addr(family=2)
+            addrs = list(ipr.get_addr(family=2)) + [a for a in ipr.get_addr(family=10)
+                                                    if not str(a.get_attr("IFA_ADDRESS") or "").startswith("fe80:")]
     names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in raw}
     out = {}
     for m in raw:
@@ -91,16 +92,19 @@ def _links(netns=None) -> list[Link]:
     return list(out.values())
 
 
-def _guess_src(link_list: list[Link], iif: str) -> str:
-    """A plausible source for a packet arriving on iif: another host of iif's own subnet."""
+def _guess_src(link_list: list[Link], iif: str, family: int = 4) -> str:
+    """A plausible source for a packet arriving on iif: another host of iif's own subnet, of the family
+    of the destination asked about."""
     for l in link_list:
         if l.name == iif:
             for cidr in l.addresses:
                 itf = ipaddress.ip_interface(cidr)
+                if itf.version != family:
+                    continue
                 for host in itf.network.hosts():
                     if host != itf.ip:
                         return str(host)
-    return "192.0.2.1"
+    return "2001:db8::1" if family == 6 else "192.0.2.1"
 
 
 def route_get(dst: str, iif: Optional[str] = None, src: Optional[str] = None, netns=None) -> RouteResult:
@@ -118,7 +122,7 @@ def route_get(dst: str, iif: Optional[str] = None, src: Optional[str] = None, ne
                     return res
                 kw["iif"] = idx[0]
                 if not src:
-                    src = res.src = _guess_src(_links(None), iif)
+                    src = res.src = _guess_src(_links(None), iif, 6 if ":" in dst else 4)
             if src:
                 kw["src"] = src
             try:
@@ -139,7 +143,7 @@ def neighbour(addr: str, netns=None) -> Optional[dict]:
     """Neighbour entry for addr: {"addr", "dev", "state", "lladdr"}; None when there is none."""
     with entered(netns):
         with _ipr() as ipr:
-            entries = ipr.get_neighbours(family=2, dst=addr)
+            entries = ipr.get_neighbours(family=10 if ":" in addr else 2, dst=addr)
             names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
     for n in entries:
         if n.get_attr("NDA_DST") == addr:
@@ -155,11 +159,14 @@ def local_addresses(link_list: list[Link]) -> list[str]:
 
 
 def routes(netns=None) -> list[str]:
-    """The main table's IPv4 routes as short lines ("default via 172.17.0.1 dev eth0", "172.17.0.0/16 dev
-    docker0"), enough to show whether a namespace can reach a client at all."""
+    """The main table's routes as short lines ("default via 172.17.0.1 dev eth0", "172.17.0.0/16 dev
+    docker0"), IPv4 then IPv6 (link-local and multicast ones left out), enough to show whether a
+    namespace can reach a client at all."""
     with entered(netns):
         with _ipr() as ipr:
-            raw = ipr.get_routes(family=2, table=254)
+            raw = list(ipr.get_routes(family=2, table=254)) + [
+                r for r in ipr.get_routes(family=10, table=254)
+                if not str(r.get_attr("RTA_DST") or "").startswith(("fe80:", "ff00:"))]
             names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
     out = []
     for r in raw:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from dnattrace.model import family_of
 from dnattrace.target import Target
 from dnattrace.evidence import conntrack, firewall, links, snmp, sockets, sysctl
 from dnattrace.evidence.firewall import CounterMove, Ruleset
@@ -30,6 +31,7 @@ class NsEvidence:
     neighbours: list[dict] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
     rules: Optional[Ruleset] = None
+    rules6: Optional[Ruleset] = None                # ip6tables' (IPv6 has tables and counters of its own)
     conntrack: dict[str, int] = field(default_factory=dict)
     snmp: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # evidence that could not be read, and why
@@ -48,6 +50,10 @@ class NsEvidence:
 
     def has_address(self, addr: str) -> bool:
         return addr in links.local_addresses(self.links)
+
+    def ruleset(self, family: int = 4) -> Optional[Ruleset]:
+        """The iptables rules that see packets of this family."""
+        return self.rules6 if family == 6 else self.rules
 
     def prefix(self) -> str:
         """Command prefix for fixes that must run in this namespace ("" for the caller's own)."""
@@ -68,6 +74,7 @@ def read_namespace(name: str, netns=None, ports=(), proto="tcp", lookups=(), nei
     """Evidence from one namespace. lookups: (dst, iif, src) route questions; neighbours: addresses."""
     ev = NsEvidence(name=name, netns=netns, inode=ns_inode(netns))
     ev.rules = _gather(ev, firewall.read_iptables, netns)
+    ev.rules6 = _gather(ev, firewall.read_ip6tables, netns)
     ev.conntrack = _gather(ev, conntrack.stats, netns) or {}
     ev.snmp = _gather(ev, snmp.counters, netns) or {}
     if counters_only:
@@ -107,9 +114,14 @@ class Snapshot:
         output lookup."""
         target = target or Target()
         host_lookups, nbrs, ports = [], [], {target.port, target.service_port} - {0}
-        if target.service_addr:
-            host_lookups.append((target.service_addr, ingress, client))
-            nbrs.append(target.service_addr)
+        # every backend (a dual-stack container has one per family): the lookup of the failing client's
+        # family is the packet's own input lookup, the other family's an output lookup
+        family = family_of(client or target.service_addr)
+        for b in target.backends:
+            if b.addr and b.addr not in nbrs:
+                same = family_of(b.addr) == family
+                host_lookups.append((b.addr, ingress if same else None, client if same else None))
+                nbrs.append(b.addr)
         host = read_namespace("host", host_netns, ports, target.proto, host_lookups, nbrs, counters_only)
         cont = None
         if container_netns:
@@ -129,8 +141,9 @@ class Snapshot:
         def ns(e: Optional[NsEvidence]):
             if e is None:
                 return None
-            d = dataclasses.asdict(dataclasses.replace(e, rules=None))
+            d = dataclasses.asdict(dataclasses.replace(e, rules=None, rules6=None))
             d["rules"] = e.rules.to_dict() if e.rules else None
+            d["rules6"] = e.rules6.to_dict() if e.rules6 else None
             return d
         return {"target": self.target.to_dict(), "taken_at": self.taken_at,
                 "host": ns(self.host), "container": ns(self.container)}
@@ -145,6 +158,7 @@ class Snapshot:
             e["lookups"] = [RouteResult(**r) for r in e.get("lookups", [])]
             e["listeners"] = [Listener(**l) for l in e.get("listeners", [])]
             e["rules"] = Ruleset.from_dict(e["rules"]) if e.get("rules") else None
+            e["rules6"] = Ruleset.from_dict(e["rules6"]) if e.get("rules6") else None
             return NsEvidence(**e)
         return cls(Target.from_dict(d.get("target", {})), ns(d["host"]), ns(d.get("container")), d.get("taken_at", 0.0))
 
@@ -180,6 +194,8 @@ def diff(before: Snapshot, after: Snapshot) -> Delta:
         if a is None:
             continue
         moves = firewall.counter_delta(b.rules, a.rules) if b.rules and a.rules else []
+        if b.rules6 and a.rules6:
+            moves = sorted(moves + firewall.counter_delta(b.rules6, a.rules6), key=lambda m: -m.packets)
         out.namespaces.append(NsDelta(b.name, b.inode, b.netns, moves, conntrack.delta(b.conntrack, a.conntrack),
                                       snmp.delta(b.snmp, a.snmp)))
     return out

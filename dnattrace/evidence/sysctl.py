@@ -1,4 +1,4 @@
-"""IPv4 sysctls that decide whether a packet is forwarded, filtered or accepted, read per namespace.
+"""IPv4 and IPv6 sysctls that decide whether a packet is forwarded, filtered or accepted, read per namespace.
 
 Keys are shown the way `sysctl` shows them (net.ipv4.conf.eth0.forwarding); an interface name with a dot
 is written with a slash in a key, as sysctl(8) does.
@@ -11,13 +11,17 @@ from typing import Optional
 from dnattrace.netns.enter import entered
 
 CONF_KEYS = ("forwarding", "rp_filter", "accept_local", "route_localnet")
-GLOBAL_KEYS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables",
+# IPv6 forwards when conf.all.forwarding is 1 (ip6_forward reads only that one; an interface's own
+# `forwarding` makes it a router towards its link, not a forwarder), or, since 6.17, when the ingress
+# interface has force_forwarding; disable_ipv6 turns a link's IPv6 off altogether.
+CONF6_KEYS = ("forwarding", "force_forwarding", "disable_ipv6")
+GLOBAL_KEYS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables",
                "net.netfilter.nf_conntrack_count", "net.netfilter.nf_conntrack_max")
 
 
-def conf_key(ifname: str, name: str) -> str:
-    """net.ipv4.conf.<if>.<name>, for an interface, "all" or "default"."""
-    return "net.ipv4.conf.%s.%s" % (ifname.replace(".", "/"), name)
+def conf_key(ifname: str, name: str, family: int = 4) -> str:
+    """net.ipv4.conf.<if>.<name> (family 6: net.ipv6.conf...), for an interface, "all" or "default"."""
+    return "net.ipv%d.conf.%s.%s" % (family, ifname.replace(".", "/"), name)
 
 
 def _path(key: str) -> str:
@@ -50,7 +54,7 @@ def read_all(netns=None, ifnames=None) -> dict[str, str]:
                 ifnames = []
         keys = list(GLOBAL_KEYS)
         for name in ["all", "default"] + [n for n in ifnames if n not in ("all", "default")]:
-            keys += [conf_key(name, k) for k in CONF_KEYS]
+            keys += [conf_key(name, k) for k in CONF_KEYS] + [conf_key(name, k, 6) for k in CONF6_KEYS]
         for key in keys:
             v = _read_here(key)
             if v is not None:
@@ -65,9 +69,15 @@ def as_int(values: dict, key: str, default: Optional[int] = None) -> Optional[in
         return default
 
 
-def forwarding(values: dict, ifname: Optional[str] = None) -> dict[str, Optional[int]]:
+def forwarding(values: dict, ifname: Optional[str] = None, family: int = 4) -> dict[str, Optional[int]]:
     """Forwarding as the kernel decides it: the ingress interface's own flag (conf.all writes propagate
-    to every interface); ip_forward is an alias of conf.all.forwarding."""
+    to every interface); ip_forward is an alias of conf.all.forwarding. IPv6: conf.all.forwarding, and
+    the interface's force_forwarding where the kernel has it."""
+    if family == 6:
+        out = {conf_key("all", "forwarding", 6): as_int(values, conf_key("all", "forwarding", 6))}
+        if ifname and conf_key(ifname, "force_forwarding", 6) in values:
+            out[conf_key(ifname, "force_forwarding", 6)] = as_int(values, conf_key(ifname, "force_forwarding", 6))
+        return out
     out = {
         "net.ipv4.ip_forward": as_int(values, "net.ipv4.ip_forward"),
         conf_key("all", "forwarding"): as_int(values, conf_key("all", "forwarding")),
@@ -77,8 +87,12 @@ def forwarding(values: dict, ifname: Optional[str] = None) -> dict[str, Optional
     return out
 
 
-def forwarding_on(values: dict, ifname: Optional[str] = None) -> Optional[bool]:
+def forwarding_on(values: dict, ifname: Optional[str] = None, family: int = 4) -> Optional[bool]:
     """Would a packet arriving on ifname be forwarded? None when unknown."""
+    if family == 6:
+        v = as_int(values, conf_key("all", "forwarding", 6))
+        forced = bool(ifname) and as_int(values, conf_key(ifname, "force_forwarding", 6)) == 1
+        return True if forced else None if v is None else v == 1
     if ifname and conf_key(ifname, "forwarding") in values:
         return as_int(values, conf_key(ifname, "forwarding")) == 1
     v = as_int(values, conf_key("all", "forwarding"), as_int(values, "net.ipv4.ip_forward"))

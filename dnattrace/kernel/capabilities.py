@@ -23,7 +23,7 @@ KALLSYMS = "/proc/kallsyms"
 
 # Trial order, which is also the order doctor prints them in.
 NAMES = ("btf", "tracefs", "kallsyms", "tp_btf", "raw_tp", "tracepoint", "fentry", "fexit", "kprobe",
-         "netfilter_link", "fib_tracepoint", "direct_read", "ringbuf", "drop_reason_enum")
+         "netfilter_link", "fib_tracepoint", "fib6_tracepoint", "direct_read", "ringbuf", "drop_reason_enum")
 
 
 
@@ -206,6 +206,7 @@ _TRIALS = {
     "kprobe": _trial_kprobe,
     "netfilter_link": _trial_netfilter_link,
     "fib_tracepoint": lambda: _try_program("probe_fib"),
+    "fib6_tracepoint": lambda: _try_program("probe_fib6"),
     # packet bytes read with plain loads (bpf_rdonly_cast to void): cheaper than a helper call per read
     "direct_read": lambda: _try_program("probe_direct_read"),
     "ringbuf": _trial_ringbuf,

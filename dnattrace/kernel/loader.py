@@ -36,6 +36,7 @@ CLONE_NEWNET = 0x40000000
 
 # netfilter constants (uapi/linux/netfilter.h)
 NFPROTO_IPV4 = 2
+NFPROTO_IPV6 = 10
 NF_INET_PRE_ROUTING, NF_INET_LOCAL_IN, NF_INET_FORWARD, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = range(5)
 NF_PRIO_MIN = -(2 ** 31) + 1   # INT_MIN itself is refused by the kernel
 NF_PRIO_MAX = 2 ** 31 - 2      # so is INT_MAX

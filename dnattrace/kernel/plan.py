@@ -42,7 +42,7 @@ def _tracepoint(programs, category, event):
     with the packet's headers read by direct loads (cheaper, where the verifier allows them)."""
     ev = ((category, event),)
     labels = {"direct_read": "tp_btf/%s (headers by direct loads)" % event,
-              "fib_tracepoint": "tp_btf/%s" % event, "tp_btf": "tp_btf/%s" % event,
+              "fib_tracepoint": "tp_btf/%s" % event, "fib6_tracepoint": "tp_btf/%s" % event, "tp_btf": "tp_btf/%s" % event,
               "raw_tp": "raw_tp/%s" % event, "tracepoint": "%s:%s" % (category, event)}
     return tuple(Probe((prog,), kind, labels[kind], events=ev) for kind, prog in programs.items())
 
@@ -123,6 +123,9 @@ POINTS = (
           why="a hook's drop verdict, which names the hook where netfilter links are missing"),
     Point("route decision", _tracepoint({"fib_tracepoint": "fib_btf", "raw_tp": "fib_raw"}, "fib", "fib_table_lookup"),
           why="the route lookup tied to the packet being routed: table, device, next hop"),
+    Point("IPv6 route decision", _tracepoint({"fib6_tracepoint": "fib6_btf", "raw_tp": "fib6_raw"}, "fib6",
+                                             "fib6_table_lookup"),
+          why="the same for IPv6: each table's lookup (local, then main), device, next hop"),
     Point("route result", _function_exit(("route_fentry", "route_fexit"), ("route_kprobe", "route_kretprobe"),
                                          "ip_route_input_noref"),
           why="the route's input handler (ip_forward, ip_local_deliver, ip_error); its entry ties the fib "

@@ -52,8 +52,9 @@ MEANINGS = {
     "IP_RPFILTER": "reverse-path filter: the source is not reachable back through the receiving interface "
                    "(net.ipv4.conf.*.rp_filter)",
     "IP_NOPROTO": "no handler for this IP protocol",
-    "IP_INADDRERRORS": "no route to deliver or forward the packet; often IPv4 forwarding is off "
-                       "(net.ipv4.ip_forward=0) for a packet that must be forwarded (e.g. after Docker DNAT)",
+    "IP_INADDRERRORS": "no route to deliver or forward the packet; often forwarding is off "
+                       "(net.ipv4.ip_forward=0; for IPv6, in ip6_forward, net.ipv6.conf.all.forwarding=0) for a "
+                       "packet that must be forwarded (e.g. after Docker DNAT)",
     "IP_INNOROUTES": "no route for the packet's destination",
     "IP_LOCAL_SOURCE": "the source address is one of this host's own addresses (spoofed or looped)",
     "IP_INVALID_SOURCE": "the source address is invalid (multicast, broadcast or zero)",
@@ -149,7 +150,9 @@ BY_SITE = {
     "ipt_do_table": "NETFILTER_DROP",
     "nf_hook_slow": "NETFILTER_DROP",
     "tcp_v4_rcv": "NO_SOCKET",
+    "tcp_v6_rcv": "NO_SOCKET",
     "__udp4_lib_rcv": "NO_SOCKET",
+    "__udp6_lib_rcv": "NO_SOCKET",
     "neigh_invalidate": "NEIGH_FAILED",
     "__neigh_event_send": "NEIGH_QUEUEFULL",
     "skb_queue_purge": "QUEUE_PURGE",

@@ -57,6 +57,13 @@ class Scenario:
     hairpin: bool = True            # client "sibling" only: the DNAT also applies to traffic from the bridge
     dnat_other_iface: bool = False  # the DNAT rule is restricted (-i) to an interface the clients do not use
     foreign_forward_new_only: bool = False  # a native nft forward chain accepts new requests, not their replies
+    # IPv6 (family 6): the host is dual-stack (IPv4 as above, plus IPv6 on the outside link and the bridge,
+    # ip6tables laid out as Docker 20.10 with "ip6tables": true lays them out), and the client connects
+    # over IPv6. The knobs below break only the IPv6 side; IPv4 stays healthy.
+    family: int = 4
+    forwarding6: bool = True        # net.ipv6.conf.all.forwarding in the host namespace
+    forward_accept6: bool = True    # the ip6tables DOCKER-chain ACCEPT rule for the container port
+    publish6: bool = True           # ip6tables rules at all (Docker without "ip6tables": true publishes IPv4 only)
     # other functions some kernels free the packet in for the same drop (Debian's 6.1 and 5.10 free a
     # packet an nftables DROP verdict refused in nf_hook_slow, 6.18 in nft_do_chain)
     drop_function_alt: tuple[str, ...] = ()
@@ -71,7 +78,7 @@ class Scenario:
 
     def to_dict(self):
         return {k: getattr(self, k) for k in ("id", "description", "cause", "drop_function", "drop_reason",
-                                              "drop_ns", "docker", "expect_ok")}
+                                              "drop_ns", "docker", "expect_ok", "family")}
 
 
 SCENARIOS = [
@@ -178,6 +185,28 @@ SCENARIOS += [
              "https://github.com/greenpau/cni-plugins/issues/12).", cause="foreign-nft-reply-drop",
              drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host",
              foreign_forward_new_only=True, drop_function_alt=("nf_hook_slow",)),
+    # IPv6. Ground truth measured on 6.18 with watch (tests/test_ipv6.py re-measures it):
+    Scenario("v6-healthy", "Dual-stack Docker-style host (ip6tables DNAT [2001:db8:1::1]:8080 -> "
+             "[2001:db8:2::2]:80 beside the IPv4 rules); the client connects over IPv6 and the request succeeds.",
+             cause="none", drop_function=None, drop_reason=None, drop_ns=None, docker=True, expect_ok=True,
+             family=6),
+    Scenario("v6-forwarding-off", "IPv6 forwarding is off on the host (net.ipv6.conf.all.forwarding=0) while "
+             "IPv4 forwarding is on: IPv4 clients get through, the IPv6 client's DNATed SYN is routed to the "
+             "bridge and then refused by ip6_forward, which drops it with IP_INADDRERRORS (measured: the route "
+             "lookup succeeds, table 254 -> the bridge; the drop is in the host, after PREROUTING, before "
+             "FORWARD).", cause="forwarding-off",
+             drop_function="ip6_forward", drop_reason="IP_INADDRERRORS", drop_ns="host", docker=True, family=6,
+             forwarding6=False),
+    Scenario("v6-forward-drop", "ip6tables' FORWARD chain (policy DROP, as Docker leaves it) has no ACCEPT for "
+             "the container's IPv6 address while iptables accepts the IPv4 twin: the IPv6 SYN is dropped by the "
+             "policy (nft_do_chain, NETFILTER_DROP, in the host's ip6 filter table).",
+             cause="filter-forward-drop", drop_function="nft_do_chain", drop_reason="NETFILTER_DROP",
+             drop_ns="host", family=6, forward_accept6=False, drop_function_alt=("nf_hook_slow",)),
+    Scenario("v6-not-published", "The port is published on IPv4 only (Docker without ip6tables, the default "
+             "before 27): the IPv6 client's SYN to the host's IPv6 address is not DNATed and reaches the host "
+             "itself, where nothing listens (tcp_v6_rcv, NO_SOCKET); over IPv4 the same port works "
+             "(https://github.com/moby/moby/issues/2174).", cause="family-not-published",
+             drop_function="tcp_v6_rcv", drop_reason="NO_SOCKET", drop_ns="host", family=6, publish6=False),
 ]
 
 BY_ID = {s.id: s for s in SCENARIOS}

@@ -208,6 +208,14 @@ def _undo_podman_network(obj):
     subprocess.run(["podman", "network", "rm", "-f", obj["name"]], capture_output=True, timeout=90)
 
 
+def _undo_docker_network(obj):
+    """A user-defined Docker network (the IPv6 lab's), with any container still on it."""
+    for cid in subprocess.run(["docker", "network", "inspect", "-f", "{{range $k, $v := .Containers}}{{$k}} {{end}}",
+                               obj["name"]], capture_output=True, text=True, timeout=60).stdout.split():
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True, timeout=60)
+    subprocess.run(["docker", "network", "rm", obj["name"]], capture_output=True, timeout=60)
+
+
 def _undo_netns(obj):
     """Processes still in the namespace go first: one started but not yet recorded when its `up` was
     killed (a server is recorded once it has a pid) would outlive the namespace's name."""
@@ -231,6 +239,7 @@ UNDO = {
     "container": _undo_container,
     "podman-container": _undo_podman_container,
     "podman-network": _undo_podman_network,
+    "docker-network": _undo_docker_network,
     "rule": _undo_rule,
     "dir": lambda o: shutil.rmtree(o["path"], ignore_errors=True),
 }

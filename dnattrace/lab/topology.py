@@ -32,6 +32,11 @@ SIBLING_ADDR = "172.31.0.3"   # client "sibling": a second container on the brid
 UPLINK2_ADDR, UPLINK2_GW = "203.0.113.1", "203.0.113.254"   # reply_uplink: the second uplink, a gateway nobody has
 REPLY_TABLE, REPLY_RULE_PREF = 100, 100
 BLACKHOLE_MTU = 1400
+
+# IPv6 (scenarios with family 6 only: the IPv4 scenarios stay single-stack)
+CLIENT_ADDR6, OUTSIDE_ADDR6 = "2001:db8:1::2", "2001:db8:1::1"
+BRIDGE_ADDR6, CONTAINER_ADDR6 = "2001:db8:2::1", "2001:db8:2::2"
+SUBNET6, PREFIX6 = "2001:db8:2::/64", 64
 BIG_PATH, BIG_SIZE = "/big", 256 * 1024
 
 
@@ -41,22 +46,25 @@ def names(name, token):
                 ctr_veth=token + "v", sibling_veth=token + "s", uplink2=token + "u", uplink2_peer=token + "w")
 
 
-def docker_rules(bridge, ctr_addr, dnat_to, forward_accept=True, input_drop=False):
-    """iptables-restore input laying the host out as Docker 20.10 does for one container with -p 8080:80."""
-    accept = ("-A DOCKER -d %s/32 ! -i %s -o %s -p tcp -m tcp --dport %d -j ACCEPT"
-              % (ctr_addr, bridge, bridge, CONTAINER_PORT)) if forward_accept else None
+def docker_rules(bridge, ctr_addr, dnat_to, forward_accept=True, input_drop=False, family=4):
+    """iptables-restore input laying the host out as Docker 20.10 does for one container with -p 8080:80;
+    family 6: the ip6tables-restore input it writes with "ip6tables": true (the same chains, IPv6 addresses)."""
+    host_len, loopback, subnet = (32, "127.0.0.0/8", SUBNET) if family == 4 else (128, "::1/128", SUBNET6)
+    to = "%s:%d" % (dnat_to, CONTAINER_PORT) if family == 4 else "[%s]:%d" % (dnat_to, CONTAINER_PORT)
+    accept = ("-A DOCKER -d %s/%d ! -i %s -o %s -p tcp -m tcp --dport %d -j ACCEPT"
+              % (ctr_addr, host_len, bridge, bridge, CONTAINER_PORT)) if forward_accept else None
     lines = [
         "*nat",
         ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]",
         ":DOCKER - [0:0]",
         "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
-        "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER",
-        "-A POSTROUTING -s %s ! -o %s -j MASQUERADE" % (SUBNET, bridge),
-        "-A POSTROUTING -s {0}/32 -d {0}/32 -p tcp -m tcp --dport {1} -j MASQUERADE".format(ctr_addr,
-                                                                                          CONTAINER_PORT),
+        "-A OUTPUT ! -d %s -m addrtype --dst-type LOCAL -j DOCKER" % loopback,
+        "-A POSTROUTING -s %s ! -o %s -j MASQUERADE" % (subnet, bridge),
+        "-A POSTROUTING -s {0}/{2} -d {0}/{2} -p tcp -m tcp --dport {1} -j MASQUERADE".format(ctr_addr,
+                                                                                            CONTAINER_PORT, host_len),
         "-A DOCKER -i %s -j RETURN" % bridge,
-        "-A DOCKER ! -i %s -p tcp -m tcp --dport %d -j DNAT --to-destination %s:%d"
-        % (bridge, PUBLISHED_PORT, dnat_to, CONTAINER_PORT),
+        "-A DOCKER ! -i %s -p tcp -m tcp --dport %d -j DNAT --to-destination %s"
+        % (bridge, PUBLISHED_PORT, to),
         "COMMIT",
         "*filter",
         ":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]", ":DOCKER - [0:0]",
@@ -160,6 +168,8 @@ def build(inst, sc):
         net.run(["ip", "neigh", "replace", OUTSIDE_ADDR, "lladdr", mac, "dev", n["client_if"], "nud",
                  "permanent"], netns=client)
 
+    if sc.family == 6:
+        add_ipv6(n, sc)
     apply_knobs(inst, sc, n)
     www = make_www(inst)
     if sc.large_response:
@@ -176,6 +186,36 @@ def build(inst, sc):
     if sc.conntrack_full:
         fill_conntrack(inst, host)
     return n
+
+
+def add_ipv6(n, sc):
+    """The IPv6 half of a dual-stack host: addresses on the outside link and the bridge (nodad: usable at
+    once), default routes, IPv6 forwarding as the scenario says, and Docker's ip6tables rules unless the
+    port is published on IPv4 only."""
+    client, host, ctr = n["client_ns"], n["host_ns"], n["container_ns"]
+    for ns, forwarding in ((host, sc.forwarding6), (client, False), (ctr, False)):
+        net.sysctl_set("net.ipv6.conf.all.forwarding", int(forwarding), ns)
+    for dev, addr, ns in ((n["outside_if"], OUTSIDE_ADDR6, host), (n["client_if"], CLIENT_ADDR6, client),
+                          (n["bridge"], BRIDGE_ADDR6, host), ("eth0", CONTAINER_ADDR6, ctr)):
+        net.run(["ip", "-6", "addr", "add", "%s/%d" % (addr, PREFIX6), "dev", dev, "nodad"], netns=ns)
+    net.run(["ip", "-6", "route", "add", "default", "via", OUTSIDE_ADDR6], netns=client)
+    net.run(["ip", "-6", "route", "add", "default", "via", BRIDGE_ADDR6], netns=ctr)
+    if sc.publish6:
+        net.run(["ip6tables-restore"], netns=host,
+                input=docker_rules(n["bridge"], CONTAINER_ADDR6, CONTAINER_ADDR6,
+                                   forward_accept=sc.forward_accept6, family=6))
+    settle_neighbours(n)
+
+
+def settle_neighbours(n):
+    """One ping along each hop of the journeys (bounded; its result is not the scenario's business).
+    Measured here: in the first second after the addresses are added, a neighbour solicitation can go
+    unanswered (the container's for its gateway, 1 lab in 4-20: the bridge's MLD snooping has not yet
+    seen the solicited-node groups; the host's own drops show br_dev_xmit NO_TX_TARGET), and the SYN-ACK
+    then waits a second for ND's retransmission. IPv4's ARP is broadcast and needs none of this."""
+    for ns, addr in ((n["client_ns"], OUTSIDE_ADDR6), (n["host_ns"], CONTAINER_ADDR6),
+                     (n["container_ns"], BRIDGE_ADDR6), (n["host_ns"], CLIENT_ADDR6)):
+        net.run(["busybox", "ping", "-6", "-c", "1", "-W", "3", addr], netns=ns, check=False, timeout=10)
 
 
 # --- one helper per departure from the healthy layout (everything lives in the lab's namespaces, so
@@ -383,13 +423,14 @@ def describe(name, token, sc):
     """The Instance fields of a namespace-variant instance (everything but the undo log)."""
     n = names(name, token)
     on_host = sc.client in ("host", "localhost")
-    target_addr = LOCALHOST if sc.client == "localhost" else OUTSIDE_ADDR
+    target_addr = LOCALHOST if sc.client == "localhost" else OUTSIDE_ADDR6 if sc.family == 6 else OUTSIDE_ADDR
     port = HOST_SERVICE_PORT if sc.input_drop else UDP_PUBLISHED_PORT if sc.proto == "udp" else PUBLISHED_PORT
     client_ns = n["host_ns"] if on_host else n["sibling_ns"] if sc.client == "sibling" else n["client_ns"]
-    client_addr = target_addr if on_host else SIBLING_ADDR if sc.client == "sibling" else CLIENT_ADDR
+    client_addr = target_addr if on_host else SIBLING_ADDR if sc.client == "sibling" else \
+        CLIENT_ADDR6 if sc.family == 6 else CLIENT_ADDR
     return dict(client_ns=client_ns, host_ns=n["host_ns"],
                 container_ns=n["container_ns"], container_name=None,
                 client_addr=client_addr, target_addr=target_addr, target_port=port,
-                proto=sc.proto, container_addr=CONTAINER_ADDR,
+                proto=sc.proto, container_addr=CONTAINER_ADDR6 if sc.family == 6 else CONTAINER_ADDR,
                 container_port=UDP_CONTAINER_PORT if sc.proto == "udp" else CONTAINER_PORT,
                 outside_if=n["outside_if"], bridge=n["bridge"])

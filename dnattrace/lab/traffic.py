@@ -27,7 +27,7 @@ addr, port, attempts, timeout, sport = sys.argv[1], int(sys.argv[2]), int(sys.ar
 out = []
 for _ in range(attempts):
     t0 = time.monotonic(); reason = "ok"; status = None
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(timeout)
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(timeout)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind(("", sport))
@@ -56,7 +56,7 @@ path = sys.argv[5] if len(sys.argv) > 5 else "/"
 out = []
 for _ in range(attempts):
     t0 = time.monotonic(); reason = "ok"; status = None
-    s = socket.socket(); s.settimeout(timeout)
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET); s.settimeout(timeout)
     try:
         s.connect((addr, port))
         s.sendall(b"GET %s HTTP/1.0\r\nHost: lab\r\n\r\n" % path.encode())
@@ -97,7 +97,8 @@ import json, select, socket, sys, time
 addr, port, count, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 socks = []
 for _ in range(count):
-    s = socket.socket(); s.setblocking(False); s.connect_ex((addr, port)); socks.append(s)
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET); s.setblocking(False)
+    s.connect_ex((addr, port)); socks.append(s)
 deadline = time.monotonic() + timeout
 pending = set(socks); done = 0
 while pending and time.monotonic() < deadline:

@@ -20,9 +20,9 @@ def _rewrite(before: Optional[model.Tuple5], after: Optional[model.Tuple5]) -> s
         return ""
     parts = []
     if (before.dst, before.dport) != (after.dst, after.dport):
-        parts.append("DNAT %s:%d -> %s:%d" % (before.dst, before.dport, after.dst, after.dport))
+        parts.append("DNAT %s -> %s" % (model.hostport(before.dst, before.dport), model.hostport(after.dst, after.dport)))
     if (before.src, before.sport) != (after.src, after.sport):
-        parts.append("SNAT %s:%d -> %s:%d" % (before.src, before.sport, after.src, after.sport))
+        parts.append("SNAT %s -> %s" % (model.hostport(before.src, before.sport), model.hostport(after.src, after.sport)))
     return "; ".join(parts)
 
 
@@ -219,7 +219,7 @@ def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 
 
 def journey_json(j: model.Journey, c: model.Connection) -> dict:
     d = model.to_dict(j)
-    d.update({"type": "journey", "connection": model.to_dict(c.key), "outcome": j.outcome,
+    d.update({"type": "journey", "connection": model.to_dict(c.key), "family": c.key.family, "outcome": j.outcome,
               "transmission": (c.openers.index(j) + 1) if j in c.openers else None,
               "end": journey_end(j), "drop_hook": drop_hook(j)})
     return d
@@ -231,6 +231,7 @@ def summary_json(conns: list[model.Connection], lost: int, not_followed: int = 0
     return {"type": "summary", "lost_events": lost, "not_followed": not_followed,
             "connections_not_kept": sum(untold.values()), "not_kept_by_outcome": untold,
             "unfollowed_drops": _drop_sites(unfollowed_drops),
-            "connections": [{"key": model.to_dict(c.key), "transmissions": c.attempts, "outcome": c.outcome,
+            "connections": [{"key": model.to_dict(c.key), "family": c.key.family, "transmissions": c.attempts,
+                             "outcome": c.outcome,
                              "dropped": c.dropped, "replies": [r.first.tcp_flags for r in c.replies],
                              "ended": connection_row(c)[3]} for c in conns]}

@@ -15,10 +15,11 @@ from typing import Callable, Optional
 from dnattrace import model
 
 # struct dt_event (bpf/watch/watch.h), little-endian, natural alignment
-_FMT = "<QQQIIIiBBBBBBHIIHHIIIHHIIHHIIII16s16s128s"
+# (addresses are 16 bytes for both families: IPv4 in the first 4, `family` says which)
+_FMT = "<QQQIIIiBBBBBBHB3s16s16sHHI16s16sHH16s16sHH16sIII16s16s128s"
 RECORD_SIZE = struct.calcsize(_FMT)
 _FIELDS = ("ts skb location netns ifindex reason priority point hook stage proto tcp_flags ctinfo caplen "
-           "saddr daddr sport dport ct_status ct_osrc ct_odst ct_osport ct_odport ct_rsrc ct_rdst ct_rsport "
+           "family pad saddr daddr sport dport ct_status ct_osrc ct_odst ct_osport ct_odport ct_rsrc ct_rdst ct_rsport "
            "ct_rdport gateway cpu seq ack ifname out_ifname pkt").split()
 
 DT_RX, DT_NF, DT_ROUTE, DT_XMIT, DT_DROP, DT_CONSUME, DT_VERDICT, DT_RTRESULT = range(1, 9)
@@ -54,7 +55,7 @@ class RawEvent(collections.namedtuple("RawEvent", _FIELDS)):
 
     @property
     def packet(self) -> bytes:
-        """The IPv4 packet bytes captured at this point (up to 128; none unless capturing)."""
+        """The IP packet bytes captured at this point (up to 128; none unless capturing)."""
         return self.pkt[: self.caplen]
 
 
@@ -72,10 +73,15 @@ def decode(record: bytes) -> RawEvent:
     return RawEvent._make(_FULL.unpack(record))
 
 
+_ZERO = bytes(16)
+
+
 @functools.lru_cache(maxsize=4096)
-def ip(addr_be: int) -> str:
-    """An IPv4 address as read from the kernel (network order, loaded little-endian) to dotted quad."""
-    return socket.inet_ntoa(addr_be.to_bytes(4, "little"))
+def ip(family: int, addr: bytes) -> str:
+    """A 16-byte address as the kernel wrote it (network order) to text: IPv4 is its first 4 bytes."""
+    if family == 6:
+        return socket.inet_ntop(socket.AF_INET6, addr)
+    return socket.inet_ntoa(addr[:4])
 
 
 def port(port_be: int) -> int:
@@ -93,10 +99,10 @@ def _name(raw: bytes) -> str:
 
 
 @functools.lru_cache(maxsize=8192)
-def _tuple(proto, saddr, sport, daddr, dport) -> Optional[model.Tuple5]:
-    if not saddr and not daddr:
+def _tuple(family, proto, saddr, sport, daddr, dport) -> Optional[model.Tuple5]:
+    if saddr == _ZERO and daddr == _ZERO:
         return None
-    return model.Tuple5(proto, ip(saddr), port(sport), ip(daddr), port(dport))
+    return model.Tuple5(proto, ip(family, saddr), port(sport), ip(family, daddr), port(dport))
 
 
 def to_step(ev: RawEvent, symbolize: Callable[[int], str] = hex, reason_name: Callable[[int], str] = str,
@@ -106,7 +112,7 @@ def to_step(ev: RawEvent, symbolize: Callable[[int], str] = hex, reason_name: Ca
     point = POINT_NAMES.get(kind, "unknown")
     step = model.Step(ts_ns=ev.ts, point=point, netns=ev.netns, netns_name=netns_name(ev.netns) if ev.netns else "",
                       ifname=_name(ev.ifname), out_ifname=_name(ev.out_ifname),
-                      tuple=_tuple(ev.proto, ev.saddr, ev.sport, ev.daddr, ev.dport),
+                      tuple=_tuple(ev.family, ev.proto, ev.saddr, ev.sport, ev.daddr, ev.dport),
                       tcp_flags=flags_text(ev.tcp_flags) if ev.proto == 6 else "",
                       seq=socket.ntohl(ev.seq) if ev.proto == 6 and ev.seq else None)
     if kind == DT_NF:
@@ -116,12 +122,12 @@ def to_step(ev: RawEvent, symbolize: Callable[[int], str] = hex, reason_name: Ca
         if ev.ctinfo != NO_CT:
             step.ct = model.CtInfo(
                 state=CT_STATES.get(ev.ctinfo, str(ev.ctinfo)), status=ev.ct_status,
-                orig=_tuple(ev.proto, ev.ct_osrc, ev.ct_osport, ev.ct_odst, ev.ct_odport),
-                reply=_tuple(ev.proto, ev.ct_rsrc, ev.ct_rsport, ev.ct_rdst, ev.ct_rdport))
+                orig=_tuple(ev.family, ev.proto, ev.ct_osrc, ev.ct_osport, ev.ct_odst, ev.ct_odport),
+                reply=_tuple(ev.family, ev.proto, ev.ct_rsrc, ev.ct_rsport, ev.ct_rdst, ev.ct_rdport))
     elif kind == DT_ROUTE:
         err = struct.unpack("<i", struct.pack("<I", ev.reason))[0]
-        step.route = model.RouteInfo(table=ev.priority, oif=_name(ev.out_ifname), err=err, dst=ip(ev.daddr),
-                                     gateway=ip(ev.gateway) if ev.gateway else "",
+        step.route = model.RouteInfo(table=ev.priority, oif=_name(ev.out_ifname), err=err, dst=ip(ev.family, ev.daddr),
+                                     gateway=ip(ev.family, ev.gateway) if ev.gateway != _ZERO else "",
                                      reverse=bool(ev.stage))
         step.tuple = None   # a route lookup carries a flow key, not the packet's ports
     elif kind in (DT_DROP, DT_CONSUME):

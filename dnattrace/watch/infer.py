@@ -46,6 +46,11 @@ def reason_for(j: model.Journey, drop: model.Step) -> str:
         # route, but forwarding is off, or an unreachable route) as an address error. The fib tracepoint
         # reports a table without a match as EAGAIN (fib_lookup turns the last one into ENETUNREACH).
         return "IP_INNOROUTES" if _route_error(j, drop) in NO_ROUTE else "IP_INADDRERRORS"
+    if func == "ip6_forward":
+        # before its FORWARD hook ip6_forward refuses a packet while IPv6 forwarding is off (an address
+        # error), one whose hop limit ran out, or one too big for the next link: a SYN is never too big,
+        # and a hop limit running out at the published host is rare next to forwarding being off
+        return "IP_INADDRERRORS" if "S" in (drop.tcp_flags or "") and "A" not in (drop.tcp_flags or "") else ""
     if func == "ip_rcv_finish_core":
         # the route input failed: EXDEV is the reverse-path filter
         rr = _route_result(j, drop)

@@ -1,7 +1,8 @@
 """A minimal pcapng writer: one record per probe point, on an interface block per (device, namespace),
 with a comment naming the point, so Wireshark shows a packet's journey hop by hop.
 
-Packets are raw IPv4 (LINKTYPE_IPV4 = 228): at most points the kernel has no link-layer header to give.
+Packets are raw IP (LINKTYPE_RAW = 101: IPv4 or IPv6, told by the version nibble, so one interface block
+serves both families): at most points the kernel has no link-layer header to give.
 Event times are CLOCK_MONOTONIC; they are shifted to wall-clock time when written.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 
 from dnattrace import model
 
-LINKTYPE_IPV4 = 228     # LINKTYPE_IPV4: raw IPv4, no link layer
+LINKTYPE_RAW = 101      # raw IPv4 or IPv6, no link layer
 _SHB, _IDB, _EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
 
 
@@ -39,7 +40,7 @@ class PcapngWriter:
         if key not in self.interfaces:
             label = ("%s@%s" % (name or "-", ns or "?")).encode()
             # if_tsresol = 9: timestamps in nanoseconds
-            body = struct.pack("<HHI", LINKTYPE_IPV4, 0, 0) + _opt(2, label) + _opt(9, b"\x09") + _opt(0, b"")
+            body = struct.pack("<HHI", LINKTYPE_RAW, 0, 0) + _opt(2, label) + _opt(9, b"\x09") + _opt(0, b"")
             self.f.write(_block(_IDB, body))
             self.interfaces[key] = len(self.interfaces)
         return self.interfaces[key]

@@ -21,15 +21,13 @@ def check_port(port: int) -> int:
 
 
 def check_address(addr: str, option: str) -> str:
-    """An IPv4 address given on the command line (--dst): one line naming the option when it is not."""
+    """An address given on the command line (--dst), IPv4 or IPv6, normalised: one line naming the option
+    when it is not an address."""
     import ipaddress
     try:
-        ip = ipaddress.ip_address(addr)
+        return str(ipaddress.ip_address(addr))
     except ValueError:
         raise UsageError("%s %s is not an IP address" % (option, addr)) from None
-    if ip.version != 4:
-        raise UsageError("%s %s: watch follows IPv4 only" % (option, addr))
-    return addr
 
 
 def is_netns(path: str) -> bool:
@@ -86,8 +84,10 @@ def from_container(name: str, proto: str = "tcp", port: Optional[int] = None) ->
     b = bindings[0]
     if not os.path.exists(c.netns or ""):
         raise UsageError("the network namespace of container %s is gone" % c.name)
-    return Target(proto=proto, port=b.host_port, backends=[Endpoint(c.address or None, b.container_port)],
-                  container=c.name, container_netns=c.netns)
+    backends = [Endpoint(c.address or None, b.container_port)]
+    if getattr(c, "address6", ""):     # an IPv6-enabled network: ip6tables DNAT sends IPv6 clients here
+        backends.append(Endpoint(c.address6, b.container_port))
+    return Target(proto=proto, port=b.host_port, backends=backends, container=c.name, container_netns=c.netns)
 
 
 def from_port(port: int, proto: str = "tcp", host_netns: Optional[str] = None) -> Target:
@@ -108,11 +108,12 @@ def from_port(port: int, proto: str = "tcp", host_netns: Optional[str] = None) -
         if found:
             return from_container(found[0].name, proto, port)
     from dnattrace.evidence import firewall
-    try:
-        rules = firewall.read_iptables(host_netns)
-        targets = firewall.dnat_targets(rules, port, proto)
-    except Exception:   # no iptables on this host: follow the port alone
-        targets = []
+    targets = []
+    for read in (firewall.read_iptables, firewall.read_ip6tables):   # IPv6 has its own DNAT rules
+        try:
+            targets += firewall.dnat_targets(read(host_netns), port, proto)
+        except Exception:   # no iptables (or ip6tables) on this host: follow the port alone
+            continue
     backends = []
     for t in targets:
         if t.addr and all((b.addr, b.port) != (t.addr, t.target_port) for b in backends):

@@ -68,6 +68,9 @@ class Follower:
             self.reasons = {}
         # what this kernel cannot show: said in every journey, never silently left out
         self.unobservable = [p for p in ("netfilter hooks", "route decision") if p not in self.tracer.chosen]
+        # an IPv6 journey's route decision comes from its own tracepoint (fib6_table_lookup)
+        self.unobservable6 = [p for p in ("netfilter hooks",) if p in self.unobservable] + \
+            (["route decision"] if "IPv6 route decision" not in self.tracer.chosen else [])
         self.namer = netns.Namer()
         self.pcap = pcap
         self.events_seen = 0
@@ -90,7 +93,8 @@ class Follower:
         destination that is not one of the namespace's addresses must be forwarded."""
         if not any(s.netns in self._inodes for s in j.steps):
             return False
-        j.unobservable = self.unobservable
+        family = next((st.tuple.family for st in j.steps if st.tuple), 4)
+        j.unobservable = self.unobservable6 if family == 6 else self.unobservable
         if not self.reasons:
             infer.infer_drop_reasons(j)
         for s in j.steps:

@@ -8,6 +8,7 @@ and a container's by its /proc/PID/ns/net path); the tracepoints see every names
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import struct
@@ -31,14 +32,18 @@ RING_CAPPED, RING_FULL = 1 << 20, 4 << 20
 
 @dataclass(frozen=True)
 class FilterEntry:
-    """Follow packets of `proto` with `port` (and `addr`, when given) as source or destination."""
+    """Follow packets of `proto` with `port` (and `addr`, when given: IPv4 or IPv6) as source or
+    destination. struct dt_filter_key (watch.h): family 0 and a zero address mean any address."""
     proto: int
     port: int
     addr: Optional[str] = None
 
     def key(self) -> bytes:
-        addr = socket.inet_aton(self.addr) if self.addr else b"\0\0\0\0"
-        return struct.pack("<BBH", self.proto, 0, socket.htons(self.port)) + addr
+        family, addr = 0, bytes(16)
+        if self.addr:
+            ip = ipaddress.ip_address(self.addr)
+            family, addr = ip.version, ip.packed.ljust(16, b"\0")
+        return struct.pack("<BBH", self.proto, family, socket.htons(self.port)) + addr
 
 
 def choose(caps, hook_detail=True) -> tuple[dict[str, list[str]], list[str]]:
@@ -176,21 +181,30 @@ class WatchTracer:
         self._links = []
 
     def attach_netns(self, path):
-        """Netfilter links in one more namespace (None = the current one); nothing to do where the hooks
-        come from nf_hook_slow (it sees every namespace)."""
+        """Netfilter links in one more namespace (None = the current one), the same programs for IPv4 and
+        IPv6 (they read the family from the packet); nothing to do where the hooks come from nf_hook_slow
+        (it sees every namespace and both families). A kernel without IPv6 (ipv6.disable=1) refuses the
+        IPv6 links: IPv4 is watched alone, and -v says so."""
         if not self.links:
             return
         for hook, prog, prio in self.positions:
-            self._links.append(self._attach_nf(prog, hook, prio, path))
-        log.info("netfilter links: %d positions in %s", len(self.positions), path or "the current namespace")
+            self._links.append(self._attach_nf(prog, hook, prio, path, loader.NFPROTO_IPV4))
+        try:
+            six = [self._attach_nf(prog, hook, prio, path, loader.NFPROTO_IPV6) for hook, prog, prio in self.positions]
+        except loader.BpfError as e:
+            log.info("no IPv6 netfilter links in %s: %s", path or "the current namespace", e)
+            six = []
+        self._links += six
+        log.info("netfilter links: %d positions in %s, %s", len(self.positions), path or "the current namespace",
+                 "IPv4 and IPv6" if six else "IPv4 only")
 
-    def _attach_nf(self, prog, hook, prio, path):
+    def _attach_nf(self, prog, hook, prio, path, pf):
         """The kernel allows one BPF netfilter link per (hook, priority) in a namespace: when another
         dnattrace (a watch next to a diagnose) holds it, take the next free priority inwards."""
         step = 1 if prio < 0 else -1
         for i in range(8):
             try:
-                return self._obj.program(prog).attach_netfilter(plan.HOOKS[hook], prio + i * step,
+                return self._obj.program(prog).attach_netfilter(plan.HOOKS[hook], prio + i * step, pf=pf,
                                                                  netns_path=path)
             except loader.BpfError as e:
                 if e.errno != errno.EBUSY or i == 7:

@@ -96,8 +96,8 @@ def kind(ev):
 
 
 def describe(ev, syms):
-    text = "%-8s %s:%d > %s:%d" % (NAMES.get(kind(ev), ev.point), abi.ip(ev.saddr), abi.port(ev.sport),
-                                   abi.ip(ev.daddr), abi.port(ev.dport))
+    text = "%-8s %s:%d > %s:%d" % (NAMES.get(kind(ev), ev.point), abi.ip(ev.family, ev.saddr), abi.port(ev.sport),
+                                   abi.ip(ev.family, ev.daddr), abi.port(ev.dport))
     if kind(ev) in (abi.DT_DROP, abi.DT_CONSUME, abi.DT_RTRESULT) and ev.location:
         text += " at %s" % syms.function(ev.location)
     if kind(ev) == abi.DT_DROP:
