@@ -28,7 +28,7 @@ static __always_inline int on_rx(struct sk_buff *skb, const int trusted, const i
 {
 	__be16 l3proto = SKB_FIELD(trusted, skb, protocol);
 	unsigned char *l3 = SKB_FIELD(trusted, skb, data);
-	struct l34 p;
+	struct l34 p = {};
 	if (!maybe(l3proto, l3, &p, direct))
 		return 0;
 	int fresh;
@@ -152,7 +152,7 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int d
 	const struct nf_hook_state *state = ctx->state;
 	__u8 hook = state->hook;
 	unsigned char *l3 = skb->head + skb->network_header;
-	struct l34 p;
+	struct l34 p = {};
 	int fresh = 0;
 	struct followed *t = nf_followed(skb, hook, stage, l3, &p, &fresh, direct);
 	if (!t)
@@ -218,7 +218,7 @@ static __always_inline int hook_enter(struct sk_buff *skb, const struct nf_hook_
 	if (!(pf == NFPROTO_IPV4_ && l3proto == ETH_P_IP_BE) && !(pf == NFPROTO_IPV6_ && l3proto == ETH_P_IPV6_BE))
 		return 0;
 	unsigned char *l3 = skb_l3(skb);
-	struct l34 p;
+	struct l34 p = {};
 	int fresh = 0;
 	if (t) {
 		if (l34_at(l3proto, l3, &p) || !(t = same_packet(key, t, &p)))
@@ -450,7 +450,7 @@ static __always_inline int on_free(struct sk_buff *skb, void *location, __u32 re
 {
 	__u64 key = (__u64)skb;
 	struct followed *t = none_followed() ? NULL : tracked_entry(key);
-	struct l34 p;
+	struct l34 p = {};
 	int mine = 0;
 	if (t) {
 		skb_l34(skb, &p);
@@ -535,7 +535,7 @@ SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(xmit_btf, struct sk_buff *skb, int rc, struct net_device *dev)
 {
 	__u64 key = (__u64)skb;
-	struct l34 p;
+	struct l34 p = {};
 	if (none_followed() || !followed_skb(skb, &p))
 		return 0;
 	struct dt_event *e = emit(DT_XMIT, key, &p, skb_l3(skb));
@@ -610,7 +610,7 @@ static __always_inline void route_enter(struct sk_buff *skb, __u32 daddr, __u32 
 static __always_inline void route_result(struct sk_buff *skb, long ret)
 {
 	__u64 key = (__u64)skb;
-	struct l34 p;
+	struct l34 p = {};
 	__u32 zero = 0;
 	struct routing *r = bpf_map_lookup_elem(&cur, &zero);
 	if (r && r->skb == key)
