@@ -82,6 +82,10 @@ def tests(d):
         cell += ", **%d failed**" % failed
     if n["skipped"]:
         cell += ", %d skipped" % n["skipped"]
+    known = [l for l in read(d, "known-failures").splitlines() if l]
+    if known:
+        cell += ", **%d known failure%s left out** (%s)" % (len(known), "s" if len(known) > 1 else "",
+                                                          ", ".join(k.split("::")[-1] for k in known))
     secs = read(d, "seconds")
     if secs:
         cell += " (%s s)" % secs
