@@ -16,6 +16,11 @@ import dataclasses
 from dnattrace.errors import UsageError
 
 
+# Where kernels differ in the function that frees the same drop, for every scenario: Debian's 6.1 and
+# 5.10 free a packet an nftables verdict refused in nf_hook_slow, 6.18 in nft_do_chain.
+SAME_DROP = {"nft_do_chain": ("nf_hook_slow",)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     id: str
@@ -64,8 +69,7 @@ class Scenario:
     forwarding6: bool = True        # net.ipv6.conf.all.forwarding in the host namespace
     forward_accept6: bool = True    # the ip6tables DOCKER-chain ACCEPT rule for the container port
     publish6: bool = True           # ip6tables rules at all (Docker without "ip6tables": true publishes IPv4 only)
-    # other functions some kernels free the packet in for the same drop (Debian's 6.1 and 5.10 free a
-    # packet an nftables DROP verdict refused in nf_hook_slow, 6.18 in nft_do_chain)
+    # other functions some kernels free the packet in for the same drop (SAME_DROP covers every scenario)
     drop_function_alt: tuple[str, ...] = ()
     drop_reason_alt: tuple[str, ...] = ()     # the reasons those other sites give (QUEUE_PURGE, ...)
 
@@ -73,8 +77,8 @@ class Scenario:
         """Is `location` ("function+0xoff") this scenario's drop function? Compared without the compiler's
         suffixes: 6.1 drops in ip_rcv_finish_core.constprop.0+0x1ab."""
         from dnattrace.kernel.kallsyms import base_name
-        return bool(self.drop_function) and base_name(location.split("+")[0]) in (self.drop_function,
-                                                                                  *self.drop_function_alt)
+        return bool(self.drop_function) and base_name(location.split("+")[0]) in (
+            self.drop_function, *self.drop_function_alt, *SAME_DROP.get(self.drop_function, ()))
 
     def to_dict(self):
         return {k: getattr(self, k) for k in ("id", "description", "cause", "drop_function", "drop_reason",
@@ -89,8 +93,7 @@ SCENARIOS = [
              docker=True, forwarding=False),
     Scenario("forward-policy-drop", "filter FORWARD policy DROP and Docker's ACCEPT rule for the container "
              "is missing (--docker: a DOCKER-USER rule drops the container's traffic).", cause="filter-forward-drop", drop_function="nft_do_chain",
-             drop_reason="NETFILTER_DROP", drop_ns="host", forward_accept=False, docker=True,
-             drop_function_alt=("nf_hook_slow",)),
+             drop_reason="NETFILTER_DROP", drop_ns="host", forward_accept=False, docker=True,),
     Scenario("no-listener", "The DNAT is right but nothing listens on the container port (RST).",
              cause="no-listener", drop_function="tcp_v4_rcv", drop_reason="NO_SOCKET", drop_ns="container",
              server=False),
@@ -102,7 +105,7 @@ SCENARIOS = [
              drop_ns="host", conntrack_full=True),
     Scenario("input-drop", "A port published by a host process (:9090, no DNAT) is blocked by a filter "
              "INPUT DROP rule.", cause="filter-input-drop", drop_function="nft_do_chain",
-             drop_reason="NETFILTER_DROP", drop_ns="host", input_drop=True, drop_function_alt=("nf_hook_slow",)),
+             drop_reason="NETFILTER_DROP", drop_ns="host", input_drop=True),
     Scenario("neigh-failed", "The DNAT points at an address nobody has on the bridge (a stale container "
              "IP): ARP fails.", cause="neigh-failed", drop_function="neigh_invalidate",
              drop_reason="NEIGH_FAILED", drop_ns="host", dnat_target="172.31.0.9", drop_delay=3.5),
@@ -129,7 +132,7 @@ SCENARIOS += [
              "the other base chain on the same hook drops it (https://github.com/firewalld/firewalld/issues/534, "
              "https://github.com/moby/libnetwork/issues/2496).", cause="foreign-nft-drop",
              drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host",
-             foreign_forward_drop=True, drop_function_alt=("nf_hook_slow",)),
+             foreign_forward_drop=True),
     Scenario("udp-stale-conntrack", "The client's UDP flow was tracked before the port was published; nat "
              "rules see only a flow's first packet, so the datagrams keep going to the host itself "
              "(https://github.com/moby/moby/issues/8795, https://github.com/moby/moby/pull/44742).",
@@ -184,7 +187,7 @@ SCENARIOS += [
              "SYN-ACK is dropped (https://unix.stackexchange.com/questions/657545/nftables-whitelisting-docker, "
              "https://github.com/greenpau/cni-plugins/issues/12).", cause="foreign-nft-reply-drop",
              drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host",
-             foreign_forward_new_only=True, drop_function_alt=("nf_hook_slow",)),
+             foreign_forward_new_only=True),
     # IPv6. Ground truth measured on 6.18 with watch (tests/test_ipv6.py re-measures it):
     Scenario("v6-healthy", "Dual-stack Docker-style host (ip6tables DNAT [2001:db8:1::1]:8080 -> "
              "[2001:db8:2::2]:80 beside the IPv4 rules); the client connects over IPv6 and the request succeeds.",
@@ -201,7 +204,7 @@ SCENARIOS += [
              "the container's IPv6 address while iptables accepts the IPv4 twin: the IPv6 SYN is dropped by the "
              "policy (nft_do_chain, NETFILTER_DROP, in the host's ip6 filter table).",
              cause="filter-forward-drop", drop_function="nft_do_chain", drop_reason="NETFILTER_DROP",
-             drop_ns="host", family=6, forward_accept6=False, drop_function_alt=("nf_hook_slow",)),
+             drop_ns="host", family=6, forward_accept6=False),
     Scenario("v6-not-published", "The port is published on IPv4 only (Docker without ip6tables, the default "
              "before 27): the IPv6 client's SYN to the host's IPv6 address is not DNATed and reaches the host "
              "itself, where nothing listens (tcp_v6_rcv, NO_SOCKET); over IPv4 the same port works "
