@@ -17,8 +17,9 @@ in the round do not become part of one condition's figure:
   c  `dnattrace watch --json` following the benchmark's own port (default mode: SYN / SYN-ACK / RST, at
      most --max-rate 20 new connections a second followed in full; the rest are counted, not lost)
   e  the same with `--max-rate 100` (a figure: what five times the default costs)
-  f  no watch: empty programs (tests/bpf/floor.bpf.c) at the points b attaches to, the same tracepoints and
-     netfilter positions in the host namespace: what those points cost by themselves (b's floor)
+  f  no watch: empty programs (tests/bpf/floor.bpf.c) at the points b attaches to, as this kernel's probe
+     plan chose them (the same tracepoints and functions, and netfilter positions in the host namespace
+     where the hooks come from links): what those points cost by themselves (b's floor)
   d  the same with `--max-rate 0`: every connection followed in full (a figure, not a target: at ~10k
      connections a second this is what the Python side can decode, not what a person can read)
   g  the same in the host's and the container's namespaces: the points c attaches to (c's floor)
@@ -244,25 +245,58 @@ def prog_stats(ids):
     return out
 
 
-def load_floor():
-    """floor.bpf.o loaded: empty programs for each of watch's default points."""
-    from dnattrace.kernel import loader
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    import bpfobjs      # the floor is a bench-only object, built into tests/bpf/build/, never shipped
-    obj = loader.BpfObject(bpfobjs.path("floor"))
-    obj.program("floor_nf").set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
-    return obj.load()
+def plan_sections():
+    """The sections of the programs a watch attaches on this kernel outside the netfilter links (its probe
+    plan, kernel/plan.py: tp_btf, raw_tp or tracepoint; fentry/fexit or kprobe/kretprobe), and whether
+    its hooks come from netfilter links. The floor mirrors them, so that it is the floor of this kernel's
+    watch and not of the development machine's (a 6.1 kernel has no netfilter links)."""
+    from dnattrace.kernel import capabilities, loader, plan
+    from dnattrace.watch import tracer
+    caps = capabilities.probe()
+    chosen, _ = tracer.choose(caps, hook_detail=False)
+    links = plan.hooks_by_links(plan.choose(caps))
+    obj = loader.BpfObject(tracer.OBJECT)
+    try:
+        sections = [obj.program(p).section for point, progs in chosen.items()
+                    if not (links and point == "netfilter hooks") for p in progs]
+    finally:
+        obj.close()
+    return sections, links
 
 
-def attach_floor(obj, *netns_paths):
-    """The floor's links, at the points a watch attaches to: the same tracepoints, and the first and last
-    netfilter position of every hook in each namespace given (b: the host's; c: the host's and the
-    container's)."""
-    from dnattrace.kernel import plan
-    links = [obj.program(p).attach() for p in ("floor_rx", "floor_fib", "floor_xmit", "floor_drop", "floor_consume")]
-    links += [obj.program("floor_nf").attach_netfilter(plan.HOOKS[hook], prio, netns_path=path)
-              for path in netns_paths for hook, _prog, prio in plan.positions()]
-    return links
+class FloorObject:
+    """floor.bpf.o with only the empty programs at this kernel's watch points loaded (one per section:
+    a function's trampoline takes a program once)."""
+
+    def __init__(self):
+        from dnattrace.kernel import loader
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+        import bpfobjs      # the floor is a bench-only object, built into tests/bpf/build/, never shipped
+        sections, self.links = plan_sections()
+        self.obj = loader.BpfObject(bpfobjs.path("floor"))
+        by_section = {prog.section: name for name, prog in self.obj.programs.items()}
+        missing = sorted(set(sections) - set(by_section))
+        if missing:
+            raise SystemExit("bench: tests/bpf/floor.bpf.c has no empty program for %s" % ", ".join(missing))
+        self.names = sorted({by_section[s] for s in sections})
+        if self.links:
+            self.obj.program("floor_nf").set_type(loader.PROG_TYPE_NETFILTER, loader.ATTACH_NETFILTER)
+        self.obj.only(*self.names, *(["floor_nf"] if self.links else []))
+        self.obj.load()
+
+    def attach(self, *netns_paths):
+        """The floor's links, at the points a watch attaches to: the same tracepoints and functions, and
+        (where the hooks come from links) the first and last netfilter position of every hook in each
+        namespace given (b: the host's; c: the host's and the container's)."""
+        from dnattrace.kernel import plan
+        links = [self.obj.program(p).attach() for p in self.names]
+        if self.links:
+            links += [self.obj.program("floor_nf").attach_netfilter(plan.HOOKS[hook], prio, netns_path=path)
+                      for path in netns_paths for hook, _prog, prio in plan.positions()]
+        return links
+
+    def close(self):
+        self.obj.close()
 
 
 # Holds the floor attached until SIGINT (condition f).
@@ -270,7 +304,7 @@ FLOOR = r"""
 import signal, sys
 sys.path.insert(0, "scripts")
 import bench_watch
-links = bench_watch.attach_floor(bench_watch.load_floor(), *sys.argv[1:])
+links = bench_watch.FloorObject().attach(*sys.argv[1:])
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 print("ready", len(links), flush=True)
 signal.sigwait({signal.SIGINT})

@@ -56,7 +56,7 @@ def main(argv=None):
     with bw.bench_lab("bt", args.connections, args.seconds) as inst:
         host = "/run/netns/" + inst.host_ns
         watch = tr.WatchTracer([tr.FilterEntry(6, bw.OTHER_PORT)], [host], max_new=20)
-        floor = bw.load_floor()
+        floor = bw.FloorObject()
         try:
             watch.start()
             watch.detach()
@@ -68,7 +68,7 @@ def main(argv=None):
                     if cond == "b":
                         watch.attach()
                     elif cond == "f":
-                        links = bw.attach_floor(floor, host)
+                        links = floor.attach(host)
                     elif cond == "t":
                         bpftrace = bw.Bpftrace()
                     try:
