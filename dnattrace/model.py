@@ -168,6 +168,18 @@ class Journey:
         s = self.end_step
         return s if s is not None and s.point == DROP else None
 
+    @property
+    def left(self) -> bool:
+        """The packet was handed to a device after its last route decision, or delivered here, or its end
+        is known. A packet routed but not left may still be dropped: parked on a neighbour that does not
+        answer, a reply (reply-policy-route) is dropped about 3 s later."""
+        if self.outcome != "unfinished":
+            return True
+        routes = self.routes()
+        if routes and routes[-1].route is not None and routes[-1].route.local:
+            return True         # delivered to this namespace's own socket (TCP frees it without a tracepoint)
+        return any(s.point == XMIT and (not routes or s.ts_ns > routes[-1].ts_ns) for s in self.steps)
+
     def hooks_seen(self, netns: Optional[int] = None) -> list[str]:
         """Netfilter hooks the packet reached, in order, without repeats (optionally in one namespace)."""
         out: list[str] = []
@@ -222,22 +234,25 @@ class Connection:
 
     @property
     def outcome(self) -> str:
-        """answered | refused (RST reply) | stalled | reply-dropped | dropped | no-reply | unfinished |
-        incomplete. A reply counts as an answer only if it was not dropped on its way back: the verdict is
-        about the client. TCP: a handshake answered whose data replies (the followed ones: the first data
+        """answered | refused (RST reply) | stalled | reply-dropped | reply-unfinished | dropped | no-reply |
+        unfinished | incomplete. A reply counts as an answer only if it was not dropped on its way back and
+        was seen leaving (or delivered): the verdict is about the client. A reply still parked when watching
+        ended (on a neighbour that may not answer) is "reply-unfinished", never an answer. TCP: a handshake answered whose data replies (the followed ones: the first data
         packet, every one with --all) were all dropped is "stalled". A failure seen while events were lost
         is "incomplete": the missing events may hold the answer, so no verdict is given that they could
         contradict."""
         flags = [s.tcp_flags for j in self.replies for s in j.steps[:1]]
         if any("R" in f for f in flags):
             return "refused"
-        if self.replies and not all(j.outcome == "dropped" for j in self.replies):
+        if any(j.outcome != "dropped" and j.left for j in self.replies):
             data = [j for j in self.replies if j.steps and j.first.tcp_flags and "S" not in j.first.tcp_flags]
             if data and all(j.outcome == "dropped" for j in data):
                 return "stalled"
             return "answered"
         if any(j.lost_events for j in self.requests + self.replies):
             return "incomplete"
+        if any(j.outcome != "dropped" for j in self.replies):
+            return "reply-unfinished"
         if self.replies:
             return "reply-dropped"
         if self.openers and all(j.outcome == "dropped" for j in self.openers):

@@ -404,6 +404,27 @@ def test_handshake_answered_then_data_reply_dropped_is_stalled():
                       [Journey(5, [Step(2, "drop", tuple=udp.reversed())], direction="reply")]).outcome == "reply-dropped"
 
 
+def test_a_reply_still_parked_when_watching_ends_is_no_answer():
+    """A SYN-ACK routed out of an uplink whose neighbour does not answer waits there ~3 s before its drop:
+    if watching ends first, the reply was neither seen leaving nor dropped. That is not an answer (an
+    emulated 6.12 under load called such a host healthy), and the parked reply is what is shown."""
+    from dnattrace.model import Connection, Journey, Step, Tuple5
+    key = Tuple5(6, "198.51.100.2", 40000, "198.51.100.1", 8080)
+    back = Tuple5(6, "172.31.0.2", 80, "198.51.100.2", 40000)
+    syn = Journey(1, [Step(1, "rx", tuple=key, tcp_flags="S"), Step(2, "consume", location="tcp_v4_rcv+0x1")])
+    routed = [Step(3, "rx", ifname="br", tuple=back, tcp_flags="SA"),
+              Step(4, "route", route=RouteInfo(254, oif="uplink2", dst="198.51.100.2", local=False)),
+              Step(5, "nf", hook="POSTROUTING", stage="last", tuple=back, tcp_flags="SA")]
+    parked = Journey(2, list(routed), direction="reply")
+    c = Connection(key, [syn], [parked])
+    assert not parked.left and c.outcome == "reply-unfinished" and causes.failing(c)
+    assert causes.representative(c) is parked
+    sent = Journey(2, routed + [Step(6, "xmit", ifname="uplink2", tuple=back, tcp_flags="SA")], direction="reply")
+    assert sent.left and Connection(key, [syn], [sent]).outcome == "answered"
+    local = Journey(2, [Step(3, "route", route=RouteInfo(255, oif="lo", local=True), tuple=back)], direction="reply")
+    assert local.left and Connection(key, [syn], [local]).outcome == "answered"
+
+
 def test_forward_policy_drop_from_the_verdict_alone():
     """A kernel without netfilter hook steps (no links, no nf_hook_slow entry probe): the hook comes from
     nf_hook_slow's verdict; no crash on a journey without a netfilter-hook step."""

@@ -33,7 +33,7 @@ def _exit_code(res):
 
 @click.command(epilog="\b\nExample:\n  sudo dnattrace diagnose --container web --probe   # why connecting to web's published port fails")
 @watch_options
-@click.option("--timeout", type=opt.SECONDS, default=10.0, show_default=True, help="Seconds to wait for attempts.")
+@click.option("--timeout", type=opt.SECONDS, default=10.0, show_default=True, help="Seconds to wait for attempts (an attempt seen in time is followed a few seconds more, until its reply leaves or is dropped).")
 @click.option("--probe", is_flag=True, help="Make the attempts from a temporary namespace attached to the host.")
 @click.option("--family", type=click.Choice(["4", "6"]), default="4", show_default=True,
               help="With --probe: attempt over IPv4 or IPv6 (a dual-stack host may fail on one only).")

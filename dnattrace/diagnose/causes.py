@@ -192,6 +192,8 @@ def representative(conn: Connection) -> Optional[Journey]:
         for j in group:
             if j.outcome == "dropped":
                 return j
+    if conn.outcome == "reply-unfinished":
+        return next(j for j in conn.replies if j.outcome != "dropped")
     for j in conn.requests:
         if j.outcome == "unfinished":
             return j

@@ -75,16 +75,6 @@ def _decided(c: model.Connection) -> bool:
     return bool(c.replies) or any(j.outcome == "dropped" for j in c.openers)
 
 
-def _left(j: model.Journey) -> bool:
-    """The packet was handed to a device after its last route decision, or its end is known."""
-    if j.outcome != "unfinished":
-        return True
-    routes = [s for s in j.steps if s.point == model.ROUTE]
-    if routes and routes[-1].route is not None and routes[-1].route.local:
-        return True         # delivered to this namespace's own socket (TCP frees it without a tracepoint)
-    return any(s.point == model.XMIT and (not routes or s.ts_ns > routes[-1].ts_ns) for s in j.steps)
-
-
 def _wait_needed(builder) -> float:
     """How long after the decision to keep watching: REPLY_WAIT_S while a TCP reply has not been seen
     leaving (parked on a neighbour, say: it may still be dropped), or while the client sent data after
@@ -95,7 +85,7 @@ def _wait_needed(builder) -> float:
     replies = [j for j in builder.open.values() if first(j) is not None and builder.is_request(first(j)) is False]
     replies += [j for c in builder.connections for j in c.replies]
     tcp = [j for j in replies if first(j) is not None and first(j).proto == 6]
-    if any(not _left(j) for j in tcp):
+    if any(not j.left for j in tcp):
         return REPLY_WAIT_S
     def data(f):
         return bool(f) and "S" not in f and "R" not in f
@@ -109,8 +99,10 @@ def _wait_needed(builder) -> float:
 def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
         traffic: Optional[Callable[[], None]] = None, on_ready: Optional[Callable[[], None]] = None,
         caps=None, local=None) -> Result:
-    """Watch until an attempt is decided or `timeout` passes. Once the probes are attached, on_ready()
-    is called (to tell the user or a script), then traffic() (to make attempts: demo, --probe)."""
+    """Watch until an attempt is decided or `timeout` passes. An attempt seen in time whose reply may
+    still fail (_wait_needed) is followed up to REPLY_WAIT_S past the timeout: cut off, a reply parked
+    on a neighbour would be neither answer nor drop. Once the probes are attached, on_ready() is called
+    (to tell the user or a script), then traffic() (to make attempts: demo, --probe)."""
     res = Result(target=t)
     before = forked.lookup(snap.Snapshot.take, t.host_netns, t.container_netns, t, counters_only=True)
     start = time.monotonic()
@@ -127,22 +119,27 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
             if on_journey:
                 on_journey(j, c)
 
+        deadline = time.monotonic() + timeout
+
         def settled():
             """Stop SETTLE_S after the first attempt was decided (a reply on its way counts, and so does a
             request delivered to the service that has had no reply for NO_REPLY_S), or later while an
-            answered-looking attempt may still fail (_wait_needed)."""
+            answered-looking attempt may still fail (_wait_needed); at the deadline when nothing was
+            decided, and at most REPLY_WAIT_S past it when something was."""
+            now = time.monotonic()
             if res.first_failure_at is None and (follower.builder.open_replies()
                                                  or _unanswered(follower.builder.connections)):
-                res.first_failure_at = time.monotonic()
+                res.first_failure_at = now
             if res.first_failure_at is None:
-                return False
-            now = time.monotonic()
+                return now >= deadline
+            if now >= deadline + REPLY_WAIT_S:
+                return True
             if now < res.first_failure_at + SETTLE_S:
                 return False
             return now >= res.first_failure_at + max(SETTLE_S, _wait_needed(follower.builder))
 
         # run() also finishes what is still open at the end: replies on their way count as seen
-        follower.run(seen, duration=timeout, stop=settled, poll_ms=50)
+        follower.run(seen, stop=settled, poll_ms=50)
         res.watched_s = time.monotonic() - start
     res.lost_events = follower.lost_events
     res.connections = [c for c in follower.builder.connections if c.requests or c.replies]
