@@ -236,8 +236,10 @@ class Connection:
     def outcome(self) -> str:
         """answered | refused (RST reply) | stalled | reply-dropped | reply-unfinished | dropped | no-reply |
         unfinished | incomplete. A reply counts as an answer only if it was not dropped on its way back and
-        was seen leaving (or delivered): the verdict is about the client. A reply still parked when watching
-        ended (on a neighbour that may not answer) is "reply-unfinished", never an answer. TCP: a handshake answered whose data replies (the followed ones: the first data
+        was seen leaving (or delivered): the verdict is about the client. Replies dropped and none out is
+        "reply-dropped", even when a later one (the SYN-ACK retransmitted) is still parked when watching
+        ends; parked replies alone (on a neighbour that may not answer) are "reply-unfinished". Neither is
+        an answer. TCP: a handshake answered whose data replies (the followed ones: the first data
         packet, every one with --all) were all dropped is "stalled". A failure seen while events were lost
         is "incomplete": the missing events may hold the answer, so no verdict is given that they could
         contradict."""
@@ -251,10 +253,10 @@ class Connection:
             return "answered"
         if any(j.lost_events for j in self.requests + self.replies):
             return "incomplete"
-        if any(j.outcome != "dropped" for j in self.replies):
-            return "reply-unfinished"
-        if self.replies:
+        if any(j.outcome == "dropped" for j in self.replies):
             return "reply-dropped"
+        if self.replies:
+            return "reply-unfinished"
         if self.openers and all(j.outcome == "dropped" for j in self.openers):
             return "dropped"
         if any(j.outcome == "unfinished" for j in self.openers):

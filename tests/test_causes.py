@@ -419,6 +419,13 @@ def test_a_reply_still_parked_when_watching_ends_is_no_answer():
     c = Connection(key, [syn], [parked])
     assert not parked.left and c.outcome == "reply-unfinished" and causes.failing(c)
     assert causes.representative(c) is parked
+    # the matrix's 6.12 under load: the first SYN-ACK dropped on the neighbour, the retransmitted one still
+    # parked when watching ended (it was called healthy, then unexplained by a duplicate SYN's drop)
+    dropped = Journey(3, routed + [Step(9, "drop", location="neigh_invalidate+0x87", reason="NEIGH_FAILED")],
+                      direction="reply")
+    dup_syn = Journey(4, [Step(7, "rx", tuple=key, tcp_flags="S"), Step(8, "drop", location="tcp_v4_rcv+0x9a")])
+    c = Connection(key, [syn, dup_syn], [dropped, Journey(5, list(routed), direction="reply")])
+    assert c.outcome == "reply-dropped" and causes.representative(c) is dropped
     sent = Journey(2, routed + [Step(6, "xmit", ifname="uplink2", tuple=back, tcp_flags="SA")], direction="reply")
     assert sent.left and Connection(key, [syn], [sent]).outcome == "answered"
     local = Journey(2, [Step(3, "route", route=RouteInfo(255, oif="lo", local=True), tuple=back)], direction="reply")
