@@ -74,8 +74,18 @@ def _sigterm(signum, frame):
 
 
 def main(argv=None):
-    """Entry point: turns user errors into one line and an exit code, SIGTERM into Ctrl-C's clean stop."""
+    """Entry point: turns user errors into one line and an exit code, SIGTERM into Ctrl-C's clean stop.
+    Once the command is over, SIGINT and SIGTERM are blocked: Python's teardown puts their default
+    actions back, and a signal then would kill a process whose work is done (a `lab up` that built its
+    lab would look killed half-way, exit -15, under a loaded machine's timing)."""
     signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return _dispatch(argv)
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _dispatch(argv):
     args = sys.argv[1:] if argv is None else argv
     traceback_wanted = "-vv" in args or args.count("-v") + args.count("--verbose") >= 2
     try:
