@@ -57,6 +57,9 @@ def main(argv=None):
         host = "/run/netns/" + inst.host_ns
         watch = tr.WatchTracer([tr.FilterEntry(6, bw.OTHER_PORT)], [host], max_new=20)
         floor = bw.FloorObject()
+        print("watch's points on this kernel: %s" % "; ".join("%s: %s" % (point, ", ".join(progs))
+                                                         for point, progs in watch.chosen.items()))
+        print("the floor's: %s%s" % (", ".join(floor.names), " and netfilter links" if floor.links else ""))
         try:
             watch.start()
             watch.detach()
