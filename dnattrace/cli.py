@@ -75,14 +75,17 @@ def _sigterm(signum, frame):
 
 def main(argv=None):
     """Entry point: turns user errors into one line and an exit code, SIGTERM into Ctrl-C's clean stop.
-    Once the command is over, SIGINT and SIGTERM are blocked: Python's teardown puts their default
-    actions back, and a signal then would kill a process whose work is done (a `lab up` that built its
-    lab would look killed half-way, exit -15, under a loaded machine's timing)."""
+    As the process's entry (argv None: the console script, python -m), SIGINT and SIGTERM are blocked
+    once the command is over: Python's teardown puts their default actions back, and a signal then
+    would kill a process whose work is done (a `lab up` that built its lab would look killed half-way,
+    exit -15, under a loaded machine's timing). A caller inside a longer-lived process (the tests) keeps
+    its signals."""
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         return _dispatch(argv)
     finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        if argv is None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _dispatch(argv):
