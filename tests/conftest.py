@@ -1,8 +1,16 @@
 """Shared test plumbing. Kernel tests need root; they never skip silently: a missing capability makes
 them fail (or skip with the name of what is missing, via require())."""
 import os
+import signal
 
 import pytest
+
+# A shell starts a background job (`scripts/test &`, nohup) with SIGINT ignored, and every process it
+# starts inherits that: the tests of Ctrl-C (watch's summary, the kill matrix, diagnose's exit 130)
+# then wait for a signal that never lands and fail as timeouts. Put Python's own handler back, so that
+# this process and the CLI processes it starts take SIGINT as a user's terminal would deliver it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # How many times slower than the development VM this machine runs the kernel tests: scripts/vm/run sets it
