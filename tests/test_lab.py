@@ -190,19 +190,23 @@ class DropCounter:
                 if line.startswith("Attaching"):
                     ready.set()
             ready.set()
-        threading.Thread(target=reader, daemon=True).start()
+        self.reader = threading.Thread(target=reader, daemon=True)
+        self.reader.start()
         assert ready.wait(30) and self.proc.poll() is None, "bpftrace did not attach: %s" % self.lines
         time.sleep(0.3)
         return self
 
     def __exit__(self, *exc):
+        # bpftrace prints its maps on SIGINT, after detaching (seconds on a loaded machine); the counts are
+        # read once the reader has taken every line (joined, not a guessed pause: two suite runs read
+        # nothing at all after 0.1 s)
         self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(15)
+            self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        time.sleep(0.1)
+        self.reader.join(30)
         names = reason_names()
         self.counts = {}
         for fn, reason, ino, n in re.findall(r"@\[(\w+), (\d+), (\d+)\]: (\d+)", "".join(self.lines)):
@@ -258,7 +262,8 @@ def test_ground_truth_drops_measured_with_bpftrace(lab_instance):
         if seen.get((sc.drop_function, sc.drop_reason), 0) < 1:
             failures.append("%s: expected %s/%s in the %s netns, saw %s" % (sc.id, sc.drop_function,
                                                                           sc.drop_reason, sc.drop_ns, seen))
-    assert not failures, failures
+    assert not failures, failures + ["bpftrace exit %s, %d lines, %d counts" % (
+        counter.proc.returncode, len(counter.lines), len(counter.counts))]
 
 
 # ------------------------------------------------------------------------------------- kernel: docker --
