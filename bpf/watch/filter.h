@@ -106,11 +106,11 @@ static __always_inline int maybe6(unsigned char *l3, struct l34 *p, const int di
 	return 1;
 }
 
-/* Callers pass a zeroed *p ({}): maybe() fills it only on some paths, and clang may load a field of it
+/* Could the packet at l3, of ethertype proto_be (skb->protocol), belong to a followed flow? The family
+ * is decided by this one comparison: IPv4 takes the same path it took before IPv6 was followed.
+ * Callers pass a zeroed *p ({}): maybe() fills it only on some paths, and clang may load a field of it
  * before testing the answer; the 5.10 and 6.1 verifiers refuse a read of stack never written on the
  * path taken ("invalid read from stack"), later ones allow it to privileged programs. */
-/* Could the packet at l3, of ethertype proto_be (skb->protocol), belong to a followed flow? The family
- * is decided by this one comparison: IPv4 takes the same path it took before IPv6 was followed. */
 static __always_inline int maybe(__be16 proto_be, unsigned char *l3, struct l34 *p, const int direct)
 {
 	if (proto_be == ETH_P_IP_BE)

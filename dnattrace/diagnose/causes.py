@@ -187,13 +187,13 @@ def representative(conn: Connection) -> Optional[Journey]:
     """The journey that says most about the failure: a dropped request, a dropped reply, an unfinished
     request, else the last request. When the replies were all dropped, the dropped reply: the packets
     the client sends after it (its RST to an unknown SYN-ACK) are consequences, not the failure."""
+    if conn.outcome == "reply-unfinished":
+        return conn.replies[0]      # no reply was dropped: the one still parked is the failure
     groups = (conn.replies, conn.requests) if conn.outcome in ("reply-dropped", "stalled") else (conn.requests, conn.replies)
     for group in groups:
         for j in group:
             if j.outcome == "dropped":
                 return j
-    if conn.outcome == "reply-unfinished":
-        return next(j for j in conn.replies if j.outcome != "dropped")
     for j in conn.requests:
         if j.outcome == "unfinished":
             return j

@@ -30,7 +30,7 @@ NO_REPLY_S = 1.5
 # (about 3 s of ARP), or, once the handshake is done, its first data reply can be dropped (a path MTU
 # black hole). Keep watching up to this long after the decision for that. The drop ends the wait, so
 # the margin over ARP's 3 s costs a failing host nothing; it covers a reader that lags the kernel (an
-# emulated 6.12 under load saw the drop more than 4 s after the decision and called the host healthy).
+# emulated kernel under load).
 REPLY_WAIT_S, DATA_WAIT_S = 6.0, 1.0
 # A diagnosis needs a few attempts, not all of a busy port's traffic: new journeys a second at most.
 MAX_NEW = 1000

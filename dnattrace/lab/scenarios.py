@@ -93,7 +93,7 @@ SCENARIOS = [
              docker=True, forwarding=False),
     Scenario("forward-policy-drop", "filter FORWARD policy DROP and Docker's ACCEPT rule for the container "
              "is missing (--docker: a DOCKER-USER rule drops the container's traffic).", cause="filter-forward-drop", drop_function="nft_do_chain",
-             drop_reason="NETFILTER_DROP", drop_ns="host", forward_accept=False, docker=True,),
+             drop_reason="NETFILTER_DROP", drop_ns="host", forward_accept=False, docker=True),
     Scenario("no-listener", "The DNAT is right but nothing listens on the container port (RST).",
              cause="no-listener", drop_function="tcp_v4_rcv", drop_reason="NO_SOCKET", drop_ns="container",
              server=False),

@@ -2,7 +2,7 @@
  * receive, route, transmit, drop and consume tracepoints as tp_btf, raw_tp or tracepoint; nf_hook_slow
  * and ip_route_input_noref as fentry/fexit or kprobe/kretprobe; a netfilter program for the links).
  * scripts/bench watch and watchtoggle load the ones the kernel's probe plan chose for watch (its
- * sections, bench_watch.floor_sections) and attach them as condition f: what those points cost by
+ * sections, bench_watch.plan_sections) and attach them as condition f: what those points cost by
  * themselves on this kernel (the floor under watch). Never loaded by dnattrace itself. */
 #include "skb.h"
 
