@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from dnattrace.diagnose import causes
+from dnattrace.diagnose import engine
 from dnattrace.model import (CONSUME, DROP, NF, ROUTE, RX, XMIT, Connection, CtInfo, Journey, RouteInfo, Step,
                              Tuple5, connection_from_dict, to_dict)
 from dnattrace.evidence.firewall import CounterMove, parse_iptables_save
@@ -97,7 +97,7 @@ def forwarding_off_conn(attempts=3):
 def test_forwarding_off_globally():
     off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0",
                           "net.ipv4.conf.veth-ext.forwarding": "0"})
-    f = top(causes.explain([forwarding_off_conn()], snap(host(off))))
+    f = top(engine.explain([forwarding_off_conn()], snap(host(off))))
     assert f.cause_id == "forwarding-off"
     assert f.fix == ["sysctl -w net.ipv4.ip_forward=1"]
     assert "/etc/sysctl.d/" in f.fix_note
@@ -114,7 +114,7 @@ def test_forwarding_off_on_the_ingress_interface_only_names_that_interface():
              drop("ip_error+0x68", "IP_INADDRERRORS", t_nat), key=t_in)
     sysctls = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.forwarding": "1", "net.ipv4.conf.ens5.forwarding": "0"}
     h = host(sysctls, links=[Link("ens5", 2, "UP", True, "", "", ["10.0.0.1/24"])])
-    f = top(causes.explain([c], snap(h, target=Target("tcp", 443))))
+    f = top(engine.explain([c], snap(h, target=Target("tcp", 443))))
     assert f.cause_id == "forwarding-off"
     assert f.fix == ["sysctl -w net.ipv4.conf.ens5.forwarding=1"]
     assert "10.244.1.5:8443" in f.explanation
@@ -129,9 +129,9 @@ def test_forwarding_off_but_delivered_locally_is_not_forwarding_off():
              s(CONSUME, location="tcp_v4_rcv+0x1")]
     target = Target("tcp", 8080)
     answered = conn(*steps, replies=[[s(XMIT, ifname="veth-ext", tcp_flags="SA")]])
-    assert causes.explain([answered], snap(host(off), target=target)) == []
+    assert engine.explain([answered], snap(host(off), target=target)) == []
     silent = conn(*steps)      # delivered, no reply, and nothing else known: still not forwarding
-    assert "forwarding-off" not in [f.cause_id for f in causes.explain([silent], snap(host(off), target=target))]
+    assert "forwarding-off" not in [f.cause_id for f in engine.explain([silent], snap(host(off), target=target))]
 
 
 def test_healthy_connection_gives_no_finding():
@@ -139,15 +139,15 @@ def test_healthy_connection_gives_no_finding():
                                           s(RX, ifname="eth0", netns=CONT, tuple=T_NAT),
                                           s(CONSUME, netns=CONT, location="tcp_v4_rcv+0x3b")]
     c = conn(*steps, replies=[[s(RX, netns=CONT, tcp_flags="SA"), s(XMIT, ifname="veth-ext", tcp_flags="SA")]])
-    found = causes.explain([c], snap())
-    assert found == [] and causes.top_cause(found) == "none"
+    found = engine.explain([c], snap())
+    assert found == [] and engine.top_cause(found) == "none"
 
 
 def test_forward_policy_drop_names_the_policy():
     rules = RULES.replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]")
     c = conn(*prerouting(), *forwarded(), drop("nft_do_chain+0x4f2", "NETFILTER_DROP"), attempts=2)
     d = delta(CounterMove("filter", "FORWARD", "policy DROP", 2, 120, "DROP", policy=True))
-    f = top(causes.explain([c], snap(host(rules=rules)), d))
+    f = top(engine.explain([c], snap(host(rules=rules)), d))
     assert f.cause_id == "filter-forward-drop"
     assert f.rule == {"table": "filter", "chain": "FORWARD", "rule": "policy DROP", "packets": 2}
     assert f.fix == ["iptables -I FORWARD -d 172.17.0.2 -p tcp --dport 80 -j ACCEPT"]
@@ -161,7 +161,7 @@ def test_docker_user_rule_is_named_and_removed():
     after = parse_iptables_save(rules.replace("[0:0] %s" % rule, "[3:180] %s" % rule))
     from dnattrace.evidence.firewall import counter_delta
     d = delta(*counter_delta(before, after))
-    f = top(causes.explain([c], snap(host(rules=rules)), d))
+    f = top(engine.explain([c], snap(host(rules=rules)), d))
     assert f.cause_id == "filter-forward-drop"
     assert f.rule["chain"] == "DOCKER-USER" and f.rule["packets"] == 3
     assert f.fix == ["iptables -t filter -D DOCKER-USER -s 198.51.100.0/24 -j DROP"]
@@ -170,7 +170,7 @@ def test_docker_user_rule_is_named_and_removed():
 def test_packet_that_entered_forward_and_never_left_it_is_a_forward_drop():
     c = conn(*prerouting(), *forwarded())       # no drop event (e.g. lost), last seen at FORWARD/first
     rules = RULES.replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]")
-    f = top(causes.explain([c], snap(host(rules=rules))))
+    f = top(engine.explain([c], snap(host(rules=rules))))
     assert f.cause_id == "filter-forward-drop"
 
 
@@ -183,7 +183,7 @@ def test_input_rule_drop_on_a_host_published_port():
              s(NF, hook="INPUT", stage="first", tuple=local),
              drop("nft_do_chain+0x4f2", "NETFILTER_DROP", local)]
     d = delta(CounterMove("filter", "INPUT", rule, 2, 120, "DROP"))
-    found = causes.explain([conn(*steps, key=local)], snap(host(rules=rules), target=Target("tcp", 2222)), d)
+    found = engine.explain([conn(*steps, key=local)], snap(host(rules=rules), target=Target("tcp", 2222)), d)
     f = top(found)
     assert f.cause_id == "filter-input-drop"
     assert f.rule["rule"] == rule
@@ -198,7 +198,7 @@ def test_no_socket_in_the_container_is_no_listener():
                                           drop("tcp_v4_rcv+0x7a", "NO_SOCKET", netns=CONT)]
     c = conn(*steps, replies=[[s(RX, netns=CONT, tcp_flags="R"), s(XMIT, ifname="veth-ext", tcp_flags="R")]])
     cont = container(listeners=[Listener("tcp", "0.0.0.0", 8081, 1)])
-    f = top(causes.explain([c], snap(c=cont)))
+    f = top(engine.explain([c], snap(c=cont)))
     assert f.cause_id == "no-listener"
     assert f.netns == "web" and f.fix is None
     assert any("nothing listens on tcp port 80 in web" in e for e in f.evidence)
@@ -208,7 +208,7 @@ def test_rst_reply_with_a_loopback_only_listener_says_so():
     steps = prerouting() + forwarded() + [s(RX, ifname="eth0", netns=CONT, tuple=T_NAT)]
     c = conn(*steps, replies=[[s(RX, netns=CONT, tcp_flags="R", tuple=T_NAT.reversed())]])
     cont = container(listeners=[Listener("tcp", "127.0.0.1", 80, 1)])
-    f = top(causes.explain([c], snap(c=cont)))
+    f = top(engine.explain([c], snap(c=cont)))
     assert f.cause_id == "no-listener"
     assert "127.0.0.1" in f.explanation
 
@@ -216,15 +216,15 @@ def test_rst_reply_with_a_loopback_only_listener_says_so():
 def test_no_route_with_forwarding_on():
     c = conn(*prerouting(), s(ROUTE, route=RouteInfo(254, err=-101, dst=INNER)),
              drop("ip_error+0x68", "IP_INNOROUTES"))
-    f = top(causes.explain([c], snap()))
+    f = top(engine.explain([c], snap()))
     assert f.cause_id == "no-route"
-    assert "forwarding-off" not in [x.cause_id for x in causes.explain([c], snap())]
+    assert "forwarding-off" not in [x.cause_id for x in engine.explain([c], snap())]
 
 
 def test_neighbour_that_never_answers_arp():
     c = conn(*prerouting(), *forwarded(), drop("neigh_invalidate+0x9c", "NEIGH_FAILED"))
     h = host(neighbours=[{"addr": INNER, "dev": "br0", "state": "FAILED", "lladdr": ""}])
-    f = top(causes.explain([c], snap(h)))
+    f = top(engine.explain([c], snap(h)))
     assert f.cause_id == "neigh-failed"
     assert "neighbour 172.17.0.2 on br0: FAILED" in f.evidence
 
@@ -234,7 +234,7 @@ def test_conntrack_table_full():
              drop("nf_hook_slow+0xb2", "NETFILTER_DROP", T_IN))
     h = host(conntrack={"count": 1024, "max": 1024, "drop": 7})
     d = delta(conntrack={"drop": 3})
-    f = top(causes.explain([c], snap(h), d))
+    f = top(engine.explain([c], snap(h), d))
     assert f.cause_id == "conntrack-full"
     assert f.fix == ["sysctl -w net.netfilter.nf_conntrack_max=131072"]
 
@@ -242,24 +242,24 @@ def test_conntrack_table_full():
 def test_reverse_path_filter():
     c = conn(s(RX, ifname="veth-ext", tuple=T_IN), drop("ip_rcv_finish_core+0x1a1", "IP_RPFILTER", T_IN))
     h = host(dict(FWD_ON, **{"net.ipv4.conf.all.rp_filter": "1"}))
-    f = top(causes.explain([c], snap(h)))
+    f = top(engine.explain([c], snap(h)))
     assert f.cause_id == "rp-filter"
     assert f.fix == ["sysctl -w net.ipv4.conf.veth-ext.rp_filter=2"]
     assert f.workaround, "loose mode lets it through; the cure is the route back"
     assert f.confidence == 1.0
-    assert not top(causes.explain([forwarding_off_conn()], snap(host({"net.ipv4.ip_forward": "0"})))).workaround
+    assert not top(engine.explain([forwarding_off_conn()], snap(host({"net.ipv4.ip_forward": "0"})))).workaround
 
 
 def test_loopback_source_is_martian():
     t = Tuple5(6, "127.0.0.5", 1000, PUBLIC, 8080)
     c = conn(s(RX, ifname="veth-ext", tuple=t), drop("ip_rcv_finish_core+0x2f0", "IP_LOCALNET", t), key=t)
     h = host(dict(FWD_ON, **{"net.ipv4.conf.veth-ext.route_localnet": "0"}))
-    f = top(causes.explain([c], snap(h)))
+    f = top(engine.explain([c], snap(h)))
     assert f.cause_id == "martian-source"
     assert f.fix == ["sysctl -w net.ipv4.conf.veth-ext.route_localnet=1"]
 
 
-def test_bridged_traffic_dropped_by_br_netfilter_ranks_above_a_plain_forward_drop():
+def test_bridged_traffic_dropped_by_br_netfilter_is_named_instead_of_a_plain_forward_drop():
     t = Tuple5(6, "172.17.0.3", 40000, INNER, 80)
     steps = [s(RX, ifname="veth-a", tuple=t),
              s(NF, hook="PREROUTING", stage="first", ifname="br0", tuple=t),
@@ -268,12 +268,13 @@ def test_bridged_traffic_dropped_by_br_netfilter_ranks_above_a_plain_forward_dro
     rules = RULES.replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]")
     h = host(dict(FWD_ON, **{"net.bridge.bridge-nf-call-iptables": "1"}), rules=rules)
     d = delta(CounterMove("filter", "FORWARD", "policy DROP", 1, 60, "DROP", policy=True))
-    found = causes.explain([conn(*steps, key=t)], snap(h), d)
-    assert [f.cause_id for f in found][:2] == ["br-netfilter", "filter-forward-drop"]
+    found = engine.explain([conn(*steps, key=t)], snap(h), d)
+    assert [f.cause_id for f in found] == ["br-netfilter"]     # the plain forward drop defers to it
+    assert any(r.startswith("not filter-forward-drop: br-netfilter explains") for r in found[0].ruled_out)
     assert found[0].fix == ["sysctl -w net.bridge.bridge-nf-call-iptables=0"]
     # the same drop on a routed path (a route decision, in != out) is not br-netfilter
     routed = prerouting() + forwarded() + [drop("nft_do_chain+0x4f2", "NETFILTER_DROP")]
-    assert top(causes.explain([conn(*routed)], snap(h), d)).cause_id == "filter-forward-drop"
+    assert top(engine.explain([conn(*routed)], snap(h), d)).cause_id == "filter-forward-drop"
 
 
 def test_reply_that_cannot_be_routed():
@@ -283,27 +284,27 @@ def test_reply_that_cannot_be_routed():
     cont = container(lookups=[RouteResult(CLIENT, err=101, error="ENETUNREACH")], routes=["172.17.0.0/16 dev eth0"],
                      listeners=[Listener("tcp", "0.0.0.0", 80, 1)])
     d = Delta([NsDelta("host", HOST, None), NsDelta("web", CONT, "/proc/4242/ns/net", snmp={"IpOutNoRoutes": 2})])
-    f = top(causes.explain([conn(*steps, attempts=2)], snap(c=cont), d))
+    f = top(engine.explain([conn(*steps, attempts=2)], snap(c=cont), d))
     assert f.cause_id == "reply-no-route"
     assert f.fix == ["nsenter --net=/proc/4242/ns/net ip route add default via 172.17.0.1"]
     # delivered and silent with no sign of a routing failure: not this cause
-    assert "reply-no-route" not in [x.cause_id for x in causes.explain([conn(*steps)], snap(c=container()))]
+    assert "reply-no-route" not in [x.cause_id for x in engine.explain([conn(*steps)], snap(c=container()))]
 
 
 def test_evidence_alone_when_no_packet_was_seen():
     off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0"})
-    found = causes.explain([], snap(host(off)))
-    assert found[0].cause_id == causes.NOTHING_ARRIVED, "nothing arriving is a fault, said first"
-    assert found[1].cause_id == "forwarding-off" and found[1].confidence <= causes.EVIDENCE_ONLY_CAP
-    assert [f.cause_id for f in causes.explain([], snap())] == [causes.NOTHING_ARRIVED]
+    found = engine.explain([], snap(host(off)))
+    assert found[0].cause_id == engine.NOTHING_ARRIVED, "nothing arriving is a fault, said first"
+    assert found[1].cause_id == "forwarding-off" and found[1].confidence <= engine.EVIDENCE_ONLY_CAP
+    assert [f.cause_id for f in engine.explain([], snap())] == [engine.NOTHING_ARRIVED]
 
 
 def test_a_drop_no_cause_explains_is_named_with_the_kernels_word():
     """Never silent: a followed packet dropped where no cause applies gives 'unexplained', with the drop
     site, reason, namespace and hook, not an empty list (which would mean healthy)."""
     steps = prerouting() + forwarded() + [drop("some_new_function+0x12", "SOME_REASON")]
-    found = causes.explain([conn(*steps)], snap())
-    assert [f.cause_id for f in found] == [causes.UNEXPLAINED]
+    found = engine.explain([conn(*steps)], snap())
+    assert [f.cause_id for f in found] == [engine.UNEXPLAINED]
     assert found[0].explanation == ("Unexplained: dropped at some_new_function+0x12 reason SOME_REASON in host "
                                     "(after FORWARD).")
 
@@ -316,9 +317,9 @@ def test_a_dropped_reply_is_a_failure_and_alternatives_are_ruled_out():
                netns=CONT),
              s(DROP, location="mystery+0x1", reason="NOT_SPECIFIED", tuple=back, tcp_flags="SA")]
     c = conn(*delivered, replies=[reply])
-    assert c.outcome == "reply-dropped" and causes.failing(c)
-    found = causes.explain([c], snap(c=container()))
-    assert found and found[0].cause_id == causes.UNEXPLAINED
+    assert c.outcome == "reply-dropped" and engine.failing(c)
+    found = engine.explain([c], snap(c=container()))
+    assert found and found[0].cause_id == engine.UNEXPLAINED
     assert any(r.startswith("not forwarding-off: forwarding is on") for r in found[0].ruled_out), found[0].ruled_out
 
 
@@ -329,7 +330,7 @@ def test_recorded_json_round_trip_gives_the_same_finding():
     sn = snap(host(off), c=container(listeners=[Listener("tcp", "0.0.0.0", 80, 1)]))
     c2 = connection_from_dict(json.loads(json.dumps(to_dict(c))))
     sn2 = Snapshot.from_dict(json.loads(json.dumps(sn.to_dict())))
-    a, b = causes.explain([c], sn), causes.explain([c2], sn2)
+    a, b = engine.explain([c], sn), engine.explain([c2], sn2)
     assert [f.to_dict() for f in a] == [f.to_dict() for f in b]
     assert a[0].cause_id == "forwarding-off"
 
@@ -337,13 +338,13 @@ def test_recorded_json_round_trip_gives_the_same_finding():
 def test_several_connections_are_merged_per_cause():
     off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0",
                           "net.ipv4.conf.veth-ext.forwarding": "0"})
-    found = causes.explain([forwarding_off_conn(), forwarding_off_conn()], snap(host(off)))
+    found = engine.explain([forwarding_off_conn(), forwarding_off_conn()], snap(host(off)))
     assert found[0].cause_id == "forwarding-off" and found[0].connections == 2
 
 
-@pytest.mark.parametrize("cause_id", [c.id for c in causes.CATALOGUE])
+@pytest.mark.parametrize("cause_id", [c.id for c in engine.CATALOGUE])
 def test_every_cause_has_a_title_and_a_function(cause_id):
-    cause = next(c for c in causes.CATALOGUE if c.id == cause_id)
+    cause = next(c for c in engine.CATALOGUE if c.id == cause_id)
     assert cause.title and callable(cause.match)
 
 
@@ -396,8 +397,8 @@ def test_handshake_answered_then_data_reply_dropped_is_stalled():
     data = Journey(3, [Step(5, "nf", hook="OUTPUT", stage="first", tuple=back, tcp_flags="A"),
                        Step(6, "drop", location="ip_forward+0x2c0", reason="PKT_TOO_BIG")], direction="reply")
     c = Connection(key, [syn], [synack, data])
-    assert c.outcome == "stalled" and causes.failing(c)
-    assert causes.representative(c) is data
+    assert c.outcome == "stalled" and engine.failing(c)
+    assert engine.representative(c) is data
     assert Connection(key, [syn], [synack]).outcome == "answered"
     udp = Tuple5(17, "198.51.100.2", 40000, "198.51.100.1", 5353)
     assert Connection(udp, [Journey(4, [Step(1, "rx", tuple=udp)])],
@@ -417,15 +418,15 @@ def test_a_reply_still_parked_when_watching_ends_is_no_answer():
               Step(5, "nf", hook="POSTROUTING", stage="last", tuple=back, tcp_flags="SA")]
     parked = Journey(2, list(routed), direction="reply")
     c = Connection(key, [syn], [parked])
-    assert not parked.left and c.outcome == "reply-unfinished" and causes.failing(c)
-    assert causes.representative(c) is parked
+    assert not parked.left and c.outcome == "reply-unfinished" and engine.failing(c)
+    assert engine.representative(c) is parked
     # the matrix's 6.12 under load: the first SYN-ACK dropped on the neighbour, the retransmitted one still
     # parked when watching ended (it was called healthy, then unexplained by a duplicate SYN's drop)
     dropped = Journey(3, routed + [Step(9, "drop", location="neigh_invalidate+0x87", reason="NEIGH_FAILED")],
                       direction="reply")
     dup_syn = Journey(4, [Step(7, "rx", tuple=key, tcp_flags="S"), Step(8, "drop", location="tcp_v4_rcv+0x9a")])
     c = Connection(key, [syn, dup_syn], [dropped, Journey(5, list(routed), direction="reply")])
-    assert c.outcome == "reply-dropped" and causes.representative(c) is dropped
+    assert c.outcome == "reply-dropped" and engine.representative(c) is dropped
     sent = Journey(2, routed + [Step(6, "xmit", ifname="uplink2", tuple=back, tcp_flags="SA")], direction="reply")
     assert sent.left and Connection(key, [syn], [sent]).outcome == "answered"
     local = Journey(2, [Step(3, "route", route=RouteInfo(255, oif="lo", local=True), tuple=back)], direction="reply")
@@ -441,7 +442,7 @@ def test_forward_policy_drop_from_the_verdict_alone():
              s(ROUTE, route=RouteInfo(254, oif="br0", dst=INNER, local=False)),
              s(VERDICT, hook="FORWARD", reason="NF_DROP"), drop("nf_hook_slow+0x9b", "NETFILTER_DROP"))
     d = delta(CounterMove("filter", "FORWARD", "policy DROP", 1, 60, "DROP", policy=True))
-    f = top(causes.explain([c], snap(host(rules=rules)), d))
+    f = top(engine.explain([c], snap(host(rules=rules)), d))
     assert f.cause_id == "filter-forward-drop"
     assert any("FORWARD (its verdict)" in e for e in f.evidence)
 
@@ -456,7 +457,7 @@ def test_inferred_reason_matches_like_a_reported_one():
     assert (d.reason, d.reason_inferred) == ("IP_INADDRERRORS", True)
     off = dict(FWD_ON, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0",
                           "net.ipv4.conf.veth-ext.forwarding": "0"})
-    assert top(causes.explain([c], snap(host(off)))).cause_id == "forwarding-off"
+    assert top(engine.explain([c], snap(host(off)))).cause_id == "forwarding-off"
 
 
 def test_a_packet_too_big_is_told_by_ipfragfails_where_the_kernel_gives_no_reason():
@@ -473,15 +474,15 @@ def test_a_packet_too_big_is_told_by_ipfragfails_where_the_kernel_gives_no_reaso
     links = [Link("veth-ext", 2, "UP", True, "veth", "", ["198.51.100.1/24"], mtu=1400),
              Link("br0", 3, "UP", True, "bridge", "", ["172.17.0.1/16"], mtu=1500)]
     c = stalled()
-    f = top(causes.explain([c], snap(host(links=links)), delta(snmp={"IpFragFails": 2})))
+    f = top(engine.explain([c], snap(host(links=links)), delta(snmp={"IpFragFails": 2})))
     assert f.cause_id == "pmtu-blackhole" and any("(inferred" in e for e in f.evidence), f
     assert (c.replies[1].drop.reason, c.replies[1].drop.reason_inferred) == ("PKT_TOO_BIG", True)
-    assert top(causes.explain([stalled()], snap(host(links=links)), delta())).cause_id == "unexplained"
+    assert top(engine.explain([stalled()], snap(host(links=links)), delta())).cause_id == "unexplained"
 
 
 def test_drop_sites_compare_without_compiler_suffixes():
     c = conn(s(RX, ifname="veth-ext", tuple=T_IN), drop("ip_rcv_finish_core.constprop.0+0x1ab", "IP_RPFILTER", T_IN))
-    f = causes.Facts(c, snap(), None)
+    f = engine.Facts(c, snap(), None)
     assert f.func == "ip_rcv_finish_core"
 
 
@@ -489,5 +490,5 @@ def test_a_packet_purged_with_its_unresolved_neighbour_is_a_neighbour_failure():
     """The same fault drops some packets at neigh_invalidate (NEIGH_FAILED) and others, queued on the
     entry, at neigh_destroy (QUEUE_PURGE) when it is destroyed: both read as the neighbour failing."""
     c = conn(*(prerouting() + forwarded() + [drop("neigh_destroy+0x89", "QUEUE_PURGE")]))
-    f = top(causes.explain([c], snap()))
+    f = top(engine.explain([c], snap()))
     assert f.cause_id == "neigh-failed", f

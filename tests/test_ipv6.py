@@ -15,7 +15,7 @@ import pytest
 import recorded
 from conftest import slow
 from dnattrace import model
-from dnattrace.diagnose import causes, probeclient
+from dnattrace.diagnose import engine, probeclient
 from dnattrace.evidence.firewall import CounterMove, parse_iptables_save
 from dnattrace.evidence.links import Link
 from dnattrace.evidence.snapshot import Delta, NsDelta, NsEvidence, Snapshot
@@ -118,7 +118,7 @@ def v6_snap(h):
 def test_ipv6_forwarding_off_names_the_ipv6_sysctl_and_what_ipv4_meets():
     off = dict(SYSCTLS, **{"net.ipv6.conf.all.forwarding": "0"})
     c = v6_journey(st(DROP, location="ip6_forward+0x689", reason="IP_INADDRERRORS", tuple=T_NAT))
-    f = causes.explain([c], v6_snap(ipv6_host(off)))[0]
+    f = engine.explain([c], v6_snap(ipv6_host(off)))[0]
     assert f.cause_id == "forwarding-off" and f.confidence >= 0.9
     assert f.fix == ["sysctl -w net.ipv6.conf.all.forwarding=1"]
     assert "IPv6 forwarding is off" in f.explanation and "[2001:db8:aa::5]:8443" in f.explanation
@@ -132,7 +132,7 @@ def test_ipv4_forwarding_off_does_not_explain_an_ipv6_drop():
     v4off = dict(SYSCTLS, **{"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0",
                              "net.ipv4.conf.ens5.forwarding": "0"})
     c = v6_journey(st(DROP, location="ip6_forward+0x689", reason="IP_INADDRERRORS", tuple=T_NAT))
-    assert "forwarding-off" not in [f.cause_id for f in causes.explain([c], v6_snap(ipv6_host(v4off)))]
+    assert "forwarding-off" not in [f.cause_id for f in engine.explain([c], v6_snap(ipv6_host(v4off)))]
 
 
 def test_ip6tables_forward_policy_drop_is_named_with_ip6tables_fix():
@@ -140,7 +140,7 @@ def test_ip6tables_forward_policy_drop_is_named_with_ip6tables_fix():
                    st(DROP, location="nft_do_chain+0x637", reason="NETFILTER_DROP", tuple=T_NAT))
     moves = [CounterMove("filter", "FORWARD", "policy DROP", 1, 80, "DROP", policy=True, family=6),
              CounterMove("filter", "FORWARD", "policy DROP", 9, 900, "DROP", policy=True, family=4)]
-    f = causes.explain([c], v6_snap(ipv6_host()), Delta([NsDelta("host", HOST, None, moves)]))[0]
+    f = engine.explain([c], v6_snap(ipv6_host()), Delta([NsDelta("host", HOST, None, moves)]))[0]
     assert f.cause_id == "filter-forward-drop"
     assert f.fix == ["ip6tables -I FORWARD -d 2001:db8:aa::5 -p tcp --dport 8443 -j ACCEPT"]
     assert "ip6tables filter FORWARD: policy DROP (1 packets)" in "; ".join(f.evidence)   # its own family's counter
@@ -157,7 +157,7 @@ def test_port_published_for_ipv4_only():
     ctr = NsEvidence(name="web", inode=4026532002, links=[Link("eth0", 2, "UP", True, "veth", "",
                                                                ["10.244.1.5/24", "2001:db8:aa::5/64"])])
     sn = Snapshot(Target("tcp", 443, [Endpoint("10.244.1.5", 8443)]), ipv6_host(v6_rules=no_nat6), ctr)
-    f = causes.explain([c], sn)[0]
+    f = engine.explain([c], sn)[0]
     assert f.cause_id == "family-not-published"
     assert "published for IPv4 only" in f.explanation and "IPv4 clients of the same port get through" in f.explanation
     assert f.fix[0].startswith("ip6tables -t nat -A PREROUTING -p tcp --dport 443") and "[2001:db8:aa::5]:8443" in f.fix[0]
@@ -167,7 +167,7 @@ def test_ipv4_failure_on_a_host_without_ipv6_publication_says_nothing_of_ipv6():
     t4 = Tuple5(6, "10.0.0.9", 5000, "10.0.0.1", 443)
     c = Connection(key=t4, requests=[Journey(skb=1, steps=[
         st(RX, ifname="ens5", tuple=t4), st(DROP, location="ip_error+0x94", reason="IP_INADDRERRORS", tuple=t4)])])
-    for f in causes.explain([c], v6_snap(ipv6_host(v6_rules=None))):
+    for f in engine.explain([c], v6_snap(ipv6_host(v6_rules=None))):
         assert not any(e.startswith("IPv6 on") for e in f.evidence)
 
 
@@ -322,8 +322,8 @@ def test_foreign_nft_chain_of_the_packets_family_only():
                 "policy": policy, "rules": []}
     h = ipv6_host(v6_rules=V6_RULES.replace("FORWARD DROP", "FORWARD ACCEPT"))
     h.nft_chains = [chain("ip", "v4only", "DROP"), chain("ip6", "filter", "ACCEPT"), chain("inet", "fw", "DROP")]
-    f = causes.explain([c], v6_snap(h))[0]
+    f = engine.explain([c], v6_snap(h))[0]
     assert f.cause_id == "foreign-nft-drop" and "inet fw" in f.explanation, f
     assert f.fix[1] == "nft insert rule inet fw forward ip6 daddr 2001:db8:aa::5 tcp dport 8443 accept"
     h.nft_chains = [chain("ip", "v4only", "DROP")]
-    assert "foreign-nft-drop" not in [x.cause_id for x in causes.explain([c], v6_snap(h))]
+    assert "foreign-nft-drop" not in [x.cause_id for x in engine.explain([c], v6_snap(h))]

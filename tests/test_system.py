@@ -198,20 +198,20 @@ def test_a_namespace_that_is_not_there_is_one_clear_error():
 
 def test_real_evidence_alone_points_at_forwarding_off(topo):
     """No journey: the snapshot of a router with forwarding off on its ingress is enough for a suspicion."""
-    from dnattrace.diagnose import causes
+    from dnattrace.diagnose import engine
     net.sysctl_set("net.ipv4.conf.all.forwarding", 0, topo["rname"])
     snap = Snapshot.take(host_netns=topo["r"], target=Target("tcp", 8080, [Endpoint(SERVER, 80)]),
                          ingress=topo["rc"], client=CLIENT)
     assert snap.host.lookup(SERVER).err == errno.EHOSTUNREACH
-    found = causes.explain([], snap)
-    assert found[0].cause_id == causes.NOTHING_ARRIVED      # no packet was followed: said first
+    found = engine.explain([], snap)
+    assert found[0].cause_id == engine.NOTHING_ARRIVED      # no packet was followed: said first
     found = found[1:]
     assert found[0].cause_id == "forwarding-off"
     assert found[0].fix == ["nsenter --net=%s sysctl -w net.ipv4.ip_forward=1" % topo["r"]]
 
 
 def test_real_counter_delta_alone_names_the_forward_rule(topo):
-    from dnattrace.diagnose import causes
+    from dnattrace.diagnose import engine
     iptables(topo, "-N", "DOCKER-USER")
     iptables(topo, "-A", "FORWARD", "-j", "DOCKER-USER")
     iptables(topo, "-A", "DOCKER-USER", "-s", CLIENT, "-j", "DROP")
@@ -219,7 +219,7 @@ def test_real_counter_delta_alone_names_the_forward_rule(topo):
     before = Snapshot.take(host_netns=topo["r"], target=target)
     syn(topo["c"], SERVER, 9)
     d = diff(before, Snapshot.take(host_netns=topo["r"], target=target, counters_only=True))
-    f = causes.explain([], before, d)[1]     # after "nothing arrived": no packet was followed
+    f = engine.explain([], before, d)[1]     # after "nothing arrived": no packet was followed
     assert f.cause_id == "filter-forward-drop"
     assert f.rule == {"table": "filter", "chain": "DOCKER-USER", "rule": "-A DOCKER-USER -s %s/32 -j DROP" % CLIENT,
                       "packets": 1}

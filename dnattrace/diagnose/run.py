@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from dnattrace import forked
-from dnattrace.diagnose import causes
+from dnattrace.diagnose import engine
 from dnattrace import model
 from dnattrace.watch.session import Follower
 from dnattrace.evidence import snapshot as snap
@@ -40,7 +40,7 @@ MAX_NEW = 1000
 class Result:
     target: Target
     connections: list[model.Connection] = field(default_factory=list)
-    findings: list[causes.Finding] = field(default_factory=list)
+    findings: list[engine.Finding] = field(default_factory=list)
     snapshot: Optional[snap.Snapshot] = None
     lost_events: int = 0
     first_failure_at: Optional[float] = None     # monotonic time the first failure was seen
@@ -53,11 +53,11 @@ class Result:
 
     @property
     def healthy(self) -> bool:
-        return self.seen and not self.findings and all(not causes.failing(c) for c in self.connections)
+        return self.seen and not self.findings and all(not engine.failing(c) for c in self.connections)
 
     @property
     def representative(self) -> Optional[model.Connection]:
-        failing = [c for c in self.connections if causes.failing(c)]
+        failing = [c for c in self.connections if engine.failing(c)]
         pool = failing or [c for c in self.connections if c.requests]
         return max(pool, key=lambda c: c.attempts) if pool else None
 
@@ -151,12 +151,12 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
         client = first.tuples()[0].src if first.tuples() else None
     after = forked.lookup(snap.Snapshot.take, t.host_netns, t.container_netns, t, ingress=ingress, client=client)
     res.snapshot = after
-    res.findings = causes.explain(res.connections, after, snap.diff(before, after))
+    res.findings = engine.explain(res.connections, after, snap.diff(before, after))
     res.explained_at = time.monotonic()
     return res
 
 
-def apply_fix(finding: causes.Finding) -> list[tuple[str, str]]:
+def apply_fix(finding: engine.Finding) -> list[tuple[str, str]]:
     """Run the finding's fix commands; returns (command, what it printed) for each. Stops at a failure."""
     done = []
     for cmd in finding.fix or []:

@@ -19,7 +19,7 @@ from dnattrace.kernel import preflight
 def demo(ctx, scenario, docker, as_json):
     """Bring up a broken lab host, send a few SYNs, diagnose, tear the lab down."""
     from dnattrace import lab
-    from dnattrace.diagnose import causes, probeclient, run
+    from dnattrace.diagnose import engine, probeclient, run
     from dnattrace.lab import scenarios
     from dnattrace.netns import build
     from dnattrace.output import diagnosis
@@ -44,7 +44,7 @@ def demo(ctx, scenario, docker, as_json):
     finally:
         probeclient.stop(proc)
         lab.down(inst.name)
-    top = causes.top_cause(res.findings)
+    top = engine.top_cause(res.findings)
     if not as_json:
         click.echo("Ground truth for %s: %s; diagnosed: %s. Lab removed; %.1f s in all."
                    % (sc.id, sc.cause, top, time.monotonic() - t0))

@@ -8,7 +8,7 @@ import click
 
 from dnattrace import model
 from dnattrace.output import journey_lines, tables
-from dnattrace.diagnose import causes
+from dnattrace.diagnose import engine
 from dnattrace.diagnose.run import Result
 
 
@@ -67,11 +67,11 @@ def as_dict(res: Result) -> dict:
                    "backends": [{"addr": b.addr, "port": b.port} for b in res.target.backends]},
         "seen": res.seen,
         "healthy": res.healthy,
-        "top_cause": causes.top_cause(res.findings),
+        "top_cause": engine.top_cause(res.findings),
         "findings": [f.to_dict() for f in res.findings],
         "connection": journey_lines.summary_json([c], 0)["connections"][0] if c else None,
         # the journey the finding is about: the dropped one (a SYN, or a reply dropped on its way back)
-        "journey": journey_lines.journey_json(causes.representative(c), c) if c and (c.requests or c.replies) else None,
+        "journey": journey_lines.journey_json(engine.representative(c), c) if c and (c.requests or c.replies) else None,
         "lost_events": res.lost_events,
         "watched_s": round(res.watched_s, 3),
         "explain_ms_after_first_failure": round((res.explained_at - res.first_failure_at) * 1000)
