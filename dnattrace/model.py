@@ -381,3 +381,21 @@ def connection_from_dict(d) -> Connection:
 
 def ip_in(addr: str, cidr: str) -> bool:
     return ipaddress.ip_address(addr) in ipaddress.ip_network(cidr, strict=False)
+
+
+@dataclass
+class ChainRef:
+    """A netfilter base chain as the kernel runs it: every base chain registered on a hook runs, in the
+    order of its priority, whatever table, family or tool it belongs to (evidence/attribution.py)."""
+    family: str                     # nft family: ip, ip6, inet, bridge, netdev, arp
+    table: str                      # "filter", "firewalld", "nat", ...
+    chain: str                      # "FORWARD", "filter_FORWARD", ...
+    hook: str                       # PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING|ingress|egress
+    priority: int
+    backend: str = "nft"            # nft | iptables-nft | iptables-legacy
+    owner: str = "unknown"          # docker, podman, firewalld, ufw, kube-proxy, cni, crowdsec, fail2ban, nftables, unknown
+
+    def __str__(self):
+        return "%s %s %s (%s, %s priority %d%s)" % (
+            self.family, self.table, self.chain, self.backend, self.hook, self.priority,
+            "" if self.owner == "unknown" else ", " + self.owner)

@@ -8,12 +8,15 @@ of a connection: a nat counter that did not move says nothing about retransmissi
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass, field
 from typing import Optional
 
+from dnattrace.errors import DnattraceError
 from dnattrace.netns.enter import command_prefix, run_tool
 
 DROP_TARGETS = ("DROP", "REJECT")
@@ -58,11 +61,14 @@ class Ruleset:
     tables: dict[str, dict[str, Chain]] = field(default_factory=dict)
     source: str = "iptables-save"
     family: int = 4                 # 6: ip6tables' tables
+    backend: str = "iptables-nft"   # iptables-nft | iptables-legacy: which kernel tables these are
 
     @property
     def tool(self) -> str:
-        """The command that edits these rules."""
-        return "ip6tables" if self.family == 6 else "iptables"
+        """The command that edits these rules (iptables-legacy's own when they are legacy tables beside
+        an nft-backed `iptables`)."""
+        base = "ip6tables" if self.family == 6 else "iptables"
+        return base + "-legacy" if self.backend == "iptables-legacy" and default_backend() != self.backend else base
 
     def chain(self, table: str, chain: str) -> Optional[Chain]:
         return self.tables.get(table, {}).get(chain)
@@ -79,14 +85,15 @@ class Ruleset:
         return seen
 
     def to_dict(self):
-        return {"source": self.source, "family": self.family, "tables": {
+        return {"source": self.source, "family": self.family, "backend": self.backend, "tables": {
             t: {c.name: {"policy": c.policy, "packets": c.packets, "bytes": c.bytes,
                          "rules": [{"text": r.text, "packets": r.packets, "bytes": r.bytes} for r in c.rules]}
                 for c in chains.values()} for t, chains in self.tables.items()}}
 
     @classmethod
     def from_dict(cls, d):
-        rs = cls(source=d.get("source", "iptables-save"), family=d.get("family", 4))
+        rs = cls(source=d.get("source", "iptables-save"), family=d.get("family", 4),
+                 backend=d.get("backend", "iptables-nft"))
         for t, chains in d.get("tables", {}).items():
             rs.tables[t] = {}
             for name, c in chains.items():
@@ -107,10 +114,12 @@ class CounterMove:
     target: str             # DROP, ACCEPT, DNAT, ... (the policy for a policy move)
     policy: bool = False
     family: int = 4         # 6: an ip6tables rule
+    backend: str = "iptables-nft"   # iptables-legacy: a legacy table's rule
 
     def __str__(self):
-        return "%s%s %s: %s (%d packets)" % ("ip6tables " if self.family == 6 else "", self.table, self.chain,
-                                             self.rule, self.packets)
+        return "%s%s%s %s: %s (%d packets)" % ("legacy " if self.backend == "iptables-legacy" else "",
+                                               "ip6tables " if self.family == 6 else "", self.table, self.chain,
+                                               self.rule, self.packets)
 
 
 def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
@@ -140,14 +149,51 @@ def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
     return rs
 
 
+@functools.lru_cache(maxsize=1)
+def default_backend() -> str:
+    """Which kernel tables plain `iptables` edits on this host: iptables-nft or iptables-legacy
+    (`iptables-save -V` says "(nf_tables)" or "(legacy)")."""
+    try:
+        out = subprocess.run(["iptables-save", "-V"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "iptables-nft"
+    return "iptables-legacy" if "legacy" in out else "iptables-nft"
+
+
 def read_iptables(netns=None) -> Ruleset:
     """The namespace's iptables rules with counters (iptables-save -c)."""
-    return parse_iptables_save(run_tool(["iptables-save", "-c"], netns))
+    rs = parse_iptables_save(run_tool(["iptables-save", "-c"], netns))
+    rs.backend = default_backend()
+    return rs
 
 
 def read_ip6tables(netns=None) -> Ruleset:
     """The namespace's ip6tables rules with counters (ip6tables-save -c)."""
-    return parse_iptables_save(run_tool(["ip6tables-save", "-c"], netns), family=6)
+    rs = parse_iptables_save(run_tool(["ip6tables-save", "-c"], netns), family=6)
+    rs.backend = default_backend()
+    return rs
+
+
+LEGACY_NAMES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
+
+
+def read_legacy(netns=None, family: int = 4) -> Optional[Ruleset]:
+    """The namespace's iptables-legacy tables (xtables, beside nft), or None when none is loaded there.
+    Only tables the namespace already has are read (`/proc/net/ip_tables_names`, per namespace): running
+    iptables-legacy-save blindly would load ip_tables and create the tables, changing the system. When
+    plain `iptables` is itself legacy, ev.rules holds these already."""
+    if default_backend() == "iptables-legacy":
+        return None
+    try:
+        names = run_tool(["cat", LEGACY_NAMES[family]], netns).split()
+    except DnattraceError:
+        return None         # ip_tables is not loaded: no legacy table anywhere
+    if not names:
+        return None
+    tool = "ip6tables-legacy-save" if family == 6 else "iptables-legacy-save"
+    rs = parse_iptables_save(run_tool([tool, "-c"], netns), family)
+    rs.source, rs.backend = tool, "iptables-legacy"
+    return rs if rs.tables else None
 
 
 def parse_nft_json(text: str) -> Ruleset:
@@ -236,7 +282,8 @@ def counter_delta(before: Ruleset, after: Ruleset) -> list[CounterMove]:
             old = before.chain(table, name)
             if old is not None and chain.policy != "-" and chain.packets > old.packets:
                 moves.append(CounterMove(table, name, "policy %s" % chain.policy, chain.packets - old.packets,
-                                         chain.bytes - old.bytes, chain.policy, policy=True, family=after.family))
+                                         chain.bytes - old.bytes, chain.policy, policy=True, family=after.family,
+                                         backend=after.backend))
             olds = {}
             for r in (old.rules if old else []):
                 olds.setdefault(r.text, []).append(r)
@@ -248,7 +295,7 @@ def counter_delta(before: Ruleset, after: Ruleset) -> list[CounterMove]:
                 d = r.packets - (base.packets if base else 0)
                 if d > 0 and base is not None:
                     moves.append(CounterMove(table, name, r.text, d, r.bytes - base.bytes, r.target,
-                                             family=after.family))
+                                             family=after.family, backend=after.backend))
     moves.sort(key=lambda m: -m.packets)
     return moves
 
@@ -308,4 +355,6 @@ def fix_delete(rule: Rule | CounterMove, netns=None) -> str:
     """The command that deletes a rule (its -A line turned into -D)."""
     text = rule.rule if isinstance(rule, CounterMove) else rule.text
     tool = "ip6tables" if getattr(rule, "family", 4) == 6 else "iptables"
+    if getattr(rule, "backend", "") == "iptables-legacy" and default_backend() != "iptables-legacy":
+        tool += "-legacy"
     return " ".join(command_prefix(netns) + [tool, "-t", rule.table, "-D"] + text.split()[1:])

@@ -6,14 +6,16 @@ moved in between, which is what names the rule that dropped the packets.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from dnattrace.model import family_of
 from dnattrace.target import Target
-from dnattrace.evidence import conntrack, firewall, links, snmp, sockets, sysctl
+from dnattrace.evidence import conntrack, firewall, links, nftables, snmp, sockets, sysctl
 from dnattrace.evidence.firewall import CounterMove, Ruleset
+from dnattrace.evidence.nftables import NftMove, NftRuleset
 from dnattrace.evidence.links import Link, RouteResult
 from dnattrace.netns.enter import inode as ns_inode
 from dnattrace.evidence.sockets import Listener
@@ -38,6 +40,9 @@ class NsEvidence:
     nft_chains: list[dict] = field(default_factory=list)  # nft base chains of every table (firewall.py)
     ct_entries: list[str] = field(default_factory=list)  # conntrack entries to the watched ports
     ip_rules: list[str] = field(default_factory=list)    # policy routing rules (`ip -4 rule show`)
+    nft: Optional[NftRuleset] = None                # every nft table of every family (nftables.py)
+    legacy: Optional[Ruleset] = None                # iptables-legacy tables loaded beside the nft backend
+    legacy6: Optional[Ruleset] = None
 
     def link(self, name: str) -> Optional[Link]:
         return next((l for l in self.links if l.name == name), None)
@@ -54,6 +59,17 @@ class NsEvidence:
     def ruleset(self, family: int = 4) -> Optional[Ruleset]:
         """The iptables rules that see packets of this family."""
         return self.rules6 if family == 6 else self.rules
+
+    def legacy_ruleset(self, family: int = 4) -> Optional[Ruleset]:
+        """The iptables-legacy tables of this family, when loaded beside iptables-nft's."""
+        return self.legacy6 if family == 6 else self.legacy
+
+    @property
+    def both_backends(self) -> bool:
+        """iptables-legacy and iptables-nft tables are both loaded: a rule added with one tool is not seen
+        by the other's listing, though both rulesets run (the classic "my rule is there but ignored")."""
+        xt_nft = self.nft is not None and any(t.backend == "iptables-nft" for t in self.nft.tables.values())
+        return bool((self.legacy or self.legacy6) and xt_nft)
 
     def prefix(self) -> str:
         """Command prefix for fixes that must run in this namespace ("" for the caller's own)."""
@@ -75,6 +91,9 @@ def read_namespace(name: str, netns=None, ports=(), proto="tcp", lookups=(), nei
     ev = NsEvidence(name=name, netns=netns, inode=ns_inode(netns))
     ev.rules = _gather(ev, firewall.read_iptables, netns)
     ev.rules6 = _gather(ev, firewall.read_ip6tables, netns)
+    ev.legacy = _gather(ev, firewall.read_legacy, netns, 4)
+    ev.legacy6 = _gather(ev, firewall.read_legacy, netns, 6)
+    ev.nft = _gather(ev, nftables.read, netns, with_text=not counters_only)
     ev.conntrack = _gather(ev, conntrack.stats, netns) or {}
     ev.snmp = _gather(ev, snmp.counters, netns) or {}
     if counters_only:
@@ -90,7 +109,8 @@ def read_namespace(name: str, netns=None, ports=(), proto="tcp", lookups=(), nei
         n = _gather(ev, links.neighbour, addr, netns=netns)
         if n is not None:
             ev.neighbours.append(n)
-    ev.nft_chains = _gather(ev, firewall.read_nft_base_chains, netns) or []
+    if ev.nft is not None:
+        ev.nft_chains = firewall.parse_nft_base_chains(json.dumps({"nftables": ev.nft.items}))
     ev.ip_rules = _gather(ev, links.ip_rules, netns) or []
     ev.ct_entries = [e for p in sorted(ports) for e in (_gather(ev, conntrack.entries, proto, p, netns) or [])]
     found = _gather(ev, sockets.listeners, None, proto, netns) or []
@@ -141,9 +161,10 @@ class Snapshot:
         def ns(e: Optional[NsEvidence]):
             if e is None:
                 return None
-            d = dataclasses.asdict(dataclasses.replace(e, rules=None, rules6=None))
-            d["rules"] = e.rules.to_dict() if e.rules else None
-            d["rules6"] = e.rules6.to_dict() if e.rules6 else None
+            d = dataclasses.asdict(dataclasses.replace(e, rules=None, rules6=None, legacy=None, legacy6=None,
+                                                       nft=None))
+            for k in ("rules", "rules6", "legacy", "legacy6", "nft"):
+                d[k] = getattr(e, k).to_dict() if getattr(e, k) else None
             return d
         return {"target": self.target.to_dict(), "taken_at": self.taken_at,
                 "host": ns(self.host), "container": ns(self.container)}
@@ -157,8 +178,9 @@ class Snapshot:
             e["links"] = [Link(**l) for l in e.get("links", [])]
             e["lookups"] = [RouteResult(**r) for r in e.get("lookups", [])]
             e["listeners"] = [Listener(**l) for l in e.get("listeners", [])]
-            e["rules"] = Ruleset.from_dict(e["rules"]) if e.get("rules") else None
-            e["rules6"] = Ruleset.from_dict(e["rules6"]) if e.get("rules6") else None
+            for k in ("rules", "rules6", "legacy", "legacy6"):
+                e[k] = Ruleset.from_dict(e[k]) if e.get(k) else None
+            e["nft"] = NftRuleset.from_dict(e["nft"]) if e.get("nft") else None
             return NsEvidence(**e)
         return cls(Target.from_dict(d.get("target", {})), ns(d["host"]), ns(d.get("container")), d.get("taken_at", 0.0))
 
@@ -172,6 +194,8 @@ class NsDelta:
     moves: list[CounterMove] = field(default_factory=list)
     conntrack: dict[str, int] = field(default_factory=dict)
     snmp: dict[str, int] = field(default_factory=dict)
+    nft_moves: list[NftMove] = field(default_factory=list)         # nft rules (not iptables-nft's: see moves)
+    legacy_moves: list[CounterMove] = field(default_factory=list)  # iptables-legacy rules and policies
 
 
 @dataclass
@@ -197,5 +221,22 @@ def diff(before: Snapshot, after: Snapshot) -> Delta:
         if b.rules6 and a.rules6:
             moves = sorted(moves + firewall.counter_delta(b.rules6, a.rules6), key=lambda m: -m.packets)
         out.namespaces.append(NsDelta(b.name, b.inode, b.netns, moves, conntrack.delta(b.conntrack, a.conntrack),
-                                      snmp.delta(b.snmp, a.snmp)))
+                                      snmp.delta(b.snmp, a.snmp), _nft_moves(b, a), _legacy_moves(b, a)))
     return out
+
+
+def _nft_moves(b: NsEvidence, a: NsEvidence) -> list[NftMove]:
+    """Counter moves of nft rules; iptables-nft's own tables are left out when iptables-save read them
+    (NsDelta.moves names those rules in iptables' words)."""
+    if b.nft is None or a.nft is None:
+        return []
+    moves = nftables.counter_delta(b.nft, a.nft)
+    return [m for m in moves if m.backend != "iptables-nft" or not b.ruleset(6 if m.rule.family == "ip6" else 4)]
+
+
+def _legacy_moves(b: NsEvidence, a: NsEvidence) -> list[CounterMove]:
+    moves = []
+    for fam in (4, 6):
+        if b.legacy_ruleset(fam) and a.legacy_ruleset(fam):
+            moves += firewall.counter_delta(b.legacy_ruleset(fam), a.legacy_ruleset(fam))
+    return sorted(moves, key=lambda m: -m.packets)
