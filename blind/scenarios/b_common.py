@@ -93,6 +93,12 @@ def dnat(ctx: dict, target: str, ctr_port: int | None = None) -> None:
        ctx["host_netns"])
 
 
+def nft(ctx: dict, ruleset: str, ns_key: str = "host") -> None:
+    """Loads an nft ruleset (text) into one of the scenario's namespaces."""
+    subprocess.run(["ip", "netns", "exec", ctx["names"][ns_key], "nft", "-f", "-"], input=ruleset,
+                   text=True, check=True, capture_output=True, timeout=10)
+
+
 def spawn(ctx: dict, ns: str, argv: list[str], wait_port: int | None = None) -> int:
     """Starts a server inside ns (own session so teardown can end it); waits until it listens."""
     p = subprocess.Popen(["ip", "netns", "exec", ns] + argv, stdout=subprocess.DEVNULL,
