@@ -40,7 +40,7 @@ def names(prefix: str) -> dict:
 
 
 def build_host(prefix: str, port: int = 8080, ctr_port: int = 80, proto: str = "tcp",
-               family: int = 4) -> dict:
+               family: int = 4, build_dnat: bool = True) -> dict:
     """Builds the healthy host (both families addressed, the DNAT in the given family).
 
     Returns the ctx every b_* scenario starts from; teardown_host removes it all.
@@ -48,18 +48,18 @@ def build_host(prefix: str, port: int = 8080, ctr_port: int = 80, proto: str = "
     n = names(prefix)
     ctx = {"names": n, "host_netns": n["host"], "port": port, "ctr_port": ctr_port,
            "proto": proto, "family": family, "pids": []}
-    guarded(ctx, lambda: _build(ctx, n, family))
+    guarded(ctx, lambda: _build(ctx, n, family, build_dnat))
     return ctx
 
 
-def _build(ctx: dict, n: dict, family: int) -> None:
+def _build(ctx: dict, n: dict, family: int, build_dnat: bool) -> None:
     for ns in (n["client"], n["host"], n["ctr"]):
         sh(f"ip netns add {ns}")
         sh("ip link set lo up", ns)
     sh(f"ip link add {n['out_h']} netns {n['host']} type veth peer name {n['out_c']} netns {n['client']}")
     sh(f"ip link add {n['ctr_h']} netns {n['host']} type veth peer name {n['ctr_c']} netns {n['ctr']}")
     sh(f"ip link set {n['ctr_c']} name eth0", n["ctr"])
-    h, c, k = n["host"], n["client"], n["ctr"]
+    h, c = n["host"], n["client"]
     sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1", h)
     sh(f"ip link add {n['br']} type bridge && ip link set {n['ctr_h']} master {n['br']}", h)
     sh(f"ip addr add {HOST4}/24 dev {n['out_h']} && ip addr add {HOST6}/64 dev {n['out_h']} nodad"
@@ -67,9 +67,24 @@ def _build(ctx: dict, n: dict, family: int) -> None:
        f" && ip link set {n['out_h']} up && ip link set {n['br']} up && ip link set {n['ctr_h']} up", h)
     sh(f"ip addr add {CLIENT4}/24 dev {n['out_c']} && ip addr add {CLIENT6}/64 dev {n['out_c']} nodad"
        f" && ip link set {n['out_c']} up", c)
+    ctr_addresses(n)
+    if build_dnat:
+        dnat(ctx, CTR4 if family == 4 else CTR6)
+
+
+def ctr_addresses(n: dict) -> None:
     sh(f"ip addr add {CTR4}/16 dev eth0 && ip addr add {CTR6}/64 dev eth0 nodad && ip link set eth0 up"
-       f" && ip route add default via {BRIDGE4} && ip -6 route add default via {BRIDGE6}", k)
-    dnat(ctx, CTR4 if family == 4 else CTR6)
+       f" && ip route add default via {BRIDGE4} && ip -6 route add default via {BRIDGE6}", n["ctr"])
+
+
+def recreate_ctr_link(ctx: dict) -> None:
+    """What a container restart does to its link: a new veth pair (new MACs) on the same bridge."""
+    n = ctx["names"]
+    sh(f"ip link del {n['ctr_h']}", n["host"])
+    sh(f"ip link add {n['ctr_h']} netns {n['host']} type veth peer name {n['ctr_c']} netns {n['ctr']}")
+    sh(f"ip link set {n['ctr_c']} name eth0", n["ctr"])
+    sh(f"ip link set {n['ctr_h']} master {n['br']} && ip link set {n['ctr_h']} up", n["host"])
+    ctr_addresses(n)
 
 
 def guarded(ctx: dict, steps) -> dict:
