@@ -77,6 +77,16 @@ def ctr_addresses(n: dict) -> None:
        f" && ip route add default via {BRIDGE4} && ip -6 route add default via {BRIDGE6}", n["ctr"])
 
 
+def attach_to_bridge(ctx: dict, ns_key: str, addr: str) -> None:
+    """Gives namespace ns_key a second link, on the host's bridge (a pod beside the container)."""
+    n = ctx["names"]
+    h_end, ns_end = f"bp{n['br'][2:]}h", f"bp{n['br'][2:]}c"
+    sh(f"ip link add {h_end} netns {n['host']} type veth peer name {ns_end} netns {n[ns_key]}")
+    sh(f"ip link set {h_end} master {n['br']} && ip link set {h_end} up", n["host"])
+    sh(f"ip addr add {addr}/16 dev {ns_end} && ip link set {ns_end} up"
+       f" && ip route add default via {BRIDGE4}", n[ns_key])
+
+
 def recreate_ctr_link(ctx: dict) -> None:
     """What a container restart does to its link: a new veth pair (new MACs) on the same bridge."""
     n = ctx["names"]
