@@ -7,23 +7,24 @@ published port while the Docker rules look fine.
 https://github.com/crowdsecurity/cs-firewall-bouncer/issues/229
 https://github.com/crowdsecurity/cs-firewall-bouncer/issues/312
 """
-from blind.scenarios import b_common as c
+from blind import common
+from blind.scenarios import b_common
 
 SOURCE = "https://github.com/crowdsecurity/cs-firewall-bouncer/issues/229"
 FAMILY = 4
 PROTO = "tcp"
 STALL = False
 SET = "crowdsec-blacklists-crowdsec"
+# measured: nft_do_chain/NETFILTER_DROP in the host, one per SYN (table ip crowdsec, chain
+# crowdsec-chain-forward, hook forward priority -10)
 TRUTH = {
-    "drop": "nft_do_chain / NETFILTER_DROP in the host (measured, one per SYN, in table ip crowdsec,"
-            " chain crowdsec-chain-forward, hook forward priority -10)",
-    "object": f"element {c.CLIENT4} of set ip crowdsec {SET}",
-    "right_if": ["crowdsec-blacklists", c.CLIENT4],
+    "drop": "nft_do_chain/NETFILTER_DROP",
+    "object": "element %s of set %s in table ip crowdsec" % (common.CLIENT4, SET),
+    "right_if": ["crowdsec-blacklists", common.CLIENT4],
 }
-BODY = b"hello from the container\n"
 RULESET = f"""
 table ip crowdsec {{
-  set {SET} {{ type ipv4_addr; flags timeout; elements = {{ 203.0.113.77 timeout 4h, {c.CLIENT4} timeout 4h }} }}
+  set {SET} {{ type ipv4_addr; flags timeout; elements = {{ 203.0.113.77 timeout 4h, {common.CLIENT4} timeout 4h }} }}
   chain crowdsec-chain-input {{ type filter hook input priority -10; policy accept;
     ip saddr @{SET} counter drop;
   }}
@@ -34,19 +35,21 @@ table ip crowdsec {{
 """
 
 
-def build(prefix: str) -> dict:
-    ctx = c.build_host(prefix)
-    c.guarded(ctx, lambda: (c.http_server(ctx), c.nft(ctx, RULESET)))
+def build(prefix):
+    ctx = {}
+    common.docker_host(prefix, families=(4,), ctx=ctx)
+    b_common.nft(ctx, RULESET)
     return ctx
 
 
-def attempt(ctx) -> bool:
-    return c.http_get(ctx["names"]["client"], f"http://{c.HOST4}:{ctx['port']}/index.html", BODY)
+def attempt(ctx):
+    return common.attempt_tcp(ctx, FAMILY)
 
 
-def fix(ctx) -> None:
-    c.sh(f"nft delete element ip crowdsec {SET} '{{ {c.CLIENT4} }}'", ctx["host_netns"])
+def fix(ctx):
+    """What `cscli decisions delete --ip` makes the bouncer do."""
+    common.sh("nft delete element ip crowdsec %s '{ %s }'" % (SET, common.CLIENT4), ns=ctx["host_netns"])
 
 
-def teardown(ctx) -> None:
-    c.teardown_host(ctx)
+def teardown(ctx):
+    common.teardown(ctx)

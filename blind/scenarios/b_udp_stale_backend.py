@@ -6,10 +6,10 @@ entry made before the restart keeps DNATing to the old address, and the new DNAT
 consulted.  https://github.com/kubernetes/kubernetes/issues/66651
 https://github.com/containernetworking/plugins/issues/123  https://github.com/moby/moby/issues/8795
 """
-import subprocess
 import time
 
-from blind.scenarios import b_common as c
+from blind import common
+from blind.scenarios import b_common
 
 SOURCE = "https://github.com/kubernetes/kubernetes/issues/66651"
 FAMILY = 4
@@ -17,53 +17,47 @@ PROTO = "udp"
 STALL = False
 OLD_CTR = "172.30.0.3"
 SPORT = 40053
+# measured: neigh_invalidate/NEIGH_FAILED in the host (it ARPs on the bridge for the old address
+# 172.30.0.3, which nobody has any more), one per datagram queued behind the failed resolution
 TRUTH = {
-    "drop": "neigh_invalidate / NEIGH_FAILED in the host (measured: the host ARPs for the old"
-            " address 172.30.0.3 on the bridge; nobody answers)",
-    "object": f"the conntrack entry udp {c.CLIENT4}:{SPORT} -> {c.HOST4}:8053 whose reply side is"
-              f" still {OLD_CTR}:53 (the old container), while the nat rule now says {c.CTR4}:53",
+    "drop": "neigh_invalidate/NEIGH_FAILED",
+    "object": "the host's conntrack entry udp %s:%d -> %s:%d whose reply side is still %s:%d (the old"
+              " container) while the nat rule now says %s:%d" % (common.CLIENT4, SPORT, common.HOST4,
+                                                                   common.PORT, OLD_CTR, common.CTR_PORT,
+                                                                   common.CTR4, common.CTR_PORT),
     "right_if": ["conntrack", OLD_CTR],
 }
-ECHO = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',53))\n"
-        "while True:\n d,a=s.recvfrom(2048)\n s.sendto(b'answer:'+d,a)\n")
-QUERY = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-         "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',%d))\n"
-         "s.settimeout(%s)\ns.sendto(b'q1',('%s',%d))\n"
-         "try:\n sys.exit(0 if s.recv(2048)==b'answer:q1' else 1)\nexcept OSError:\n sys.exit(1)\n")
 
 
-def build(prefix: str) -> dict:
-    ctx = c.build_host(prefix, port=8053, ctr_port=53, proto="udp", build_dnat=False)
-    c.guarded(ctx, lambda: _before_and_after_restart(ctx))
+def build(prefix):
+    """The old container (OLD_CTR) answers the client; then it is recreated: new veth, new address,
+    the DNAT rule rewritten to it, the server started again.  The client's flow is not touched."""
+    ctx = {}
+    common.docker_host(prefix, server="udp", families=(), ctx=ctx)
+    h, k = ctx["host_netns"], ctx["n"]["ctr"]
+    common.sh("ip addr flush dev eth0 && ip addr add %s/16 dev eth0 && ip route add default via %s"
+              % (OLD_CTR, common.BR4), ns=k)
+    common.sh("iptables -t nat -A PREROUTING -p udp --dport %d -j DNAT --to-destination %s:%d"
+              % (common.PORT, OLD_CTR, common.CTR_PORT), ns=h)
+    if not attempt(ctx):
+        raise RuntimeError("the old container did not answer before its restart")
+    b_common.stop_servers(ctx)
+    b_common.recreate_ctr_link(ctx, common.CTR4)
+    common.sh("iptables -t nat -R PREROUTING 1 -p udp --dport %d -j DNAT --to-destination %s:%d"
+              % (common.PORT, common.CTR4, common.CTR_PORT), ns=h)
+    common.start_server(ctx, "udp")
     return ctx
 
 
-def _before_and_after_restart(ctx) -> None:
-    """The old container (OLD_CTR) answers; then it is recreated with a new veth and address."""
-    n, h = ctx["names"], ctx["host_netns"]
-    c.sh(f"ip addr del {c.CTR4}/16 dev eth0 && ip addr add {OLD_CTR}/16 dev eth0"
-         f" && ip route add default via {c.BRIDGE4}", n["ctr"])
-    c.dnat(ctx, OLD_CTR)
-    c.spawn(ctx, n["ctr"], ["python3", "-c", ECHO], wait_port=53)
-    if not attempt(ctx):
-        raise RuntimeError("the old container did not answer before the restart")
-    c.teardown_servers(ctx)
-    c.recreate_ctr_link(ctx)
-    c.sh(f"iptables -t nat -F PREROUTING && iptables -D FORWARD -d {OLD_CTR} -p udp --dport 53 -j ACCEPT", h)
-    c.dnat(ctx, c.CTR4)
-    c.spawn(ctx, n["ctr"], ["python3", "-c", ECHO], wait_port=53)
+def attempt(ctx):
+    return b_common.attempt_udp_from(ctx, SPORT)
 
 
-def attempt(ctx) -> bool:
-    r = subprocess.run(["ip", "netns", "exec", ctx["names"]["client"], "python3", "-c",
-                        QUERY % (SPORT, 2.5, c.HOST4, ctx["port"])], capture_output=True, timeout=6)
-    return r.returncode == 0
-
-
-def fix(ctx) -> None:
-    c.sh(f"conntrack -D -p udp --orig-port-dst {ctx['port']}", ctx["host_netns"], check=False)
+def fix(ctx):
+    """What CNI portmap and kube-proxy learned to do: delete the port's UDP entries."""
+    common.sh("conntrack -D -p udp --orig-port-dst %d" % ctx["port"], ns=ctx["host_netns"], check=False)
     time.sleep(0.2)
 
 
-def teardown(ctx) -> None:
-    c.teardown_host(ctx)
+def teardown(ctx):
+    common.teardown(ctx)
