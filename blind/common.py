@@ -46,7 +46,8 @@ while True:
 TCP_CLIENT = r"""
 import socket, sys
 addr, port, path, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-s = socket.create_connection((addr, port), timeout=float(sys.argv[5]))
+src = (sys.argv[6], 0) if len(sys.argv) > 6 else None
+s = socket.create_connection((addr, port), timeout=float(sys.argv[5]), source_address=src)
 s.sendall(b"GET " + path.encode() + b" HTTP/1.0\r\nHost: x\r\n\r\n")
 got = b""
 while True:
@@ -146,10 +147,11 @@ def client_addr(family):
     return HOST4 if family == 4 else HOST6
 
 
-def attempt_tcp(ctx, family, path="/", want=1, timeout=2.5):
-    """One bounded HTTP GET from the client namespace to the published port; True = the full answer."""
-    return _client(ctx, [TCP_CLIENT, client_addr(family), str(ctx["port"]), path, str(want), str(timeout)],
-                   timeout)
+def attempt_tcp(ctx, family, path="/", want=1, timeout=2.5, src=None):
+    """One bounded HTTP GET from the client namespace to the published port (from address src if given);
+    True = the full answer (at least want bytes of body)."""
+    args = [TCP_CLIENT, client_addr(family), str(ctx["port"]), path, str(want), str(timeout)]
+    return _client(ctx, args + ([src] if src else []), timeout)
 
 
 def attempt_udp(ctx, family, timeout=2.5):

@@ -86,21 +86,24 @@ def fill(right_if, ctx):
 
 
 def drop_agrees(truth_drop, measured):
-    """Does the measured set of (function, reason) agree with TRUTH["drop"] ("function/REASON" or "none";
-    several alternatives may be given with " or ")? "none": no drop other than NOT_SPECIFIED."""
+    """Does the measured set of (function, reason) agree with TRUTH["drop"]: "function/REASON", several
+    that must all be seen joined by " + ", alternatives joined by " or "; "none": no drop other than
+    NOT_SPECIFIED."""
+    seen = {key[:2] for key in measured}
     if truth_drop.strip() == "none":
-        return not [1 for f, r in measured if r != "NOT_SPECIFIED"]
-    wanted = [tuple(t.strip().split("/", 1)) for t in truth_drop.split(" or ")]
-    return any(w in set(measured) for w in wanted)
+        return not [1 for f, r in seen if r != "NOT_SPECIFIED"]
+    return any(all(tuple(t.strip().split("/", 1)) in seen for t in alt.split(" + "))
+               for alt in truth_drop.split(" or "))
 
 
 def parse_bpftrace(text, reasons, inums):
-    """{(function, REASON): count} of the map lines bpftrace printed, kept to our namespaces' inodes."""
+    """{(function, REASON, namespace): count} of the map lines bpftrace printed, kept to our namespaces
+    (inums: {inode: name})."""
     out = {}
     for m in re.finditer(r"@\[([^,\]]+), (\d+), (\d+)\]: (\d+)", text):
         func, reason, ns, n = m.group(1).strip(), int(m.group(2)), int(m.group(3)), int(m.group(4))
         if ns in inums:
-            key = (func.split("+")[0], reasons.get(reason, str(reason)))
+            key = (func.split("+")[0], reasons.get(reason, str(reason)), inums[ns])
             out[key] = out.get(key, 0) + n
     return out
 
@@ -118,10 +121,11 @@ def drop_reasons():
 
 
 def ns_inodes(ctx):
-    out = set()
+    """{inode: name} of the scenario's namespaces (the name without the instance's prefix)."""
+    out = {}
     for ns in ctx.get("namespaces", []):
         try:
-            out.add(os.stat("/run/netns/" + ns).st_ino)
+            out[os.stat("/run/netns/" + ns).st_ino] = ns.split("-", 1)[-1]
         except OSError:
             pass
     return out
@@ -129,7 +133,8 @@ def ns_inodes(ctx):
 
 def measure_drops(mod, ctx, attempts=3):
     """Where the kernel frees the scenario's packets while a few attempts run (bpftrace on kfree_skb,
-    kept to the scenario's namespaces): {(function, REASON): count}, or None when bpftrace failed."""
+    kept to the scenario's namespaces): {(function, REASON, namespace): count}, or None when bpftrace
+    failed."""
     p = subprocess.Popen(["bpftrace", "-e", BPFTRACE], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          text=True, start_new_session=True)
     try:
@@ -208,7 +213,7 @@ def run_one(name, cli):
             return res
         drops = measure_drops(mod, ctx)
         res["measured"] = None if drops is None else \
-            ["%s/%s x%d" % (f, r, n) for (f, r), n in sorted(drops.items(), key=lambda kv: -kv[1])]
+            ["%s/%s in %s x%d" % (f, r, ns, n) for (f, r, ns), n in sorted(drops.items(), key=lambda kv: -kv[1])]
         res["drop_agrees"] = None if drops is None else drop_agrees(mod.TRUTH["drop"], drops)
         out, rc, secs, err = run_diagnose(mod, ctx, cli)
         verdict, cause = judge(out, rc, fill(mod.TRUTH["right_if"], ctx))
@@ -256,9 +261,9 @@ def all_scenarios():
 
 
 def table(results):
-    rows = [("scenario", "fam/proto", "measured drop (top)", "agrees", "verdict", "cause printed", "s", "fix")]
+    rows = [("scenario", "fam/proto", "measured drops (bpftrace)", "agrees", "verdict", "cause printed", "s", "fix")]
     for r in results:
-        top = (r.get("measured") or ["-"])[0] if r.get("measured") is not None else "bpftrace failed"
+        top = "; ".join(r.get("measured") or ["-"]) if r.get("measured") is not None else "bpftrace failed"
         rows.append((r["scenario"], "v%d/%s%s" % (r["family"], r["proto"], " stall" if r["stall"] else ""),
                      top, {True: "yes", False: "NO", None: "-"}[r.get("drop_agrees")], r["verdict"],
                      r.get("cause", r.get("note", "")), str(r.get("seconds", "-")),

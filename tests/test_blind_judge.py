@@ -64,10 +64,12 @@ def test_right_if_names_the_instance_objects():
 
 def test_measured_drops_against_truth():
     text = "Attaching 1 probe...\n\n@[ip_error, 87, 11]: 3\n@[tcp_v4_rcv+12, 3, 99]: 5\n@[kfree, 2, 11]: 1\n"
-    drops = run.parse_bpftrace(text, {87: "IP_INADDRERRORS", 3: "NO_SOCKET", 2: "NOT_SPECIFIED"}, {11})
-    assert drops == {("ip_error", "IP_INADDRERRORS"): 3, ("kfree", "NOT_SPECIFIED"): 1}
+    drops = run.parse_bpftrace(text, {87: "IP_INADDRERRORS", 3: "NO_SOCKET", 2: "NOT_SPECIFIED"}, {11: "host"})
+    assert drops == {("ip_error", "IP_INADDRERRORS", "host"): 3, ("kfree", "NOT_SPECIFIED", "host"): 1}
     assert run.drop_agrees("ip_error/IP_INADDRERRORS", drops)
     assert run.drop_agrees("ip6_forward/PKT_TOO_BIG or ip_error/IP_INADDRERRORS", drops)
     assert not run.drop_agrees("nft_do_chain/NETFILTER_DROP", drops)
+    assert run.drop_agrees("ip_error/IP_INADDRERRORS + kfree/NOT_SPECIFIED", drops)
+    assert not run.drop_agrees("ip_error/IP_INADDRERRORS + nft_do_chain/NETFILTER_DROP", drops)
     assert not run.drop_agrees("none", drops)
-    assert run.drop_agrees("none", {("kfree", "NOT_SPECIFIED"): 1})
+    assert run.drop_agrees("none", {("kfree", "NOT_SPECIFIED", "ctr"): 1})
