@@ -492,3 +492,83 @@ def test_a_packet_purged_with_its_unresolved_neighbour_is_a_neighbour_failure():
     c = conn(*(prerouting() + forwarded() + [drop("neigh_destroy+0x89", "QUEUE_PURGE")]))
     f = top(engine.explain([c], snap()))
     assert f.cause_id == "neigh-failed", f
+
+
+# --- decision replay: the layer-2 path, stale NAT targets, counters that did not move -----------------
+
+def _neigh_conn():
+    return conn(*prerouting(), *forwarded(), drop("neigh_invalidate+0x9c", "NEIGH_FAILED"))
+
+
+def _failed_nb():
+    return [{"addr": INNER, "dev": "br0", "state": "FAILED", "lladdr": ""}]
+
+
+def test_a_next_hop_nobody_holds_is_named_as_the_nat_target():
+    sn = snap(host(neighbours=_failed_nb()))
+    sn.holders = {INNER: None}
+    f = top(engine.explain([_neigh_conn()], sn))
+    assert f.cause_id == "neigh-failed"
+    assert "no namespace on this host" in " ".join(f.evidence) and INNER in f.object
+    assert f.unread == []
+
+
+def test_a_next_hop_held_behind_a_down_link_gets_that_link_brought_up():
+    holder = container(links=[Link("eth0", 2, "DOWN", False, "veth", "", ["172.17.0.2/16"], peer=7)])
+    sn = snap(host(neighbours=_failed_nb()))
+    sn.holders = {INNER: holder}
+    f = top(engine.explain([_neigh_conn()], sn))
+    assert f.cause_id == "neigh-failed"
+    assert f.fix == ["nsenter --net=/proc/4242/ns/net ip link set eth0 up"]
+    assert "link eth0 in web" == f.object
+
+
+def test_a_next_hop_whose_veth_peer_sits_on_another_bridge_gets_the_peer_moved():
+    links = [Link("veth-ext", 2, "UP", True, "veth", "", ["198.51.100.1/24"]),
+             Link("br0", 3, "UP", True, "bridge", "", ["172.17.0.1/16"]),
+             Link("br9", 4, "UP", True, "bridge", "", []),
+             Link("vethc", 7, "UP", True, "veth", "br9", [])]
+    holder = container(links=[Link("eth0", 2, "UP", True, "veth", "", ["172.17.0.2/16"], peer=7)])
+    sn = snap(host(links=links, neighbours=_failed_nb()))
+    sn.holders = {INNER: holder}
+    f = top(engine.explain([_neigh_conn()], sn))
+    assert f.fix == ["ip link set vethc master br0"]
+    assert "bridge br9" in f.explanation
+
+
+def test_an_unread_holder_is_said_and_costs_confidence():
+    f = top(engine.explain([_neigh_conn()], snap(host(neighbours=_failed_nb()))))
+    assert f.cause_id == "neigh-failed" and f.unread and f.confidence < 1
+
+
+def test_a_flow_bound_to_an_old_nat_target_is_a_stale_entry_not_a_forward_drop():
+    old = Tuple5(6, CLIENT, 41822, "172.17.0.9", 80)
+    ct = CtInfo("NEW", orig=T_IN, reply=Tuple5(6, "172.17.0.9", 80, CLIENT, 41822))
+    c = conn(*prerouting(T_IN, old, ct), *forwarded(old), drop("nft_do_chain+0x4f2", "NETFILTER_DROP", old))
+    c.requests[0].steps[-2].hook = "FORWARD"
+    rules = RULES.replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]")
+    d = delta(CounterMove("filter", "FORWARD", "policy DROP", 1, 60, "DROP", policy=True))
+    found = engine.explain([c], snap(host(rules=rules)), d)
+    assert found[0].cause_id == "stale-nat-target"
+    assert found[0].fix == ["conntrack -D -p tcp --orig-port-dst 8080 --reply-src 172.17.0.9"]
+    assert "filter-forward-drop" not in [x.cause_id for x in found]
+
+
+def test_a_drop_policy_whose_counter_did_not_move_did_not_drop_it():
+    c = conn(*prerouting(), *forwarded(), drop("nft_do_chain+0x4f2", "NETFILTER_DROP"))
+    rules = RULES.replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]")
+    found = engine.explain([c], snap(host(rules=rules)), delta())
+    assert "filter-forward-drop" not in [x.cause_id for x in found]
+    assert found[0].cause_id == "unexplained" and "FORWARD" in found[0].explanation
+    assert any(r.startswith("not filter-forward-drop: no DROP rule or policy counter") for r in found[0].ruled_out)
+
+
+def test_a_failing_share_is_measured_and_called_intermittent():
+    ok = conn(*prerouting(), *forwarded(), s(XMIT, ifname="br0", tuple=T_NAT),
+              replies=[[s(RX, ifname="br0", tuple=T_NAT.reversed(), tcp_flags="SA"),
+                        s(XMIT, ifname="veth-ext", tuple=T_IN.reversed(), tcp_flags="SA")]])
+    sn = snap(host(neighbours=_failed_nb()))
+    sn.holders = {INNER: None}
+    found = engine.explain([ok] * 9 + [_neigh_conn()], sn, seconds=5.0)
+    assert found[0].cause_id == "neigh-failed" and found[0].share == "1 of 10 connections over 5.0 s"
+    assert found[0].evidence[0].startswith("intermittent: 1 of 10 connections failed this way over 5.0 s; 9 were answered")

@@ -300,6 +300,36 @@ def match_no_hairpin_dnat(f: Facts) -> Optional[Match]:
                  "userland-proxy=false writes this hairpin DNAT itself")
 
 
+def match_stale_nat_target(f: Facts) -> Optional[Match]:
+    """The packet was NATed by its flow's conntrack entry to an address that no DNAT rule for the port
+    targets now: the entry was made under an older rule (a container restarted with another address, a
+    rule replaced) and binds the flow, and its retransmissions, to the old target until it expires."""
+    if not f.seen or f.journey.direction != "request" or not f.rules:
+        return None
+    ct = next((st.ct for st in f.journey.steps if st.ct and st.ct.dnat), None)
+    t = f.snapshot.target
+    now = firewall.dnat_targets(f.rules, t.port, t.proto)
+    if ct is None or not now:
+        return None
+    old = ct.dnat
+    if any(d.addr == old[0] and d.target_port == old[1] for d in now):
+        return None         # the entry agrees with a rule of today: not stale
+    s = Replay()
+    s.add(3, True, "the flow's conntrack entry (state %s) DNATs it to %s" % (ct.state, model.hostport(*old)))
+    s.add(3, True, "the DNAT rules for %s/%d now send to %s" % (
+        t.proto, t.port, ", ".join(model.hostport(d.addr, d.target_port) for d in now)))
+    entries = [e for e in f.ns.ct_entries if "src=%s " % old[0] in e + " "]
+    s.add(1, bool(entries), "conntrack: %s" % entries[0] if entries else "")
+    if f.drop is not None:
+        s.note(f.drop_line())
+    return Match(s, "A conntrack entry made under an older DNAT rule still sends this flow to %s, an address the "
+                    "rules for %s/%d no longer target; NAT is bound to an entry at its first packet, so the flow "
+                    "keeps going to the old target until the entry is deleted or expires."
+                 % (model.hostport(*old), t.proto, t.port),
+                 [f.ns.prefix() + "conntrack -D -p %s --orig-port-dst %d --reply-src %s" % (t.proto, t.port, old[0])],
+                 obj="conntrack entries of %s/%d with reply source %s in %s" % (t.proto, t.port, old[0], f.ns.name))
+
+
 def _refute_conntrack_full(f: Facts) -> Optional[str]:
     st = f.ns.conntrack
     if st.get("max") and not ct_stats.is_full(st):
@@ -312,6 +342,7 @@ CAUSES = (
     Cause("not-dnated", "No DNAT rule applied to the published port", match_not_dnated,
           defers_to=("no-hairpin-dnat",)),
     Cause("family-not-published", "The port is published for the other IP family only", match_family_not_published),
+    Cause("stale-nat-target", "A conntrack entry binds the flow to an old NAT target", match_stale_nat_target),
     Cause("udp-stale-conntrack", "A conntrack entry older than the DNAT rule", match_udp_stale_conntrack),
     Cause("reply-notrack", "The reply bypasses conntrack (NOTRACK), so it is not un-NATed", match_reply_notrack),
     Cause("reply-not-unnated", "The reply reaches the client without its NAT undone", match_reply_not_unnated),

@@ -8,8 +8,40 @@ from dnattrace.diagnose.facts import Facts
 from dnattrace.diagnose.replay import Cause, Match, Replay
 
 
+def _holder(f: Facts, addr: str):
+    """(looked, evidence): whether anyone was looked for as the holder of addr, and the holder's namespace
+    evidence (None: no namespace on this host holds it)."""
+    if addr in f.snapshot.holders:
+        return True, f.snapshot.holders[addr]
+    c = f.snapshot.container
+    if c is not None and c.has_address(addr):
+        return True, c
+    return False, None
+
+
+def _path_break(f: Facts, holder, addr: str, oif: str):
+    """Where the layer-2 path from the host's `oif` to the holder of `addr` is broken: (line, object, fix)
+    or None when it looks whole. Reads the holder's link that carries the address and its veth peer here."""
+    link = next((l for l in holder.links if any(c.split("/")[0] == addr for c in l.addresses)), None)
+    if link is None:
+        return None
+    if not link.up:
+        return ("%s holds %s on %s, which is administratively DOWN" % (holder.name, addr, link.name),
+                "link %s in %s" % (link.name, holder.name), [holder.prefix() + "ip link set %s up" % link.name])
+    peer = next((l for l in f.ns.links if link.peer and l.index == link.peer and l.kind == "veth"), None)
+    if peer is not None and oif and peer.master != oif and f.ns.link(oif) is not None \
+            and f.ns.link(oif).kind == "bridge":
+        where = "bridge %s" % peer.master if peer.master else "no bridge"
+        return ("%s's %s (holding %s) is the peer of %s in %s, which is a port of %s, not of %s where the "
+                "route sends the packet" % (holder.name, link.name, addr, peer.name, f.ns.name, where, oif),
+                "veth %s in %s (its bridge)" % (peer.name, f.ns.name),
+                [f.ns.prefix() + "ip link set %s master %s" % (peer.name, oif)])
+    return None
+
+
 def match_neigh_failed(f: Facts) -> Optional[Match]:
-    nb = f.ns.neighbour(f.dest[0]) if f.dest[0] else None
+    addr = f.dest[0]
+    nb = f.ns.neighbour(addr) if addr else None
     failed = nb is not None and any(st in nb["state"] for st in ("FAILED", "INCOMPLETE"))
     reason = f.neighbour_failed
     stalled = f.seen and f.drop is None and f.journey.outcome == "unfinished" and f.route is not None
@@ -19,13 +51,36 @@ def match_neigh_failed(f: Facts) -> Optional[Match]:
     s.add(3, reason, f.drop_line())
     s.add(2, failed, "neighbour %s on %s: %s" % (nb["addr"], nb["dev"], nb["state"]) if nb else "")
     r = f.route.route if f.route and f.route.route else None
-    s.add(1, r is not None and r.oif, "route %s -> dev %s" % (f.dest[0], r.oif) if r else "")
+    oif = r.oif if r and r.oif else ""
+    s.add(1, bool(oif), "route %s -> dev %s" % (addr, oif) if oif else "")
     t = f.snapshot.target
     if t.dnat_rule:
         s.note("DNAT rule: %s" % t.dnat_rule)
-    return Match(s, "Nothing at %s answers ARP%s: the address the packet is sent to (the DNAT target) is "
-                    "wrong or its container is down. Check the container's address (docker inspect) and "
-                    "the DNAT rule." % (f.dest[0] or "the next hop", " on %s" % r.oif if r and r.oif else ""))
+    on = " on %s" % oif if oif else ""
+    looked, holder = _holder(f, addr)
+    if not looked:
+        s.unknown(2, "which namespace on this host holds %s" % addr)
+        return Match(s, "Nothing at %s answers ARP%s: the address the packet is sent to is wrong or its holder "
+                        "is unreachable. Check the container's address (docker inspect) and the DNAT rule."
+                     % (addr or "the next hop", on), obj="neighbour %s%s in %s" % (addr, on, f.ns.name))
+    if holder is None:
+        s.add(3, True, "no namespace on this host (ip netns, Docker, Podman) holds %s" % addr)
+        return Match(s, "Nothing at %s answers ARP%s because no namespace on this host holds %s: the packet is "
+                        "sent to an address nobody has (a DNAT target or conntrack entry for a container that "
+                        "is gone or got another address). Point the DNAT rule at the container's current address."
+                     % (addr, on, addr), obj="the NAT target %s (%s)" % (addr, t.dnat_rule or "DNAT rule"))
+    s.add(2, True, "%s holds %s" % (holder.name, addr))
+    broken = _path_break(f, holder, addr, oif)
+    if broken is None:
+        s.unknown(3, "why %s in %s does not answer ARP (arp_ignore, an arp-family or bridge filter)"
+                  % (addr, holder.name))
+        return Match(s, "%s holds %s and the links between look up, yet it does not answer ARP%s: something "
+                        "between filters ARP or the holder ignores it." % (holder.name, addr, on),
+                     obj="neighbour %s%s in %s" % (addr, on, f.ns.name))
+    line, obj, fix = broken
+    s.add(3, True, line)
+    return Match(s, "%s is held by %s, but the layer-2 path to it is broken: %s, so ARP for it is never "
+                    "answered." % (addr, holder.name, line), fix, obj=obj)
 
 
 def _down_bridge_ports(f: Facts) -> list:
@@ -68,6 +123,6 @@ def _refute_neigh_failed(f: Facts) -> Optional[str]:
 
 CAUSES = (
     Cause("neigh-failed", "The next hop does not answer ARP", match_neigh_failed,
-          defers_to=("reply-policy-route", "bridge-port-down"), refute=_refute_neigh_failed),
+          defers_to=("reply-policy-route", "bridge-port-down", "stale-nat-target"), refute=_refute_neigh_failed),
     Cause("bridge-port-down", "The container's bridge port is down", match_bridge_port_down),
 )

@@ -214,7 +214,7 @@ def _refute_br_netfilter(f: Facts) -> Optional[str]:
 
 CAUSES = (
     Cause("filter-forward-drop", "A firewall rule or policy in FORWARD drops it", match_filter_forward_drop,
-          defers_to=("br-netfilter", "foreign-nft-drop"), refute=_refute_filter("FORWARD")),
+          defers_to=("br-netfilter", "foreign-nft-drop", "stale-nat-target"), refute=_refute_filter("FORWARD")),
     Cause("filter-input-drop", "A firewall rule or policy in INPUT drops it", match_filter_input_drop,
           refute=_refute_filter("INPUT")),
     Cause("br-netfilter", "Bridged traffic filtered by iptables (br_netfilter)", match_br_netfilter,

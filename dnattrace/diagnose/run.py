@@ -150,10 +150,44 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
         ingress = rx.ifname if rx else None
         client = first.tuples()[0].src if first.tuples() else None
     after = forked.lookup(snap.Snapshot.take, t.host_netns, t.container_netns, t, ingress=ingress, client=client)
+    hops = _unanswered_next_hops(res.connections)
+    if hops:
+        after.holders = forked.lookup(locate, hops, t.host_netns)
     res.snapshot = after
-    res.findings = engine.explain(res.connections, after, snap.diff(before, after))
+    res.findings = engine.explain(res.connections, after, snap.diff(before, after), seconds=res.watched_s)
     res.explained_at = time.monotonic()
     return res
+
+
+def _unanswered_next_hops(connections) -> list[str]:
+    """Addresses a failing packet was sent to and waited for at layer 2 (dropped as NEIGH_FAILED, or still
+    parked after its route decision): the layer-2 replay asks who on this host holds them."""
+    out = set()
+    for c in connections:
+        if not engine.failing(c):
+            continue
+        for j in c.requests + c.replies:
+            d = j.drop
+            parked = d is None and j.outcome == "unfinished" and j.routes()
+            if (d is not None and (d.reason == "NEIGH_FAILED" or "neigh" in d.location)) or parked:
+                for st in reversed(j.routes()):
+                    if st.route and not st.route.reverse and (st.route.gateway or st.route.dst):
+                        out.add(st.route.gateway or st.route.dst)
+                        break
+    return sorted(out)[:8]
+
+
+def locate(addrs, host_netns) -> dict:
+    """{address: the links of the namespace on this host that holds it (ip netns, Docker, Podman), or None
+    when none does}. Runs in a look-up child: it asks Docker and reads other namespaces."""
+    from dnattrace.netns.names import Namer
+    from dnattrace.netns.enter import inode
+    from dnattrace.watch.resolve import owner_netns
+    namer, out = Namer(), {}
+    for a in addrs:
+        path = owner_netns(a, host_netns)
+        out[a] = snap.read_links(namer.name(inode(path)), path) if path else None
+    return out
 
 
 def apply_fix(finding: engine.Finding) -> list[tuple[str, str]]:

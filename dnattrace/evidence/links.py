@@ -30,6 +30,7 @@ class Link:
     master: str = ""                # bridge the link is a port of
     addresses: list[str] = field(default_factory=list)   # IPv4 CIDRs
     mtu: int = 0
+    peer: int = 0                   # a veth's peer ifindex (IFLA_LINK), in the namespace its link-netnsid names
 
 
 @dataclass
@@ -85,7 +86,8 @@ def _links(netns=None) -> list[Link]:
         master = m.get_attr("IFLA_MASTER")
         out[m["index"]] = Link(name=names[m["index"]], index=m["index"], state=m.get_attr("IFLA_OPERSTATE") or "",
                                up=bool(m["flags"] & 1), kind=kind or "", master=names.get(master, "") if master else "",
-                               mtu=m.get_attr("IFLA_MTU") or 0)
+                               mtu=m.get_attr("IFLA_MTU") or 0,
+                               peer=(m.get_attr("IFLA_LINK") or 0) if kind == "veth" else 0)
     for a in addrs:
         if a["index"] in out:
             out[a["index"]].addresses.append("%s/%d" % (a.get_attr("IFA_ADDRESS"), a["prefixlen"]))

@@ -124,6 +124,9 @@ class Snapshot:
     host: NsEvidence
     container: Optional[NsEvidence] = None
     taken_at: float = 0.0
+    # who holds each next-hop address a failure was sent to (locate()): the holder's links, or None when
+    # no namespace on this host holds it. An address not in the dict was not looked for.
+    holders: dict[str, Optional[NsEvidence]] = field(default_factory=dict)
 
     @classmethod
     def take(cls, host_netns=None, container_netns=None, target: Optional[Target] = None,
@@ -167,7 +170,8 @@ class Snapshot:
                 d[k] = getattr(e, k).to_dict() if getattr(e, k) else None
             return d
         return {"target": self.target.to_dict(), "taken_at": self.taken_at,
-                "host": ns(self.host), "container": ns(self.container)}
+                "host": ns(self.host), "container": ns(self.container),
+                "holders": {a: ns(e) for a, e in self.holders.items()}}
 
     @classmethod
     def from_dict(cls, d) -> "Snapshot":
@@ -182,7 +186,17 @@ class Snapshot:
                 e[k] = Ruleset.from_dict(e[k]) if e.get(k) else None
             e["nft"] = NftRuleset.from_dict(e["nft"]) if e.get("nft") else None
             return NsEvidence(**e)
-        return cls(Target.from_dict(d.get("target", {})), ns(d["host"]), ns(d.get("container")), d.get("taken_at", 0.0))
+        return cls(Target.from_dict(d.get("target", {})), ns(d["host"]), ns(d.get("container")), d.get("taken_at", 0.0),
+                   {a: ns(e) for a, e in d.get("holders", {}).items()})
+
+
+def read_links(name: str, netns: str) -> NsEvidence:
+    """The little a layer-2 replay needs of a namespace that holds a next hop: its links (state, peer,
+    addresses) and sysctls (arp_ignore and the like)."""
+    ev = NsEvidence(name=name, netns=netns, inode=ns_inode(netns))
+    ev.links = _gather(ev, links.links, netns) or []
+    ev.sysctls = _gather(ev, sysctl.read_all, netns) or {}
+    return ev
 
 
 @dataclass
