@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from dnattrace.evidence import owners
+from dnattrace.evidence import nfeval, owners
 from dnattrace.evidence.firewall import CounterMove, Rule, default_backend, fix_delete
 from dnattrace.evidence.nftables import NftRule
 
@@ -95,6 +95,22 @@ def owner_fix(owner: str, rv, ns, pkt, family: int) -> Optional[list[str]]:
     return None
 
 
+def _replies_fix(rv, ns, pkt) -> str:
+    """An nft chain that drops the request by its policy drops the replies too unless it accepts established
+    traffic: replay the reply (conntrack state established) through it, and add the rule if it is dropped."""
+    rs = ns.nft
+    c = rv.chain
+    if not (rv.policy and c.backend == "nft" and rs is not None and c.hook == "FORWARD" and pkt.src):
+        return ""
+    chain = rs.chain(c.family, c.table, c.chain)
+    reply = nfeval.Packet(pkt.family, pkt.proto, pkt.dst, pkt.dport, pkt.src, pkt.sport, pkt.oif, pkt.iif,
+                          "established")
+    if chain is None or nfeval.evaluate(rs, chain, reply).verdict == "accept":
+        return ""
+    return "%snft insert rule %s %s %s ct state established,related accept" % (ns.prefix(), c.family, c.table,
+                                                                             c.chain)
+
+
 def _set_of(rv) -> str:
     m = re.search(r"@([\w.-]+)", rv.rule or "")
     return m.group(1) if m else ""
@@ -107,6 +123,9 @@ def for_verdict(rv, ns, pkt, rule_obj, family: int) -> tuple[list[str], str]:
     owner = _owner(rv)
     raw = raw_fix(rv, ns, pkt, rule_obj, family)
     mine = owner_fix(owner, rv, ns, pkt, family)
+    replies = _replies_fix(rv, ns, pkt)
+    if replies and not mine:
+        return [raw, replies], REWRITES.get(owner, "")
     if mine:
         return mine, "raw fallback: %s (%s)" % (raw, REWRITES.get(owner, "the owner may rewrite it"))
     note = REWRITES.get(owner, "")

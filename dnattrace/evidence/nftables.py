@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from dnattrace.evidence import owners
-from dnattrace.netns.enter import run_tool
+from dnattrace.netns.enter import inode, run_tool
 
 VERDICTS = ("accept", "drop", "reject", "queue")
 JUMPS = ("jump", "goto")
@@ -208,10 +208,20 @@ def parse(json_text: str, text: str = "", native_tables=()) -> NftRuleset:
 
 
 def read(netns=None, with_text=True) -> NftRuleset:
-    """The namespace's nft ruleset. with_text=False: counters only (the reading after a capture)."""
+    """The namespace's nft ruleset. with_text=False: counters only (the reading after a capture).
+    nftables.service loads /etc/nftables.conf into the initial namespace only: its tables are recognized
+    there, not in a container's or a lab's namespace."""
     j = run_tool(["nft", "-j", "list", "ruleset"], netns)
     t = run_tool(["nft", "-a", "list", "ruleset"], netns) if with_text else ""
-    return parse(j, t, owners.native_tables() if with_text else ())
+    return parse(j, t, owners.native_tables() if with_text and _initial(netns) else ())
+
+
+def _initial(netns) -> bool:
+    """Whether `netns` is the initial namespace (PID 1's; where that cannot be read, the caller's own)."""
+    try:
+        return inode(netns) == inode("/proc/1/ns/net")
+    except OSError:
+        return netns is None
 
 
 @dataclass

@@ -1,0 +1,66 @@
+"""attribute() on real journeys: watch follows the SYN through lab namespaces whose host holds Docker's
+iptables-nft rules plus another owner's nft table, the rulesets and their counters are read before and
+after, and the chain that dropped the SYN must be named with the others refuted by their counters."""
+import subprocess
+
+import pytest
+
+from dnattrace import model
+from dnattrace.evidence import attribution, snapshot
+from dnattrace.netns import build as net
+from test_watch import mine, watch_lab
+
+pytestmark = pytest.mark.kernel
+
+
+def dropped_syn(inst, attempts=1):
+    """(the first dropped SYN's journey, the host's evidence before, the host's delta) of one watch."""
+    path = net.netns_path(inst.host_ns)
+    before = snapshot.Snapshot.take(host_netns=path, target=inst.target())
+    journeys, _ = watch_lab(inst, attempts=attempts)
+    after = snapshot.Snapshot.take(host_netns=path, target=inst.target(), counters_only=True)
+    syn = next(j for j in mine(journeys, inst) if j["steps"][0].get("tcp_flags") == "S"
+               and j["outcome"] == "dropped")
+    delta = snapshot.diff(before, after)
+    return model.journey_from_dict(syn), before.host, delta.by_inode(before.host.inode)
+
+
+def test_inet_forward_policy_named_and_iptables_forward_policy_refuted(lab_instance):
+    inst = lab_instance("nft-inet-forward-drop")
+    j, ev, d = dropped_syn(inst)
+    rv = attribution.attribute(j, ev, d)
+    assert rv is not None, j
+    assert (rv.chain.family, rv.chain.table, rv.chain.chain, rv.chain.hook) == ("inet", "filter", "forward", "FORWARD")
+    assert rv.policy and rv.verdict == "drop" and rv.how in ("evaluated", "chain"), rv
+    # Docker's FORWARD (policy DROP) let it through: its ACCEPT counter moved, its policy counter did not
+    assert any(r.startswith("iptables-nft filter FORWARD: no DROP/REJECT rule or policy counter moved")
+               for r in rv.refuted), rv.refuted
+    assert any(m.table == "filter" and m.target == "ACCEPT" for m in d.moves)
+    assert not any(m.policy and m.chain == "FORWARD" for m in d.moves)
+    assert rv.fix and rv.fix[0].startswith("nsenter --net=%s nft insert rule inet filter forward ip daddr %s"
+                                           % (net.netns_path(inst.host_ns), inst.container_addr))
+    assert rv.fix[1].endswith("nft insert rule inet filter forward ct state established,related accept"), \
+        "the chain accepts no reply either"
+    assert rv.chain.owner == "unknown", "nftables.conf's tables are the initial namespace's, not a lab's"
+    for cmd in rv.fix:                  # the printed fix repairs it
+        subprocess.run(cmd, shell=True, check=True)
+    journeys, summary = watch_lab(inst)
+    conn = next(c for c in summary["connections"] if c["key"]["dport"] == inst.target_port)
+    assert conn["outcome"] == "answered", conn
+
+
+def test_counting_nft_drop_rule_of_another_owner_by_its_counter(lab_instance):
+    """A fail2ban-style ban (table inet f2b-table, a counting reject rule on the forward hook, priority -1):
+    its counter names the rule, in nft -a form, and the fix is fail2ban's unban."""
+    inst = lab_instance("healthy")
+    net.run(["nft", "-f", "-"], netns=inst.host_ns, input=(
+        "table inet f2b-table {\n set addr-set-web { type ipv4_addr; elements = { %s } }\n"
+        " chain f2b-chain {\n  type filter hook forward priority filter - 1; policy accept;\n"
+        "  tcp dport %d ip saddr @addr-set-web counter reject\n }\n}\n" % (inst.client_addr, inst.container_port)))
+    j, ev, d = dropped_syn(inst)
+    rv = attribution.attribute(j, ev, d)
+    assert (rv.chain.table, rv.chain.owner, rv.how, rv.verdict) == ("f2b-table", "fail2ban", "counter", "reject"), rv
+    assert rv.rule.startswith("tcp dport %d ip saddr @addr-set-web counter reject" % inst.container_port)
+    assert rv.rule.endswith("# handle 3") and rv.packets >= 1
+    assert rv.fix == ["nsenter --net=%s fail2ban-client set web unbanip %s"
+                      % (net.netns_path(inst.host_ns), inst.client_addr)]
