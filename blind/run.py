@@ -257,7 +257,10 @@ def _netns_list():
 
 
 def all_scenarios():
-    return sorted(m.name for m in pkgutil.iter_modules(scenarios.__path__) if not m.name.startswith("_"))
+    """The scenario modules (a helper module beside them, without TRUTH and build, is not one)."""
+    names = sorted(m.name for m in pkgutil.iter_modules(scenarios.__path__) if not m.name.startswith("_"))
+    return [n for n in names if all(hasattr(importlib.import_module("blind.scenarios." + n), a)
+                                    for a in ("TRUTH", "build", "attempt", "fix", "teardown"))]
 
 
 def table(results):
