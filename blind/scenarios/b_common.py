@@ -70,6 +70,20 @@ def attach_to_bridge(ctx: dict, ns_key: str, addr: str) -> None:
               % (addr, ns_end, ns_end, common.BR4), ns=n[ns_key])
 
 
+def second_network(ctx: dict, ns_key: str, gw4: str, addr4: str) -> None:
+    """A second bridge network (ctx["n"]["br2"], gw4/16) with namespace ns_key on it as its only IPv4
+    link (a container of another Docker network): its outside address goes, its default route is gw4."""
+    n = ctx["n"]
+    n["br2"] = n["br"][:-2] + "b2"
+    h_end, ns_end = n["br"][:-2] + "s", n["br"][:-2] + "t"
+    common.sh("ip link add %s type bridge && ip addr add %s/16 dev %s && ip link set %s up"
+              % (n["br2"], gw4, n["br2"], n["br2"]), ns=n["host"])
+    common.sh("ip link add %s netns %s type veth peer name %s netns %s" % (h_end, n["host"], ns_end, n[ns_key]))
+    common.sh("ip link set %s master %s && ip link set %s up" % (h_end, n["br2"], h_end), ns=n["host"])
+    common.sh("ip -4 addr flush dev %s && ip addr add %s/16 dev %s && ip link set %s up"
+              " && ip route replace default via %s" % (n["cveth"], addr4, ns_end, ns_end, gw4), ns=n[ns_key])
+
+
 def recreate_ctr_link(ctx: dict, addr4: str) -> None:
     """What a container restart does to its link: a new veth pair (new MACs) on the same bridge,
     the container's new address addr4."""
