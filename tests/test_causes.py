@@ -572,3 +572,50 @@ def test_a_failing_share_is_measured_and_called_intermittent():
     found = engine.explain([ok] * 9 + [_neigh_conn()], sn, seconds=5.0)
     assert found[0].cause_id == "neigh-failed" and found[0].share == "1 of 10 connections over 5.0 s"
     assert found[0].evidence[0].startswith("intermittent: 1 of 10 connections failed this way over 5.0 s; 9 were answered")
+
+
+# --- the route lookup replayed through the policy rules -----------------------------------------------
+
+def _no_route_conn(reason="IP_INNOROUTES"):
+    return conn(*prerouting(), *forwarded()[:1], drop("ip_error+0x68", reason))
+
+
+MAIN_RULES = [{"priority": 0, "src": "all", "table": "local", "family": 4},
+              {"priority": 32766, "src": "all", "table": "main", "family": 4},
+              {"priority": 32767, "src": "all", "table": "default", "family": 4}]
+MAIN_ROUTES = [{"dst": "172.17.0.0/16", "dev": "br0", "family": 4},
+               {"dst": "198.51.100.0/24", "dev": "veth-ext", "family": 4}]
+
+
+def test_a_policy_rule_that_sends_the_lookup_to_a_table_without_the_route_is_named():
+    rules = MAIN_RULES + [{"priority": 100, "src": "198.51.100.0", "srclen": 24, "table": "100", "family": 4}]
+    routes = MAIN_ROUTES + [{"type": "unreachable", "dst": "172.16.0.0/12", "table": "100", "family": 4}]
+    f = top(engine.explain([_no_route_conn("IP_INADDRERRORS")], snap(host(rule_list=rules, table_routes=routes))))
+    assert f.cause_id == "no-route"
+    assert f.object == "ip rule 100: from 198.51.100.0/24 lookup 100 in host"
+    assert f.fix == ["ip rule add from 198.51.100.2 to 172.17.0.2 iif veth-ext lookup main pref 99"]
+    assert "forwarding-off" not in [x.cause_id for x in engine.explain([_no_route_conn("IP_INADDRERRORS")],
+                                                                        snap(host(rule_list=rules, table_routes=routes)))]
+
+
+def test_a_bridge_that_lost_its_address_gets_it_back():
+    links = [Link("veth-ext", 2, "UP", True, "veth", "", ["198.51.100.1/24"]),
+             Link("br0", 3, "UP", True, "bridge", "", []), Link("vethc", 7, "UP", True, "veth", "br0", [])]
+    cont = container(links=[Link("eth0", 2, "UP", True, "veth", "", ["172.17.0.2/16"], peer=7)],
+                     routes=["default via 172.17.0.1 dev eth0"])
+    h = host(links=links, rule_list=MAIN_RULES, table_routes=MAIN_ROUTES[1:])
+    f = top(engine.explain([_no_route_conn()], snap(h, cont)))
+    assert f.cause_id == "no-route"
+    assert f.fix == ["ip addr add 172.17.0.1/16 dev br0"] and f.object == "the address of br0 in host"
+
+
+def test_a_route_the_replay_finds_contradicts_no_route():
+    found = engine.explain([_no_route_conn()], snap(host(rule_list=MAIN_RULES, table_routes=MAIN_ROUTES)))
+    assert "no-route" not in [x.cause_id for x in found]
+    assert any(r.startswith("not no-route: replayed through the policy rules") for r in found[0].ruled_out)
+
+
+def test_a_rule_selecting_on_a_mark_is_said_as_unread():
+    rules = MAIN_RULES + [{"priority": 90, "src": "all", "fwmark": "0x1", "table": "7", "family": 4}]
+    f = top(engine.explain([_no_route_conn()], snap(host(rule_list=rules, table_routes=MAIN_ROUTES[1:]))))
+    assert f.cause_id == "no-route" and any("fwmark 0x1" in u for u in f.unread) and f.confidence < 1

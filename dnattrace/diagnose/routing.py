@@ -12,6 +12,7 @@ from dnattrace.model import ROUTE, RX
 from dnattrace.evidence import conntrack as ct_stats
 from dnattrace.evidence import sysctl
 from dnattrace.evidence.snapshot import NsEvidence, Snapshot
+from dnattrace.diagnose import policy
 from dnattrace.diagnose.facts import Facts, host_steps, kv
 from dnattrace.diagnose.replay import PERSIST, Cause, Match, Replay
 
@@ -31,8 +32,8 @@ def match_forwarding_off(f: Facts) -> Optional[Match]:
             return None
     elif not (f.service_addr and not f.ns.has_address(f.service_addr)):
         return None         # evidence only: matters only when the target must be forwarded
-    if on is not False and not lookup_unreach:
-        return None
+    if on is True or (on is None and not lookup_unreach):
+        return None         # forwarding is on for the packet's input interface: the unreachable is a route's
     s = Replay()
     s.add(3, f.func == "ip_error", f.drop_line())
     s.add(2, f.reason == "IP_INADDRERRORS")
@@ -82,6 +83,35 @@ def _forwarding6_off(f: Facts) -> Optional[Match]:
                  "net.ipv6.conf.<uplink>.accept_ra=2 first, or forwarding turns RA off")
 
 
+def _packet_keys(f: Facts) -> tuple[str, Optional[str], str]:
+    """(destination, source, input interface) of the failing packet at its route decision."""
+    t = f.drop.tuple if f.drop and f.drop.tuple else None
+    src = t.src if t else (f.journey.tuples()[0].src if f.journey and f.journey.tuples() else None)
+    return f.dest[0], src, f.ingress
+
+
+def _lost_address(f: Facts, dst: str):
+    """The host link that should carry the connected route to dst and holds no address on its subnet:
+    the holder of dst (the container) reaches the host through a veth whose peer here is a port of that
+    bridge, and its default gateway is the address the bridge had. (link, gateway/len) or None."""
+    holder = f.snapshot.holders.get(dst) or (f.snapshot.container if f.snapshot.container is not None
+                                             and f.snapshot.container.has_address(dst) else None)
+    if holder is None:
+        return None
+    mine = next((l for l in holder.links if any(c.split("/")[0] == dst for c in l.addresses)), None)
+    peer = next((l for l in f.ns.links if mine and mine.peer and l.index == mine.peer), None)
+    carrier = f.ns.link(peer.master) if peer is not None and peer.master else peer
+    if carrier is None:
+        return None
+    net = next(ipaddress.ip_interface(c).network for c in mine.addresses if c.split("/")[0] == dst)
+    if any(ipaddress.ip_interface(c).ip in net for c in carrier.addresses):
+        return None
+    gw = next((r.split()[2] for r in holder.routes if r.startswith("default via ")), "")
+    if not gw or ipaddress.ip_address(gw) not in net:
+        gw = str(next(net.hosts()))
+    return carrier, "%s/%d" % (gw, net.prefixlen)
+
+
 def match_no_route(f: Facts) -> Optional[Match]:
     if not f.seen:
         return None
@@ -93,13 +123,54 @@ def match_no_route(f: Facts) -> Optional[Match]:
         return None         # that is forwarding-off
     s = Replay()
     s.add(2, f.func == "ip_error" or f.reason in ("IP_INNOROUTES", "IP_OUTNOROUTES"), f.drop_line())
-    s.add(2, f.reason in ("IP_INNOROUTES", "IP_OUTNOROUTES"))
     s.add(2, route_err, "route lookup for %s failed: %s" % (r.dst, errno.errorcode.get(-r.err, r.err)) if r else "")
-    lookup = f.ns.lookup(f.dest[0]) if f.dest[0] else None
+    dst, src, iif = _packet_keys(f)
+    lookup = f.ns.lookup(dst) if dst else None
     s.add(1, lookup is not None and lookup.err, str(lookup) if lookup else "")
-    s.note(kv(f.ns.sysctls, sysctl.conf_key(f.ingress or "all", "forwarding")))
-    return Match(s, "The kernel has no usable route for %s in %s: the packet cannot be delivered or forwarded. "
-                    "Add a route to it (or fix the NAT target)." % (f.dest[0] or "the destination", f.ns.name))
+    if not dst or not f.ns.rule_list:
+        s.unknown(3, "the policy rules and route tables of %s" % f.ns.name)
+        return Match(s, "The kernel has no usable route for %s in %s: the packet cannot be delivered or forwarded."
+                     % (dst or "the destination", f.ns.name), obj="the routes of %s" % f.ns.name)
+    w = policy.walk(f.ns.rule_list, f.ns.table_routes, dst, src, iif)
+    for u in w.unknown:
+        s.unknown(1, "whether ip rule %s takes the packet (its selector needs what the journey does not hold)" % u)
+    if w.verdict == "route":
+        s.contradict("replayed through the policy rules, the lookup for %s from %s iif %s finds %s in table %s"
+                     % (dst, src, iif, policy.route_text(w.route), w.table))
+        return Match(s, "")
+    keys = "%s from %s iif %s" % (dst, src or "?", iif or "?")
+    if w.by_policy:
+        rule = policy.rule_text(w.rule)
+        s.add(3, True, "ip rule %s chose %s for %s" % (rule, "table %s: %s" % (w.table, policy.route_text(w.route))
+                                                        if w.route else w.verdict, keys))
+        without = policy.walk(f.ns.rule_list, f.ns.table_routes, dst, src, iif, skip=(w.rule["priority"],))
+        fix = None
+        if without.verdict == "route":
+            s.add(1, True, "without it the lookup finds %s in table %s" % (policy.route_text(without.route),
+                                                                         without.table))
+            fix = [f.ns.prefix() + "ip %srule add from %s to %s iif %s lookup %s pref %d"
+                   % ("-6 " if f.family == 6 else "", src or "all", dst, iif, without.table,
+                      max(1, w.rule["priority"] - 1))]
+        return Match(s, "Policy routing sends the lookup for %s to %s: ip rule %s decides it%s, so the packet gets "
+                        "no usable route in %s." % (keys, "table %s" % w.table if w.table else "a %s action" % w.verdict,
+                                                    rule, " (table %s has %s)" % (w.table, policy.route_text(w.route))
+                                                    if w.route else "", f.ns.name),
+                     fix, "or remove or narrow the rule if it was not meant for this traffic",
+                     obj="ip rule %s in %s" % (rule, f.ns.name))
+    lost = _lost_address(f, dst)
+    if lost is not None:
+        link, cidr = lost
+        s.add(3, True, "%s carries the path to %s but holds no address on its subnet (%s is its gateway)"
+              % (link.name, dst, cidr))
+        return Match(s, "%s in %s has lost its address %s, so the connected route to %s's subnet is gone and the "
+                        "packet gets no route. Give it back its address (Docker: restart the engine, which "
+                        "recreates its bridge)." % (link.name, f.ns.name, cidr, dst),
+                     [f.ns.prefix() + "ip addr add %s dev %s" % (cidr, link.name)],
+                     obj="the address of %s in %s" % (link.name, f.ns.name))
+    s.add(1, w.verdict == "none", "no table the rules reach has a route to %s" % dst)
+    return Match(s, "No table the policy rules of %s reach has a route to %s: the packet cannot be delivered or "
+                    "forwarded. Add a route to it (or fix the NAT target)." % (f.ns.name, dst),
+                 obj="the routes of %s" % f.ns.name)
 
 
 def _down_link_for(f: Facts):

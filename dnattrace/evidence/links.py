@@ -189,3 +189,22 @@ def ip_rules(netns=None) -> list[str]:
     out = subprocess.run(prefix + ["ip", "-4", "rule", "show"], capture_output=True, text=True, timeout=10,
                          check=True).stdout
     return [" ".join(l.split()) for l in out.splitlines() if l.strip()]
+
+
+def _ip_json(netns, *args) -> list:
+    import json
+    import subprocess
+    prefix = ["nsenter", "--net=%s" % netns] if netns else []
+    out = subprocess.run(prefix + ["ip", "-j"] + list(args), capture_output=True, text=True, timeout=10,
+                         check=True).stdout
+    return json.loads(out or "[]")
+
+
+def policy(netns=None) -> tuple[list[dict], list[dict]]:
+    """(rules, routes): every policy rule and every route of every table, both families, as `ip -j` gives
+    them, each with its "family" (4 or 6): what a replay of the route lookup through the rules needs."""
+    rules, routes = [], []
+    for fam in (4, 6):
+        rules += [dict(r, family=fam) for r in _ip_json(netns, "-%d" % fam, "rule", "show")]
+        routes += [dict(r, family=fam) for r in _ip_json(netns, "-%d" % fam, "route", "show", "table", "all")]
+    return rules, routes

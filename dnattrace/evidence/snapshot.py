@@ -43,6 +43,8 @@ class NsEvidence:
     nft: Optional[NftRuleset] = None                # every nft table of every family (nftables.py)
     legacy: Optional[Ruleset] = None                # iptables-legacy tables loaded beside the nft backend
     legacy6: Optional[Ruleset] = None
+    rule_list: list[dict] = field(default_factory=list)  # every policy rule, both families (links.policy)
+    table_routes: list[dict] = field(default_factory=list)   # every route of every table, both families
 
     def link(self, name: str) -> Optional[Link]:
         return next((l for l in self.links if l.name == name), None)
@@ -112,6 +114,7 @@ def read_namespace(name: str, netns=None, ports=(), proto="tcp", lookups=(), nei
     if ev.nft is not None:
         ev.nft_chains = firewall.parse_nft_base_chains(json.dumps({"nftables": ev.nft.items}))
     ev.ip_rules = _gather(ev, links.ip_rules, netns) or []
+    ev.rule_list, ev.table_routes = _gather(ev, links.policy, netns) or ([], [])
     ev.ct_entries = [e for p in sorted(ports) for e in (_gather(ev, conntrack.entries, proto, p, netns) or [])]
     found = _gather(ev, sockets.listeners, None, proto, netns) or []
     ev.listeners = [l for l in found if not ports or l.port in ports]
