@@ -72,6 +72,9 @@ def unexplained(f: Facts) -> Finding:
     else:
         what = "no packet was followed far enough to say where it stopped"
     evidence = [f.drop_line()] if f.drop else []
+    rv = f.verdict
+    if rv is not None:      # the chain attribution's own word: the candidate chains and why others are out
+        evidence += rv.refuted if rv.how == "undecided" else ["dropped by %s (%s)" % (rv.chain, rv.how)]
     evidence += ["%s: %s" % (e.name, err) for e in f.snapshot.namespaces() for err in e.errors]
     return Finding(UNEXPLAINED, "No cause explains it consistently", 0.0, "Unexplained: %s." % what,
                    [e for e in evidence if e], netns=f.ns.name)

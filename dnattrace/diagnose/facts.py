@@ -6,11 +6,12 @@ Every family module reads only this; nothing here knows about any cause.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 from dnattrace import model
 from dnattrace.model import NF, ROUTE, RX, VERDICT, Connection, Journey, Step
-from dnattrace.evidence import sysctl
+from dnattrace.evidence import attribution, sysctl
 from dnattrace.evidence import firewall
 from dnattrace.evidence.firewall import DROP_TARGETS, CounterMove
 from dnattrace.evidence.snapshot import Delta, NsDelta, NsEvidence, Snapshot
@@ -62,6 +63,14 @@ class Facts:
         self.ingress = rx.ifname if rx else ""
         self.dest = self._dest()
         self.route: Optional[Step] = self._forward_route()
+
+    @functools.cached_property
+    def verdict(self) -> Optional["attribution.RuleVerdict"]:
+        """Which base chain (and rule) dropped the packet at the hook where it ended, from every table of
+        every owner on that hook (evidence/attribution.py); None when it did not end in netfilter."""
+        if not self.journey or not (self.netfilter_drop or self.stopped_in_hook):
+            return None
+        return attribution.attribute(self.journey, self.ns, self.nsdelta)
 
     def _last(self, point, same_ns=False) -> Optional[Step]:
         if not self.journey:

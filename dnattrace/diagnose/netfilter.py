@@ -49,6 +49,9 @@ def _filter_match(f: Facts, hook: str) -> Optional[Match]:
         "%s/%s" % (f.nf.hook, f.nf.stage) if f.nf and f.nf.hook == hook else "%s (its verdict)" % hook, f.ns.name))
     s.add(2, f.netfilter_drop, f.drop_line())
     moves = drop_moves(f, hook)
+    rv = _decided(f)
+    if rv is not None and not _iptables_filter(rv.chain):
+        s.contradict("the base chain that dropped it is %s" % rv.chain)
     if moves:
         s.add(3, True, "%s (counter moved during the capture)" % moves[0])
     elif f.rules is not None and f.nsdelta is not None:
@@ -161,6 +164,9 @@ def match_foreign_nft_drop(f: Facts) -> Optional[Match]:
     # iptables' own filter table did not drop it (no DROP counter moved; its ACCEPT may have counted it,
     # when its chain runs first)
     dropped_by_iptables = drop_moves(f, f.hook)
+    rv = _decided(f)
+    if rv is not None and _iptables_filter(rv.chain):
+        s.contradict("the base chain that dropped it is %s" % rv.chain)
     if dropped_by_iptables:
         s.contradict("%s (counter moved: iptables' own filter table dropped it)" % dropped_by_iptables[0])
     s.add(2, True, "%s (counter moved during the capture: iptables accepted it)"
@@ -206,6 +212,49 @@ def match_foreign_nft_reply_drop(f: Facts) -> Optional[Match]:
                  [nft + "ct state established,related accept"])
 
 
+def _iptables_filter(c) -> bool:
+    """The chain is iptables' (or ip6tables') own filter table, whichever backend runs it."""
+    return c.backend in ("iptables-nft", "iptables-legacy") and c.table == "filter"
+
+
+def _decided(f: Facts):
+    """The chain attribution when it named a chain (by counter, by evaluation, or as the one left), and
+    only where the namespace's whole nft ruleset was read: without it the other owners' chains on the
+    hook are unseen, and the one chain left would be a guess."""
+    if f.ns.nft is None:
+        return None
+    rv = f.verdict
+    return rv if rv is not None and rv.how != "undecided" and rv.chain.chain else None
+
+
+def match_chain_drop(f: Facts) -> Optional[Match]:
+    """Any base chain of any table, family, backend or owner that the attribution names as the one that
+    dropped the packet (a raw- or mangle-priority chain, a netdev ingress chain, iptables-legacy tables,
+    a ban list's table): the rule as its owner's tool prints it, and the fix in the owner's language."""
+    rv = _decided(f) if f.seen else None
+    if rv is None:
+        return None
+    s = Replay()
+    s.add(3, True, f.drop_line() + (" on the %s hook" % rv.chain.hook if rv.chain.hook else ""))
+    how = {"counter": "its counter moved by %d during the capture" % rv.packets,
+           "evaluated": "the first rule whose verdict matches, evaluated against the packet"}.get(rv.how, "")
+    if rv.rule:
+        s.add(3, bool(how), "%s%s: %s (%s)" % (rv.chain, " -> " + rv.user_chain if rv.user_chain else "",
+                                             rv.rule, how or rv.how))
+    elif rv.policy:
+        s.add(3, bool(how), "%s: policy %s (%s)" % (rv.chain, rv.verdict, how or rv.how))
+    else:
+        s.add(1, True, "%s: every other chain on the hook is ruled out" % rv.chain)
+        s.unknown(2, "which rule of %s dropped it" % rv.chain)
+    for line in rv.refuted:
+        s.note("other chain: " + line)
+    what = ("the rule `%s`%s" % (rv.rule, " in chain %s" % rv.user_chain if rv.user_chain else "") if rv.rule
+            else "its policy %s" % rv.verdict if rv.policy else "a rule not identified")
+    return Match(s, "The base chain %s on the %s hook in %s drops the packet: %s."
+                 % (rv.chain, rv.chain.hook, f.ns.name, what), rv.fix or None, rv.fix_note,
+                 obj="%s%s" % (rv.chain, ": " + rv.rule if rv.rule else ""))
+
+
 def _refute_br_netfilter(f: Facts) -> Optional[str]:
     if sysctl.as_int(f.ns.sysctls, f.br_nf_key) == 0:
         return "%s = 0 in %s" % (f.br_nf_key, f.ns.name)
@@ -223,4 +272,7 @@ CAUSES = (
           defers_to=("foreign-nft-reply-drop",)),
     Cause("foreign-nft-reply-drop", "Another nft table drops the replies (no established accept)",
           match_foreign_nft_reply_drop),
+    Cause("chain-drop", "A netfilter base chain drops it", match_chain_drop,
+          defers_to=("filter-forward-drop", "filter-input-drop", "br-netfilter", "foreign-nft-drop",
+                     "foreign-nft-reply-drop", "stale-nat-target", "conntrack-full", "route-localnet")),
 )
