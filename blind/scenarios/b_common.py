@@ -28,6 +28,18 @@ except OSError:
     sys.exit(1)
 """
 
+UDP_SIZED_CLIENT = r"""
+import socket, sys
+addr, port, size, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+data = b"q" * size
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(timeout); s.connect((addr, port)); s.send(data)
+try:
+    sys.exit(0 if s.recv(65536) == b"echo " + data else 1)
+except OSError:
+    sys.exit(1)
+"""
+
 
 def nft(ctx: dict, ruleset: str, ns_key: str = "host") -> None:
     """Loads an nft ruleset (text) into one of the instance's namespaces."""
@@ -99,6 +111,12 @@ def attempt_udp_from(ctx: dict, sport: int, timeout: float = 2.5) -> bool:
     """One bounded UDP request/echo over IPv4 from a fixed source port (as a DNS forwarder does)."""
     return common._client(ctx, [UDP_FIXED_PORT_CLIENT, common.HOST4, str(ctx["port"]), str(sport),
                                 str(timeout)], timeout)
+
+
+def attempt_udp_sized(ctx: dict, size: int, timeout: float = 2.5) -> bool:
+    """One bounded UDP request/echo over IPv4 with a payload of `size` bytes."""
+    return common._client(ctx, [UDP_SIZED_CLIENT, common.HOST4, str(ctx["port"]), str(size), str(timeout)],
+                          timeout)
 
 
 def attempt_tcp_to(ctx: dict, addr: str, timeout: float = 2.5) -> bool:
