@@ -23,8 +23,9 @@ VERDICT = "verdict"    # a netfilter hook's verdict when it was not ACCEPT (fexi
 RTRESULT = "rtresult"  # the route input result (fexit/kretprobe ip_route_input_noref): location = dst->input
 POINTS = (RX, NF, ROUTE, XMIT, DROP, CONSUME, VERDICT, RTRESULT)
 
-# Step.stage values for NF steps: where inside the hook the probe sits
-STAGES = ("first", "conntrack", "dnat", "filter", "snat", "last")
+# Step.stage values for NF steps: where inside the hook the probe sits. "chain": a chain bracket, linked
+# just before the base chains at Step.priority (the chains before it let the packet through)
+STAGES = ("first", "conntrack", "dnat", "filter", "snat", "last", "chain")
 
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}

@@ -2,7 +2,6 @@
 rulesets recorded from `nft -j list ruleset`, `nft -a list ruleset` and `iptables-save -c` in a namespace
 holding Docker's iptables-nft rules, a native `table inet filter`, a fail2ban table, a raw-priority
 prerouting chain and a netdev ingress chain (tests/data/rules/mixed.*)."""
-import copy
 import json
 import os
 

@@ -49,18 +49,50 @@ def test_inet_forward_policy_named_and_iptables_forward_policy_refuted(lab_insta
     assert conn["outcome"] == "answered", conn
 
 
-def test_counting_nft_drop_rule_of_another_owner_by_its_counter(lab_instance):
-    """A fail2ban-style ban (table inet f2b-table, a counting reject rule on the forward hook, priority -1):
-    its counter names the rule, in nft -a form, and the fix is fail2ban's unban."""
-    inst = lab_instance("healthy")
+def f2b_ban(inst, priority=-10, port=None):
     net.run(["nft", "-f", "-"], netns=inst.host_ns, input=(
         "table inet f2b-table {\n set addr-set-web { type ipv4_addr; elements = { %s } }\n"
-        " chain f2b-chain {\n  type filter hook forward priority filter - 1; policy accept;\n"
-        "  tcp dport %d ip saddr @addr-set-web counter reject\n }\n}\n" % (inst.client_addr, inst.container_port)))
+        " chain f2b-chain {\n  type filter hook forward priority %d; policy accept;\n"
+        "  tcp dport %d ip saddr @addr-set-web counter reject\n }\n}\n"
+        % (inst.client_addr, priority, port or inst.container_port)))
+
+
+def test_counting_nft_drop_rule_of_another_owner_by_its_counter(lab_instance):
+    """A fail2ban-style ban (table inet f2b-table, a counting reject rule on the forward hook, priority -1,
+    next to iptables' 0: no bracket fits between): its counter names the rule, in nft -a form, and the fix
+    is fail2ban's unban."""
+    inst = lab_instance("healthy")
+    f2b_ban(inst, -1)
     j, ev, d = dropped_syn(inst)
+    assert not [s for s in j.steps if s.stage == "chain"], "adjacent priorities cannot be bracketed"
     rv = attribution.attribute(j, ev, d)
     assert (rv.chain.table, rv.chain.owner, rv.how, rv.verdict) == ("f2b-table", "fail2ban", "counter", "reject"), rv
     assert rv.rule.startswith("tcp dport %d ip saddr @addr-set-web counter reject" % inst.container_port)
     assert rv.rule.endswith("# handle 3") and rv.packets >= 1
     assert rv.fix == ["nsenter --net=%s fail2ban-client set web unbanip %s"
                       % (net.netns_path(inst.host_ns), inst.client_addr)]
+
+
+def test_chain_brackets_name_the_group_that_dropped_it_without_counters(lab_instance):
+    """Chains at -10 (an nft table whose drop rule is counterless and not evaluated: meta mark) and 0
+    (iptables-nft, Docker's): with no counters read, only watch's chain brackets can tell which one dropped
+    the SYN. A packet that gets through passes both brackets."""
+    inst = lab_instance("healthy")
+    net.run(["nft", "-f", "-"], netns=inst.host_ns, input=(
+        "table inet guard {\n chain screen {\n  type filter hook forward priority filter - 10; policy accept;\n"
+        "  meta mark 0 tcp dport %d drop\n }\n}\n" % inst.container_port))
+    j, ev, _ = dropped_syn(inst)
+    brackets = [s.priority for s in j.steps if s.stage == "chain" and s.hook == "FORWARD"]
+    assert brackets == [-11], j.steps
+    rv = attribution.attribute(j, ev, None)
+    assert (rv.chain.table, rv.chain.chain, rv.chain.priority, rv.how) == ("guard", "screen", -10, "chain"), rv
+    assert any("meta mark" in r for r in rv.refuted)
+    passed = attribution.chains_passed(j, ev)
+    assert [(c.table, c.chain, what) for c, what in passed if c.hook == "FORWARD"] == [("guard", "screen", "dropped")]
+    # the other port is not dropped: both brackets and the hook's last position see it
+    net.run(["nft", "flush", "chain", "inet", "guard", "screen"], netns=inst.host_ns)
+    journeys, _ = watch_lab(inst)
+    syn = next(j for j in mine(journeys, inst) if j["steps"][0].get("tcp_flags") == "S")
+    fwd = [(s["stage"], s.get("priority")) for s in syn["steps"] if s.get("hook") == "FORWARD"]
+    assert fwd == [("first", -(2 ** 31) + 1), ("chain", -11), ("chain", -1), ("last", 2 ** 31 - 2)], fwd
+    assert syn["outcome"] == "delivered"

@@ -106,7 +106,8 @@ def test_doctor_shows_exactly_what_watch_loads(have, monkeypatch):
     shown = {c.point: c for c in plan.choose(caps)}
     for point, programs in chosen.items():
         if point == "netfilter hooks" and plan.hooks_by_links(list(shown.values())):
-            assert set(programs) == {p for _, p, _ in plan.positions(True, caps.has("direct_read"))}
+            assert set(programs) == {p for _, p, _ in plan.positions(True, caps.has("direct_read"))} | \
+                set(plan.CHAIN_PROGRAMS)
         else:
             assert tuple(programs) == shown[point].programs
     # a point covered by another's programs (the verdict, by nf_hook_slow's probes) loads nothing of its own
@@ -120,7 +121,7 @@ def test_netfilter_positions_are_one_table():
     detail = plan.positions(hook_detail=True)
     assert ("PREROUTING", "nf_dnat", -99) in detail and ("POSTROUTING", "nf_snat", 101) in detail
     assert ("FORWARD", "nf_dnat", -99) not in detail
-    assert {p.stage for p in plan.POSITIONS} | {"filter"} == set(model.STAGES)
+    assert {p.stage for p in plan.POSITIONS} | {"filter", "chain"} == set(model.STAGES)
 
 
 def test_watch_reads_headers_directly_where_the_kernel_allows_it(monkeypatch):

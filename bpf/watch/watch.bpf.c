@@ -71,6 +71,14 @@ int rx_tp(struct trace_event_raw_net_dev_template *ctx)
 
 /* ---- netfilter hooks (BPF netfilter links; one program per position inside a hook) ---- */
 
+/* where each chain bracket program is linked: (netns, hook, slot, family) -> priority */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct dt_bracket);
+	__type(value, __s32);
+} brackets SEC(".maps");
+
 /* Whether a packet is followed is decided where it is first seen: the receive probe, or here at
  * OUTPUT's first position for a packet made in this namespace. Every other position only asks whether
  * this skb is followed (one lookup), so the packets of a busy watched port that were turned away cost
@@ -108,13 +116,14 @@ static __always_inline void nf_routing(struct sk_buff *skb, __u8 hook, __u8 stag
 }
 
 /* Inside a hook, only what changed is news: a NAT rewrite or a new conntrack state. A hook's first and
- * last positions and a new journey always are. Remembers what this event shows in t. */
+ * last positions, its chain brackets (which chains the packet got past) and a new journey always are. Remembers what this event shows in t. */
 static __always_inline int nf_news(struct followed *t, struct sk_buff *skb, struct l34 *p, __u8 stage, int fresh)
 {
 	unsigned long nfct = skb->_nfct;
 	__u8 ctinfo = (nfct & ~7UL) ? (nfct & 7) : DT_NO_CT;
 	__u32 sg = sig(p);
-	if (!fresh && stage != DT_STAGE_FIRST && stage != DT_STAGE_LAST && t->sig == sg && t->ctinfo == ctinfo)
+	if (!fresh && stage != DT_STAGE_FIRST && stage != DT_STAGE_LAST && stage < DT_STAGE_CHAIN &&
+	    t->sig == sg && t->ctinfo == ctinfo)
 		return 0;
 	t->sig = sg;
 	t->ctinfo = ctinfo;
@@ -164,6 +173,12 @@ static __always_inline int on_nf(struct bpf_nf_ctx *ctx, __u8 stage, const int d
 	if (!e)
 		return NF_ACCEPT;
 	nf_fill(e, state, skb, hook, stage);
+	if (stage >= DT_STAGE_CHAIN) {
+		struct dt_bracket k = { .netns = e->netns, .hook = hook, .slot = stage - DT_STAGE_CHAIN,
+					.family = p.family };
+		__s32 *prio = bpf_map_lookup_elem(&brackets, &k);
+		e->priority = prio ? *prio : 0;
+	}
 	submit(e);
 	return NF_ACCEPT;
 }
@@ -183,6 +198,18 @@ SEC("netfilter")
 int nf_snat(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_SNAT, 0); }
 SEC("netfilter")
 int nf_last(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_LAST, 0); }
+
+/* Chain brackets: linked at the priorities where the namespace's base chains run (every table, family and
+ * backend), so a journey says which chains a packet got past and the chain group that dropped it. */
+#define NF_CHAIN(n) \
+	SEC("netfilter") \
+	int nf_chain##n(struct bpf_nf_ctx *ctx) { return on_nf(ctx, DT_STAGE_CHAIN + n, 0); }
+NF_CHAIN(0)
+NF_CHAIN(1)
+NF_CHAIN(2)
+NF_CHAIN(3)
+NF_CHAIN(4)
+NF_CHAIN(5)
 
 /* ---- netfilter hooks where links are missing: fentry/fexit (else kprobe/kretprobe) on nf_hook_slow ----
  *

@@ -23,6 +23,19 @@
 #define DT_STAGE_FILTER    3
 #define DT_STAGE_SNAT      4
 #define DT_STAGE_LAST      5
+/* DT_STAGE_CHAIN + n: the n-th chain bracket of a hook (nf_chain<n>), linked just before a priority where
+ * base chains run; its priority is looked up in the `brackets` map and reported in .priority */
+#define DT_STAGE_CHAIN     16
+#define DT_CHAIN_SLOTS     6
+
+/* key of the `brackets` map: where a chain bracket program is linked (user space fills it) */
+struct dt_bracket {
+	__u32 netns;
+	__u8 hook;
+	__u8 slot;
+	__u8 family;        /* 4 or 6 */
+	__u8 pad;
+};
 
 #define DT_NO_CT 0xff
 #define DT_PKT_BYTES 128
@@ -36,7 +49,7 @@ struct dt_event {
 	__u32 netns;
 	__u32 ifindex;
 	__u32 reason;
-	__s32 priority;     /* DT_ROUTE: table id */
+	__s32 priority;     /* DT_ROUTE: table id; DT_NF chain bracket: the link's priority */
 	__u8 point;
 	__u8 hook;
 	__u8 stage;

@@ -15,7 +15,8 @@ def doctor(as_json):
     preflight.require_root()
     tracefs.ensure()
     caps = capabilities.probe(refresh=True)    # doctor tries everything, and renews this boot's answers
-    choices = plan.choose(caps) + [plan.rule_verdict()]
+    choices = plan.choose(caps)
+    choices = choices + [plan.rule_verdict(choices)]
     missing = caps.missing_minimum()
     if as_json:
         for obj in shown.json_objects(caps, choices, missing):

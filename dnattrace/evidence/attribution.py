@@ -19,19 +19,15 @@ from typing import Optional
 
 from dnattrace import model
 from dnattrace.model import ChainRef
-from dnattrace.evidence import fixes, nfeval, owners
+from dnattrace.evidence import fixes, hooks, nfeval
+from dnattrace.evidence.hooks import chains_on_hook  # noqa: F401  (the interface: attribution.chains_on_hook)
 from dnattrace.evidence.firewall import CounterMove, Ruleset
 from dnattrace.evidence.nftables import NftRuleset
 from dnattrace.evidence.snapshot import NsDelta, NsEvidence
+from dnattrace.kernel import plan
 from dnattrace.kernel.plan import STAGE_PRIORITY
 from dnattrace.kernel.kallsyms import base_name
 
-IP_HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
-DEV_HOOKS = ("ingress", "egress")
-# The priorities xtables tables register at (include/uapi/linux/netfilter_ipv4.h, NF_IP_PRI_*); nat's
-# differ per hook: DNAT before filter, SNAT after it.
-XT_PRIORITY = {"raw": -300, "mangle": -150, "filter": 0, "security": 50}
-XT_NAT_PRIORITY = {"PREROUTING": -100, "OUTPUT": -100, "INPUT": 100, "POSTROUTING": 100}
 # Where the kernel frees a packet a netfilter verdict refused
 NF_DROP_SITES = ("nft_do_chain", "nf_hook_slow", "ipt_do_table", "ip6t_do_table", "ebt_do_table", "arpt_do_table")
 DROPPING = {"drop": ("drop", "reject"), "accept": ("accept",), "reject": ("reject",)}
@@ -70,81 +66,11 @@ class _Finding:
     rule_obj: object = None         # the Rule / NftRule, for the fix
 
 
-# ---------------------------------------------------------------- the chains on a hook
-
-def _hook_name(nft_hook: str) -> str:
-    up = nft_hook.upper()
-    return up if up in IP_HOOKS else nft_hook
-
-
-def _families(family: int, hook: str) -> tuple[str, ...]:
-    if hook in DEV_HOOKS:
-        return ("netdev", "inet")
-    return ("ip6" if family == 6 else "ip", "inet")
-
-
-def _nft_reach(rs: NftRuleset, family: str, table: str, chain: str) -> list[str]:
-    """Chains a packet entering `chain` can visit (jumps and gotos), in the order they are named."""
-    out, todo = [], [chain]
-    while todo:
-        name = todo.pop(0)
-        c = rs.chain(family, table, name)
-        if name in out or c is None:
-            continue
-        out.append(name)
-        todo += [r.target for r in c.rules if r.target]
-    return out
-
-
-def _xt_reach(rules: Ruleset, table: str, chain: str) -> list[str]:
-    out, todo = [], [chain]
-    while todo:
-        name = todo.pop(0)
-        c = rules.chain(table, name)
-        if name in out or c is None:
-            continue
-        out.append(name)
-        todo += [r.target for r in c.rules if r.target and rules.chain(table, r.target) is not None]
-    return out
-
-
-def _xt_priority(table: str, hook: str) -> int:
-    return XT_NAT_PRIORITY.get(hook, 0) if table == "nat" else XT_PRIORITY.get(table, 0)
-
-
-def _xt_chains(rules: Optional[Ruleset], family: int, hook: str) -> list[ChainRef]:
-    """The built-in chains of iptables tables on a hook, at their tables' fixed priorities."""
-    out = []
-    for table, chains in (rules.tables.items() if rules and hook in IP_HOOKS else ()):
-        c = chains.get(hook)
-        if c is not None and c.policy != "-":
-            out.append(ChainRef("ip6" if family == 6 else "ip", table, hook, hook, _xt_priority(table, hook),
-                                rules.backend, owners.of_iptables(_xt_reach(rules, table, hook)[1:])))
-    return out
-
-
-def chains_on_hook(ns: NsEvidence, family: int, hook: str) -> list[ChainRef]:
-    """Every base chain of every table/backend/owner registered on that hook for packets of that IP family
-    (ip/ip6 tables of the family, inet, iptables-legacy tables), ordered by priority."""
-    out = []
-    if ns.nft is not None:
-        fams = _families(family, hook)
-        for c in ns.nft.base_chains():
-            if c.family in fams and _hook_name(c.hook) == hook:
-                t = ns.nft.table(c.family, c.table)
-                owner = t.owner if t.owner in ("nftables",) or t.name in owners.TABLE_OWNERS else \
-                    owners.of_iptables(_nft_reach(ns.nft, c.family, c.table, c.name)[1:] + [c.name])
-                out.append(ChainRef(c.family, c.table, c.name, hook, c.prio, t.backend, owner))
-    else:       # nft not readable: iptables' own tables at their fixed priorities
-        out += _xt_chains(ns.ruleset(family), family, hook)
-    out += _xt_chains(ns.legacy_ruleset(family), family, hook)
-    return sorted(out, key=lambda c: c.priority)
-
-
 # ---------------------------------------------------------------- where the journey ended
 
-def _ending(journey: model.Journey) -> Optional[tuple[model.Step, str, int]]:
-    """(drop step, hook, lowest priority a dropping chain can have) of a journey that ended in netfilter."""
+def _ending(journey: model.Journey) -> Optional[tuple[model.Step, str, int, Optional[model.Step]]]:
+    """(drop step, hook, lowest priority a dropping chain can have, the NF step last seen there) of a
+    journey that ended in netfilter."""
     drop = journey.drop
     if drop is None:
         return None
@@ -157,11 +83,22 @@ def _ending(journey: model.Journey) -> Optional[tuple[model.Step, str, int]]:
     if drop.reason not in ("NETFILTER_DROP", "NF_DROP") and site not in NF_DROP_SITES and verdict is None:
         return None
     if nf is not None:
-        prio = STAGE_PRIORITY.get(nf.stage, nf.priority if nf.priority is not None else -(1 << 31))
-        return drop, nf.hook, prio
+        prio = nf.priority if nf.stage == "chain" or nf.stage not in STAGE_PRIORITY else STAGE_PRIORITY[nf.stage]
+        return drop, nf.hook, prio if prio is not None else -(1 << 31), nf
     if verdict is not None:
-        return drop, verdict.hook, -(1 << 31)
+        return drop, verdict.hook, -(1 << 31), None
     return None
+
+
+def _window(chains: list[ChainRef], hook: str, last: Optional[model.Step], lowest: int) -> list[ChainRef]:
+    """The chains that may have dropped a packet last seen at priority `lowest`: those at or after it, and,
+    when that was a chain bracket, only the group it opens (the next group's bracket did not see it)."""
+    after = [c for c in chains if c.priority >= lowest]
+    if last is None or last.stage != "chain" or last.priority is None:
+        return after
+    starts = plan.groups(hook, [c.priority for c in chains])
+    nxt = next((g for g in starts if g > last.priority + 1), None)
+    return [c for c in after if nxt is None or c.priority < nxt]
 
 
 def _packet(journey: model.Journey, hook: str, drop: model.Step) -> nfeval.Packet:
@@ -192,7 +129,7 @@ def _judge_xt(ns, nsdelta, c: ChainRef, family: int, verdict: str) -> Optional[_
     rules = _xt_rules(ns, c, family)
     if nsdelta is None or rules is None or rules.chain(c.table, c.chain) is None:
         return None
-    reach = _xt_reach(rules, c.table, c.chain)
+    reach = hooks.xt_reach(rules, c.table, c.chain)
     want = [v.upper() for v in DROPPING[verdict]]
     moved = [m for m in _xt_moves(ns, nsdelta, c, family) if m.chain in reach and m.target in want
              and (not m.policy or m.chain == c.chain)]
@@ -212,7 +149,7 @@ def _judge_xt(ns, nsdelta, c: ChainRef, family: int, verdict: str) -> Optional[_
 def _judge_nft(ns, nsdelta, c: ChainRef, pkt: nfeval.Packet, verdict: str) -> _Finding:
     """An nft chain: the counters of rules that count, then evaluation of the chain against the packet."""
     rs = ns.nft
-    reach = _nft_reach(rs, c.family, c.table, c.chain)
+    reach = hooks.nft_reach(rs, c.family, c.table, c.chain)
     want = DROPPING[verdict]
     moved = [m for m in (nsdelta.nft_moves if nsdelta else []) if (m.rule.family, m.rule.table) ==
              (c.family, c.table) and m.rule.chain in reach and m.rule.verdict in want]
@@ -276,11 +213,11 @@ def attribute(journey: model.Journey, ns: NsEvidence, nsdelta: Optional[NsDelta]
     end = _ending(journey)
     if end is None:
         return None
-    drop, hook, lowest = end
+    drop, hook, lowest, last = end
     pkt = _packet(journey, hook, drop)
     family = pkt.family
     found = [_judge(ns, nsdelta, c, family, pkt.at(hook, c.priority), verdict)
-             for c in chains_on_hook(ns, family, hook) if c.priority >= lowest]
+             for c in _window(chains_on_hook(ns, family, hook), hook, last, lowest)]
     if not found:
         return None
     return _decide(found, ns, pkt, family, hook)
@@ -316,3 +253,26 @@ def _decide(found: list[_Finding], ns: NsEvidence, pkt, family: int, hook: str) 
         rv.refuted.append("rule unknown: " + pick.why)
     rv.fix, rv.fix_note = fixes.for_verdict(rv, ns, pkt, pick.rule_obj, family)
     return rv
+
+
+def chains_passed(journey: model.Journey, ns: NsEvidence) -> list[tuple[ChainRef, str]]:
+    """The base chains of `ns` on each hook the journey went through there, in order, each with what the
+    journey says of it: "passed" (seen after it: the hook's last position or a later chain bracket),
+    "dropped" (the only group the packet can have ended in), or "reached" (it may have ended there)."""
+    out = []
+    steps = [s for s in journey.steps if s.point == model.NF and (not ns.inode or s.netns == ns.inode)]
+    family = next((s.tuple.family for s in steps if s.tuple), 4)
+    end = _ending(journey)
+    for hook in journey.hooks_seen(ns.inode or None):
+        chains = chains_on_hook(ns, family, hook)
+        at = [s for s in steps if s.hook == hook]
+        if any(s.stage == "last" for s in at):
+            out += [(c, "passed") for c in chains]
+            continue
+        last = at[-1] if at else None
+        lowest = end[2] if end and end[1] == hook else -(1 << 31)
+        window = _window(chains, hook, last, lowest) if end and end[1] == hook else chains
+        state = "dropped" if end and end[1] == hook and len({c.priority for c in window}) == 1 else "reached"
+        out += [(c, "passed" if c not in window else state) for c in chains
+                if c in window or c.priority < lowest]
+    return out

@@ -87,6 +87,47 @@ DIRECT_TWIN = {"nf_first": "nf_first_direct"}
 STAGE_PRIORITY = {p.stage: p.priority for p in POSITIONS} | {"filter": 0}
 
 
+# Chain brackets: one program per slot (nf_chain0..5, DT_CHAIN_SLOTS in bpf/watch/watch.h), linked one
+# below each priority where a namespace's base chains run (the kernel refuses a BPF link at a priority any
+# other hook holds), on hooks where chains run at two priorities or more (with one, the hook's first and
+# last positions bracket them already). A packet seen by the bracket of the group at P and by no later one
+# was dropped by a chain of that group. Chains at adjacent priorities (-1 and 0) cannot be told apart this
+# way: they form one group.
+CHAIN_PROGRAMS = tuple("nf_chain%d" % i for i in range(6))
+
+
+@dataclass(frozen=True)
+class Bracket:
+    hook: str
+    family: int                   # 4 or 6: the chains differ per family (ip and ip6 tables; inet in both)
+    slot: int                     # which nf_chain<slot> program
+    group: int                    # the priority where the bracketed group of chains starts
+
+    @property
+    def program(self) -> str:
+        return CHAIN_PROGRAMS[self.slot]
+
+    @property
+    def priority(self) -> int:
+        return self.group - 1
+
+
+def groups(hook: str, prios: list[int]) -> list[int]:
+    """Where the bracketable groups of a hook's chains start: a chain priority one above which is free (no
+    chain, no position link of watch, with or without --hook-detail). [] when the hook needs no brackets or
+    has more groups than slots: the packet's window is then what the positions tell."""
+    taken = {pr for h, _, pr in positions(hook_detail=True) if h == hook} | set(prios)
+    out = [p for p in sorted(set(prios)) if p - 1 not in taken and loader.NF_PRIO_MIN < p - 1]
+    return out if 2 <= len(out) <= len(CHAIN_PROGRAMS) else []
+
+
+def brackets(priorities: dict[tuple[int, str], list[int]]) -> list[Bracket]:
+    """The chain brackets for a namespace whose base chains run at `priorities` ((family, hook) -> sorted
+    priorities)."""
+    return [Bracket(hook, family, i, g) for (family, hook), prios in sorted(priorities.items())
+            for i, g in enumerate(groups(hook, prios))]
+
+
 def positions(hook_detail=False, direct_read=False) -> list[tuple[str, str, int]]:
     """(hook, program, priority) of every link to attach in a namespace."""
     out = []
@@ -100,7 +141,8 @@ def positions(hook_detail=False, direct_read=False) -> list[tuple[str, str, int]
 
 def _netfilter_label():
     inside = ", ".join("%s %d" % (p.stage, p.priority) for p in POSITIONS if p.detail)
-    return "netfilter links at the first and last position of every hook (with --hook-detail: %s)" % inside
+    return ("netfilter links at the first and last position of every hook (with --hook-detail: %s), and one "
+            "below each priority where base chains run (the chain that dropped a packet)" % inside)
 
 
 # ---------------------------------------------------------------- the table
@@ -109,7 +151,7 @@ POINTS = (
     Point("device receive", _tracepoint({"direct_read": "rx_direct", "tp_btf": "rx_btf", "raw_tp": "rx_raw",
                                          "tracepoint": "rx_tp"}, "net", "netif_receive_skb"),
           required=True, why="where a packet enters a namespace, and whether it is followed"),
-    Point("netfilter hooks", (Probe(tuple(sorted({p.program for p in POSITIONS})), "netfilter_link",
+    Point("netfilter hooks", (Probe(tuple(sorted({p.program for p in POSITIONS})) + CHAIN_PROGRAMS, "netfilter_link",
                                     _netfilter_label()),
                               # where links are missing (before 6.4): every call of nf_hook_slow, entry =
                               # the hook's first position, return = its last (ACCEPT) or its verdict
@@ -225,10 +267,17 @@ def require(choices: list[Choice]):
             missing[0].point, "; ".join("%s: %s" % t for c in missing for t in c.tried)))
 
 
-def rule_verdict() -> Choice:
-    """Which rule dropped a packet: rule and policy counter differences read by diagnose before and after
-    (user space, not a BPF probe; fexit on nft_do_chain/ipt_do_table is not implemented)."""
+def rule_verdict(choices: Optional[list[Choice]] = None) -> Choice:
+    """Which chain and rule dropped a packet. With netfilter links: the chain group from brackets linked
+    at each base chain's priority, the rule from counters and evaluation. Without (fexit on nft_do_chain /
+    ipt_do_table is not implemented): the chain and rule from counters (iptables-save -c, nft -j, legacy
+    tables) and the evaluation of counterless nft rules only; never a guess."""
     tools = [t for t in ("iptables-save", "nft") if shutil.which(t)]
-    if tools:
-        return Choice("rule verdict", Probe((), "counters", "rule/policy counter differences (%s)" % ", ".join(tools)))
-    return Choice("rule verdict", None, [("rule/policy counter differences", "neither iptables-save nor nft installed")])
+    if not tools:
+        return Choice("rule verdict", None, [("rule/policy counter differences", "neither iptables-save nor nft installed")])
+    how = "rule/policy counter differences (%s) and evaluation of counterless nft rules" % ", ".join(tools)
+    if choices is not None and hooks_by_links(choices):
+        how = "chain: netfilter links bracketing each base chain's priority; rule: " + how
+    else:
+        how = "chain and rule from " + how + " (no per-packet chain: no netfilter links here)"
+    return Choice("rule verdict", Probe((), "counters", how))

@@ -47,7 +47,10 @@ def hook_line(group: list[model.Step]) -> str:
     rw = _rewrite(first.tuple, last.tuple)
     if rw:
         bits.append(rw)
-    if last.stage != "last":
+    if last.stage == "chain" and last.priority is not None:
+        # a chain bracket sits one below the chains it opens; the next bracket did not see the packet
+        bits.append("did not pass (last seen before the chains at priority %d)" % (last.priority + 1))
+    elif last.stage != "last":
         bits.append("did not pass (last seen %s)" % last.stage)
     dev = first.ifname or ""
     if first.out_ifname and first.out_ifname != dev:

@@ -27,6 +27,7 @@ POINT_NAMES = {DT_RX: model.RX, DT_NF: model.NF, DT_ROUTE: model.ROUTE, DT_XMIT:
                DT_DROP: model.DROP, DT_CONSUME: model.CONSUME, DT_VERDICT: model.VERDICT,
                DT_RTRESULT: model.RTRESULT}
 STAGE_NAMES = model.STAGES            # indexed by dt_event.stage (DT_STAGE_* in bpf/watch/watch.h)
+DT_STAGE_CHAIN = 16                   # and up: a chain bracket, its link's priority in dt_event.priority
 # the priority each stage's link is nominally attached at (capabilities.EDGE/INSIDE_PRIORITIES; a link
 # that found its place taken sits one or two further in): a program does not know its own
 STAGE_PRIORITY = {"first": -(2 ** 31) + 1, "conntrack": -199, "dnat": -99, "filter": 0, "snat": 101,
@@ -117,8 +118,11 @@ def to_step(ev: RawEvent, symbolize: Callable[[int], str] = hex, reason_name: Ca
                       seq=socket.ntohl(ev.seq) if ev.proto == 6 and ev.seq else None)
     if kind == DT_NF:
         step.hook = model.HOOKS[ev.hook] if ev.hook < len(model.HOOKS) else str(ev.hook)
-        step.stage = STAGE_NAMES[ev.stage] if ev.stage < len(STAGE_NAMES) else str(ev.stage)
-        step.priority = STAGE_PRIORITY.get(step.stage)
+        if ev.stage >= DT_STAGE_CHAIN:
+            step.stage, step.priority = "chain", ev.priority
+        else:
+            step.stage = STAGE_NAMES[ev.stage] if ev.stage < len(STAGE_NAMES) else str(ev.stage)
+            step.priority = STAGE_PRIORITY.get(step.stage)
         if ev.ctinfo != NO_CT:
             step.ct = model.CtInfo(
                 state=CT_STATES.get(ev.ctinfo, str(ev.ctinfo)), status=ev.ct_status,

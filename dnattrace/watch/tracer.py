@@ -19,6 +19,8 @@ from typing import Optional
 
 from dnattrace.kernel import capabilities, loader, objects, plan
 from dnattrace.drops import counter as drops
+from dnattrace.evidence import hooks
+from dnattrace.netns import enter
 from dnattrace.watch import abi
 
 log = logging.getLogger("dnattrace.watch")
@@ -54,7 +56,8 @@ def choose(caps, hook_detail=True) -> tuple[dict[str, list[str]], list[str]]:
     plan.require(choices)
     chosen = {c.point: list(c.programs) for c in choices if c.probe and c.programs}
     if plan.hooks_by_links(choices):
-        chosen["netfilter hooks"] = sorted({p for _, p, _ in _positions(caps, hook_detail=hook_detail)})
+        chosen["netfilter hooks"] = sorted({p for _, p, _ in _positions(caps, hook_detail=hook_detail)} |
+                                           set(plan.CHAIN_PROGRAMS))
     notes = ["%s: %s" % (c.point, c.probe.label if c.probe else "unavailable") +
              "".join("; passed over %s (%s)" % t for t in c.tried) for c in choices if c.tried]
     return chosen, notes
@@ -78,6 +81,7 @@ class WatchTracer:
         self.capture = capture
         self.max_new = max_new
         self.caps = caps or capabilities.probe()
+        self.hook_detail = hook_detail
         self.positions = _positions(self.caps, hook_detail)
         self.chosen, self.notes = choose(self.caps, hook_detail)
         # netfilter links are attached per namespace; nf_hook_slow's probes (older kernels) once, globally
@@ -197,6 +201,36 @@ class WatchTracer:
         self._links += six
         log.info("netfilter links: %d positions in %s, %s", len(self.positions), path or "the current namespace",
                  "IPv4 and IPv6" if six else "IPv4 only")
+        self._attach_brackets(path, bool(six))
+
+    def _attach_brackets(self, path, six):
+        """Chain brackets at the priorities of the namespace's base chains (kernel/plan.py, brackets()), and
+        the priority of each in the `brackets` map, which the events report. A hook's brackets are all or
+        none: where one cannot be linked (another watcher holds its priority), the others would make a
+        packet's window wrong."""
+        ino, done = enter.inode(path), 0
+        by_hook: dict[tuple[int, str], list] = {}
+        for b in plan.brackets(hooks.bracket_priorities(path)):
+            if b.family == 4 or six:
+                by_hook.setdefault((b.family, b.hook), []).append(b)
+        for (family, hook), group in by_hook.items():
+            links = []
+            try:
+                for b in group:
+                    links.append(self._obj.program(b.program).attach_netfilter(
+                        plan.HOOKS[hook], b.priority, pf=loader.NFPROTO_IPV6 if family == 6 else loader.NFPROTO_IPV4,
+                        netns_path=path))
+            except loader.BpfError as e:
+                log.info("no chain brackets on %s (IPv%d) in %s: %s", hook, family, path or "this namespace", e)
+                for link in links:
+                    link.close()
+                continue
+            for b in group:
+                key = struct.pack("<IBBBB", ino, plan.HOOKS[hook], b.slot, family, 0)
+                self._obj.map("brackets").update(key, struct.pack("<i", b.priority))
+            self._links += links
+            done += len(links)
+        log.info("chain brackets: %d in %s", done, path or "the current namespace")
 
     def _attach_nf(self, prog, hook, prio, path, pf):
         """The kernel allows one BPF netfilter link per (hook, priority) in a namespace: when another
