@@ -96,3 +96,31 @@ def test_chain_brackets_name_the_group_that_dropped_it_without_counters(lab_inst
     fwd = [(s["stage"], s.get("priority")) for s in syn["steps"] if s.get("hook") == "FORWARD"]
     assert fwd == [("first", -(2 ** 31) + 1), ("chain", -11), ("chain", -1), ("last", 2 ** 31 - 2)], fwd
     assert syn["outcome"] == "delivered"
+
+
+def test_legacy_rule_beside_iptables_nft_is_named_and_fixed_with_the_legacy_tool(lab_instance):
+    """A DROP rule in an iptables-legacy table (a container shipping legacy iptables, an old script) beside
+    Docker's iptables-nft rules: `iptables -S` does not show it, yet it drops. The rule is named in
+    `iptables -S` form from iptables-legacy-save's counters, both backends are said to be loaded, and the
+    printed fix (iptables-legacy -D ...) repairs it."""
+    inst = lab_instance("healthy")
+    net.run(["iptables-legacy", "-I", "FORWARD", "-s", inst.client_addr + "/32", "-p", "tcp", "-j", "DROP"],
+            netns=inst.host_ns)
+    try:
+        j, ev, d = dropped_syn(inst)
+        assert ev.both_backends and ev.legacy is not None
+        rv = attribution.attribute(j, ev, d)
+        assert (rv.chain.backend, rv.chain.table, rv.chain.chain, rv.how) == (
+            "iptables-legacy", "filter", "FORWARD", "counter"), rv
+        assert rv.rule == "-A FORWARD -s %s/32 -p tcp -j DROP" % inst.client_addr and rv.packets >= 1
+        assert any(r.startswith("iptables-nft filter FORWARD: no DROP/REJECT") for r in rv.refuted), rv.refuted
+        assert rv.fix == ["nsenter --net=%s iptables-legacy -t filter -D FORWARD -s %s/32 -p tcp -j DROP"
+                          % (net.netns_path(inst.host_ns), inst.client_addr)]
+        for cmd in rv.fix:
+            subprocess.run(cmd, shell=True, check=True)
+        journeys, summary = watch_lab(inst)
+        conn = next(c for c in summary["connections"] if c["key"]["dport"] == inst.target_port)
+        assert conn["outcome"] == "answered", conn
+    finally:
+        subprocess.run(["nsenter", "--net=" + net.netns_path(inst.host_ns), "iptables-legacy", "-F"],
+                       capture_output=True)
