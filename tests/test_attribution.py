@@ -277,3 +277,27 @@ def test_fix_in_the_owners_language(chain, owner, want):
     rv = attribution.RuleVerdict(ref, user_chain=chain, how="evaluated")
     fix, note = fixes.for_verdict(rv, NsEvidence("host"), pkt(dport=9090), None, 4)
     assert fix == want and note.startswith("raw fallback: ")
+
+
+def ingress_journey(iif):
+    t = model.Tuple5(6, "198.51.100.2", 40000, "198.51.100.1", 8080)
+    return model.Journey(1, [model.Step(1, model.RX, 7, "host", iif, tuple=t, tcp_flags="S"),
+                             model.Step(2, model.DROP, 7, "host", iif, location="nft_do_chain+0x3c1",
+                                        reason="NETFILTER_DROP", tuple=t)])
+
+
+def test_received_and_freed_by_nft_before_prerouting_is_an_ingress_chain():
+    ev = evidence()
+    items = json.loads(read("mixed.nft.json"))["nftables"] + [{"rule": {
+        "family": "netdev", "table": "ing", "chain": "in", "handle": 9, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "198.51.100.2"}},
+            {"drop": None}]}}]
+    text = read("mixed.nft.txt").replace('priority -500; policy accept;\n',
+                                         'priority -500; policy accept;\n\t\tip saddr 198.51.100.2 drop # handle 9\n')
+    ev.nft = nftables.parse(json.dumps({"nftables": items}), text)
+    rv = attribute(ingress_journey("lo"), ev, delta())
+    assert (rv.chain.family, rv.chain.table, rv.chain.hook, rv.how, rv.rule) == (
+        "netdev", "ing", "ingress", "evaluated", "ip saddr 198.51.100.2 drop # handle 9")
+    # the chain is on lo: a packet received on eth0 never met it
+    rv = attribute(ingress_journey("eth0"), ev, delta())
+    assert rv.how == "undecided" and any("on device lo, not eth0" in r for r in rv.refuted)

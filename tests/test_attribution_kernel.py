@@ -124,3 +124,25 @@ def test_legacy_rule_beside_iptables_nft_is_named_and_fixed_with_the_legacy_tool
     finally:
         subprocess.run(["nsenter", "--net=" + net.netns_path(inst.host_ns), "iptables-legacy", "-F"],
                        capture_output=True)
+
+
+def test_netdev_ingress_drop_before_prerouting(lab_instance):
+    """A netdev-family ingress chain on the host's outside interface drops the client's SYN before any
+    netfilter IP hook: the journey shows it received and freed by nft with no hook step; the chain is
+    named by its counter, and deleting the rule (the printed fix) repairs it."""
+    inst = lab_instance("healthy")
+    net.run(["nft", "-f", "-"], netns=inst.host_ns, input=(
+        "table netdev edge {\n chain in {\n  type filter hook ingress device %s priority 0; policy accept;\n"
+        "  ip saddr %s tcp dport %d counter drop\n }\n}\n" % (inst.outside_if, inst.client_addr, inst.target_port)))
+    j, ev, d = dropped_syn(inst)
+    assert not [s for s in j.steps if s.point == model.NF], j.steps
+    rv = attribution.attribute(j, ev, d)
+    assert (rv.chain.family, rv.chain.table, rv.chain.chain, rv.chain.hook, rv.how) == (
+        "netdev", "edge", "in", "ingress", "counter"), rv
+    assert rv.rule.startswith("ip saddr %s tcp dport %d counter drop # handle" % (inst.client_addr, inst.target_port))
+    assert rv.fix == ["nsenter --net=%s nft delete rule netdev edge in handle 2" % net.netns_path(inst.host_ns)]
+    for cmd in rv.fix:
+        subprocess.run(cmd, shell=True, check=True)
+    journeys, summary = watch_lab(inst)
+    conn = next(c for c in summary["connections"] if c["key"]["dport"] == inst.target_port)
+    assert conn["outcome"] == "answered", conn

@@ -82,11 +82,14 @@ def _ending(journey: model.Journey) -> Optional[tuple[model.Step, str, int, Opti
     site = base_name(drop.location.split("+")[0]) if drop.location else ""
     if drop.reason not in ("NETFILTER_DROP", "NF_DROP") and site not in NF_DROP_SITES and verdict is None:
         return None
-    if nf is not None:
+    rx = next((s for s in reversed(before) if s.point == model.RX and s.netns == drop.netns), None)
+    if nf is not None and not (rx is not None and rx.ts_ns > nf.ts_ns):
         prio = nf.priority if nf.stage == "chain" or nf.stage not in STAGE_PRIORITY else STAGE_PRIORITY[nf.stage]
         return drop, nf.hook, prio if prio is not None else -(1 << 31), nf
     if verdict is not None:
         return drop, verdict.hook, -(1 << 31), None
+    if rx is not None:
+        return drop, "ingress", -(1 << 31), None    # received, freed by nft before PREROUTING: an ingress chain
     return None
 
 
@@ -105,6 +108,10 @@ def _packet(journey: model.Journey, hook: str, drop: model.Step) -> nfeval.Packe
     """The packet as the hook saw it: its last tuple and devices there, and its conntrack state."""
     at = [s for s in journey.steps if s.point == model.NF and s.hook == hook and s.netns == drop.netns
           and s.ts_ns <= drop.ts_ns]
+    if hook in hooks.DEV_HOOKS:     # no probe there: the packet as it was received
+        at = [s for s in journey.steps if s.point == model.RX and s.netns == drop.netns and s.ts_ns <= drop.ts_ns]
+        t = at[-1].tuple if at else None
+        return nfeval.Packet.of(t, at[-1].ifname if at else "")
     last = at[-1] if at else drop
     t = last.tuple or (journey.tuples() or [None])[-1]
     ct = next((s.ct for s in reversed(at) if s.ct), None)
@@ -151,6 +158,9 @@ def _judge_nft(ns, nsdelta, c: ChainRef, pkt: nfeval.Packet, verdict: str) -> _F
     rs = ns.nft
     reach = hooks.nft_reach(rs, c.family, c.table, c.chain)
     want = DROPPING[verdict]
+    device = rs.chain(c.family, c.table, c.chain).device
+    if c.hook in hooks.DEV_HOOKS and device and pkt.iif and pkt.iif not in device.split(","):
+        return _Finding(c, "refuted", "%s %s %s: on device %s, not %s" % (c.family, c.table, c.chain, device, pkt.iif))
     moved = [m for m in (nsdelta.nft_moves if nsdelta else []) if (m.rule.family, m.rule.table) ==
              (c.family, c.table) and m.rule.chain in reach and m.rule.verdict in want]
     if len(moved) == 1:

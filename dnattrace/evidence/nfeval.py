@@ -52,7 +52,7 @@ class Packet:
         """The packet as a chain at this priority sees it: before conntrack (-200) it has no state; after
         DNAT (-100) in PREROUTING/OUTPUT its destination is the rewritten one."""
         p = self
-        if hook in ("PREROUTING", "OUTPUT") and priority <= -200:
+        if hook in ("PREROUTING", "OUTPUT") and priority <= -200 or hook in ("ingress", "egress"):
             p = replace(p, ct_state="")
         if hook in ("PREROUTING", "OUTPUT") and priority > -100 and p.dnat:
             p = replace(p, dst=p.dnat[0], dport=p.dnat[1])

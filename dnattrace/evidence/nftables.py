@@ -23,6 +23,7 @@ JUMPS = ("jump", "goto")
 XT_TABLES = ("filter", "nat", "mangle", "raw", "security")     # the tables iptables-nft creates
 _HANDLE = re.compile(r"\s*# handle (\d+)\s*$")
 _COUNTER = re.compile(r"counter packets \d+ bytes \d+")
+_DEVICE = re.compile(r'devices = \{\s*([^}]+)\}|device ("[^"]+"|\S+)')
 _BLOCK = re.compile(r"^(table|chain|set|map|flowtable|ct \w+|counter|quota|limit|secmark|synproxy)\s+(.*?)\s*\{"
                     r"(?:\s*# handle \d+)?$")
 
@@ -162,7 +163,8 @@ def _build(rs: NftRuleset) -> dict[tuple[str, str], NftTable]:
             table(s["family"], s["table"]).sets[s["name"]] = s
         elif "chain" in it:
             c = it["chain"]
-            dev = c.get("dev") or c.get("device") or ""
+            dev = c.get("dev") or c.get("device") or rs.texts.get(text_key(c["family"], c["table"], c["name"],
+                                                                          "device"), "")
             table(c["family"], c["table"]).chains[c["name"]] = NftChain(
                 c["family"], c["table"], c["name"], c.get("hook", ""), int(c.get("prio", 0) or 0),
                 (c.get("policy") or "accept"), c.get("type", "filter"), dev if isinstance(dev, str) else ",".join(dev))
@@ -193,6 +195,11 @@ def parse_text(text: str) -> dict[str, str]:
         m = _BLOCK.match(line)
         if m:
             stack.append((m.group(1), m.group(2).split()))
+            continue
+        dev = _DEVICE.search(line) if line.startswith("type ") and len(stack) == 2 else None
+        if dev and stack[0][0] == "table" and len(stack[0][1]) >= 2:
+            out[text_key(stack[0][1][0], stack[0][1][1], stack[1][1][0], "device")] = ",".join(
+                re.findall(r'"?([\w.@*-]+)"?', dev.group(1) or dev.group(2)))
             continue
         h = _HANDLE.search(line)
         if h and len(stack) == 2 and stack[0][0] == "table" and stack[1][0] == "chain" and len(stack[0][1]) >= 2:
