@@ -146,3 +146,18 @@ def test_netdev_ingress_drop_before_prerouting(lab_instance):
     journeys, summary = watch_lab(inst)
     conn = next(c for c in summary["connections"] if c["key"]["dport"] == inst.target_port)
     assert conn["outcome"] == "answered", conn
+
+
+def test_raw_priority_prerouting_drop_evaluated_without_a_counter(lab_instance):
+    """A counterless DROP in a raw-priority prerouting chain (before conntrack and Docker's DNAT): the
+    chain brackets put the drop in that chain's group, evaluation names the rule."""
+    inst = lab_instance("healthy")
+    net.run(["nft", "-f", "-"], netns=inst.host_ns, input=(
+        "table ip early {\n chain pre {\n  type filter hook prerouting priority raw; policy accept;\n"
+        "  ip saddr %s tcp dport %d drop\n }\n}\n" % (inst.client_addr, inst.target_port)))
+    j, ev, d = dropped_syn(inst)
+    assert [(s.stage, s.priority) for s in j.steps if s.hook == "PREROUTING"][-1] == ("chain", -301), j.steps
+    rv = attribution.attribute(j, ev, d)
+    assert (rv.chain.table, rv.chain.chain, rv.chain.priority, rv.how, rv.policy) == (
+        "early", "pre", -300, "evaluated", False), rv
+    assert rv.rule == "ip saddr %s tcp dport %d drop # handle 2" % (inst.client_addr, inst.target_port)
