@@ -275,3 +275,28 @@ def test_not_root_is_one_line_and_exit_3(root):
                        cwd=REPO, capture_output=True, text=True, timeout=30)
     assert p.returncode == 3, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "root" in p.stderr
+
+
+def test_cli_by_rule_and_by_chain_from_the_counters_of_every_table(lab):
+    """--by rule / --by chain: netfilter's drops split by the rule whose counter moved (an nft table here,
+    beside iptables-nft's nat table); a counterless rule's drops are not spread over the chains but shown
+    as what no counter explains; the other drops as one row."""
+    net.run(["nft", "-f", "-"], netns=lab.host, input=(
+        "table inet guard {\n chain input {\n  type filter hook input priority 0; policy accept;\n"
+        "  tcp dport 18081 counter drop\n  udp dport 19998 drop\n }\n}\n"))
+    for by in ("rule", "chain"):
+        cli = Cli("--json", "--by", by, "--duration", "1.5", "--interval", "0.5", "--netns", lab.host)
+        send_syns(lab, N, dport=18081)
+        send_udp(lab.client, 3, HOST_IP, port=19998)
+        send_udp(lab.client, 2, HOST_IP)            # nothing listens: NO_SOCKET, not netfilter
+        settle()
+        objs = [json.loads(line) for line in cli.finish().splitlines()]
+        summary = objs[-1]
+        assert summary["type"] == "summary"
+        rows = {(r["chain"], r["rule"]): r["count"] for r in summary["rows"]}
+        counted = ("nft inet guard input", "tcp dport 18081 counter drop # handle 2" if by == "rule" else "")
+        other = rows.pop(("(not netfilter)", ""))
+        assert other >= 2, "the closed port's datagrams (and the new links' own noise)"
+        assert rows == {counted: N, ("(no counter moved: a counterless nft rule or an nft chain policy)", ""): 3}, rows
+        intervals = [r for o in objs if o["type"] == "interval" for r in o["rows"]]
+        assert sum(r["count"] for r in intervals if r["chain"] == "nft inet guard input") == N

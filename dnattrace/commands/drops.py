@@ -16,6 +16,8 @@ from dnattrace.output import tables
 from dnattrace.output.stream import Output
 
 COLUMNS = ("count", "rate", "location", "reason", "netns", "proto", "meaning")
+CHAIN_COLUMNS = {"chain": ("count", "rate", "chain", "owner", "netns"),
+                 "rule": ("count", "rate", "chain", "rule", "owner", "netns")}
 MEANING_WIDTH = 60
 STACK_ROWS = 3
 MAX_SERIES = 500          # dnattrace.output.prometheus.MAX_SERIES (not imported: prometheus_client is lazy)
@@ -24,8 +26,9 @@ MAX_SERIES = 500          # dnattrace.output.prometheus.MAX_SERIES (not imported
 class Printer:
     """Renders one span of drops in the chosen output shape."""
 
-    def __init__(self, describer, counter, by, top, as_json, dropwatch, stacks, out, metrics=None):
+    def __init__(self, describer, counter, by, top, as_json, dropwatch, stacks, out, metrics=None, chains=None):
         self.out = out
+        self.chains = chains        # --by chain/rule: evidence.chaincount.ChainCounts of the namespace
         self.metrics = metrics      # --prometheus: intervals go to the exporter instead of stdout
         self.emit = out.line
         self.describer = describer
@@ -36,8 +39,11 @@ class Printer:
         self.dropwatch = dropwatch
         self.stacks = stacks
 
-    def _describe(self, rows, seconds):
+    def _describe(self, rows, seconds, kind="interval"):
         from dnattrace.drops import counter as drops
+        if self.chains is not None:
+            return self.chains.rows([self.describer.describe(row, seconds) for row in rows], self.by, seconds,
+                                    since_start=kind == "summary")
         out = []
         for row in rows:
             d = self.describer.describe(row, seconds)
@@ -54,14 +60,14 @@ class Printer:
             # by site, reason, namespace and protocol whatever --by says: the exporter's labels
             self.metrics.add([self.describer.describe(row) for row in rows], overflow)
             return
-        described = self._describe(rows, seconds)
+        described = self._describe(rows, seconds, kind)
         total = sum(d["count"] for d in described)
         shown = described[: self.top] if self.top else described
         if self.as_json:
             self.emit(tables.json_line({
                 "type": kind, "time": round(time.time(), 3), "seconds": round(seconds, 3),
                 "probe": self.counter.probe, "total": total, "overflow": overflow, "rows": shown}))
-        elif self.dropwatch:
+        elif self.dropwatch and self.chains is None:
             for d in shown:
                 self.emit("%d drops at %s (%s) [%s]" % (d["count"], d["location"], d["address"], d["reason"]))
             if overflow:
@@ -75,12 +81,17 @@ class Printer:
         if not described:
             self.emit("%s  no drops %s" % (stamp, title))
             return
-        self.emit("%s  %d drops %s at %d sites" % (stamp, total, title, len(described)))
-        rows = [dict(d, meaning=tables.shorten(d["meaning"], MEANING_WIDTH)) for d in shown]
-        totals = {"count": total, "rate": round(total / seconds, 1) if seconds else None, "location": "total"}
+        if self.chains is not None:
+            self.emit("%s  %d drops %s, netfilter's by the %s whose counter moved" % (stamp, total, title, self.by))
+            rows, columns, first = shown, CHAIN_COLUMNS[self.by], "chain"
+        else:
+            self.emit("%s  %d drops %s at %d sites" % (stamp, total, title, len(described)))
+            rows = [dict(d, meaning=tables.shorten(d["meaning"], MEANING_WIDTH)) for d in shown]
+            columns, first = COLUMNS, "location"
+        totals = {"count": total, "rate": round(total / seconds, 1) if seconds else None, first: "total"}
         if len(shown) < len(described):
-            totals["reason"] = "(%d more rows)" % (len(described) - len(shown))
-        self.emit(tables.table(rows, COLUMNS, totals=totals))
+            totals[columns[3]] = "(%d more rows)" % (len(described) - len(shown))
+        self.emit(tables.table(rows, columns, totals=totals))
         for d in shown[:STACK_ROWS]:
             if d.get("stack"):
                 self.emit("  stack at %s: %s" % (d["location"], " < ".join(d["stack"])))
@@ -95,8 +106,10 @@ class Printer:
 @click.option("--duration", type=opt.SECONDS, help="Stop after this many seconds.")
 @click.option("--count", type=opt.COUNT, help="Stop after this many intervals.")
 @click.option("--top", type=opt.TOP, default=20, show_default=True, help="Show the N busiest rows.")
-@click.option("--by", type=click.Choice(["location", "reason", "netns", "proto"]),
-              help="Group rows by one field (default: site, reason, namespace and protocol).")
+@click.option("--by", type=click.Choice(["location", "reason", "netns", "proto", "chain", "rule"]),
+              help="Group rows by one field (default: site, reason, namespace and protocol). chain/rule: "
+                   "netfilter's drops by the chain (rule) whose counter moved, every table and backend of the "
+                   "namespace (--netns, else the host's); what no counter explains is a row of its own.")
 @click.option("--netns", "netns_name", metavar="NAME",
               help="Only drops in this namespace: host, an `ip netns` name, a container name.")
 @click.option("--proto", type=click.Choice(["tcp", "udp", "icmp", "all"]), default="all", show_default=True)
@@ -113,6 +126,8 @@ class Printer:
 def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_json, dropwatch, stacks, listen):
     """Count kernel packet drops: where (function+offset), why (drop reason), in which namespace."""
     opt.exclusive(ctx, as_json="--json", dropwatch="--dropwatch")
+    if by in ("chain", "rule") and (dropwatch or listen):
+        raise UsageError("--by %s cannot be combined with --dropwatch or --prometheus" % by)
     preflight.require_bpf_privileges()
     from dnattrace.drops import counter as engine
     from dnattrace import forked
@@ -120,18 +135,22 @@ def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_j
     from dnattrace.netns import names as netns
 
     forked.stay_light()      # long-lived: Docker's names are asked in a child process (dnattrace.forked)
-    ns_inode = netns.resolve(netns_name)[0] if netns_name else None
+    ns_inode, ns_path = netns.resolve(netns_name) if netns_name else (None, None)
     namer = netns.Namer()
     symbols = kallsyms.load()
     # bound before anything is attached: an address in use is bad input that leaves the kernel alone
     metrics, url = _exporter(listen) if listen else (None, None)
+    chains = None
+    if by in ("chain", "rule"):
+        from dnattrace.evidence import chaincount
+        chains = chaincount.ChainCounts(ns_path, netns_name or "host")     # the counters before counting starts
     counter = engine.DropCounter(port=port, netns=ns_inode, proto=proto, stacks=stacks)
     with counter:
         out = Output()
         if metrics:
             metrics.probe = counter.probe
         printer = Printer(engine.Describer(namer, symbols), counter, by, top, as_json, dropwatch, stacks, out,
-                          metrics)
+                          metrics, chains)
         start = last = time.monotonic()
         spans = 0
         interrupted = False
