@@ -148,3 +148,20 @@ def test_an_address_in_use_is_one_line_exit_2_before_attaching(root):
                             "--duration", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert "cannot serve Prometheus metrics on 127.0.0.1:%d" % port in p.stderr and not p.stdout
+
+
+def test_chain_series_are_bounded_and_skip_what_is_not_netfilter():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from dnattrace.output import prometheus
+    m = prometheus.DropMetrics("tp_btf/kfree_skb", max_series=2)
+    m.add_chains([{"count": 3, "chain": "nft inet f2b-table f2b-chain", "owner": "fail2ban", "netns": "host"},
+                  {"count": 1, "chain": "(not netfilter)", "owner": "", "netns": ""},
+                  {"count": 2, "chain": "iptables filter FORWARD", "owner": "", "netns": "host"},
+                  {"count": 5, "chain": "nft inet filter forward", "owner": "nftables", "netns": "host"}])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(m)
+    text = generate_latest(registry).decode()
+    assert 'dnattrace_netfilter_drops_total{chain="nft inet f2b-table f2b-chain",netns="host",owner="fail2ban"} 3.0' in text
+    assert 'dnattrace_netfilter_drops_total{chain="iptables filter FORWARD",netns="host",owner="unknown"} 2.0' in text
+    assert 'dnattrace_netfilter_drops_total{chain="other",netns="other",owner="other"} 5.0' in text
+    assert "not netfilter" not in text

@@ -58,7 +58,10 @@ class Printer:
         self.emit = self.out.summary if kind == "summary" else self.out.line
         if self.metrics is not None and kind == "interval":
             # by site, reason, namespace and protocol whatever --by says: the exporter's labels
-            self.metrics.add([self.describer.describe(row) for row in rows], overflow)
+            described = [self.describer.describe(row) for row in rows]
+            self.metrics.add(described, overflow)
+            if self.chains is not None:
+                self.metrics.add_chains(self.chains.rows(described, "chain", seconds))
             return
         described = self._describe(rows, seconds, kind)
         total = sum(d["count"] for d in described)
@@ -126,8 +129,8 @@ class Printer:
 def drops(ctx, interval, duration, count, top, by, netns_name, proto, port, as_json, dropwatch, stacks, listen):
     """Count kernel packet drops: where (function+offset), why (drop reason), in which namespace."""
     opt.exclusive(ctx, as_json="--json", dropwatch="--dropwatch")
-    if by in ("chain", "rule") and (dropwatch or listen):
-        raise UsageError("--by %s cannot be combined with --dropwatch or --prometheus" % by)
+    if by in ("chain", "rule") and dropwatch:
+        raise UsageError("--by %s cannot be combined with --dropwatch" % by)
     preflight.require_bpf_privileges()
     from dnattrace.drops import counter as engine
     from dnattrace import forked

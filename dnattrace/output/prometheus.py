@@ -15,6 +15,9 @@ import threading
 MAX_SERIES = 500
 OTHER = ("other", "other", "other", "other")
 LABELS = ("function", "reason", "netns", "proto")
+# drops --by chain --prometheus: netfilter's drops by the chain whose counter moved (evidence/chaincount.py)
+CHAIN_LABELS = ("chain", "owner", "netns")
+CHAIN_OTHER = ("other", "other", "other")
 
 
 class DropMetrics:
@@ -29,6 +32,7 @@ class DropMetrics:
         self.overflow = 0            # drops the kernel map was too full to attribute
         self.read_errors = 0
         self.attached = 1
+        self.chains: dict = {}      # CHAIN_LABELS -> count, with --by chain
 
     @staticmethod
     def labels(d):
@@ -49,6 +53,19 @@ class DropMetrics:
                 self.totals[key] = self.totals.get(key, 0) + d["count"]
             self.overflow += overflow
 
+    def add_chains(self, rows):
+        """One interval's rows by chain (the netfilter ones; the row of drops that are not netfilter's is the
+        drop series' business), bounded like the drop series."""
+        with self.lock:
+            for r in rows:
+                if r["chain"].startswith("(not netfilter"):
+                    continue
+                key = (r["chain"], r.get("owner") or "unknown", r.get("netns") or "unknown")
+                if key not in self.chains and len(self.chains) >= self.max_series:
+                    key = CHAIN_OTHER
+                    self.folded += r["count"]
+                self.chains[key] = self.chains.get(key, 0) + r["count"]
+
     def read_failed(self):
         with self.lock:
             self.read_errors += 1
@@ -59,9 +76,14 @@ class DropMetrics:
                                     "(function), drop reason, network namespace and protocol; label sets past "
                                     "the limit are added to the series whose labels are all 'other'.",
                                     labels=LABELS)
+        chains = CounterMetricFamily("dnattrace_netfilter_drops", "Netfilter's drops (--by chain) by the chain "
+                                     "whose counter moved, its owner and namespace; a chain of its own for what "
+                                     "no counter explains.", labels=CHAIN_LABELS)
         with self.lock:
             for key, count in self.totals.items():
                 drops.add_metric(list(key), count)
+            for key, count in self.chains.items():
+                chains.add_metric(list(key), count)
             health = [
                 CounterMetricFamily("dnattrace_map_overflows", "Drops counted but not attributed: the kernel's "
                                     "drop map was full (drops keeps no event stream: these are its losses).", value=self.overflow),
@@ -78,6 +100,8 @@ class DropMetrics:
                                      labels=["probe"])
         attached.add_metric([str(self.probe)], self.attached)
         yield drops
+        if self.chains:
+            yield chains
         yield from health
         yield attached
 
