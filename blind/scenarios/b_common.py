@@ -119,6 +119,12 @@ def attempt_udp_sized(ctx: dict, size: int, timeout: float = 2.5) -> bool:
                           timeout)
 
 
-def attempt_tcp_to(ctx: dict, addr: str, timeout: float = 2.5) -> bool:
-    """One bounded HTTP GET from the client namespace to addr:port (another address than the host's)."""
-    return common._client(ctx, [common.TCP_CLIENT, addr, str(ctx["port"]), "/", "1", str(timeout)], timeout)
+def attempt_tcp_to(ctx: dict, addr: str, timeout: float = 2.5, ns_key: str = "client") -> bool:
+    """One bounded HTTP GET to addr:port (another address than the host's) from namespace ns_key."""
+    try:
+        p = subprocess.run(["ip", "netns", "exec", ctx["n"][ns_key], sys.executable, "-c", common.TCP_CLIENT,
+                            addr, str(ctx["port"]), "/", "1", str(timeout)], capture_output=True,
+                           timeout=timeout + 0.5)
+    except subprocess.TimeoutExpired:
+        return False
+    return p.returncode == 0
