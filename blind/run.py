@@ -3,6 +3,7 @@ kernel drops its packets with bpftrace (independently of dnattrace), run `diagno
 finding against the scenario's TRUTH, verify the scenario's fix, tear it down (always).
 
     python3 -m blind.run [--json] [--cli "python3 -m dnattrace.cli"] [NAME ...]
+    python3 -m blind.run --table SAVED.jsonl      # the table of a saved --json run
 
 Run from the repository root as root. Exit code: 0 when every scenario ran (whatever the verdicts),
 1 when a scenario was broken (it worked before its fix, or its fix did not repair it), 2 on bad input.
@@ -270,7 +271,8 @@ def all_scenarios():
 def table(results):
     rows = [("scenario", "fam/proto", "measured drops (bpftrace)", "agrees", "verdict", "cause printed", "s", "fix")]
     for r in results:
-        top = "; ".join(r.get("measured") or ["-"]) if r.get("measured") is not None else "bpftrace failed"
+        top = "-" if "measured" not in r else \
+            "bpftrace failed" if r["measured"] is None else "; ".join(r["measured"]) or "no drop"
         rows.append((r["scenario"], "v%d/%s%s" % (r["family"], r["proto"], " stall" if r["stall"] else ""),
                      top, {True: "yes", False: "NO", None: "-"}[r.get("drop_agrees")], r["verdict"],
                      r.get("cause", r.get("note", "")[:60]), str(r.get("seconds", "-")),
@@ -291,8 +293,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python3 -m blind.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="one JSON object per scenario")
     ap.add_argument("--cli", default="%s -m dnattrace.cli" % sys.executable, help="how to run dnattrace")
+    ap.add_argument("--table", metavar="FILE", help="print the table of a saved --json run and stop (no root)")
     ap.add_argument("names", nargs="*", metavar="NAME")
     args = ap.parse_args(argv)
+    if args.table:
+        try:
+            saved = [json.loads(l) for l in open(args.table) if l.strip()]
+        except (OSError, ValueError) as e:
+            print("blind.run: cannot read %s: %s" % (args.table, e), file=sys.stderr)
+            return 2
+        print(table(saved))
+        print(totals(saved))
+        return 0
     known = all_scenarios()
     unknown = [n for n in args.names if n not in known]
     if unknown:

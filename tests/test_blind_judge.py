@@ -73,3 +73,18 @@ def test_measured_drops_against_truth():
     assert not run.drop_agrees("ip_error/IP_INADDRERRORS + nft_do_chain/NETFILTER_DROP", drops)
     assert not run.drop_agrees("none", drops)
     assert run.drop_agrees("none", {("kfree", "NOT_SPECIFIED", "ctr"): 1})
+
+
+def test_table_of_a_saved_run(tmp_path, capsys):
+    rows = [{"scenario": "x_one", "family": 6, "proto": "tcp", "stall": True, "verdict": "RIGHT", "cause": "c",
+             "seconds": 1.5, "fix_verified": True, "drop_agrees": True, "measured": ["f/R in host x2"]},
+            {"scenario": "x_two", "family": 4, "proto": "udp", "stall": False, "verdict": "BROKEN",
+             "note": "attempt() succeeds before the fix"}]
+    saved = tmp_path / "run.jsonl"
+    saved.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert run.main(["--table", str(saved)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].split() == ["x_one", "v6/tcp", "stall", "f/R", "in", "host", "x2", "yes", "RIGHT", "c", "1.5", "yes"]
+    assert out[3].split()[:3] == ["x_two", "v4/udp", "-"] and "BROKEN" in out[3]
+    assert out[-1] == "2 scenarios: RIGHT 1, BROKEN 1"
+    assert run.main(["--table", str(tmp_path / "missing")]) == 2
