@@ -2,6 +2,7 @@
 iptables-nft rules plus another owner's nft table, the rulesets and their counters are read before and
 after, and the chain that dropped the SYN must be named with the others refuted by their counters."""
 import subprocess
+import time
 
 import pytest
 
@@ -161,3 +162,26 @@ def test_raw_priority_prerouting_drop_evaluated_without_a_counter(lab_instance):
     assert (rv.chain.table, rv.chain.chain, rv.chain.priority, rv.how, rv.policy) == (
         "early", "pre", -300, "evaluated", False), rv
     assert rv.rule == "ip saddr %s tcp dport %d drop # handle 2" % (inst.client_addr, inst.target_port)
+
+
+def test_watch_brackets_again_when_a_table_is_added_while_watching(lab_instance):
+    """A firewall started after watch: its chains' priority is bracketed within a few seconds, and a SYN
+    it drops afterwards shows the new bracket as the last point it reached."""
+    from test_watch import finish, start_watch
+    from dnattrace.diagnose import probeclient
+    from conftest import slow
+    inst = lab_instance("healthy")
+    p = start_watch("--port", str(inst.target_port), "--netns", inst.host_ns, "--duration", str(slow(7)))
+    net.run(["nft", "-f", "-"], netns=inst.host_ns, input=(
+        "table inet late {\n chain screen {\n  type filter hook forward priority filter - 20; policy accept;\n"
+        "  tcp dport %d drop\n }\n}\n" % inst.container_port))
+    time.sleep(slow(3))
+    client = probeclient.start_connects(inst.client_ns, inst.target_addr, inst.target_port, 1, slow(2))
+    try:
+        journeys, _ = finish(p)
+    finally:
+        probeclient.stop(client)
+    syn = next(j for j in mine(journeys, inst) if j["steps"][0].get("tcp_flags") == "S")
+    fwd = [(s["stage"], s.get("priority")) for s in syn["steps"] if s.get("hook") == "FORWARD"]
+    assert fwd == [("first", -(2 ** 31) + 1), ("chain", -21)], fwd
+    assert syn["outcome"] == "dropped"

@@ -98,15 +98,35 @@ def chains_on_hook(ns: NsEvidence, family: int, hook: str) -> list[ChainRef]:
     return sorted(out, key=lambda c: c.priority)
 
 
+XT_BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+              "mangle": IP_HOOKS, "raw": ("PREROUTING", "OUTPUT"), "security": ("INPUT", "FORWARD", "OUTPUT")}
+
+
+def _legacy_tables(netns, family: int) -> Optional[Ruleset]:
+    """The legacy tables a namespace has, as empty rulesets of their built-in chains: their priorities are
+    fixed by their names, so /proc/net/ip_tables_names is enough (no iptables-legacy-save)."""
+    if firewall.default_backend() == "iptables-legacy":
+        return None
+    try:
+        names = firewall.run_tool(["cat", firewall.LEGACY_NAMES[family]], netns).split()
+    except DnattraceError:
+        return None
+    rs = Ruleset(family=family, backend="iptables-legacy")
+    for t in names:
+        rs.tables[t] = {c: firewall.Chain(c, "ACCEPT") for c in XT_BUILTIN.get(t, ())}
+    return rs if rs.tables else None
+
+
 def bracket_priorities(netns=None) -> dict[tuple[int, str], list[int]]:
     """(family, hook) -> the sorted priorities where base chains run in the namespace (for watch's chain
-    brackets). Read-only: nft's listing, and legacy tables only where the namespace has some."""
+    brackets). Read-only and cheap enough to repeat while watching: nft's listing and the names of the
+    namespace's legacy tables."""
     try:
-        ev = SimpleNamespace(nft=nftables.read(netns, with_text=False), rules=None, rules6=None,
-                             legacy=firewall.read_legacy(netns, 4), legacy6=firewall.read_legacy(netns, 6))
+        nft = nftables.read(netns, with_text=False)
     except DnattraceError as e:
         log.info("no chain brackets in %s: %s", netns or "this namespace", e)
         return {}
+    ev = SimpleNamespace(nft=nft, legacy=_legacy_tables(netns, 4), legacy6=_legacy_tables(netns, 6))
     ev.ruleset = lambda fam: None
     ev.legacy_ruleset = lambda fam: ev.legacy6 if fam == 6 else ev.legacy
     out = {}

@@ -23,6 +23,7 @@ from dnattrace.evidence import hooks
 from dnattrace.netns import enter
 from dnattrace.watch import abi
 
+BRACKET_RECHECK_S = 2.0       # how often the chain priorities of the watched namespaces are read again
 log = logging.getLogger("dnattrace.watch")
 
 OBJECT = objects.path("watch")
@@ -89,6 +90,8 @@ class WatchTracer:
         self._obj = None
         self._rb = None
         self._links: list = []
+        self._brackets: dict = {}       # netns path -> (chain priorities, IPv6 too, the bracket links)
+        self._recheck_at = time.monotonic() + BRACKET_RECHECK_S
         self._pending: list = []
         self._loading: Optional[threading.Thread] = None
         self._load_error: Optional[BaseException] = None
@@ -183,6 +186,7 @@ class WatchTracer:
         for link in self._links:
             link.close()
         self._links = []
+        self._brackets = {}
 
     def attach_netns(self, path):
         """Netfilter links in one more namespace (None = the current one), the same programs for IPv4 and
@@ -208,9 +212,11 @@ class WatchTracer:
         the priority of each in the `brackets` map, which the events report. A hook's brackets are all or
         none: where one cannot be linked (another watcher holds its priority), the others would make a
         packet's window wrong."""
-        ino, done = enter.inode(path), 0
+        prios = hooks.bracket_priorities(path)
+        self._brackets[path] = (prios, six, [])
+        ino = enter.inode(path)
         by_hook: dict[tuple[int, str], list] = {}
-        for b in plan.brackets(hooks.bracket_priorities(path)):
+        for b in plan.brackets(prios):
             if b.family == 4 or six:
                 by_hook.setdefault((b.family, b.hook), []).append(b)
         for (family, hook), group in by_hook.items():
@@ -229,8 +235,21 @@ class WatchTracer:
                 key = struct.pack("<IBBBB", ino, plan.HOOKS[hook], b.slot, family, 0)
                 self._obj.map("brackets").update(key, struct.pack("<i", b.priority))
             self._links += links
-            done += len(links)
-        log.info("chain brackets: %d in %s", done, path or "the current namespace")
+            self._brackets[path][2].extend(links)
+        log.info("chain brackets: %d in %s", len(self._brackets[path][2]), path or "the current namespace")
+
+    def _recheck_brackets(self):
+        """Bracket again a namespace whose chain priorities changed while watching (a table added or
+        removed, a firewall started): every few seconds, one nft listing per namespace."""
+        self._recheck_at = time.monotonic() + BRACKET_RECHECK_S
+        for path, (old, six, links) in list(self._brackets.items()):
+            if hooks.bracket_priorities(path) == old:
+                continue
+            log.info("chain priorities changed in %s: bracketing again", path or "the current namespace")
+            for link in links:
+                link.close()
+                self._links.remove(link)
+            self._attach_brackets(path, six)
 
     def _attach_nf(self, prog, hook, prio, path, pf):
         """The kernel allows one BPF netfilter link per (hook, priority) in a namespace: when another
@@ -255,6 +274,8 @@ class WatchTracer:
         self._rb.poll(timeout_ms)
         self._rb.consume()
         out, self._pending = self._pending, []
+        if self._brackets and time.monotonic() >= self._recheck_at:
+            self._recheck_brackets()
         return out
 
     def stats(self):
