@@ -264,9 +264,8 @@ def test_not_a_netfilter_drop_is_none():
 
 
 @pytest.mark.parametrize("chain,owner,want", [
-    ("filter_IN_public_allow", "firewalld",
-     ["firewall-cmd --permanent --zone=public --add-rich-rule='rule family=\"ipv4\" destination "
-      "address=\"203.0.113.5\" port port=\"9090\" protocol=\"tcp\" accept'", "firewall-cmd --reload"]),
+    ("filter_FWDO_public_allow", "firewalld",       # a forwarded packet: its output interface trusted
+     ["firewall-cmd --permanent --zone=trusted --change-interface=eth0", "firewall-cmd --reload"]),
     ("ufw-user-forward", "ufw", ["ufw route allow proto tcp to 203.0.113.5 port 9090"]),
     ("crowdsec-chain", "crowdsec", ["cscli decisions delete --ip 198.51.100.2"]),
     ("DOCKER", "docker", ["iptables -I DOCKER-USER -d 203.0.113.5 -p tcp --dport 9090 -j ACCEPT"]),
@@ -301,3 +300,12 @@ def test_received_and_freed_by_nft_before_prerouting_is_an_ingress_chain():
     # the chain is on lo: a packet received on eth0 never met it
     rv = attribute(ingress_journey("eth0"), ev, delta())
     assert rv.how == "undecided" and any("on device lo, not eth0" in r for r in rv.refuted)
+
+
+def test_firewalld_input_port_opened_in_the_zone_the_packet_went_through():
+    ref = model.ChainRef("inet", "firewalld", "filter_INPUT", "INPUT", 10, "nft", "firewalld")
+    rv = attribution.RuleVerdict(ref, rule="reject with icmpx admin-prohibited # handle 9", how="evaluated")
+    fix, note = fixes.for_verdict(rv, NsEvidence("host"), pkt(dport=9090), None, 4,
+                                  ("filter_INPUT", "filter_INPUT_ZONES", "filter_IN_internal", "filter_IN_internal_allow"))
+    assert fix == ["firewall-cmd --permanent --zone=internal --add-port=9090/tcp", "firewall-cmd --reload"]
+    assert "firewalld rewrites its table on every reload" in note

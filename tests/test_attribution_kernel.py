@@ -185,3 +185,48 @@ def test_watch_brackets_again_when_a_table_is_added_while_watching(lab_instance)
     fwd = [(s["stage"], s.get("priority")) for s in syn["steps"] if s.get("hook") == "FORWARD"]
     assert fwd == [("first", -(2 ** 31) + 1), ("chain", -21)], fwd
     assert syn["outcome"] == "dropped"
+
+
+def firewalld_forward(inst):
+    """The forward part of the table firewalld (nftables backend) writes, as its source writes it
+    (firewalld/firewalld, src/firewall/core/nftables.py: build_default_rules, build_zone_chain_rules, with
+    its priority offset of +10), with the outside interface and the bridge in zone public, default target."""
+    zone = ["filter_FWD%s_public_%s" % (d, part) for d in ("I", "O") for part in ("log", "deny", "allow")]
+    lines = ["table inet firewalld {"] + [" chain %s {\n }" % c for c in zone]
+    for d in ("I", "O"):
+        lines.append(" chain filter_FWD%s_public {\n%s }" % (d, "".join(
+            "  jump filter_FWD%s_public_%s\n" % (d, part) for part in ("log", "deny", "allow"))))
+    lines.append(" chain filter_FORWARD_IN_ZONES {\n  iifname \"%s\" goto filter_FWDI_public\n"
+                 "  goto filter_FWDI_public\n }" % inst.outside_if)
+    lines.append(" chain filter_FORWARD_OUT_ZONES {\n  oifname \"%s\" goto filter_FWDO_public\n"
+                 "  goto filter_FWDO_public\n }" % inst.bridge)
+    lines.append(" chain filter_FORWARD {\n  type filter hook forward priority filter + 10; policy accept;\n"
+                 "  ct state established,related accept\n  iifname \"lo\" accept\n"
+                 "  jump filter_FORWARD_IN_ZONES\n  jump filter_FORWARD_OUT_ZONES\n  ct state invalid drop\n"
+                 "  reject with icmpx type admin-prohibited\n }\n}\n")
+    return "\n".join(lines)
+
+
+def test_firewalld_final_reject_named_and_fixed_in_firewalld_language(lab_instance):
+    """firewalld's forward chain beside Docker's iptables rules (the classic "Docker port unreachable
+    with firewalld"): the chain brackets put the drop in firewalld's chain (priority 10), evaluation walks
+    its zone chains to the final reject, and the fix is firewalld's (the bridge into zone trusted); the raw
+    fallback, applied here since no firewalld runs, repairs it."""
+    inst = lab_instance("healthy")
+    net.run(["nft", "-f", "-"], netns=inst.host_ns, input=firewalld_forward(inst))
+    j, ev, d = dropped_syn(inst)
+    assert [(s.stage, s.priority) for s in j.steps if s.hook == "FORWARD"][-1] == ("chain", 9)
+    rv = attribution.attribute(j, ev, d)
+    assert (rv.chain.table, rv.chain.chain, rv.chain.owner, rv.how, rv.verdict) == (
+        "firewalld", "filter_FORWARD", "firewalld", "evaluated", "reject"), rv
+    assert rv.rule.startswith("reject with icmpx admin-prohibited # handle")
+    prefix = "nsenter --net=%s " % net.netns_path(inst.host_ns)
+    assert rv.fix == [prefix + "firewall-cmd --permanent --zone=trusted --change-interface=%s" % inst.bridge,
+                      prefix + "firewall-cmd --reload"]
+    raw = rv.fix_note.split("raw fallback: ", 1)[1].rsplit(" (", 1)[0]
+    assert raw == prefix + "nft insert rule inet firewalld filter_FORWARD ip daddr %s tcp dport %d accept" % (
+        inst.container_addr, inst.container_port)
+    subprocess.run(raw, shell=True, check=True)
+    journeys, summary = watch_lab(inst)
+    conn = next(c for c in summary["connections"] if c["key"]["dport"] == inst.target_port)
+    assert conn["outcome"] == "answered", conn

@@ -64,6 +64,7 @@ class _Finding:
     verdict: str = "drop"
     packets: int = 0
     rule_obj: object = None         # the Rule / NftRule, for the fix
+    path: tuple = ()                # the chains evaluation went through (a firewalld zone's names the zone)
 
 
 # ---------------------------------------------------------------- where the journey ended
@@ -187,7 +188,7 @@ def _judge_nft(ns, nsdelta, c: ChainRef, pkt: nfeval.Packet, verdict: str) -> _F
     text = "" if out.policy else out.rule.shown()
     return _Finding(c, "evaluated", "%s: evaluated, %s %s it" % (
         label, "policy" if out.policy else "`%s`" % text, _verb(out.verdict)), text,
-        "" if out.chain == c.chain else out.chain, out.policy, out.verdict, 0, out.rule)
+        "" if out.chain == c.chain else out.chain, out.policy, out.verdict, 0, out.rule, out.path)
 
 
 def _verb(v: str) -> str:
@@ -261,7 +262,7 @@ def _decide(found: list[_Finding], ns: NsEvidence, pkt, family: int, hook: str) 
                      how, pick.packets, refuted=[f.why for f in found if f is not pick and f.status == "refuted"])
     if how == "chain" and pick.why:
         rv.refuted.append("rule unknown: " + pick.why)
-    rv.fix, rv.fix_note = fixes.for_verdict(rv, ns, pkt, pick.rule_obj, family)
+    rv.fix, rv.fix_note = fixes.for_verdict(rv, ns, pkt, pick.rule_obj, family, pick.path)
     return rv
 
 

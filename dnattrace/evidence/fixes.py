@@ -47,13 +47,15 @@ def raw_fix(rv, ns, pkt, rule_obj, family: int) -> str:
     ip = "ip6" if family == 6 else "ip"
     proto = {6: "tcp", 17: "udp"}.get(pkt.proto, "")
     c = rv.chain
-    if c.backend in ("iptables-nft", "iptables-legacy") and isinstance(rule_obj, Rule) and not rv.policy:
+    catch_all = _catch_all(rule_obj)     # a rule that drops whatever reaches it: let this packet by first
+    if c.backend in ("iptables-nft", "iptables-legacy") and isinstance(rule_obj, Rule) and not rv.policy \
+            and not catch_all:
         return fix_delete(_as_legacy(rule_obj, c.backend, family), ns.netns)
-    if c.backend != "nft" and (rv.policy or not isinstance(rule_obj, NftRule)):
+    if c.backend != "nft" and (rv.policy or catch_all or not isinstance(rule_obj, NftRule)):
         ports = " -p %s --dport %d" % (proto, pkt.dport) if proto else ""
         return "%s%s -t %s -I %s -d %s%s -j ACCEPT" % (ns.prefix(), _xt_tool(rv, family), c.table, c.chain,
                                                       pkt.dst, ports)
-    if isinstance(rule_obj, NftRule) and not rv.policy:
+    if isinstance(rule_obj, NftRule) and not rv.policy and not catch_all:
         return "%snft delete rule %s %s %s handle %d" % (ns.prefix(), rule_obj.family, rule_obj.table,
                                                          rule_obj.chain, rule_obj.handle)
     ports = " %s dport %d" % (proto, pkt.dport) if proto else ""
@@ -61,13 +63,24 @@ def raw_fix(rv, ns, pkt, rule_obj, family: int) -> str:
                                                                pkt.dst, ports)
 
 
+def _catch_all(rule) -> bool:
+    """A rule without a match (`-A FORWARD -j DROP`, firewalld's final `reject`): deleting it would open
+    everything; an accept for the packet before it is the fix."""
+    if isinstance(rule, NftRule):
+        return not any(isinstance(e, dict) and ("match" in e or "xt" in e) for e in rule.expr)
+    if isinstance(rule, Rule):
+        return len(rule.text.split()) <= 4 and rule.option("-j") is not None
+    return False
+
+
 def _as_legacy(rule: Rule, backend: str, family: int) -> CounterMove:
     """The rule as fix_delete takes it: it names the tool from the rule's family and backend."""
     return CounterMove(rule.table, rule.chain, rule.text, 0, 0, rule.target, family=family, backend=backend)
 
 
-def owner_fix(owner: str, rv, ns, pkt, family: int) -> Optional[list[str]]:
-    """Commands in the owner's own language, or None when the owner has none for this."""
+def owner_fix(owner: str, rv, ns, pkt, family: int, path=()) -> Optional[list[str]]:
+    """Commands in the owner's own language, or None when the owner has none for this. path: the chains
+    the packet went through (evaluation), the last one of a firewalld zone naming the zone."""
     p, proto = ns.prefix(), {6: "tcp", 17: "udp"}.get(pkt.proto, "tcp")
     where = rv.user_chain or rv.chain.chain
     if owner == "crowdsec":
@@ -78,12 +91,7 @@ def owner_fix(owner: str, rv, ns, pkt, family: int) -> Optional[list[str]]:
         jail = m.group(1) if m else "JAIL"
         return ["%sfail2ban-client set %s unbanip %s" % (p, jail, pkt.src)]
     if owner == "firewalld":
-        m = _ZONE.search(where)
-        zone = m.group(1) if m else "$(firewall-cmd --get-zone-of-interface=%s)" % (pkt.iif or "IFACE")
-        fam = "ipv6" if family == 6 else "ipv4"
-        return ["%sfirewall-cmd --permanent --zone=%s --add-rich-rule='rule family=\"%s\" destination address=\"%s\" "
-                "port port=\"%d\" protocol=\"%s\" accept'" % (p, zone, fam, pkt.dst, pkt.dport, proto),
-                "%sfirewall-cmd --reload" % p]
+        return _firewalld_fix(rv, pkt, p, proto, family, [where] + list(path))
     if owner == "ufw":
         verb = "route allow" if rv.chain.hook == "FORWARD" else "allow"
         return ["%sufw %s proto %s to %s port %d" % (p, verb, proto, pkt.dst, pkt.dport)]
@@ -111,18 +119,33 @@ def _replies_fix(rv, ns, pkt) -> str:
                                                                              c.chain)
 
 
+def _firewalld_fix(rv, pkt, p, proto, family, chains) -> list[str]:
+    """firewalld: a forwarded packet's output interface into the trusted zone (what Docker's documentation
+    asks for docker0), a local service's port opened in its zone, anything else a rich rule in the zone."""
+    zone = next((m.group(1) for m in map(_ZONE.search, reversed(chains)) if m), None)
+    zone = zone or "$(firewall-cmd --get-zone-of-interface=%s)" % (pkt.iif or "IFACE")
+    reload = "%sfirewall-cmd --reload" % p
+    if rv.chain.hook == "FORWARD" and pkt.oif:
+        return ["%sfirewall-cmd --permanent --zone=trusted --change-interface=%s" % (p, pkt.oif), reload]
+    if rv.chain.hook == "INPUT":
+        return ["%sfirewall-cmd --permanent --zone=%s --add-port=%d/%s" % (p, zone, pkt.dport, proto), reload]
+    fam = "ipv6" if family == 6 else "ipv4"
+    return ["%sfirewall-cmd --permanent --zone=%s --add-rich-rule='rule family=\"%s\" destination address=\"%s\" "
+            "port port=\"%d\" protocol=\"%s\" accept'" % (p, zone, fam, pkt.dst, pkt.dport, proto), reload]
+
+
 def _set_of(rv) -> str:
     m = re.search(r"@([\w.-]+)", rv.rule or "")
     return m.group(1) if m else ""
 
 
-def for_verdict(rv, ns, pkt, rule_obj, family: int) -> tuple[list[str], str]:
+def for_verdict(rv, ns, pkt, rule_obj, family: int, path=()) -> tuple[list[str], str]:
     """(fix commands, note): the owner's commands first, the raw command as the fallback."""
     if rv.verdict == "accept":
         return [], ""
     owner = _owner(rv)
     raw = raw_fix(rv, ns, pkt, rule_obj, family)
-    mine = owner_fix(owner, rv, ns, pkt, family)
+    mine = owner_fix(owner, rv, ns, pkt, family, path)
     replies = _replies_fix(rv, ns, pkt)
     if replies and not mine:
         return [raw, replies], REWRITES.get(owner, "")

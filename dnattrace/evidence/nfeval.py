@@ -66,18 +66,19 @@ class Outcome:
     chain: str = ""                 # the chain holding that rule (the base chain for the policy)
     policy: bool = False
     why: str = ""                   # undecided: the expression not followed
+    path: tuple[str, ...] = ()      # the chains entered, in order (a firewalld zone's chain names its zone)
 
 
 def evaluate(rs: NftRuleset, base: NftChain, pkt: Packet, unmatched=frozenset()) -> Outcome:
     """The verdict the chain gives the packet. unmatched: (chain, handle) of rules known not to have
     matched (a counter that did not move)."""
     stack: list[tuple[NftChain, int]] = []
-    chain, i, hops = base, 0, 0
+    chain, i, hops, path = base, 0, 0, [base.name]
     while hops < 10000:
         hops += 1
         if i >= len(chain.rules):
             if not stack:
-                return Outcome(chain.policy, None, chain.name, True)
+                return Outcome(chain.policy, None, chain.name, True, path=tuple(path))
             chain, i = stack.pop()
             continue
         rule = chain.rules[i]
@@ -89,9 +90,9 @@ def evaluate(rs: NftRuleset, base: NftChain, pkt: Packet, unmatched=frozenset())
                 continue
             v = verdict_of(rule)
         except Undecided as e:
-            return Outcome("undecided", rule, chain.name, why="`%s`: %s" % (rule.shown(), e))
+            return Outcome("undecided", rule, chain.name, why="`%s`: %s" % (rule.shown(), e), path=tuple(path))
         if v in VERDICTS:
-            return Outcome(v, rule, chain.name)
+            return Outcome(v, rule, chain.name, path=tuple(path))
         if v in JUMPS:
             target = rs.chain(chain.family, chain.table, rule.target)
             if target is None:
@@ -99,9 +100,10 @@ def evaluate(rs: NftRuleset, base: NftChain, pkt: Packet, unmatched=frozenset())
             if v == "jump":
                 stack.append((chain, i))
             chain, i = target, 0
+            path.append(target.name)
         elif v == "return":
             if not stack:
-                return Outcome(base.policy, None, base.name, True)
+                return Outcome(base.policy, None, base.name, True, path=tuple(path))
             chain, i = stack.pop()
     return Outcome("undecided", why="the chains loop")
 
