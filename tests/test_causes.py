@@ -87,6 +87,8 @@ def delta(*moves, ns=HOST, **kw):
 
 def top(findings):
     assert findings, "expected a finding"
+    for f in findings:      # every finding names the object that holds the wrong input
+        assert f.object or f.cause_id in (engine.UNEXPLAINED, engine.NOTHING_ARRIVED), f
     return findings[0]
 
 

@@ -33,7 +33,7 @@ def match_conntrack_full(f: Facts) -> Optional[Match]:
     new_max = max(2 * int(st.get("max") or 65536), 131072)
     return Match(s, "The connection tracking table is full, so conntrack refuses new connections and "
                     "netfilter drops their first packets before any rule sees them.",
-                 ["sysctl -w net.netfilter.nf_conntrack_max=%d" % new_max], PERSIST)
+                 ["sysctl -w net.netfilter.nf_conntrack_max=%d" % new_max], PERSIST).at("sysctl net.netfilter.nf_conntrack_max in %s" % (full_ns or f.ns).name)
 
 
 
@@ -100,7 +100,7 @@ def match_not_dnated(f: Facts) -> Optional[Match]:
     fix = fix or _dnat_copy_fix(f)
     return Match(s, "The published port %s/%d reached %s, but no DNAT rule applied to the packet, so it went to "
                     "the host itself, where nothing listens: %s." % (t.proto, t.port, f.ns.name, "; ".join(why)),
-                 fix, "" if fix else "recreate the publication for the address/interface the clients use")
+                 fix, "" if fix else "recreate the publication for the address/interface the clients use").at("the DNAT rule for %s/%d in %s" % (t.proto, t.port, f.ns.name))
 
 
 def _dnat_copy_fix(f: Facts) -> Optional[list[str]]:
@@ -164,7 +164,7 @@ def match_family_not_published(f: Facts) -> Optional[Match]:
                     "this IPv%d client's packet reaches %s itself, where nothing listens on the port, and is refused. "
                     "IPv%d clients of the same port get through."
                  % (t.proto, t.port, other, other_tool, model.hostport(theirs[0].addr, theirs[0].target_port),
-                    f.tool, f.family, f.ns.name, other), fix, note)
+                    f.tool, f.family, f.ns.name, other), fix, note).at("%s nat table in %s (no DNAT for %s/%d)" % (f.tool, f.ns.name, t.proto, t.port))
 
 
 def match_udp_stale_conntrack(f: Facts) -> Optional[Match]:
@@ -187,7 +187,7 @@ def match_udp_stale_conntrack(f: Facts) -> Optional[Match]:
                     "flow still goes to the host itself, where nothing listens. Delete the stale entry."
                  % (t.proto, t.port),
                  [f.ns.prefix() + "conntrack -D -p %s --orig-port-dst %d" % (t.proto, t.port)],
-                 "Docker >= 23 flushes these entries when it publishes a UDP port")
+                 "Docker >= 23 flushes these entries when it publishes a UDP port").at("conntrack entries of %s/%d in %s" % (t.proto, t.port, f.ns.name))
 
 
 def _reply_source(f: Facts) -> Optional[tuple[str, int]]:
@@ -236,7 +236,7 @@ def match_reply_notrack(f: Facts) -> Optional[Match]:
     return Match(s, "A NOTRACK rule in the raw table makes conntrack skip the container's replies, so the DNAT is "
                     "never undone on them: the client gets a SYN-ACK from %s:%d, which it never connected to, and "
                     "drops it (or resets it). Exempt the published service's traffic from the NOTRACK rule." % src,
-                 fix, "or narrow the rule so it does not match traffic of DNATed connections", moves[0] if moves else None)
+                 fix, "or narrow the rule so it does not match traffic of DNATed connections", moves[0] if moves else None).at("the raw table NOTRACK rule in %s" % host.name)
 
 
 def match_reply_not_unnated(f: Facts) -> Optional[Match]:
@@ -252,7 +252,7 @@ def match_reply_not_unnated(f: Facts) -> Optional[Match]:
           % f.snapshot.host.name)
     return Match(s, "The reply reached the client without its NAT undone (from %s:%d): it took a path that "
                     "avoids the host that did the DNAT, or conntrack there lost the entry. Route the replies "
-                    "back through that host (or SNAT the requests so they must come back)." % src)
+                    "back through that host (or SNAT the requests so they must come back)." % src).at("the path of the replies (they avoid %s)" % f.snapshot.host.name)
 
 
 def _hairpin(f: Facts) -> Optional[tuple]:
@@ -297,7 +297,7 @@ def match_no_hairpin_dnat(f: Facts) -> Optional[Match]:
                     "those connections, but no proxy listens here, so the host itself refuses them. Add the hairpin "
                     "DNAT for traffic from the bridge." % (br.name, t.proto, t.port, br.name), fix,
                  "or run Docker's userland proxy (\"userland-proxy\": true, the default); Docker with "
-                 "userland-proxy=false writes this hairpin DNAT itself")
+                 "userland-proxy=false writes this hairpin DNAT itself").at("the DNAT rule %s in %s" % (d.rule, f.ns.name))
 
 
 def match_stale_nat_target(f: Facts) -> Optional[Match]:

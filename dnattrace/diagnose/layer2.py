@@ -110,7 +110,7 @@ def match_bridge_port_down(f: Facts) -> Optional[Match]:
     return Match(s, "The container's port on bridge %s is down (%s), so ARP for %s is never answered: the address "
                     "is right, the link to it is not. Bring the port up (Docker: restart the container)."
                  % (br.name, ", ".join(l.name for l in down), f.dest[0]),
-                 [f.ns.prefix() + "ip link set %s up" % l.name for l in down])
+                 [f.ns.prefix() + "ip link set %s up" % l.name for l in down]).at("bridge port %s of %s in %s" % (", ".join(l.name for l in down), br.name, f.ns.name))
 
 
 def _refute_neigh_failed(f: Facts) -> Optional[str]:

@@ -91,7 +91,7 @@ def _filter_result(f: Facts, s: Replay, hook: str, move: Optional[CounterMove]) 
         what = "the %s chain's DROP policy" % hook
     return Match(s, "The firewall (%sfilter table, %s hook) in %s drops the packet for %s: %s."
                  % ("ip6tables' " if f.family == 6 else "", hook, f.ns.name, model.hostport(dst, dport), what),
-                 fix, note, move)
+                 fix, note, move).at("%s filter %s %s in %s" % (f.tool, move.chain if move else hook, "rule " + move.rule if move and not move.policy else "policy", f.ns.name))
 
 
 def match_filter_forward_drop(f: Facts) -> Optional[Match]:
@@ -118,7 +118,7 @@ def match_br_netfilter(f: Facts) -> Optional[Match]:
                     "FORWARD chain drops it; the packet never needed routing.",
                  [f.ns.prefix() + "sysctl -w %s=0" % f.br_nf_key],
                  "or keep br_netfilter and accept bridged traffic: " + f.tool + " -I FORWARD -m physdev "
-                 "--physdev-is-bridged -j ACCEPT; " + PERSIST, moves[0] if moves else None, workaround=True)
+                 "--physdev-is-bridged -j ACCEPT; " + PERSIST, moves[0] if moves else None, workaround=True).at("sysctl %s in %s" % (f.br_nf_key, f.ns.name))
 
 
 IPTABLES_NFT_TABLES = ("filter", "nat", "mangle", "raw", "security")
@@ -180,7 +180,7 @@ def match_foreign_nft_drop(f: Facts) -> Optional[Match]:
                     "table does not save it: that table must accept it too."
                  % (c["family"], c["table"], c["chain"], f.hook, dst, dport), fix,
                  "with firewalld: firewall-cmd --zone=trusted --add-interface=<bridge>; deleting the table "
-                 "removes the user's firewall")
+                 "removes the user's firewall").at("nft %s %s %s (hook %s) in %s" % (c["family"], c["table"], c["chain"], c["hook"], f.ns.name))
 
 
 def match_foreign_nft_reply_drop(f: Facts) -> Optional[Match]:
@@ -209,7 +209,7 @@ def match_foreign_nft_reply_drop(f: Facts) -> Optional[Match]:
     return Match(s, "nft table %s %s (not Docker's) has a base chain %s on the %s hook that lets the requests through "
                     "but drops their replies: it has no `ct state established,related accept`, so the connection "
                     "never completes." % (c["family"], c["table"], c["chain"], f.hook),
-                 [nft + "ct state established,related accept"])
+                 [nft + "ct state established,related accept"]).at("nft %s %s %s (hook %s) in %s" % (c["family"], c["table"], c["chain"], c["hook"], f.ns.name))
 
 
 def _iptables_filter(c) -> bool:

@@ -46,7 +46,7 @@ def match_pmtu_blackhole(f: Facts) -> Optional[Match]:
                     "handshake and small packets pass; the large data never arrives."
                  % ((oif.mtu + 1) if oif and oif.mtu else 0, f.ns.name, oif.name if oif else "?",
                     oif.mtu if oif else "?", ", which is dropped" if icmp else ", which does not reach the sender"),
-                 fix, note, icmp[0] if icmp else None)
+                 fix, note, icmp[0] if icmp else None).at("ICMP rule %s in %s" % (icmp[0].rule, f.ns.name) if icmp else "MTU of %s in %s" % (oif.name if oif else "?", f.ns.name))
 
 
 CAUSES = (

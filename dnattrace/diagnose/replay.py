@@ -66,6 +66,11 @@ class Match:
     workaround: bool = False        # the fix lets the traffic through without curing the cause
     obj: str = ""                   # the object that holds the wrong input ("sysctl ... in host", "neighbour ...")
 
+    def at(self, obj: str) -> "Match":
+        """The match, naming the object that holds the wrong input."""
+        self.obj = obj
+        return self
+
 
 @dataclass(frozen=True)
 class Cause:

@@ -50,7 +50,7 @@ def match_forwarding_off(f: Facts) -> Optional[Match]:
     dest = "%s:%d" % f.dest if f.dest[0] else "its destination"
     return Match(s, "IPv4 forwarding is off %s, so a packet arriving there for %s (not an address of this "
                     "namespace, it must be forwarded) gets an unreachable route and is dropped by ip_error."
-                 % (where, dest), [f.ns.prefix() + "sysctl -w %s=1" % key], PERSIST)
+                 % (where, dest), [f.ns.prefix() + "sysctl -w %s=1" % key], PERSIST).at("sysctl %s in %s" % (key, f.ns.name))
 
 
 def _forwarding6_off(f: Facts) -> Optional[Match]:
@@ -80,7 +80,7 @@ def _forwarding6_off(f: Facts) -> Optional[Match]:
                  % ("; IPv4 forwarding is on" if v4 else "", dest),
                  [f.ns.prefix() + "sysctl -w net.ipv6.conf.all.forwarding=1"],
                  PERSIST + "; on a host that takes its IPv6 address from router advertisements, set "
-                 "net.ipv6.conf.<uplink>.accept_ra=2 first, or forwarding turns RA off")
+                 "net.ipv6.conf.<uplink>.accept_ra=2 first, or forwarding turns RA off").at("sysctl net.ipv6.conf.all.forwarding in %s" % f.ns.name)
 
 
 def _packet_keys(f: Facts) -> tuple[str, Optional[str], str]:
@@ -208,7 +208,7 @@ def match_link_down(f: Facts) -> Optional[Match]:
     return Match(s, "%s is down in %s, so the route to its subnet (where %s lives) is gone: the packet gets no "
                     "route and the sender an ICMP unreachable. Bring the link up (Docker: restart the engine, "
                     "which recreates its bridge)." % (link.name, f.ns.name, f.dest[0]),
-                 [f.ns.prefix() + "ip link set %s up" % link.name])
+                 [f.ns.prefix() + "ip link set %s up" % link.name]).at("link %s in %s" % (link.name, f.ns.name))
 
 
 def match_rp_filter(f: Facts) -> Optional[Match]:
@@ -224,7 +224,7 @@ def match_rp_filter(f: Facts) -> Optional[Match]:
     return Match(s, "Strict reverse-path filtering on %s dropped the packet: the route back to %s does not "
                     "leave by %s. Use loose mode (2) or fix the routes." % (iface, src, iface),
                  [f.ns.prefix() + "sysctl -w %s=2" % sysctl.conf_key(iface, "rp_filter")],
-                 "the cure is a route back to %s by %s; %s" % (src, iface, PERSIST), workaround=True)
+                 "the cure is a route back to %s by %s; %s" % (src, iface, PERSIST), workaround=True).at("sysctl %s in %s" % (sysctl.conf_key(iface, "rp_filter"), f.ns.name))
 
 
 MARTIAN_REASONS = ("IP_LOCAL_SOURCE", "IP_LOCALNET", "IP_INVALID_SOURCE", "IP_INVALID_DEST")
@@ -253,7 +253,7 @@ def match_martian_source(f: Facts) -> Optional[Match]:
         note = "better: give the client an address of its own; accepting it: sysctl -w %s=1" % key
     else:
         text = "the source or destination address is invalid (martian) on %s" % iface
-    return Match(s, "The packet was dropped as a martian: %s." % text, fix, note)
+    return Match(s, "The packet was dropped as a martian: %s." % text, fix, note).at("the source address %s on %s in %s" % (src or "?", iface, f.ns.name))
 
 
 def match_route_localnet(f: Facts) -> Optional[Match]:
@@ -283,7 +283,7 @@ def match_route_localnet(f: Facts) -> Optional[Match]:
                     "a packet with loopback source %s out of %s, which it refuses unless route_localnet is set there: "
                     "the NAT hook drops it." % (tuples[0].dst, tuples[0].dport, svc, tuples[0].src, dev.name),
                  fix, "the source must also be masqueraded (-s 127.0.0.0/8 -o %s -j MASQUERADE); the cure is to connect "
-                 "to the host's own address instead of 127.0.0.1; %s" % (dev.name, PERSIST), workaround=True)
+                 "to the host's own address instead of 127.0.0.1; %s" % (dev.name, PERSIST), workaround=True).at("sysctl %s in %s" % (key, f.ns.name))
 
 
 def match_reply_no_route(f: Facts) -> Optional[Match]:
@@ -310,7 +310,7 @@ def match_reply_no_route(f: Facts) -> Optional[Match]:
     fix = [ns.prefix() + "ip route add default via %s" % gw] if gw else None
     return Match(s, "The service in %s got the request, but it has no route back to the client %s, so its "
                     "reply is never sent (no packet is dropped: the reply is never built)." % (ns.name, client),
-                 fix)
+                 fix).at("the routes of %s (no route to %s)" % (ns.name, client))
 
 
 def _gateway_for(snap: Snapshot, ns: NsEvidence) -> str:
@@ -371,7 +371,7 @@ def match_reply_policy_route(f: Facts) -> Optional[Match]:
                     "in: the reply to %s takes another uplink and dies there. Route the replies of inbound "
                     "connections back the way they came." % (rt.route.oif, rt.route.table, req_if, client),
                  fix, "better for every client: mark inbound connections and route their replies by the mark "
-                      "(iptables -t mangle ... CONNMARK --set-mark / --restore-mark; ip rule add fwmark 1 lookup main)")
+                      "(iptables -t mangle ... CONNMARK --set-mark / --restore-mark; ip rule add fwmark 1 lookup main)").at("ip rule %d: %s in %s" % (rule + (f.ns.name,)) if rule else "table %d in %s" % (rt.route.table, f.ns.name))
 
 
 def _refute_forwarding_off(f: Facts) -> Optional[str]:

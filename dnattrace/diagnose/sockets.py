@@ -42,7 +42,7 @@ def match_no_listener(f: Facts) -> Optional[Match]:
         if loop and not usable else ""
     return Match(s, "The packet reached %s, but no socket listens on port %d there, so the kernel answers "
                     "with a RST. Start the service (or publish the port it really listens on).%s"
-                 % (ns.name, port, hint))
+                 % (ns.name, port, hint)).at("%s port %d in %s (no listening socket)" % (f.snapshot.target.proto, port, ns.name))
 
 
 def _refute_no_listener(f: Facts) -> Optional[str]:

@@ -42,8 +42,12 @@ def text(res: Result) -> str:
         head = "Cause" if i == 0 and f.confidence > 0 else "Finding" if i == 0 else "Also possible"
         out.append("%s: %s  (%s, confidence %d%%)" % (head, f.explanation or f.title, f.cause_id,
                                                       round(f.confidence * 100)))
+        if f.object:
+            out.append("  object    %s" % f.object)
         for e in f.evidence:
             out.append("  evidence  %s" % e)
+        for u in f.unread:
+            out.append("  not read  %s" % u)
         if f.rule:
             out.append("  rule      %s %s: %s  (%s packets)" % (f.rule.get("table"), f.rule.get("chain"),
                                                               f.rule.get("rule"), f.rule.get("packets")))
