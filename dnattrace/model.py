@@ -207,6 +207,10 @@ class Journey:
         return out
 
 
+def _after_handshake(j: Journey) -> bool:
+    return bool(j.steps) and bool(j.first.tcp_flags) and "S" not in j.first.tcp_flags and "R" not in j.first.tcp_flags
+
+
 @dataclass
 class Connection:
     """The journeys of one connection attempt: the client's packets (retransmissions grouped) and the replies."""
@@ -234,6 +238,15 @@ class Connection:
         return bool(self.replies)
 
     @property
+    def data_requests(self) -> list[Journey]:
+        """TCP: the client's followed packets after the handshake (they carry data: bare ACKs are not followed)."""
+        return [j for j in self.requests if _after_handshake(j)]
+
+    @property
+    def data_replies(self) -> list[Journey]:
+        return [j for j in self.replies if _after_handshake(j)]
+
+    @property
     def outcome(self) -> str:
         """answered | refused (RST reply) | stalled | reply-dropped | reply-unfinished | dropped | no-reply |
         unfinished | incomplete. A reply counts as an answer only if it was not dropped on its way back and
@@ -241,16 +254,19 @@ class Connection:
         "reply-dropped", even when a later one (the SYN-ACK retransmitted) is still parked when watching
         ends; parked replies alone (on a neighbour that may not answer) are "reply-unfinished". Neither is
         an answer. TCP: a handshake answered whose data replies (the followed ones: the first data
-        packet, every one with --all) were all dropped is "stalled". A failure seen while events were lost
+        packet, every one with --all) were all dropped, or whose data requests were all dropped, is
+        "stalled". A failure seen while events were lost
         is "incomplete": the missing events may hold the answer, so no verdict is given that they could
         contradict."""
         flags = [s.tcp_flags for j in self.replies for s in j.steps[:1]]
         if any("R" in f for f in flags):
             return "refused"
         if any(j.outcome != "dropped" and j.left for j in self.replies):
-            data = [j for j in self.replies if j.steps and j.first.tcp_flags and "S" not in j.first.tcp_flags]
+            data, sent = self.data_replies, self.data_requests
             if data and all(j.outcome == "dropped" for j in data):
                 return "stalled"
+            if sent and not data and all(j.outcome == "dropped" for j in sent):
+                return "stalled"        # the handshake passed, the client's data did not
             return "answered"
         if any(j.lost_events for j in self.requests + self.replies):
             return "incomplete"

@@ -621,3 +621,38 @@ def test_a_rule_selecting_on_a_mark_is_said_as_unread():
     rules = MAIN_RULES + [{"priority": 90, "src": "all", "fwmark": "0x1", "table": "7", "family": 4}]
     f = top(engine.explain([_no_route_conn()], snap(host(rule_list=rules, table_routes=MAIN_ROUTES[1:]))))
     assert f.cause_id == "no-route" and any("fwmark 0x1" in u for u in f.unread) and f.confidence < 1
+
+
+# --- the whole conversation: the handshake works, the data does not ------------------------------------
+
+def _handshake(data_request_steps, data_replies=()):
+    syn = [*prerouting(), *forwarded(), s(XMIT, ifname="br0", tuple=T_NAT)]
+    synack = [s(RX, ifname="br0", tuple=T_NAT.reversed(), tcp_flags="SA"),
+              s(XMIT, ifname="veth-ext", tuple=T_IN.reversed(), tcp_flags="SA")]
+    c = conn(*syn, replies=[synack, *data_replies])
+    c.requests.append(Journey(skb=0x3000, steps=data_request_steps))
+    return c
+
+
+def test_a_data_request_dropped_after_the_handshake_is_a_stall_not_an_answer():
+    data = [s(RX, ifname="veth-ext", tuple=T_IN, tcp_flags="PA"), drop("ip_forward+0x1f0", "PKT_TOO_BIG")]
+    c = _handshake(data)
+    assert c.outcome == "stalled" and engine.failing(c)
+    assert engine.representative(c) is c.requests[-1]
+
+
+def test_data_delivered_with_nothing_coming_back_is_a_failure_said_in_the_kernels_words():
+    data = [s(RX, ifname="veth-ext", tuple=T_IN, tcp_flags="PA"), s(CONSUME, location="tcp_rcv_established+0x1",
+                                                                     netns=CONT, tuple=T_NAT)]
+    c = _handshake(data)
+    assert c.outcome == "answered" and engine.failing(c)
+    f = top(engine.explain([c], snap()))
+    assert f.cause_id == "unexplained" and "no data came back" in f.explanation
+
+
+def test_data_answered_is_healthy():
+    data = [s(RX, ifname="veth-ext", tuple=T_IN, tcp_flags="PA"), s(CONSUME, location="tcp_v4_rcv+0x1", netns=CONT)]
+    reply = [s(RX, ifname="br0", tuple=T_NAT.reversed(), tcp_flags="PA"),
+             s(XMIT, ifname="veth-ext", tuple=T_IN.reversed(), tcp_flags="PA")]
+    c = _handshake(data, [reply])
+    assert not engine.failing(c) and engine.explain([c], snap()) == []

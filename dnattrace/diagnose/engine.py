@@ -14,7 +14,7 @@ from typing import Optional
 from dnattrace.model import Connection
 from dnattrace.evidence.snapshot import Delta, Snapshot
 from dnattrace.diagnose.catalogue import CATALOGUE
-from dnattrace.diagnose.facts import Facts, failing, other_family_line, representative  # noqa: F401 (the API)
+from dnattrace.diagnose.facts import Facts, failing, other_family_line, representative, silent_after_data  # noqa: F401 (the API)
 from dnattrace.diagnose.replay import Finding, rule_dict
 
 NONE = "none"               # the cause id of a healthy connection (no finding)
@@ -65,6 +65,9 @@ def unexplained(f: Facts) -> Finding:
     after = " (after %s)" % f.hook if f.hook else ""
     if f.drop:
         what = "dropped at %s reason %s in %s%s" % (f.drop.location or "?", f.reason or "?", f.ns.name, after)
+    elif f.conn is not None and f.conn.outcome == "answered" and silent_after_data(f.conn):
+        what = ("the handshake completed and the client's data was delivered in %s, but no data came back and no "
+                "drop of it was seen" % f.ns.name)
     elif f.conn is not None and f.conn.outcome in ("no-reply", "unfinished") and f.delivered_to_listener_ns():
         what = "the request was delivered in %s, but no reply was seen leaving" % f.ns.name
     elif j is not None and f.end is not None:

@@ -172,8 +172,18 @@ def representative(conn: Connection) -> Optional[Journey]:
 
 
 def failing(conn: Connection) -> bool:
-    """Healthy = answered by something other than a RST and no request dropped after the answer."""
-    return conn.outcome != "answered"
+    """Healthy = answered by something other than a RST, no request dropped after the answer, and, when
+    the client sent data, some data came back: a handshake that works and a body that never arrives is a
+    fault (the client's request stalls). diagnose asks this after waiting for the data reply."""
+    return conn.outcome != "answered" or silent_after_data(conn)
+
+
+def silent_after_data(conn: Connection) -> bool:
+    """TCP: the client's data was delivered to a socket and no data came back (nothing dropped on the way
+    was seen: the failure is somewhere no probe saw). Events lost meanwhile leave it undecided (False)."""
+    sent = conn.data_requests
+    return (bool(sent) and not conn.data_replies and any(j.outcome == "delivered" for j in sent)
+            and not any(j.lost_events for j in conn.requests + conn.replies))
 
 
 def kv(values: dict, key: str) -> str:
