@@ -656,3 +656,35 @@ def test_data_answered_is_healthy():
              s(XMIT, ifname="veth-ext", tuple=T_IN.reversed(), tcp_flags="PA")]
     c = _handshake(data, [reply])
     assert not engine.failing(c) and engine.explain([c], snap()) == []
+
+
+# --- NAT not applied: the conntrack state the packet carried through PREROUTING says why -------------
+
+def _unnated_conn(ct):
+    steps = [s(RX, ifname="veth-ext", tuple=T_IN, tcp_flags="S"),
+             s(NF, hook="PREROUTING", stage="first", priority=-2147483647, ifname="veth-ext", tuple=T_IN),
+             s(NF, hook="PREROUTING", stage="last", priority=2147483646, ifname="veth-ext", tuple=T_IN, ct=ct),
+             s(ROUTE, route=RouteInfo(255, oif="lo", dst=PUBLIC, local=True), tuple=T_IN),
+             drop("tcp_v4_rcv+0x1a0", "NO_SOCKET", T_IN)]
+    return conn(*steps)
+
+
+def _published_host(**kw):
+    h = host(**kw)
+    h.links[0].addresses = ["198.51.100.1/24"]
+    return h
+
+
+def test_an_untracked_packet_of_a_published_port_names_the_notrack_rule_not_a_missing_listener():
+    move = CounterMove("raw", "PREROUTING", "-A PREROUTING -p tcp -j CT --notrack", 1, 60, "CT")
+    found = engine.explain([_unnated_conn(CtInfo("UNTRACKED"))], snap(_published_host()), delta(move))
+    assert found[0].cause_id == "nat-skipped", found[0]
+    assert found[0].fix == ["iptables -t raw -D PREROUTING -p tcp -j CT --notrack"]
+    assert "no-listener" not in [x.cause_id for x in found]
+    assert "udp-stale-conntrack" not in [x.cause_id for x in found]
+
+
+def test_a_packet_conntrack_found_invalid_is_said_so_with_the_counter():
+    d = delta(conntrack={"invalid": 3})
+    f = top(engine.explain([_unnated_conn(None)], snap(_published_host()), d))
+    assert f.cause_id == "nat-skipped" and "invalid" in f.explanation and "conntrack invalid +3" in f.evidence

@@ -44,7 +44,8 @@ static __always_inline void fill_ct(struct dt_event *e, struct sk_buff *skb)
 	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
 	struct nf_conn *ct = (struct nf_conn *)(nfct & ~7UL);
 	if (!ct) {
-		e->ctinfo = DT_NO_CT;
+		/* no entry: untracked on purpose (IP_CT_UNTRACKED, 7) or none (not yet, or invalid) */
+		e->ctinfo = (nfct & 7) == 7 ? DT_UNTRACKED : DT_NO_CT;
 		return;
 	}
 	e->ctinfo = nfct & 7;

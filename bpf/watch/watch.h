@@ -38,6 +38,7 @@ struct dt_bracket {
 };
 
 #define DT_NO_CT 0xff
+#define DT_UNTRACKED 0xfe   /* _nfct is IP_CT_UNTRACKED: a NOTRACK rule made conntrack skip it */
 #define DT_PKT_BYTES 128
 
 /* Addresses are 16 bytes for both families (dt_event.family says which): an IPv4 address is the first

@@ -175,9 +175,13 @@ def match_udp_stale_conntrack(f: Facts) -> Optional[Match]:
         return None         # the DNAT rule would not apply anyway: that is not-dnated
     t = f.snapshot.target
     tup = f.journey.tuples()[0]
+    seen, ct = _ct_after_conntrack(f)
     entries = [e for e in f.ns.ct_entries if "sport=%d" % tup.sport in e and "dport=%d" % t.port in e]
-    dnat_moved = [m for m in f.moves() if m.table == "nat" and m.target == "DNAT"]
     s = Replay()
+    if seen and (ct is None or ct.state == "UNTRACKED"):
+        s.contradict("the packet had no conntrack entry after conntrack ran (%s): no old entry carried it"
+                     % ("untracked" if ct else "none: invalid"))
+    dnat_moved = [m for m in f.moves() if m.table == "nat" and m.target == "DNAT"]
     s.add(3, True, f.drop_line())
     s.add(2, True, "a DNAT rule for %s/%d exists and matches the packet: %s" % (t.proto, t.port, found[0].rule))
     s.add(3, bool(entries), "conntrack: %s" % entries[0] if entries else "")
@@ -217,7 +221,8 @@ def _untracked_on_host(f: Facts) -> bool:
     """The reply crossed the host's hooks without a conntrack entry: seen at a hook's last position,
     where conntrack has run (at the first position of PREROUTING and OUTPUT it has not yet)."""
     host = f.snapshot.host.inode
-    return any(s.point == NF and s.netns == host and s.stage == "last" and s.ct is None for s in f.journey.steps)
+    return any(s.point == NF and s.netns == host and s.stage == "last" and (s.ct is None or s.ct.state == "UNTRACKED")
+               for s in f.journey.steps)
 
 
 def match_reply_notrack(f: Facts) -> Optional[Match]:
@@ -330,6 +335,60 @@ def match_stale_nat_target(f: Facts) -> Optional[Match]:
                  obj="conntrack entries of %s/%d with reply source %s in %s" % (t.proto, t.port, old[0], f.ns.name))
 
 
+CONNTRACK_PRIORITY = -200       # NF_IP_PRI_CONNTRACK: past it, a packet has its entry, or is untracked or invalid
+
+
+def _ct_after_conntrack(f: Facts):
+    """(seen, ct): the packet's conntrack entry as a probe after conntrack saw it at the namespace's first
+    hook (PREROUTING or OUTPUT); seen is False when no probe sat there (kernels without netfilter links)."""
+    for st in f.journey.steps if f.journey else []:
+        if st.point == NF and st.netns == f.ns.inode and st.hook in ("PREROUTING", "OUTPUT") \
+                and st.priority is not None and st.priority > CONNTRACK_PRIORITY:
+            return True, st.ct
+    return False, None
+
+
+def match_nat_skipped(f: Facts) -> Optional[Match]:
+    """A published port's packet, matched by a DNAT rule that applies, reached the host itself un-NATed
+    because conntrack did not track it: NAT works on conntrack entries. Its state after conntrack says why:
+    untracked (a NOTRACK rule), or no entry at all (conntrack found it invalid)."""
+    if not not_dnated(f) or not (f.reason == "NO_SOCKET" or (f.conn and f.conn.outcome == "refused")):
+        return None
+    found, why = _dnat_rule_checks(f)
+    seen, ct = _ct_after_conntrack(f)
+    if not found or why or not seen or (ct is not None and ct.state != "UNTRACKED"):
+        return None
+    t = f.snapshot.target
+    s = Replay()
+    s.add(3, True, f.drop_line() or "the host itself refused the connection")
+    s.add(2, True, "a DNAT rule for %s/%d exists and matches the packet: %s" % (t.proto, t.port, found[0].rule))
+    if ct is not None:
+        moves = [m for m in _notrack_moves(f) if m.family == f.family]
+        s.add(3, True, "after conntrack in %s the packet was untracked (IP_CT_UNTRACKED)" % f.ns.name)
+        if moves:
+            s.add(2, True, "%s (counter moved during the capture)" % moves[0])
+        else:
+            s.unknown(2, "which rule untracks it (no NOTRACK rule counter moved: an nft notrack rule counts nothing)")
+        return Match(s, "A NOTRACK rule makes conntrack skip the packets of %s/%d in %s, so NAT, which works on "
+                        "conntrack entries, never rewrites them: they reach %s itself instead of %s. Exempt the "
+                        "published port from the NOTRACK rule." % (t.proto, t.port, f.ns.name, f.ns.name,
+                                                                    f.service_addr),
+                     [firewall.fix_delete(moves[0], f.ns.netns)] if moves else None,
+                     "or narrow the rule so it does not match the published port", moves[0] if moves else None,
+                     obj=("the raw table rule %s in %s" % (moves[0].rule, f.ns.name)) if moves
+                     else "a notrack rule in a raw-priority prerouting chain of %s" % f.ns.name)
+    inv = sum(d.conntrack.get("invalid", 0) for d in (f.delta.namespaces if f.delta else []))
+    s.add(3, True, "after conntrack in %s the packet had no conntrack entry: conntrack found it invalid" % f.ns.name)
+    s.add(2, inv > 0, "conntrack invalid +%d" % inv)
+    s.unknown(1, "why conntrack found it invalid (its log: net.netfilter.nf_conntrack_log_invalid)")
+    return Match(s, "Conntrack found the packets of %s/%d invalid (they do not fit a connection it knows: a "
+                    "window, checksum or state mismatch), and NAT applies only to tracked packets, so they reach "
+                    "%s itself instead of %s." % (t.proto, t.port, f.ns.name, f.service_addr), None,
+                 "to see why: sysctl -w net.netfilter.nf_conntrack_log_invalid=%d, then read the kernel log"
+                 % (6 if t.proto == "tcp" else 17),
+                 obj="conntrack's state of the flow (invalid) in %s" % f.ns.name)
+
+
 def _refute_conntrack_full(f: Facts) -> Optional[str]:
     st = f.ns.conntrack
     if st.get("max") and not ct_stats.is_full(st):
@@ -343,6 +402,7 @@ CAUSES = (
           defers_to=("no-hairpin-dnat",)),
     Cause("family-not-published", "The port is published for the other IP family only", match_family_not_published),
     Cause("stale-nat-target", "A conntrack entry binds the flow to an old NAT target", match_stale_nat_target),
+    Cause("nat-skipped", "Conntrack did not track the packet, so NAT never saw it", match_nat_skipped),
     Cause("udp-stale-conntrack", "A conntrack entry older than the DNAT rule", match_udp_stale_conntrack),
     Cause("reply-notrack", "The reply bypasses conntrack (NOTRACK), so it is not un-NATed", match_reply_notrack),
     Cause("reply-not-unnated", "The reply reaches the client without its NAT undone", match_reply_not_unnated),

@@ -33,6 +33,7 @@ DT_STAGE_CHAIN = 16                   # and up: a chain bracket, its link's prio
 STAGE_PRIORITY = {"first": -(2 ** 31) + 1, "conntrack": -199, "dnat": -99, "filter": 0, "snat": 101,
                   "last": 2 ** 31 - 2}
 NO_CT = 0xFF
+UNTRACKED = 0xFE                   # DT_UNTRACKED: a NOTRACK rule made conntrack skip the packet
 DT_NEW = 0x80
 # enum ip_conntrack_info
 CT_STATES = {0: "ESTABLISHED", 1: "RELATED", 2: "NEW", 3: "REPLY", 4: "RELATED_REPLY"}
@@ -123,7 +124,9 @@ def to_step(ev: RawEvent, symbolize: Callable[[int], str] = hex, reason_name: Ca
         else:
             step.stage = STAGE_NAMES[ev.stage] if ev.stage < len(STAGE_NAMES) else str(ev.stage)
             step.priority = STAGE_PRIORITY.get(step.stage)
-        if ev.ctinfo != NO_CT:
+        if ev.ctinfo == UNTRACKED:
+            step.ct = model.CtInfo(state="UNTRACKED")
+        elif ev.ctinfo != NO_CT:
             step.ct = model.CtInfo(
                 state=CT_STATES.get(ev.ctinfo, str(ev.ctinfo)), status=ev.ct_status,
                 orig=_tuple(ev.family, ev.proto, ev.ct_osrc, ev.ct_osport, ev.ct_odst, ev.ct_odport),
