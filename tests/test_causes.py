@@ -688,3 +688,31 @@ def test_a_packet_conntrack_found_invalid_is_said_so_with_the_counter():
     d = delta(conntrack={"invalid": 3})
     f = top(engine.explain([_unnated_conn(None)], snap(_published_host()), d))
     assert f.cause_id == "nat-skipped" and "invalid" in f.explanation and "conntrack invalid +3" in f.evidence
+
+
+# --- below IP: tc and XDP programs, qdiscs -------------------------------------------------------------
+
+def test_a_tc_program_that_drops_is_named_with_its_filter():
+    c = conn(s(RX, ifname="veth-ext", tuple=T_IN, tcp_flags="S"),
+             s(DROP, location="tcf_classify+0x1", reason="TC_INGRESS", ifname="veth-ext", tuple=T_IN))
+    h = host(bpf_progs=[{"dev": "veth-ext", "hook": "tc-ingress", "id": 42, "name": "guard", "pref": 7},
+                        {"dev": "br0", "hook": "tc-ingress", "id": 43, "name": "other", "pref": 1}])
+    f = top(engine.explain([c], snap(h)))
+    assert f.cause_id == "bpf-prog-drop" and f.fix == ["tc filter del dev veth-ext ingress pref 7"]
+    assert "id 42" in f.object
+
+
+def test_a_qdisc_whose_drop_counter_moved_is_named():
+    c = conn(*prerouting(), *forwarded(), s(DROP, location="__dev_queue_xmit+0x1", reason="QDISC_DROP",
+                                            ifname="br0", tuple=T_NAT))
+    h = host(qdiscs=[{"dev": "br0", "kind": "tbf", "handle": "1:", "parent": "root", "drops": 9}])
+    f = top(engine.explain([c], snap(h), delta(qdisc_drops={"br0 tbf 1:": 3})))
+    assert f.cause_id == "qdisc-drop" and f.fix == ["tc qdisc del dev br0 root"]
+    assert "drops +3" in " ".join(f.evidence)
+
+
+def test_nothing_arrived_lists_the_xdp_programs_on_the_way_in():
+    h = host(bpf_progs=[{"dev": "veth-ext", "hook": "xdp", "id": 9, "name": "fw", "mode": "driver"}])
+    f = engine.explain([], snap(h))[0]
+    assert f.cause_id == engine.NOTHING_ARRIVED
+    assert "suspect: xdp program id 9 (fw) on veth-ext (driver)" in f.evidence

@@ -93,6 +93,10 @@ def nothing_arrived(snapshot: Snapshot) -> Finding:
         ev.append("DNAT rule: %s" % t.dnat_rule)
     addrs = [c for l in host.links for c in l.addresses if not c.startswith("127.")]
     ev.append("addresses of %s: %s" % (host.name, ", ".join(addrs) or "none read"))
+    # an XDP program on a real NIC drops before any skb exists: no probe sees it, so it is a suspect
+    ev += ["suspect: %s program id %d (%s) on %s%s" % (p["hook"], p["id"], p["name"] or "no name", p["dev"],
+                                                      " (%s)" % p["mode"] if p.get("mode") else "")
+           for p in host.bpf_progs if p["hook"] in ("xdp", "tc-ingress")]
     return Finding(NOTHING_ARRIVED, "Nothing arrived", 0.0,
                    "Nothing arrived: no packet for this port reached this host while watching, so the fault is "
                    "before this host (the client, the network, a firewall or security group on the way), or "

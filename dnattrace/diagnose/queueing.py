@@ -49,6 +49,75 @@ def match_pmtu_blackhole(f: Facts) -> Optional[Match]:
                  fix, note, icmp[0] if icmp else None).at("ICMP rule %s in %s" % (icmp[0].rule, f.ns.name) if icmp else "MTU of %s in %s" % (oif.name if oif else "?", f.ns.name))
 
 
+PROG_HOOKS = {"TC_INGRESS": "tc-ingress", "TC_EGRESS": "tc-egress", "XDP": "xdp"}
+QDISC_REASONS = ("QDISC_DROP", "QDISC_OVERLIMIT", "QDISC_CONGESTED", "CAKE_FLOOD", "FQ_BAND_LIMIT",
+                 "FQ_HORIZON_LIMIT", "FQ_FLOW_LIMIT")
+
+
+def _prog_fix(f: Facts, p: dict) -> list[str]:
+    if p["hook"] == "xdp":
+        return [f.ns.prefix() + "ip link set dev %s %s off" % (p["dev"], "xdpgeneric" if p.get("mode") == "generic"
+                                                                 else "xdp")]
+    direction = p["hook"].split("-")[1]
+    if p.get("pref"):
+        return [f.ns.prefix() + "tc filter del dev %s %s pref %d" % (p["dev"], direction, p["pref"])]
+    return [f.ns.prefix() + "bpftool net detach tcx_%s dev %s" % (direction, p["dev"])]
+
+
+def match_bpf_prog_drop(f: Facts) -> Optional[Match]:
+    """A tc filter or an XDP program on the packet's device returned drop (TC_INGRESS, TC_EGRESS, XDP)."""
+    hook = PROG_HOOKS.get(f.reason) if f.seen and f.drop is not None else None
+    if hook is None:
+        return None
+    dev = f.drop.ifname
+    s = Replay()
+    s.add(3, True, f.drop_line() + (" on %s" % dev if dev else ""))
+    progs = [p for p in f.ns.bpf_progs if p["hook"] == hook and (not dev or p["dev"] == dev)]
+    if not progs:
+        s.unknown(3, "which %s program or filter on %s drops it (none is attached as a BPF program: a classic "
+                     "filter's action?)" % (hook, dev or "the device"))
+        return Match(s, "A %s filter on %s in %s drops the packet." % (hook, dev or "?", f.ns.name),
+                     None, "list them: tc filter show dev %s %s" % (dev or "DEV", hook.split("-")[-1]),
+                     obj="the %s hook of %s in %s" % (hook, dev or "?", f.ns.name))
+    p = progs[0]
+    s.add(3, True, "%s program id %d (%s) on %s%s" % (hook, p["id"], p["name"] or "no name", p["dev"],
+                                                     ", filter pref %d" % p["pref"] if p.get("pref") else ""))
+    return Match(s, "The %s BPF program %s (id %d) on %s in %s returns drop for the packet."
+                 % (hook, p["name"] or "?", p["id"], p["dev"], f.ns.name), _prog_fix(f, p),
+                 "detaching it removes whatever else it does: better, fix what it matches (bpftool prog dump xlated "
+                 "id %d)" % p["id"],
+                 obj="%s program id %d (%s) on %s in %s" % (hook, p["id"], p["name"] or "?", p["dev"], f.ns.name))
+
+
+def match_qdisc_drop(f: Facts) -> Optional[Match]:
+    """A qdisc on the device the packet was queued to dropped it (full, over its limit, a policing one)."""
+    if not f.seen or f.drop is None or f.reason not in QDISC_REASONS:
+        return None
+    dev = f.drop.ifname
+    s = Replay()
+    s.add(3, True, f.drop_line() + (" on %s" % dev if dev else ""))
+    moved = {k: n for k, n in (f.nsdelta.qdisc_drops if f.nsdelta else {}).items() if not dev or k.split()[0] == dev}
+    mine = [q for q in f.ns.qdiscs if q["dev"] == dev] if dev else []
+    if moved:
+        key, n = max(moved.items(), key=lambda kv: kv[1])
+        d, kind, handle = key.split()
+        s.add(3, True, "qdisc %s %s on %s: drops +%d during the capture" % (kind, handle, d, n))
+        q = next((x for x in mine if x["handle"] == handle), {"parent": ""})
+        fix = [f.ns.prefix() + "tc qdisc del dev %s %s" % (d, "root" if q["parent"] == "root" else
+                                                           "parent %s handle %s" % (q["parent"], handle))]
+        return Match(s, "The %s qdisc %s on %s in %s drops the packet (its drop counter moved by %d while "
+                        "watching): it is full, over its limit, or polices this traffic." % (kind, handle, d,
+                                                                                             f.ns.name, n),
+                     fix, "removing it removes its shaping too: or raise its limit (tc qdisc change ...)",
+                     obj="qdisc %s %s on %s in %s" % (kind, handle, d, f.ns.name))
+    s.unknown(3, "which qdisc on %s counted the drop (no drop counter moved that was read)" % (dev or "the device"))
+    return Match(s, "A qdisc on %s in %s drops the packet (%s)." % (dev or "?", f.ns.name, f.reason),
+                 obj="the qdiscs of %s in %s: %s" % (dev or "?", f.ns.name,
+                                                     ", ".join("%s %s" % (q["kind"], q["handle"]) for q in mine) or "?"))
+
+
 CAUSES = (
     Cause("pmtu-blackhole", "Path MTU black hole: large packets dropped, ICMP filtered", match_pmtu_blackhole),
+    Cause("bpf-prog-drop", "A tc or XDP program drops it", match_bpf_prog_drop),
+    Cause("qdisc-drop", "A qdisc drops it", match_qdisc_drop),
 )

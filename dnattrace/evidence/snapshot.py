@@ -13,7 +13,7 @@ from typing import Optional
 
 from dnattrace.model import family_of
 from dnattrace.target import Target
-from dnattrace.evidence import conntrack, firewall, links, nftables, snmp, sockets, sysctl
+from dnattrace.evidence import conntrack, firewall, links, nftables, snmp, sockets, sysctl, tc
 from dnattrace.evidence.firewall import CounterMove, Ruleset
 from dnattrace.evidence.nftables import NftMove, NftRuleset
 from dnattrace.evidence.links import Link, RouteResult
@@ -44,6 +44,8 @@ class NsEvidence:
     legacy: Optional[Ruleset] = None                # iptables-legacy tables loaded beside the nft backend
     legacy6: Optional[Ruleset] = None
     rule_list: list[dict] = field(default_factory=list)  # every policy rule, both families (links.policy)
+    bpf_progs: list[dict] = field(default_factory=list)  # XDP and tc programs on its interfaces (tc.py)
+    qdiscs: list[dict] = field(default_factory=list)     # every qdisc with its drop counter (tc.py)
     table_routes: list[dict] = field(default_factory=list)   # every route of every table, both families
 
     def link(self, name: str) -> Optional[Link]:
@@ -98,6 +100,7 @@ def read_namespace(name: str, netns=None, ports=(), proto="tcp", lookups=(), nei
     ev.nft = _gather(ev, nftables.read, netns, with_text=not counters_only)
     ev.conntrack = _gather(ev, conntrack.stats, netns) or {}
     ev.snmp = _gather(ev, snmp.counters, netns) or {}
+    ev.qdiscs = _gather(ev, tc.qdiscs, netns) or []
     if counters_only:
         return ev
     ev.sysctls = _gather(ev, sysctl.read_all, netns) or {}
@@ -115,6 +118,7 @@ def read_namespace(name: str, netns=None, ports=(), proto="tcp", lookups=(), nei
         ev.nft_chains = firewall.parse_nft_base_chains(json.dumps({"nftables": ev.nft.items}))
     ev.ip_rules = _gather(ev, links.ip_rules, netns) or []
     ev.rule_list, ev.table_routes = _gather(ev, links.policy, netns) or ([], [])
+    ev.bpf_progs = _gather(ev, tc.programs, netns) or []
     ev.ct_entries = [e for p in sorted(ports) for e in (_gather(ev, conntrack.entries, proto, p, netns) or [])]
     found = _gather(ev, sockets.listeners, None, proto, netns) or []
     ev.listeners = [l for l in found if not ports or l.port in ports]
@@ -213,6 +217,7 @@ class NsDelta:
     snmp: dict[str, int] = field(default_factory=dict)
     nft_moves: list[NftMove] = field(default_factory=list)         # nft rules (not iptables-nft's: see moves)
     legacy_moves: list[CounterMove] = field(default_factory=list)  # iptables-legacy rules and policies
+    qdisc_drops: dict[str, int] = field(default_factory=dict)      # "DEV KIND HANDLE" -> drops in between
 
 
 @dataclass
@@ -238,7 +243,8 @@ def diff(before: Snapshot, after: Snapshot) -> Delta:
         if b.rules6 and a.rules6:
             moves = sorted(moves + firewall.counter_delta(b.rules6, a.rules6), key=lambda m: -m.packets)
         out.namespaces.append(NsDelta(b.name, b.inode, b.netns, moves, conntrack.delta(b.conntrack, a.conntrack),
-                                      snmp.delta(b.snmp, a.snmp), _nft_moves(b, a), _legacy_moves(b, a)))
+                                      snmp.delta(b.snmp, a.snmp), _nft_moves(b, a), _legacy_moves(b, a),
+                                      tc.drops_delta(b.qdiscs, a.qdiscs)))
     return out
 
 
