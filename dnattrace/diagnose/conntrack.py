@@ -356,15 +356,22 @@ def match_nat_skipped(f: Facts) -> Optional[Match]:
         return None
     found, why = _dnat_rule_checks(f)
     seen, ct = _ct_after_conntrack(f)
-    if not found or why or not seen or (ct is not None and ct.state != "UNTRACKED"):
+    moves = [m for m in _notrack_moves(f) if m.family == f.family]
+    if not seen and moves:
+        # no probe after conntrack on this kernel (no netfilter links): the NOTRACK rule's counter says it
+        ct = model.CtInfo("UNTRACKED")
+    elif not seen or (ct is not None and ct.state != "UNTRACKED"):
+        return None
+    if not found or why:
         return None
     t = f.snapshot.target
     s = Replay()
+    if not seen:
+        s.unknown(2, "the packet's conntrack state (no netfilter probe after conntrack on this kernel)")
     s.add(3, True, f.drop_line() or "the host itself refused the connection")
     s.add(2, True, "a DNAT rule for %s/%d exists and matches the packet: %s" % (t.proto, t.port, found[0].rule))
     if ct is not None:
-        moves = [m for m in _notrack_moves(f) if m.family == f.family]
-        s.add(3, True, "after conntrack in %s the packet was untracked (IP_CT_UNTRACKED)" % f.ns.name)
+        s.add(3, seen, "after conntrack in %s the packet was untracked (IP_CT_UNTRACKED)" % f.ns.name)
         if moves:
             s.add(2, True, "%s (counter moved during the capture)" % moves[0])
         else:
@@ -403,7 +410,8 @@ CAUSES = (
     Cause("family-not-published", "The port is published for the other IP family only", match_family_not_published),
     Cause("stale-nat-target", "A conntrack entry binds the flow to an old NAT target", match_stale_nat_target),
     Cause("nat-skipped", "Conntrack did not track the packet, so NAT never saw it", match_nat_skipped),
-    Cause("udp-stale-conntrack", "A conntrack entry older than the DNAT rule", match_udp_stale_conntrack),
+    Cause("udp-stale-conntrack", "A conntrack entry older than the DNAT rule", match_udp_stale_conntrack,
+          defers_to=("nat-skipped",)),
     Cause("reply-notrack", "The reply bypasses conntrack (NOTRACK), so it is not un-NATed", match_reply_notrack),
     Cause("reply-not-unnated", "The reply reaches the client without its NAT undone", match_reply_not_unnated),
     Cause("no-hairpin-dnat", "A container calls the published port; the DNAT excludes its bridge",

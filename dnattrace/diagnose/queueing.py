@@ -66,11 +66,18 @@ def _prog_fix(f: Facts, p: dict) -> list[str]:
 
 def match_bpf_prog_drop(f: Facts) -> Optional[Match]:
     """A tc filter or an XDP program on the packet's device returned drop (TC_INGRESS, TC_EGRESS, XDP)."""
-    hook = PROG_HOOKS.get(f.reason) if f.seen and f.drop is not None else None
-    if hook is None:
+    if not f.seen or f.drop is None:
         return None
-    dev = f.drop.ifname
+    hook, dev = PROG_HOOKS.get(f.reason), f.drop.ifname
     s = Replay()
+    if hook is None:
+        # kernels before the TC_INGRESS reason (5.10, 6.1) free a packet a tc ingress filter shot, unnamed,
+        # in the receive path: the site and a program attached there are the evidence, the reason is not
+        if f.reason not in ("", "NOT_SPECIFIED") or f.func != "__netif_receive_skb_core" or not any(
+                p["hook"] == "tc-ingress" and p["dev"] == dev for p in f.ns.bpf_progs):
+            return None
+        hook = "tc-ingress"
+        s.unknown(2, "the kernel's drop reason (this kernel does not name tc drops)")
     s.add(3, True, f.drop_line() + (" on %s" % dev if dev else ""))
     progs = [p for p in f.ns.bpf_progs if p["hook"] == hook and (not dev or p["dev"] == dev)]
     if not progs:

@@ -62,6 +62,8 @@ class Scenario:
     hairpin: bool = True            # client "sibling" only: the DNAT also applies to traffic from the bridge
     dnat_other_iface: bool = False  # the DNAT rule is restricted (-i) to an interface the clients do not use
     foreign_forward_new_only: bool = False  # a native nft forward chain accepts new requests, not their replies
+    prerouting_notrack: bool = False        # a raw PREROUTING NOTRACK rule for the published port's requests
+    tc_ingress_drop: bool = False           # a tc BPF classifier on the outside link drops the published port
     # IPv6 (family 6): the host is dual-stack (IPv4 as above, plus IPv6 on the outside link and the bridge,
     # ip6tables laid out as Docker 20.10 with "ip6tables": true lays them out), and the client connects
     # over IPv6. The knobs below break only the IPv6 side; IPv4 stays healthy.
@@ -148,6 +150,21 @@ SCENARIOS += [
              "fails (https://github.com/rkt/rkt/issues/2283, https://github.com/containers/netavark/issues/362).",
              cause="route-localnet", drop_function="nf_hook_slow", drop_reason="NETFILTER_DROP", drop_ns="host",
              client="localhost", route_localnet=False),
+]
+
+# Decision replay and below-IP drops: a published port's packet that conntrack did not track (so NAT never
+# saw it), and a tc BPF classifier dropping before IP.
+SCENARIOS += [
+    Scenario("prerouting-notrack", "A blanket raw PREROUTING NOTRACK rule (the kind written to spare conntrack "
+             "on a busy port) also catches the published port: conntrack skips the SYN, so the DNAT never "
+             "rewrites it and the host itself refuses it (https://github.com/openwrt/firewall4/issues/14, "
+             "https://github.com/puppetlabs/puppetlabs-firewall/pull/372).", cause="nat-skipped",
+             drop_function="tcp_v4_rcv", drop_reason="NO_SOCKET", drop_ns="host", prerouting_notrack=True),
+    Scenario("tc-ingress-drop", "A tc BPF classifier on the host's outside link (a host firewall's or a CNI's "
+             "datapath) drops TCP to the published port before IP sees it "
+             "(https://github.com/cilium/cilium/issues/3731, https://github.com/projectcalico/calico/issues/5358).",
+             cause="bpf-prog-drop", drop_function="__netif_receive_skb_core", drop_reason="TC_INGRESS", drop_ns="host",
+             drop_reason_alt=("NOT_SPECIFIED", ""), tc_ingress_drop=True),
 ]
 
 # More from /work/notes/scenarios.md (ctr-to-published-no-hairpin is its

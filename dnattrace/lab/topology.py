@@ -256,6 +256,21 @@ def apply_knobs(inst, sc, n):
         dnat_other_iface(n)
     if sc.foreign_forward_new_only:
         add_foreign_forward_new_only(host)
+    if sc.prerouting_notrack:
+        net.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", str(PUBLISHED_PORT), "-j",
+                 "NOTRACK"], netns=host)
+    if sc.tc_ingress_drop:
+        tc_ingress_drop(n)
+
+
+def tc_ingress_drop(n):
+    """A tc classifier in direct-action mode on the host's outside link (bpf/lab/tcdrop.bpf.c, shipped
+    with the package) that drops TCP to the published port: a below-IP drop, TC_INGRESS."""
+    from dnattrace.kernel.objects import OBJECT_DIR
+    host = n["host_ns"]
+    net.run(["tc", "qdisc", "add", "dev", n["outside_if"], "clsact"], netns=host)
+    net.run(["tc", "filter", "add", "dev", n["outside_if"], "ingress", "pref", "7", "bpf", "direct-action", "obj",
+             os.path.join(OBJECT_DIR, "tcdrop.bpf.o"), "sec", "tc"], netns=host)
 
 
 def pmtu_blackhole(n):
