@@ -25,5 +25,6 @@ def test_objects_are_built_for_every_program():
     (tests/bpf) are never built into the package."""
     sources = sorted(os.path.basename(f)[: -len(".c")] for f in glob.glob(os.path.join(ROOT, "bpf", "*", "*.bpf.c")))
     built = sorted(f[: -len(".o")] for f in os.listdir(os.path.join(ROOT, "dnattrace", "bpfobj")) if f.endswith(".o"))
-    assert sources == ["drops.bpf", "probes.bpf", "watch.bpf"]
+    # tcdrop: the lab's below-IP fault (tc-ingress-drop), shipped so `lab up` needs no compiler
+    assert sources == ["drops.bpf", "probes.bpf", "tcdrop.bpf", "watch.bpf"]
     assert sources == built
