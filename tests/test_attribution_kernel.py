@@ -230,3 +230,21 @@ def test_firewalld_final_reject_named_and_fixed_in_firewalld_language(lab_instan
     journeys, summary = watch_lab(inst)
     conn = next(c for c in summary["connections"] if c["key"]["dport"] == inst.target_port)
     assert conn["outcome"] == "answered", conn
+
+
+def test_ipv6_drop_by_an_ip6_rule_of_an_inet_chain(lab_instance):
+    """IPv6: a counting `ip6 saddr ... drop` in a native inet chain at priority -5 beside Docker's
+    ip6tables rules; the IPv4 side of the same chain is not involved."""
+    inst = lab_instance("v6-healthy")
+    net.run(["nft", "-f", "-"], netns=inst.host_ns, input=(
+        "table inet filter {\n chain forward {\n  type filter hook forward priority -5; policy accept;\n"
+        "  ip6 saddr %s tcp dport %d counter drop\n }\n}\n" % (inst.client_addr, inst.container_port)))
+    j, ev, d = dropped_syn(inst)
+    assert j.first.tuple.family == 6
+    rv = attribution.attribute(j, ev, d)
+    assert (rv.chain.family, rv.chain.table, rv.chain.chain, rv.how) == ("inet", "filter", "forward", "counter"), rv
+    assert rv.rule.startswith("ip6 saddr %s tcp dport %d counter drop # handle" % (inst.client_addr, inst.container_port))
+    assert [(s.stage, s.priority) for s in j.steps if s.hook == "FORWARD"][-1] == ("chain", -6), \
+        "bracketed: ip6tables' chain (priority 0) is not even a candidate"
+    chains = attribution.chains_on_hook(ev, 6, "FORWARD")
+    assert [(c.family, c.table) for c in chains] == [("inet", "filter"), ("ip6", "filter")]
