@@ -248,8 +248,8 @@ def _decide(found: list[_Finding], ns: NsEvidence, pkt, family: int, hook: str) 
         c = counted[0]
         if not any(f is not c and (f.status == "evaluated" or f.chain.priority < c.chain.priority) for f in alive):
             pick = c
-    elif not counted and first is not None and len(alive) == 1:
-        pick = first
+    elif not counted and first is not None and len(alive) == 1 and _complete(ns):
+        pick = first        # every other chain on the hook is ruled out
     elif not counted and first is not None and first.status == "evaluated" and \
             not any(f is not first and f.chain.priority == first.chain.priority for f in alive):
         pick = first        # the chains after it never see the packet (same priority: their order is unknown)
@@ -264,6 +264,12 @@ def _decide(found: list[_Finding], ns: NsEvidence, pkt, family: int, hook: str) 
         rv.refuted.append("rule unknown: " + pick.why)
     rv.fix, rv.fix_note = fixes.for_verdict(rv, ns, pkt, pick.rule_obj, family, pick.path)
     return rv
+
+
+def _complete(ns: NsEvidence) -> bool:
+    """Whether every chain on the hook is known: nft's whole ruleset and the legacy tables were read. A
+    chain left alone among those read is otherwise not the answer (another owner's may be unseen)."""
+    return ns.nft is not None and not any(e.startswith("read_legacy") or e.startswith("read:") for e in ns.errors)
 
 
 def chains_passed(journey: model.Journey, ns: NsEvidence) -> list[tuple[ChainRef, str]]:
