@@ -91,6 +91,9 @@ def add_ns(ctx, name):
     ctx.setdefault("namespaces", []).append(name)
     sh("ip netns add %s" % name)
     sh("ip link set lo up", ns=name)
+    # a new namespace copies IPv4's conf/all and conf/default from the root namespace
+    # (net.core.devconf_inherit_init_net=0): pin what would change the scenarios' paths
+    sh("sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0", ns=name)
 
 
 def docker_host(prefix, server="http", families=(4, 6), ctx=None):
