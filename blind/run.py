@@ -60,7 +60,8 @@ def finding_text(finding):
 
 
 def judge(stdout, exit_code, right_if):
-    """(verdict, cause id) for a broken host: RIGHT when the top finding names every right_if substring,
+    """(verdict, cause id) for a broken host: RIGHT when the top finding names every right_if substring
+    (an item "a|b" is named by either),
     UNEXPLAINED when diagnose said it could not explain (not wrong, not right), WRONG for any other cause
     or for "no fault", ERROR when diagnose gave no diagnosis at all (it crashed or could not observe)."""
     diag = last_diagnosis(stdout)
@@ -74,7 +75,7 @@ def judge(stdout, exit_code, right_if):
     if cause in UNEXPLAINED_IDS:
         return "UNEXPLAINED", cause
     text = finding_text(top).lower()
-    if all(s.lower() in text for s in right_if):
+    if all(any(alt.lower() in text for alt in s.split("|")) for s in right_if):
         return "RIGHT", cause
     return "WRONG", cause
 

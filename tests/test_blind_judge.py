@@ -21,6 +21,8 @@ def variant(change):
 def test_right_needs_every_substring_in_the_top_finding():
     assert run.judge(RECORDED, 1, ["net.ipv4.ip_forward", "IP_INADDRERRORS"]) == ("RIGHT", "forwarding-off")
     assert run.judge(RECORDED, 1, ["NET.IPV4.CONF.BLA1O.FORWARDING"]) == ("RIGHT", "forwarding-off")
+    assert run.judge(RECORDED, 1, ["ip_forward=0|forwarding = 0", "bla1o"]) == ("RIGHT", "forwarding-off")
+    assert run.judge(RECORDED, 1, ["rp_filter|mtu", "bla1o"])[0] == "WRONG"
     assert run.judge(RECORDED, 1, ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding=1"]) == \
         ("WRONG", "forwarding-off")
 

@@ -18,7 +18,7 @@ TRUTH = {
     "drop": "__dev_queue_xmit/QDISC_DROP",
     "object": "route 172.30.0.0/24 dev <prefix>ts in table 52, reached by `ip rule 5270: from all lookup 52` "
               "before the main table's connected route of <prefix>br",
-    "right_if": ["{tun}", "table 52"],
+    "right_if": ["{tun}", "table 52|lookup 52"],
 }
 
 
