@@ -34,6 +34,9 @@ def match_no_listener(f: Facts) -> Optional[Match]:
             s.contradict("the packet came for the published port %s/%d and reached %s without its DNAT: the "
                          "service is not meant to listen there" % (f.snapshot.target.proto, f.snapshot.target.port,
                                                                    f.ns.name))
+    if usable and f.seen:
+        s.contradict("%s listens on port %d in %s and accepts %s (read after the drop)" % (
+            usable[0], port, ns.name, f.dest[0] or "the packet's address"))
     s.add(3, not usable, "nothing listens on %s port %d in %s%s" % (
         f.snapshot.target.proto, port, ns.name,
         " (only on %s)" % ", ".join(str(l) for l in listening) if listening else ""))

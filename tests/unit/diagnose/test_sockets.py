@@ -41,3 +41,11 @@ def test_rst_reply_with_a_loopback_only_listener_says_so():
     f = top(engine.explain([c], snap(c=cont)))
     assert f.cause_id == "no-listener"
     assert "127.0.0.1" in f.explanation
+
+
+def test_a_listener_that_accepts_the_packet_contradicts_no_listener():
+    c = conn(*prerouting(), *forwarded(), s(XMIT, ifname="br0", tuple=T_NAT),
+             drop("tcp_v4_rcv+0x6b", "NO_SOCKET", netns=CONT))
+    found = engine.explain([c], snap(c=container(listeners=[Listener("tcp", "0.0.0.0", 80, 1)])))
+    assert "no-listener" not in [x.cause_id for x in found]
+    assert found[0].cause_id == "unexplained" and "NO_SOCKET" in found[0].explanation
