@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Accuracy of `dnattrace diagnose` over every lab scenario (scripts/bench accuracy [--scenario ID ...]).
+"""Accuracy of `dnattrace diagnose` over every lab scenario (scripts/bench accuracy [--scenario ID ...]),
+and with --blind over the blind set too (blind/: scenarios built from public reports by someone who did
+not write the causes, judged on the object the top finding names; see blind/README.md).
 
 For each scenario: lab up (namespace variant), `dnattrace diagnose --json` through the CLI while the
 scenario's client makes two bounded attempts (lab.attempts.background), lab down. Prints a table:
@@ -51,20 +53,51 @@ def one(sc):
             "first failure -> cause": "%d ms" % ms if ms is not None else "-", "wall": "%.1f s" % wall}
 
 
+def blind():
+    """The blind set through its own harness (python3 -m blind.run --json): one row per scenario, its
+    verdict (RIGHT, UNEXPLAINED: not wrong, not right; WRONG; BROKEN/ERROR: the scenario itself failed)
+    and diagnose's time from its start to its finding."""
+    p = subprocess.run([sys.executable, "-m", "blind.run", "--json"], stdout=subprocess.PIPE, text=True,
+                       timeout=3600)
+    rows = []
+    for line in p.stdout.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        rows.append({"scenario": r.get("name", "?"), "verdict": r.get("verdict", "?"),
+                     "diagnosed": r.get("cause", "-"), "exit": r.get("exit", "-"),
+                     "start -> finding": "%.1f s" % r["seconds"] if isinstance(r.get("seconds"), (int, float)) else "-",
+                     "fix verified": {True: "yes", False: "NO"}.get(r.get("fix_verified"), "-")})
+    return rows
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", action="append", help="only these (repeatable); default: all")
+    ap.add_argument("--blind", action="store_true", help="also the blind set (blind/)")
+    ap.add_argument("--blind-only", action="store_true", help="only the blind set")
     a = ap.parse_args(argv)
-    chosen = [scenarios.get(s) for s in a.scenario] if a.scenario else scenarios.SCENARIOS
+    chosen = [] if a.blind_only else [scenarios.get(s) for s in a.scenario] if a.scenario else scenarios.SCENARIOS
     rows = []
     for sc in chosen:
         rows.append(one(sc))
         print("%-32s %-22s %-22s %s" % (sc.id, sc.cause, rows[-1]["diagnosed"], rows[-1]["right"]), flush=True)
-    print()
-    print(tables.table(rows, list(rows[0])))
     right = sum(r["right"] == "yes" for r in rows)
-    print("\n%d of %d scenarios diagnosed right" % (right, len(rows)))
-    return 0 if right == len(rows) else 1
+    if rows:
+        print()
+        print(tables.table(rows, list(rows[0])))
+        print("\nlab: %d of %d scenarios diagnosed right" % (right, len(rows)))
+    ok = right == len(rows)
+    if a.blind or a.blind_only:
+        b = blind()
+        if b:
+            print()
+            print(tables.table(b, list(b[0])))
+        n = {v: sum(r["verdict"] == v for r in b) for v in ("RIGHT", "UNEXPLAINED", "WRONG")}
+        print("\nblind: %d of %d right, %d unexplained, %d wrong" % (n["RIGHT"], len(b), n["UNEXPLAINED"], n["WRONG"]))
+        ok = ok and n["WRONG"] == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
