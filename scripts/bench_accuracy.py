@@ -65,7 +65,7 @@ def blind():
             r = json.loads(line)
         except ValueError:
             continue
-        rows.append({"scenario": r.get("name", "?"), "verdict": r.get("verdict", "?"),
+        rows.append({"scenario": r.get("scenario", "?"), "verdict": r.get("verdict", "?"),
                      "diagnosed": r.get("cause", "-"), "exit": r.get("exit", "-"),
                      "start -> finding": "%.1f s" % r["seconds"] if isinstance(r.get("seconds"), (int, float)) else "-",
                      "fix verified": {True: "yes", False: "NO"}.get(r.get("fix_verified"), "-")})
