@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from dnattrace.errors import DnattraceError, UsageError
+from dnattrace.evidence import docker_engine
 
 
 @dataclass
@@ -97,10 +98,20 @@ def container(name_or_id: str, dc=None) -> ContainerInfo:
 
 
 def publisher(host_port: int, proto: str = "tcp", dc=None) -> Optional[tuple[ContainerInfo, PortBinding]]:
-    """The running container that publishes host_port, and the binding; None when none does."""
-    dc = dc or client()
-    for c in dc.api.containers():
-        info = _info(dc.api.inspect_container(c["Id"]))
+    """The running container that publishes host_port, and the binding; None when none does. Over the
+    engine's unix socket without the SDK when it is one (docker_engine: watch's start-up path)."""
+    if dc is None and docker_engine.socket_path():
+        listed, inspect = docker_engine.containers(), docker_engine.inspect
+        # only the containers whose summary names the port are inspected (one GET each)
+        listed = [c for c in listed if any(p.get("PublicPort") == host_port for p in c.get("Ports") or [])]
+    else:
+        dc = dc or client()
+        listed, inspect = dc.api.containers(), dc.api.inspect_container
+    for c in listed:
+        try:
+            info = _info(inspect(c["Id"]))
+        except docker_engine.NotFound:      # it went away since the listing
+            continue
         for b in info.ports:
             if b.host_port == host_port and b.proto == proto:
                 return info, b

@@ -75,7 +75,10 @@ def find_container(name: str):
 
 
 def from_container(name: str, proto: str = "tcp", port: Optional[int] = None) -> Target:
-    c = find_container(name)
+    return _from_info(find_container(name), proto, port)
+
+
+def _from_info(c, proto: str, port: Optional[int]) -> Target:
     if not c.running:
         raise UsageError("container %s is not running" % c.name)
     bindings = c.published(proto)
@@ -94,19 +97,9 @@ def from_port(port: int, proto: str = "tcp", host_netns: Optional[str] = None) -
     """A port: the Docker container publishing it, else the DNAT rules for it, else a local service."""
     port = check_port(port)
     if host_netns is None:
-        try:
-            from dnattrace.evidence import docker_state
-            found = docker_state.publisher(port, proto)
-        except DnattraceError:
-            found = None    # no Docker engine: Podman's, else the rules
-        if not found:
-            from dnattrace.evidence import podman_state
-            try:
-                found = podman_state.publisher(port, proto)
-            except DnattraceError:
-                found = None
+        found = _publisher(port, proto)
         if found:
-            return from_container(found[0].name, proto, port)
+            return _from_info(found[0], proto, port)
     from dnattrace.evidence import firewall
     targets = []
     for read in (firewall.read_iptables, firewall.read_ip6tables):   # IPv6 has its own DNAT rules
@@ -120,6 +113,30 @@ def from_port(port: int, proto: str = "tcp", host_netns: Optional[str] = None) -
             backends.append(Endpoint(t.addr, t.target_port))
     return Target(proto=proto, port=port, backends=backends, host_netns=host_netns,
                   dnat_rule=targets[0].rule if targets else "")
+
+
+def _publisher(port: int, proto: str):
+    """The Docker container publishing the port, else the Podman one, else None. Podman's CLI (~50 ms
+    of a Go start-up) is asked on a thread while Docker's socket is, so the two cost the longer one."""
+    import threading
+    from dnattrace.evidence import docker_state, podman_state
+    podman: list = [None]
+
+    def ask_podman():
+        try:
+            podman[0] = podman_state.publisher(port, proto)
+        except DnattraceError:
+            pass
+    asking = threading.Thread(target=ask_podman, name="podman-publisher", daemon=True)
+    asking.start()
+    try:
+        found = docker_state.publisher(port, proto)
+    except DnattraceError:
+        found = None    # no Docker engine: Podman's, else the rules
+    if found:
+        return found    # Podman's answer is not needed: its thread ends on its own
+    asking.join()
+    return podman[0]
 
 
 def owner_netns(addr: str, host_netns: Optional[str] = None) -> Optional[str]:
