@@ -4,12 +4,13 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 
 import pytest
 
 from conftest import require
-from dnattrace.errors import UsageError
+from dnattrace.errors import DnattraceError, UsageError
 from dnattrace.netns import build as net
 from dnattrace.evidence import docker_state, sockets
 
@@ -68,6 +69,31 @@ def test_container_state_ports_and_namespace(containers):
     assert docker_state.publisher(18931, "udp") is None
     # the server listens inside the container's namespace, not in ours
     assert [l.port for l in sockets.listeners(80, netns=c.netns)] == [80]
+
+
+def test_publisher_over_the_socket_is_the_sdks_answer(containers, monkeypatch):
+    """watch's start-up asks the engine's socket (docker_engine), not the SDK: the same container and
+    binding, for each protocol, a port nobody publishes, and an engine that is not there."""
+    name = containers("-p", "127.0.0.1:18932:80", "-p", "18933:81/udp")
+    dc = docker_state.client()
+    for port, proto in ((18932, "tcp"), (18933, "udp"), (18933, "tcp"), (18934, "tcp")):
+        assert docker_state.publisher(port, proto) == docker_state.publisher(port, proto, dc=dc), (port, proto)
+    assert docker_state.publisher(18933, "udp")[0].name == name
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(DnattraceError, match="cannot reach the Docker engine"):
+        docker_state.publisher(18932)
+
+
+def test_watch_resolves_a_published_port_without_the_sdk(containers):
+    """The plain `watch --port P` looks its target up in the watch process: no Docker SDK imported."""
+    name = containers("-p", "127.0.0.1:18935:80")
+    code = ("import sys; from dnattrace.watch.resolve import resolve; t = resolve(port=18935); "
+            "print(t.container, t.container_netns, sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('docker', 'requests', 'urllib3', 'pyroute2')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.split()
+    c = docker_state.container(name)
+    assert out == [name, c.netns, "[]"]
 
 
 def test_container_without_ports_and_unknown_container(containers):
