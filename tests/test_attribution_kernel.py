@@ -104,9 +104,7 @@ def test_legacy_rule_beside_iptables_nft_is_named_and_fixed_with_the_legacy_tool
     Docker's iptables-nft rules: `iptables -S` does not show it, yet it drops. The rule is named in
     `iptables -S` form from iptables-legacy-save's counters, both backends are said to be loaded, and the
     printed fix (iptables-legacy -D ...) repairs it."""
-    inst = lab_instance("healthy")
-    net.run(["iptables-legacy", "-I", "FORWARD", "-s", inst.client_addr + "/32", "-p", "tcp", "-j", "DROP"],
-            netns=inst.host_ns)
+    inst = lab_instance("legacy-forward-drop")
     try:
         j, ev, d = dropped_syn(inst)
         assert ev.both_backends and ev.legacy is not None
@@ -187,33 +185,12 @@ def test_watch_brackets_again_when_a_table_is_added_while_watching(lab_instance)
     assert syn["outcome"] == "dropped"
 
 
-def firewalld_forward(inst):
-    """The forward part of the table firewalld (nftables backend) writes, as its source writes it
-    (firewalld/firewalld, src/firewall/core/nftables.py: build_default_rules, build_zone_chain_rules, with
-    its priority offset of +10), with the outside interface and the bridge in zone public, default target."""
-    zone = ["filter_FWD%s_public_%s" % (d, part) for d in ("I", "O") for part in ("log", "deny", "allow")]
-    lines = ["table inet firewalld {"] + [" chain %s {\n }" % c for c in zone]
-    for d in ("I", "O"):
-        lines.append(" chain filter_FWD%s_public {\n%s }" % (d, "".join(
-            "  jump filter_FWD%s_public_%s\n" % (d, part) for part in ("log", "deny", "allow"))))
-    lines.append(" chain filter_FORWARD_IN_ZONES {\n  iifname \"%s\" goto filter_FWDI_public\n"
-                 "  goto filter_FWDI_public\n }" % inst.outside_if)
-    lines.append(" chain filter_FORWARD_OUT_ZONES {\n  oifname \"%s\" goto filter_FWDO_public\n"
-                 "  goto filter_FWDO_public\n }" % inst.bridge)
-    lines.append(" chain filter_FORWARD {\n  type filter hook forward priority filter + 10; policy accept;\n"
-                 "  ct state established,related accept\n  iifname \"lo\" accept\n"
-                 "  jump filter_FORWARD_IN_ZONES\n  jump filter_FORWARD_OUT_ZONES\n  ct state invalid drop\n"
-                 "  reject with icmpx type admin-prohibited\n }\n}\n")
-    return "\n".join(lines)
-
-
 def test_firewalld_final_reject_named_and_fixed_in_firewalld_language(lab_instance):
     """firewalld's forward chain beside Docker's iptables rules (the classic "Docker port unreachable
     with firewalld"): the chain brackets put the drop in firewalld's chain (priority 10), evaluation walks
     its zone chains to the final reject, and the fix is firewalld's (the bridge into zone trusted); the raw
     fallback, applied here since no firewalld runs, repairs it."""
-    inst = lab_instance("healthy")
-    net.run(["nft", "-f", "-"], netns=inst.host_ns, input=firewalld_forward(inst))
+    inst = lab_instance("firewalld-forward-reject")
     j, ev, d = dropped_syn(inst)
     assert [(s.stage, s.priority) for s in j.steps if s.hook == "FORWARD"][-1] == ("chain", 9)
     rv = attribution.attribute(j, ev, d)

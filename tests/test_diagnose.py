@@ -167,6 +167,7 @@ REPORTED = {
     "dnat-wrong-iface": ("not-dnated", "iptables -t nat -I DOCKER 1 -i"),
     "nft-forward-no-established": ("foreign-nft-reply-drop",
                                    "nft insert rule inet filter forward ct state established,related accept"),
+    "legacy-forward-drop": ("chain-drop", "iptables-legacy -t filter -D FORWARD -s 198.51.100.2/32 -p tcp -j DROP"),
 }
 
 

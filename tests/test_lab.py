@@ -28,9 +28,11 @@ KNOWN_CAUSES = {"none", "forwarding-off", "filter-forward-drop", "no-listener", 
                 "foreign-nft-drop", "udp-stale-conntrack", "not-dnated", "route-localnet", "pmtu-blackhole",
                 "reply-policy-route", "bridge-port-down", "no-hairpin-dnat", "foreign-nft-reply-drop",
                 "family-not-published"}
+KNOWN_CAUSES |= {"chain-drop", "nat-skipped", "bpf-prog-drop"}     # the catalogue's later causes
 # What the client sees when it is not a timeout (measured; /work/notes/scenarios.md says why).
 CLIENT_REASON = {"no-listener": "refused", "hostlocal-prerouting-only": "refused", "bridge-down": "unreachable",
-                 "ctr-to-published-no-hairpin": "refused", "dnat-wrong-iface": "refused", "v6-not-published": "refused"}
+                 "ctr-to-published-no-hairpin": "refused", "dnat-wrong-iface": "refused", "v6-not-published": "refused",
+                 "firewalld-forward-reject": "unreachable"}
 ROOT_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding", "net.ipv4.conf.default.forwarding",
                 "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter", "net.netfilter.nf_conntrack_max")
 LAB_ADDRS = re.compile(r"198\.51\.100\.|172\.31\.")

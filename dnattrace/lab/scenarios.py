@@ -64,6 +64,7 @@ class Scenario:
     foreign_forward_new_only: bool = False  # a native nft forward chain accepts new requests, not their replies
     prerouting_notrack: bool = False        # a raw PREROUTING NOTRACK rule for the published port's requests
     tc_ingress_drop: bool = False           # a tc BPF classifier on the outside link drops the published port
+    owner_ruleset: str = ""                 # another owner's rules beside Docker's (topology.OWNER_RULESETS)
     # IPv6 (family 6): the host is dual-stack (IPv4 as above, plus IPv6 on the outside link and the bridge,
     # ip6tables laid out as Docker 20.10 with "ip6tables": true lays them out), and the client connects
     # over IPv6. The knobs below break only the IPv6 side; IPv4 stays healthy.
@@ -165,6 +166,21 @@ SCENARIOS += [
              "(https://github.com/cilium/cilium/issues/3731, https://github.com/projectcalico/calico/issues/5358).",
              cause="bpf-prog-drop", drop_function="__netif_receive_skb_core", drop_reason="TC_INGRESS", drop_ns="host",
              drop_reason_alt=("NOT_SPECIFIED", ""), tc_ingress_drop=True),
+]
+
+# Rules another owner writes beside Docker's on the same hooks: which chain and rule dropped the packet,
+# and the fix in that owner's language (evidence/attribution.py).
+SCENARIOS += [
+    Scenario("firewalld-forward-reject", "firewalld (nftables backend) beside Docker: its forward chain, at "
+             "priority filter + 10, ends in `reject with icmpx admin-prohibited` for traffic to a bridge in no "
+             "trusted zone, though Docker's iptables rules accept it (https://github.com/moby/libnetwork/issues/2496, "
+             "https://github.com/firewalld/firewalld/issues/534).", cause="chain-drop",
+             drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host", owner_ruleset="firewalld"),
+    Scenario("legacy-forward-drop", "An iptables-legacy FORWARD DROP rule (a tool or container shipping legacy "
+             "iptables) beside Docker's iptables-nft rules: `iptables -S` does not show it, yet it drops "
+             "(https://github.com/moby/libnetwork/issues/2331, https://github.com/docker-library/docker/issues/467).",
+             cause="chain-drop", drop_function="nf_hook_slow", drop_reason="NETFILTER_DROP", drop_ns="host",
+             drop_function_alt=("ipt_do_table", "nft_do_chain"), owner_ruleset="legacy"),
 ]
 
 # More from /work/notes/scenarios.md (ctr-to-published-no-hairpin is its

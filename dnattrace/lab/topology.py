@@ -259,8 +259,40 @@ def apply_knobs(inst, sc, n):
     if sc.prerouting_notrack:
         net.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", str(PUBLISHED_PORT), "-j",
                  "NOTRACK"], netns=host)
+    if sc.owner_ruleset:
+        OWNER_RULESETS[sc.owner_ruleset](n)
     if sc.tc_ingress_drop:
         tc_ingress_drop(n)
+
+
+def firewalld_forward(n):
+    """The forward part of the table firewalld's nftables backend writes, as its source writes it
+    (firewalld/firewalld, src/firewall/core/nftables.py: build_default_rules and build_zone_chain_rules,
+    priority offset +10), the outside interface and the bridge in zone public with its default target."""
+    zone = ["filter_FWD%s_public_%s" % (d, part) for d in ("I", "O") for part in ("log", "deny", "allow")]
+    lines = ["table inet firewalld {"] + [" chain %s {\n }" % c for c in zone]
+    for d in ("I", "O"):
+        lines.append(" chain filter_FWD%s_public {\n%s }" % (d, "".join(
+            "  jump filter_FWD%s_public_%s\n" % (d, part) for part in ("log", "deny", "allow"))))
+    lines.append(" chain filter_FORWARD_IN_ZONES {\n  iifname \"%s\" goto filter_FWDI_public\n"
+                 "  goto filter_FWDI_public\n }" % n["outside_if"])
+    lines.append(" chain filter_FORWARD_OUT_ZONES {\n  oifname \"%s\" goto filter_FWDO_public\n"
+                 "  goto filter_FWDO_public\n }" % n["bridge"])
+    lines.append(" chain filter_FORWARD {\n  type filter hook forward priority filter + 10; policy accept;\n"
+                 "  ct state established,related accept\n  iifname \"lo\" accept\n"
+                 "  jump filter_FORWARD_IN_ZONES\n  jump filter_FORWARD_OUT_ZONES\n  ct state invalid drop\n"
+                 "  reject with icmpx type admin-prohibited\n }\n}\n")
+    net.run(["nft", "-f", "-"], netns=n["host_ns"], input="\n".join(lines))
+
+
+def legacy_forward_drop(n):
+    """A DROP for the client in iptables-legacy's filter FORWARD (the namespace's own legacy tables; its
+    deletion takes them along)."""
+    net.run(["iptables-legacy", "-I", "FORWARD", "-s", CLIENT_ADDR + "/32", "-p", "tcp", "-j", "DROP"],
+            netns=n["host_ns"])
+
+
+OWNER_RULESETS = {"firewalld": firewalld_forward, "legacy": legacy_forward_drop}
 
 
 def tc_ingress_drop(n):
