@@ -168,6 +168,8 @@ REPORTED = {
     "nft-forward-no-established": ("foreign-nft-reply-drop",
                                    "nft insert rule inet filter forward ct state established,related accept"),
     "legacy-forward-drop": ("chain-drop", "iptables-legacy -t filter -D FORWARD -s 198.51.100.2/32 -p tcp -j DROP"),
+    "raw-prerouting-drop": ("chain-drop", "nft delete rule ip early pre handle"),
+    "netdev-ingress-drop": ("chain-drop", "nft delete rule netdev edge in handle"),
 }
 
 

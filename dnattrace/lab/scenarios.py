@@ -181,6 +181,17 @@ SCENARIOS += [
              "(https://github.com/moby/libnetwork/issues/2331, https://github.com/docker-library/docker/issues/467).",
              cause="chain-drop", drop_function="nf_hook_slow", drop_reason="NETFILTER_DROP", drop_ns="host",
              drop_function_alt=("ipt_do_table", "nft_do_chain"), owner_ruleset="legacy"),
+    Scenario("raw-prerouting-drop", "A drop in a raw-priority prerouting chain (a host firewall's early "
+             "filter, before conntrack and Docker's DNAT, where DOCKER-USER cannot let anything by), its rule "
+             "without a counter (https://github.com/docker/docs/pull/25760, "
+             "https://github.com/QubesOS/qubes-issues/issues/5339).",
+             cause="chain-drop", drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host",
+             owner_ruleset="raw"),
+    Scenario("netdev-ingress-drop", "A netdev-family ingress chain on the host's outside link drops the "
+             "published port before any IP hook, as early-drop hardening and ban lists do "
+             "(https://github.com/fail2ban/fail2ban/issues/3792, https://github.com/ipr-cnrs/nftables/pull/26).",
+             cause="chain-drop",
+             drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host", owner_ruleset="ingress"),
 ]
 
 # More from /work/notes/scenarios.md (ctr-to-published-no-hairpin is its

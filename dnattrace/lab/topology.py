@@ -292,7 +292,22 @@ def legacy_forward_drop(n):
             netns=n["host_ns"])
 
 
-OWNER_RULESETS = {"firewalld": firewalld_forward, "legacy": legacy_forward_drop}
+def raw_prerouting_drop(n):
+    """A counterless drop of the published port in a raw-priority prerouting chain of its own table."""
+    net.run(["nft", "-f", "-"], netns=n["host_ns"], input=(
+        "table ip early {\n chain pre {\n  type filter hook prerouting priority raw; policy accept;\n"
+        "  tcp dport %d drop\n }\n}\n" % PUBLISHED_PORT))
+
+
+def netdev_ingress_drop(n):
+    """A counting drop of the published port in a netdev ingress chain on the outside link."""
+    net.run(["nft", "-f", "-"], netns=n["host_ns"], input=(
+        "table netdev edge {\n chain in {\n  type filter hook ingress device %s priority 0; policy accept;\n"
+        "  tcp dport %d counter drop\n }\n}\n" % (n["outside_if"], PUBLISHED_PORT)))
+
+
+OWNER_RULESETS = {"firewalld": firewalld_forward, "legacy": legacy_forward_drop, "raw": raw_prerouting_drop,
+                  "ingress": netdev_ingress_drop}
 
 
 def tc_ingress_drop(n):
