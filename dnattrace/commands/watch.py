@@ -57,6 +57,7 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     # the programs load on a thread while the target is looked up (WatchTracer.load_early)
     tracer = WatchTracer([], all_packets=all_packets, capture=bool(pcap), max_new=max_rate,
                          hook_detail=hook_detail).load_early()
+    log.info("start-up: the programs load on a thread from %.0f ms after exec", _since_exec_ms())
     try:
         f, printer, out, writer, presence = _prepare(tracer, port, container, proto, netns, src, dst, all_packets,
                                                      as_json, pcap, max_rate, hook_detail)

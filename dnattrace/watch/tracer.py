@@ -19,7 +19,6 @@ from typing import Optional
 
 from dnattrace.kernel import capabilities, loader, objects, plan
 from dnattrace.drops import counter as drops
-from dnattrace.evidence import hooks
 from dnattrace.netns import enter
 from dnattrace.watch import abi
 
@@ -91,6 +90,7 @@ class WatchTracer:
         self._rb = None
         self._links: list = []
         self._brackets: dict = {}       # netns path -> (chain priorities, IPv6 too, the bracket links)
+        self._chain_prios: dict = {}    # netns path -> chain priorities read before attaching
         self._recheck_at = time.monotonic() + BRACKET_RECHECK_S
         self._pending: list = []
         self._loading: Optional[threading.Thread] = None
@@ -138,6 +138,7 @@ class WatchTracer:
         try:
             t0 = time.perf_counter()
             if self._loading is not None:
+                self._read_chain_priorities()
                 self._loading.join()
                 self._loading = None
                 if self._load_error is not None:
@@ -158,6 +159,12 @@ class WatchTracer:
             self.close()
             raise
         return self
+
+    def _read_chain_priorities(self):
+        """Each namespace's chain priorities (an nft listing each, for the brackets), read while the
+        programs load on their thread rather than after it."""
+        from dnattrace.evidence import hooks     # nft's and iptables' readers: not on the way to the load
+        self._chain_prios = {path: hooks.bracket_priorities(path) for path in self.netns_paths} if self.links else {}
 
     def _fill_filter(self, obj):
         """The filter map, and the port bitmap every packet is tested against first."""
@@ -212,7 +219,8 @@ class WatchTracer:
         the priority of each in the `brackets` map, which the events report. A hook's brackets are all or
         none: where one cannot be linked (another watcher holds its priority), the others would make a
         packet's window wrong."""
-        prios = hooks.bracket_priorities(path)
+        from dnattrace.evidence import hooks
+        prios = self._chain_prios.pop(path) if path in self._chain_prios else hooks.bracket_priorities(path)
         self._brackets[path] = (prios, six, [])
         ino = enter.inode(path)
         by_hook: dict[tuple[int, str], list] = {}
@@ -241,6 +249,7 @@ class WatchTracer:
     def _recheck_brackets(self):
         """Bracket again a namespace whose chain priorities changed while watching (a table added or
         removed, a firewall started): every few seconds, one nft listing per namespace."""
+        from dnattrace.evidence import hooks
         self._recheck_at = time.monotonic() + BRACKET_RECHECK_S
         for path, (old, six, links) in list(self._brackets.items()):
             if hooks.bracket_priorities(path) == old:
