@@ -174,7 +174,10 @@ def representative(conn: Connection) -> Optional[Journey]:
 def failing(conn: Connection) -> bool:
     """Healthy = answered by something other than a RST, no request dropped after the answer, and, when
     the client sent data, some data came back: a handshake that works and a body that never arrives is a
-    fault (the client's request stalls). diagnose asks this after waiting for the data reply."""
+    fault (the client's request stalls). diagnose asks this after waiting for the data reply. A connection
+    some of whose events were lost ("incomplete") is neither: lost events never become a verdict."""
+    if conn.outcome == "incomplete":
+        return False        # events were lost: no verdict, neither a failure nor an answer
     return conn.outcome != "answered" or silent_after_data(conn)
 
 

@@ -168,3 +168,10 @@ def test_data_answered_is_healthy():
              s(XMIT, ifname="veth-ext", tuple=T_IN.reversed(), tcp_flags="PA")]
     c = _handshake(data, [reply])
     assert not engine.failing(c) and engine.explain([c], snap()) == []
+
+
+def test_a_connection_whose_events_were_lost_is_no_failure():
+    c = conn(*prerouting(), *forwarded())
+    c.requests[0].lost_events = 3
+    assert c.outcome == "incomplete" and not engine.failing(c)
+    assert engine.explain([c], snap()) == []
