@@ -29,7 +29,7 @@ KNOWN_CAUSES = {"none", "forwarding-off", "filter-forward-drop", "no-listener", 
                 "reply-policy-route", "bridge-port-down", "no-hairpin-dnat", "foreign-nft-reply-drop",
                 "family-not-published"}
 KNOWN_CAUSES |= {"chain-drop", "nat-skipped", "bpf-prog-drop"}     # the catalogue's later causes
-# What the client sees when it is not a timeout (measured; /work/notes/scenarios.md says why).
+# What the client sees when it is not a timeout (measured with the lab's client).
 CLIENT_REASON = {"no-listener": "refused", "hostlocal-prerouting-only": "refused", "bridge-down": "unreachable",
                  "ctr-to-published-no-hairpin": "refused", "dnat-wrong-iface": "refused", "v6-not-published": "refused",
                  "firewalld-forward-reject": "unreachable"}

@@ -114,7 +114,7 @@ SCENARIOS = [
              drop_reason="NEIGH_FAILED", drop_ns="host", dnat_target="172.31.0.9", drop_delay=3.5),
 ]
 
-# Scenarios from researched user reports (/work/notes/scenarios.md); each cites its public source.
+# Scenarios from researched user reports; each cites its public source.
 SCENARIOS += [
     Scenario("bridge-down", "The docker0-like bridge is administratively down, so its connected route is "
              "gone and the host answers the client with net-unreachable "
@@ -194,8 +194,7 @@ SCENARIOS += [
              drop_function="nft_do_chain", drop_reason="NETFILTER_DROP", drop_ns="host", owner_ruleset="ingress"),
 ]
 
-# More from /work/notes/scenarios.md (ctr-to-published-no-hairpin is its
-# container-to-published-port-no-hairpin-dnat, shortened: an instance is named after its scenario): a fault after the handshake, reply-path failures, and drop
+# More from user reports: a fault after the handshake, reply-path failures, and drop
 # signatures shared with the scenarios above (the tests prove they are told apart).
 SCENARIOS += [
     Scenario("mtu-pmtud-blackhole", "The host's outside link has a smaller MTU (1400) and ICMP \"fragmentation "
