@@ -48,6 +48,9 @@ def _filter_match(f: Facts, hook: str) -> Optional[Match]:
     s.add(3, True, "last netfilter hook reached: %s in %s" % (
         "%s/%s" % (f.nf.hook, f.nf.stage) if f.nf and f.nf.hook == hook else "%s (its verdict)" % hook, f.ns.name))
     s.add(2, f.netfilter_drop, f.drop_line())
+    if f.nf is None:
+        s.unknown(1, "which chain on the hook returned the verdict (no netfilter links on this kernel: the "
+                     "counters stand for it)")
     moves = drop_moves(f, hook)
     rv = _decided(f)
     if rv is not None and not _iptables_filter(rv.chain):
