@@ -258,8 +258,7 @@ class Connection:
         "stalled". A failure seen while events were lost
         is "incomplete": the missing events may hold the answer, so no verdict is given that they could
         contradict."""
-        flags = [s.tcp_flags for j in self.replies for s in j.steps[:1]]
-        if any("R" in f for f in flags):
+        if self._refused():
             return "refused"
         if any(j.outcome != "dropped" and j.left for j in self.replies):
             data, sent = self.data_replies, self.data_requests
@@ -279,6 +278,17 @@ class Connection:
         if any(j.outcome == "unfinished" for j in self.openers):
             return "unfinished"
         return "no-reply"
+
+    def _refused(self) -> bool:
+        """A RST answered the attempt: it came back before any handshake answer (SYN-ACK) left for the
+        client. A RST after the handshake was answered ends a connection that worked (the server's
+        close of a socket the client left, a conntrack entry gone under a late packet): not a refusal."""
+        resets = [j.first.ts_ns for j in self.replies if j.steps and "R" in j.first.tcp_flags]
+        if not resets:
+            return False
+        answers = [j.first.ts_ns for j in self.replies if j.steps and "S" in j.first.tcp_flags
+                   and "A" in j.first.tcp_flags and j.outcome != "dropped" and j.left]
+        return not answers or min(resets) < min(answers)
 
 
 # --- JSON round trip (stable field names; used by --json output and by recorded test journeys) ---

@@ -49,10 +49,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnattrace import lab  # noqa: E402
+from dnattrace.lab import load  # noqa: E402
 from dnattrace.netns import build as net  # noqa: E402
 
-BENCH_PORT, SERVER_PORT, OTHER_PORT = 8081, 81, 9999
+BENCH_PORT, SERVER_PORT, OTHER_PORT = load.PORT, load.SERVER_PORT, 9999
 TARGET_B, TARGET_C, TARGET_RSS_MB = 0.97, 0.93, 60.0
 TARGETS = {"b": TARGET_B, "c": TARGET_C}
 SETTLE_S = 0.5
@@ -65,30 +65,6 @@ LABELS = {"a": "no tracer", "b": "watch on another port", "c": "watch on this po
           "f": "empty programs at b's points", "g": "empty programs at c's points",
           "t": "bpftrace counting 4 tracepoints"}
 TICK = os.sysconf("SC_CLK_TCK")
-
-# Accept and close, nothing else: the container side costs as little as possible. One process per CPU on
-# one port (SO_REUSEPORT), so that several clients are not held back by one accept loop. Each ends by
-# itself when idle for a minute (bounded even if this script is killed hard).
-SERVER = r"""
-import os, socket, sys
-procs = int(sys.argv[1])
-for _ in range(procs - 1):
-    if os.fork() == 0:
-        break
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-s.bind(("0.0.0.0", %d))
-s.listen(4096)
-s.settimeout(60)
-os.write(1, b"ready\n")     # one write: the processes share the pipe, and print may write twice
-try:
-    while True:
-        c, _ = s.accept()
-        c.close()
-except socket.timeout:
-    pass
-""" % SERVER_PORT
 
 # connect, wait for the server's close, close; N times or until the deadline, whichever first; each
 # connection bounded by 1 s. The server closes first, so TIME_WAIT stays on its side: a client that closed
@@ -135,43 +111,9 @@ PROFILED = ("import sys, cProfile; from dnattrace.cli import main; out = sys.arg
             "cProfile.run('main()', out)")
 
 
-def publish(inst, add=True):
-    """The extra published port, laid out as Docker would: DNAT in nat/DOCKER, ACCEPT in filter/DOCKER."""
-    op = "-A" if add else "-D"
-    rules = [
-        ["-t", "nat", op, "DOCKER", "!", "-i", inst.bridge, "-p", "tcp", "-m", "tcp", "--dport", str(BENCH_PORT),
-         "-j", "DNAT", "--to-destination", "%s:%d" % (inst.container_addr, SERVER_PORT)],
-        ["-t", "filter", op, "DOCKER", "-d", inst.container_addr + "/32", "!", "-i", inst.bridge, "-o",
-         inst.bridge, "-p", "tcp", "-m", "tcp", "--dport", str(SERVER_PORT), "-j", "ACCEPT"],
-    ]
-    for r in rules:
-        net.run(["iptables", *r], netns=inst.host_ns, check=add)
-
-
 # Client processes per run (--clients): enough to keep both CPUs of the development VM busy through the
 # DNAT path (one Python client made ~6,000 connections a second and left a CPU idle; see --clients).
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "3"))
-
-
-def start_server(ns, procs=None):
-    """The accept-and-close server, one process per CPU; killed as a group (start_new_session)."""
-    procs = procs or os.cpu_count()
-    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, str(procs)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    for _ in range(procs):
-        if p.stdout.readline().strip() != "ready":
-            os.killpg(p.pid, signal.SIGKILL)
-            raise SystemExit("bench watch: the accept-and-close server did not start in %s: %s"
-                             % (ns, p.stderr.read().strip()[-300:]))
-    return p
-
-
-def stop_server(p):
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    p.wait()
 
 
 _LEAD_S = {}
@@ -599,25 +541,8 @@ def verdict(ok):
 def bench_lab(prefix, warm_connections=500, seconds=5.0):
     """A lab `healthy` host set up for many short connections, with the benchmark's port published and
     its accept-and-close server running; everything is removed on the way out."""
-    server = None
-    inst = None
-    try:
-        inst = lab.up("healthy", prefix=net.unique(prefix), docker=False)
-        # Many short connections from one client address: a wide port range and TIME_WAIT reuse, in the
-        # lab's own client namespace (gone with it).
-        net.sysctl_set("net.ipv4.ip_local_port_range", "1024 65000", inst.client_ns)
-        net.sysctl_set("net.ipv4.tcp_tw_reuse", 1, inst.client_ns)
-        # the host's conntrack entries of closed connections go at once, not after two minutes: a table
-        # growing through the runs makes each lookup dearer, a drift that is not the tracer's; and the
-        # global nf_conntrack_max is shared with every other lab on the machine (a conntrack-full lab
-        # lowers it to 256), so only the few connections open at a time may hold an entry
-        for state in ("time_wait", "close", "last_ack", "fin_wait", "close_wait"):
-            net.sysctl_set("net.netfilter.nf_conntrack_tcp_timeout_%s" % state, 0, inst.host_ns)
-        # and the server keeps no TIME_WAIT sockets: tens of thousands of them, met again when the client
-        # comes back to a port, slowed each run down more than the one before
-        net.sysctl_set("net.ipv4.tcp_max_tw_buckets", 0, inst.container_ns)
-        publish(inst)
-        server = start_server(inst.container_ns)
+    with load.LoadHost(prefix) as host:
+        inst = host.inst
         warm = run_client(inst, min(500, warm_connections), seconds)
         if warm["failed"] or not warm["ok"]:
             raise SystemExit("bench: the DNAT path does not work (warm-up: %s)" % warm)
@@ -626,15 +551,6 @@ def bench_lab(prefix, warm_connections=500, seconds=5.0):
         print("lab %s (healthy): client %s -> %s:%d, DNAT to %s:%d"
               % (inst.name, inst.client_addr, inst.target_addr, BENCH_PORT, inst.container_addr, SERVER_PORT))
         yield inst
-    finally:
-        if server:
-            stop_server(server)
-        if inst is not None:
-            try:
-                publish(inst, add=False)
-            except Exception:
-                pass
-            lab.down(inst.name)
 
 
 def main(argv=None):

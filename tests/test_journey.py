@@ -254,3 +254,41 @@ def test_every_udp_datagram_is_an_attempt():
     j = model.Journey(skb=1, steps=[model.Step(ts_ns=1, point=model.RX, netns=1, tuple=t), drop])
     c = model.Connection(key=t, requests=[j])
     assert c.openers == [j] and c.attempts == 1 and c.outcome == "dropped"
+
+
+def _reply(ts_ns, flags, key, dropped=False):
+    """A reply journey of `key` (the client's tuple) seen leaving the host at ts_ns, or dropped there."""
+    t = key.reversed()
+    end = model.Step(ts_ns + 2, model.DROP, location="tcp_v4_rcv+0x99", reason="NO_SOCKET") if dropped \
+        else model.Step(ts_ns + 2, model.CONSUME, location="skb_release_data+0x1")
+    return model.Journey(skb=ts_ns, direction="reply", steps=[
+        model.Step(ts_ns, model.RX, tuple=t, tcp_flags=flags), model.Step(ts_ns + 1, model.XMIT, tuple=t, tcp_flags=flags), end])
+
+
+def test_a_rst_after_the_answer_ends_the_connection_and_is_no_refusal():
+    """A busy port's connections end in RSTs (an impatient client's SO_LINGER 0, a server closing a socket
+    the client left): the attempt was answered by its SYN-ACK, and a RST coming back after it does not
+    turn it into a refusal, nor does a RST the host sends for a late packet."""
+    c = next(c for c in connections("healthy") if c.openers)
+    assert c.outcome == "answered"
+    later = max(j.last.ts_ns for j in c.requests + c.replies) + 1000
+    c.replies.append(_reply(later, "R", c.key))
+    assert c.outcome == "answered"
+    c.replies.append(_reply(later + 1000, "R", c.key, dropped=True))
+    assert c.outcome == "answered", "a dropped RST is no data reply: the handshake answer stands"
+
+
+def test_a_rst_before_any_answer_is_a_refusal():
+    c = next(c for c in connections("healthy") if c.openers)
+    c.replies = [r for r in c.replies if r.first.tcp_flags != "SA"]
+    first = min(j.first.ts_ns for j in c.requests)
+    c.replies.append(_reply(first + 10, "RA", c.key))
+    assert c.outcome == "refused"
+
+
+def test_a_journey_without_addresses_starts_no_connection():
+    """A journey whose addressed steps were lost (only a free seen) cannot be told to any attempt: it is
+    counted apart, and no connection without a key (a row of nothing, a crash when printed) is made."""
+    b = journeys.JourneyBuilder(journeys.request_matcher(SERVICES))
+    assert b.add(model.Step(1, model.CONSUME, location="skb_release_data+0x1"), skb=7) == []
+    assert b.connections == [] and b.keyless == 1

@@ -25,18 +25,26 @@ struct {
  * for every record costs a wake-up and a context switch per event, on the CPUs the traffic needs. */
 #define WAKEUP_BYTES (128 << 10)
 
+/* Only on the way up through the band above WAKEUP_BYTES: a reader that is behind (it reads a batch at a
+ * time and leaves the rest, see tracer.py) keeps the backlog above the mark, and a wake-up forced on
+ * every record then costs the traffic a wake-up per event for a reader already awake. */
+#define WAKEUP_BAND (8 << 10)
+
 static __always_inline void submit(struct dt_event *e)
 {
-	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
-										    : BPF_RB_NO_WAKEUP;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 flags = avail > WAKEUP_BYTES && avail <= WAKEUP_BYTES + WAKEUP_BAND ? BPF_RB_FORCE_WAKEUP
+										  : BPF_RB_NO_WAKEUP;
 	bpf_ringbuf_submit(e, flags);
 }
 
+/* Atomic although the slots are per CPU: a program in softirq can interrupt one in process context on
+ * the same CPU (OUTPUT's, say), and a plain += would lose one of the two counts. */
 static __always_inline void stat_inc(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &slot);
 	if (v)
-		*v += 1;
+		__sync_fetch_and_add(v, 1);
 }
 
 static __always_inline void fill_ct(struct dt_event *e, struct sk_buff *skb)

@@ -170,7 +170,8 @@ struct {
  * filter's service): DNAT rewrites the service side only, so a SYN and the reply that comes back
  * un-NATed find the same entry, and a connection is followed whole or not at all. A client reuses its
  * ports (a TIME_WAIT port after a second), so the entry also holds the SYN's initial sequence number:
- * a retransmitted SYN finds its own decision, a new connection on the same port gets one of its own. */
+ * a retransmitted SYN finds its own decision, a new connection on the same port gets one of its own.
+ * Sized for a busy port followed without a cap: 64k connections of a few seconds each. */
 struct client_key {
 	__u32 addr[4];
 	__u16 port;
@@ -186,13 +187,25 @@ struct decision {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 65536);
 	__type(key, struct client_key);
 	__type(value, struct decision);
 } admitted SEC(".maps");
 
+/* A new connection is admitted only while less than this share of the event ring waits for the reader:
+ * when user space cannot keep up, fewer connections are followed, and those followed keep all their
+ * events (a connection with holes in its story would have no verdict). */
+#define ADMIT_RING_SHARE 4
+
 static __always_inline int window_open(struct dt_config *cfg)
 {
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >
+	    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / ADMIT_RING_SHARE) {
+		stat_inc(DT_STAT_SHED);
+		return 0;
+	}
+	if (!cfg->max_new)
+		return 1;
 	__u32 zero = 0;
 	struct window *w = bpf_map_lookup_elem(&admission, &zero);
 	if (!w)
@@ -208,23 +221,28 @@ static __always_inline int window_open(struct dt_config *cfg)
 	return 1;
 }
 
-/* Is this packet's connection followed? Decided once per connection, at its first matching packet;
- * a connection turned away is counted once (DT_STAT_SKIPPED), however many points its packets pass. */
+/* Is this packet's connection followed? Decided once per connection, at its opening packet (a TCP SYN,
+ * any UDP datagram); a connection turned away is counted once (DT_STAT_SKIPPED), however many points
+ * its packets pass. A TCP packet of a connection never seen opening (it began before watching, or its
+ * decision left the LRU) is not an attempt: the client's late ACK, FIN or RST, a reply to a socket long
+ * closed. It is never followed, so it cannot start a connection of its own. */
 static __always_inline int admit(struct dt_config *cfg, struct l34 *p, int client_is_src)
 {
-	if (!cfg || !cfg->max_new)
+	if (!cfg)
 		return 1;
 	struct client_key k = { .proto = p->proto, .family = p->family };
 	__builtin_memcpy(k.addr, client_is_src ? p->saddr : p->daddr, sizeof(k.addr));
 	k.port = client_is_src ? p->sport : p->dport;
-	int opening = p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	int tcp = p->proto == IPPROTO_TCP_;
+	int opening = !tcp || (client_is_src && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN);
 	struct decision *seen = bpf_map_lookup_elem(&admitted, &k);
-	if (seen && !(opening && seen->isn != p->seq))
+	if (seen && !(tcp && opening && seen->isn != p->seq))
 		return seen->yes;
-	struct decision d = { .isn = opening ? p->seq : 0, .yes = window_open(cfg) };
+	if (!opening)
+		return 0;
+	struct decision d = { .isn = tcp ? p->seq : 0, .yes = window_open(cfg) };
 	bpf_map_update_elem(&admitted, &k, &d, BPF_ANY);
-	if (!d.yes)
-		stat_inc(DT_STAT_SKIPPED);
+	stat_inc(d.yes ? DT_STAT_ADMITTED : DT_STAT_SKIPPED);
 	return d.yes;
 }
 

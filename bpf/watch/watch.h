@@ -94,7 +94,9 @@ struct dt_config {
 /* stats slots */
 #define DT_STAT_EVENTS  0
 #define DT_STAT_LOST    1
-#define DT_STAT_SKIPPED 2   /* packets that matched but were not followed: over the max_new rate */
-#define DT_STAT_MAX     3
+#define DT_STAT_SKIPPED 2   /* connections turned away: over the max_new rate, or the ring was filling */
+#define DT_STAT_ADMITTED 3  /* connections admitted (followed from their opening packet) */
+#define DT_STAT_SHED    4   /* of the SKIPPED: turned away because the event ring was filling */
+#define DT_STAT_MAX     5
 
 #endif

@@ -196,6 +196,6 @@ class _Printer:
         conns = [c for c in f.builder.all_connections() if self.wanted(c)]
         counts = (f.lost_events, f.not_followed, f.builder.untold_outcomes, f.unfollowed_drops)
         if self.as_json:
-            self.out.summary(tables.json_line(journey_lines.summary_json(conns, *counts)))
+            self.out.summary(tables.json_line(journey_lines.summary_json(conns, *counts, acct=f.accounting())))
         else:
-            self.out.summary("\n" + journey_lines.summary_table(conns, *counts))
+            self.out.summary("\n" + journey_lines.summary_table(conns, *counts, acct=f.accounting()))

@@ -32,8 +32,10 @@ NO_REPLY_S = 1.5
 # the margin over ARP's 3 s costs a failing host nothing; it covers a reader that lags the kernel (an
 # emulated kernel under load).
 REPLY_WAIT_S, DATA_WAIT_S = 6.0, 1.0
-# A diagnosis needs a few attempts, not all of a busy port's traffic: new journeys a second at most.
-MAX_NEW = 1000
+# A diagnosis needs a few attempts, not all of a busy port's traffic: new connections followed a second
+# at most (the rest are counted by the kernel). At 1000 a busy port's events overran the reader (hundreds
+# of thousands lost a run); 50 a second is a sample of a failing share within a second or two.
+MAX_NEW = 50
 
 
 @dataclass

@@ -377,14 +377,20 @@ class Map:
 
 
 class RingBuffer:
-    """Polls a BPF ring buffer map and hands each record (bytes) to a Python callback."""
+    """Polls a BPF ring buffer map and hands each record (bytes) to a Python callback. A callback that
+    returns True has had enough for now: the record is consumed, the rest stays in the ring for the next
+    poll. Without that, a consumer that reads as fast as the kernel writes never leaves the loop, and
+    what it took grows without bound."""
 
     def __init__(self, ringbuf_map, callback):
         self._error = None
+        self._full = False
 
         def sample(_ctx, data, size):
             try:
-                callback(ctypes.string_at(data, size))
+                if callback(ctypes.string_at(data, size)):
+                    self._full = True
+                    return -1       # libbpf stops after this record, which it counts as consumed
             except BaseException as e:   # re-raised from poll(): an exception must not cross into C
                 self._error = e
                 return -1
@@ -398,18 +404,25 @@ class RingBuffer:
     def poll(self, timeout_ms=100):
         n = lib().ring_buffer__poll(self._rb, int(timeout_ms))
         self._raise()
-        if n < 0 and n != -errno_mod.EINTR:
+        if n < 0 and n != -errno_mod.EINTR and not self._stopped():
             raise BpfError("ring buffer poll failed", -n)
         return max(n, 0)
 
     def consume(self):
         n = lib().ring_buffer__consume(self._rb)
         self._raise()
+        self._stopped()
         return max(n, 0)
+
+    def _stopped(self) -> bool:
+        """The callback stopped the last call (its -1 is not an error); cleared for the next one."""
+        full, self._full = self._full, False
+        return full
 
     def _raise(self):
         if self._error is not None:
             e, self._error = self._error, None
+            self._full = False
             raise e
 
     def close(self):

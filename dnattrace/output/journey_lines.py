@@ -194,8 +194,19 @@ def _by_outcome(untold) -> dict[str, int]:
     return untold if isinstance(untold, dict) else ({"not kept": untold} if untold else {})
 
 
+def accounting_line(conns: list[model.Connection], untold, acct: dict) -> str:
+    """Every connection the kernel saw open, in one line: admitted (and how many of those the summary
+    holds, with a row or by outcome), not followed (and why), events lost."""
+    followed = len(conns) + sum(_by_outcome(untold).values())
+    why = "over --max-rate"
+    if acct.get("shed"):
+        why = "%d over --max-rate, %d while the reader lagged" % (acct["not_followed"] - acct["shed"], acct["shed"])
+    return ("connections: %d admitted, %d followed to an outcome; %d not followed (%s); %d events lost"
+            % (acct.get("admitted", 0), followed, acct.get("not_followed", 0), why, acct.get("lost_events", 0)))
+
+
 def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 0, untold=0,
-                  unfollowed_drops: list[dict] = ()) -> str:
+                  unfollowed_drops: list[dict] = (), acct: Optional[dict] = None) -> str:
     rows = [connection_row(c) for c in conns]
     if rows:
         # imported here, and only for a table: tabulate (with wcwidth's tables) is 8 MB, which a long watch
@@ -208,9 +219,14 @@ def summary_table(conns: list[model.Connection], lost: int, not_followed: int = 
     if untold:
         out += "\n(and %d more connections, not kept: %s)" % (
             sum(untold.values()), ", ".join("%d %s" % (n, o) for o, n in sorted(untold.items())))
-    if not_followed:
+    if not_followed and not (acct and acct.get("shed")):
         out += ("\n%d connections were not followed: more new connections a second than --max-rate allows"
                 % not_followed)
+    if acct and acct.get("shed"):
+        out += ("\n%d connections were not followed: %d while the events of those followed waited to be read "
+                "(admitting fewer instead of losing their events)" % (not_followed, acct["shed"]))
+    if acct is not None:
+        out += "\n" + accounting_line(conns, untold, acct)
     if unfollowed_drops:
         out += "\npackets of the watched flows dropped while not followed:"
         for d in unfollowed_drops:
@@ -229,9 +245,12 @@ def journey_json(j: model.Journey, c: model.Connection) -> dict:
 
 
 def summary_json(conns: list[model.Connection], lost: int, not_followed: int = 0, untold=0,
-                 unfollowed_drops: list[dict] = ()) -> dict:
+                 unfollowed_drops: list[dict] = (), acct: Optional[dict] = None) -> dict:
     untold = _by_outcome(untold)
+    acct = acct or {}
     return {"type": "summary", "lost_events": lost, "not_followed": not_followed,
+            "admitted": acct.get("admitted"), "shed": acct.get("shed"),
+            "followed": len(conns) + sum(untold.values()),
             "connections_not_kept": sum(untold.values()), "not_kept_by_outcome": untold,
             "unfollowed_drops": _drop_sites(unfollowed_drops),
             "connections": [{"key": model.to_dict(c.key), "family": c.key.family, "transmissions": c.attempts,

@@ -16,7 +16,7 @@ from dnattrace import model
 
 
 # How many tuple hashes of retired connections a bounded builder remembers (about 4 MB).
-RETIRED_TUPLES = 65536
+RETIRED_TUPLES = 32768
 
 
 class JourneyBuilder:
@@ -56,6 +56,7 @@ class JourneyBuilder:
         # Hashes, not tuples: a second of a busy port retires tens of thousands of them.
         self._retired_tuples: dict[int, object] = {}
         self.late_journeys = 0                             # journeys of retired connections, not shown
+        self.keyless = 0                                   # journeys without a tuple: no connection
         # journeys just ended by a drop, by skb: a hook's verdict (fexit nf_hook_slow) is reported after
         # the drop inside the hook; one that arrives in a later batch joins its journey here
         self._dropped: dict[int, model.Journey] = {}
@@ -141,7 +142,12 @@ class JourneyBuilder:
         if id(j) in self._conn_of:       # finished before by idleness, now with its real end
             return j, self._conn_of[id(j)]
         tuples = j.tuples() + [t for s in j.steps if s.ct for t in (s.ct.orig,) if t]
-        first = tuples[0] if tuples else None
+        if not tuples:
+            # no step carried its addresses (its first events were lost): it belongs to no attempt that
+            # can be named, and a connection without a key would be a row of nothing
+            self.keyless += 1
+            return None
+        first = tuples[0]
         j.direction = "reply" if first is not None and self.is_request(first) is False else "request"
         conn = None
         if j.direction == "reply":
@@ -164,7 +170,7 @@ class JourneyBuilder:
                 self._late(retired, j)
                 return None
         if conn is None:
-            key = first if j.direction == "request" or first is None else first.reversed()
+            key = first if j.direction == "request" else first.reversed()
             conn = model.Connection(key=key)
             self.connections.append(conn)
         (conn.replies if j.direction == "reply" else conn.requests).append(j)

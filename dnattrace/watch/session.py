@@ -31,7 +31,7 @@ class _LazySymbols:
 
 # Connections a bounded watch keeps whole (about 3 KB each once trimmed); the rest are retired to a
 # summary row or an outcome count, so watch stays under its 60 MB budget at any connection rate.
-MAX_LIVE = 2000
+MAX_LIVE = 1000
 
 
 def _ts(ev) -> int:
@@ -76,7 +76,9 @@ class Follower:
         self.events_seen = 0
         self.new_drops: list[dict] = []   # drops of packets not followed since run() last passed them on
         self.lost_events = 0      # events the ring buffer had no room for
-        self.not_followed = 0     # matching connections not followed: over the max_new rate
+        self.not_followed = 0     # matching connections not followed: over the max_new rate, or shed
+        self.admitted = 0         # connections the kernel admitted (followed from their opening packet)
+        self.shed = 0             # of not_followed: turned away while the ring was filling (the reader lagged)
         self.unfollowed_drops: list[dict] = []   # their packets' drops, by site (read at close)
         self.symbols = _LazySymbols()
         self._drops = drops.Tally(drops.Describer(self.namer, self.symbols, self.reasons))
@@ -149,7 +151,15 @@ class Follower:
         return done
 
     def _read_counters(self):
-        _emitted, self.lost_events, self.not_followed = self.tracer.stats()
+        st = self.tracer.stats()
+        self.lost_events, self.not_followed, self.admitted, self.shed = st.lost, st.not_followed, st.admitted, st.shed
+
+    def accounting(self) -> dict:
+        """Every connection the kernel saw open, accounted: admitted (followed: their journeys and
+        outcomes are in the builder) or not followed (counted, over --max-rate or shed while the reader
+        lagged), and the events lost."""
+        return {"admitted": self.admitted, "not_followed": self.not_followed, "shed": self.shed,
+                "lost_events": self.lost_events}
 
     def run(self, on_journey: Callable, duration: Optional[float] = None,
             stop: Optional[Callable[[], bool]] = None, poll_ms: int = 100, on_drops: Optional[Callable] = None,

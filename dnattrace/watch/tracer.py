@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from dnattrace.kernel import capabilities, loader, objects, plan
 from dnattrace.drops import counter as drops
@@ -29,7 +29,10 @@ OBJECT = objects.path("watch")
 # The event ring: mapped twice into this process (the kernel's wrap-around trick), so its size counts
 # double against watch's memory budget. Under --max-rate a second's events fit in 1 MB many times over;
 # without a cap (or with --all) the bigger ring rides out bursts.
-RING_CAPPED, RING_FULL = 1 << 20, 4 << 20
+RING_CAPPED, RING_FULL = 1 << 20, 2 << 20
+# Records decoded per poll at most (about 1 KB each once decoded, with their steps): a reader that
+# took everything would take events as fast as the kernel writes them, and hold them all at once.
+BATCH = 2048
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,15 @@ class FilterEntry:
             ip = ipaddress.ip_address(self.addr)
             family, addr = ip.version, ip.packed.ljust(16, b"\0")
         return struct.pack("<BBH", self.proto, family, socket.htons(self.port)) + addr
+
+
+class Stats(NamedTuple):
+    """DT_STAT_* in slot order (watch.h)."""
+    emitted: int        # events written to the ring
+    lost: int           # events the ring had no room for
+    not_followed: int   # connections turned away at their opening packet (over max_new, or shed)
+    admitted: int       # connections followed from their opening packet
+    shed: int           # of not_followed: turned away because the ring was filling (the reader lagged)
 
 
 def choose(caps, hook_detail=True) -> tuple[dict[str, list[str]], list[str]]:
@@ -148,8 +160,11 @@ class WatchTracer:
                 self._load()
                 how = "here"
             t1 = time.perf_counter()
-            self._fill_filter(self._obj)
+            # the filter last: a packet matched while the later points are still being attached would be
+            # followed from its receive alone (a busy port's first admitted connections were all such
+            # half journeys, and diagnose judged them)
             self.attach()
+            self._fill_filter(self._obj)
             self._rb = self._obj.ring_buffer("events", self._on_record)
             log.info("start-up: capabilities %s, open+load %.0f ms (%d programs; %s), attach %.0f ms (%d links)",
                      "from this boot's earlier trials" if getattr(self.caps, "cached", False)
@@ -274,23 +289,27 @@ class WatchTracer:
                 log.info("%s priority %d is taken in %s, trying %d", hook, prio + i * step, path or "this namespace",
                          prio + (i + 1) * step)
 
-    def _on_record(self, data):
+    def _on_record(self, data) -> bool:
         self._pending.append(abi.decode(data))
+        return len(self._pending) >= BATCH
 
     def poll(self, timeout_ms=100):
-        """Wait up to timeout_ms, then take everything waiting. The programs wake this process only
-        when a backlog builds up (see submit() in watch.bpf.c): the wait is the usual way out."""
+        """Wait up to timeout_ms, then take what is waiting, BATCH records at most. The programs wake
+        this process only when a backlog builds up (see submit() in watch.bpf.c): the wait is the usual
+        way out. What is left stays in the ring, where it makes the kernel admit fewer connections
+        (window_open in filter.h): the reader, not the ring, sets the pace."""
         self._rb.poll(timeout_ms)
-        self._rb.consume()
+        if len(self._pending) < BATCH:
+            self._rb.consume()
         out, self._pending = self._pending, []
         if self._brackets and time.monotonic() >= self._recheck_at:
             self._recheck_brackets()
         return out
 
-    def stats(self):
-        """(events emitted, events lost, connections not followed over max_new) since start, over all CPUs."""
+    def stats(self) -> "Stats":
+        """The kernel side's counts since start, over all CPUs (DT_STAT_*, watch.h)."""
         m = self._obj.map("stats")
-        return m.counter(0), m.counter(1), m.counter(2)
+        return Stats(*(m.counter(i) for i in range(len(Stats._fields))))
 
     def unfollowed_drops(self):
         """The watched flows' packets dropped while not followed (drops.DropRow per drop site)."""
