@@ -292,3 +292,22 @@ def test_a_journey_without_addresses_starts_no_connection():
     b = journeys.JourneyBuilder(journeys.request_matcher(SERVICES))
     assert b.add(model.Step(1, model.CONSUME, location="skb_release_data+0x1"), skb=7) == []
     assert b.connections == [] and b.keyless == 1
+
+
+def test_a_new_syn_on_a_retired_connections_port_is_a_new_attempt():
+    """A busy client comes back to a port within seconds: its SYN (a new sequence number) on the tuple of
+    a connection a bounded watch has retired is a new attempt, accounted as one, not a late packet of
+    the old connection (which lost every such connection from the summary)."""
+    t = model.Tuple5(6, "198.51.100.2", 40000, "198.51.100.1", 8080)
+    b = journeys.JourneyBuilder(journeys.request_matcher(SERVICES), trim=True, max_live=1)
+
+    def syn(ts, seq):
+        b.add(model.Step(ts, model.RX, netns=1, tuple=t, tcp_flags="S", seq=seq), skb=ts)
+        b.add(model.Step(ts + 1, model.CONSUME, netns=1, location="tcp_v4_rcv+0x1"), skb=ts)
+
+    syn(1000, 11)
+    b.retire(now_ns=10 ** 12, keep_rows=0)
+    assert b.connections == [] and sum(b.untold_outcomes.values()) == 1
+    syn(2000, 22)
+    assert len(b.connections) == 1 and b.connections[0].openers[0].first.seq == 22
+    assert b.late_journeys == 0

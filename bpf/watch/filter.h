@@ -246,7 +246,26 @@ static __always_inline int admit(struct dt_config *cfg, struct l34 *p, int clien
 	return d.yes;
 }
 
-static __always_inline int wanted(struct l34 *p)
+/* The watched namespaces (inode numbers), filled by user space. The filter matches addresses and ports,
+ * which another host on the same machine (a second lab, a nested set-up) may use too: a connection is
+ * decided (admitted, or counted as not followed) only where it enters a watched namespace, so that
+ * another's traffic neither takes the admissions nor swells the counts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u8);
+} watched_netns SEC(".maps");
+
+static __always_inline int netns_watched(struct dt_config *cfg, __u64 skb)
+{
+	if (!cfg || !cfg->netns_only)
+		return 1;
+	__u32 inum = skb_netns((struct sk_buff *)skb);
+	return bpf_map_lookup_elem(&watched_netns, &inum) != NULL;
+}
+
+static __always_inline int wanted(struct l34 *p, __u64 skb)
 {
 	if (p->proto != IPPROTO_TCP_ && p->proto != IPPROTO_UDP_)
 		return 0;
@@ -255,6 +274,8 @@ static __always_inline int wanted(struct l34 *p)
 		return 0;
 	__u32 zero = 0;
 	struct dt_config *cfg = bpf_map_lookup_elem(&watch_config, &zero);
+	if (!netns_watched(cfg, skb))
+		return 0;
 	if (!admit(cfg, p, side == SERVICE_DST))
 		return 0;
 	if (p->proto == IPPROTO_TCP_ && !(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST))) {

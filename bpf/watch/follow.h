@@ -160,7 +160,7 @@ static __always_inline struct followed *follow(__u64 skb, struct l34 *p, int *fr
 	if (!kind_followed(p))
 		return NULL;
 	struct followed *t = is_tracked(skb, p);
-	if (t || !wanted(p))
+	if (t || !wanted(p, skb))
 		return t;
 	struct followed nt = { .ident = ident(p), .sig = 0, .ctinfo = 0xfe };
 	track(skb, &nt);

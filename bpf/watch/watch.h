@@ -88,7 +88,7 @@ struct dt_config {
 	__u32 all_packets;   /* 0: SYN, RST, UDP and each direction's first data packet; 1: every packet */
 	__u32 capture;       /* 1: events carry the packet's bytes (for a pcapng file) */
 	__u32 max_new;       /* new journeys started per second at most (0: no limit); the rest are counted */
-	__u32 pad;
+	__u32 netns_only;    /* 1: decide connections only in the namespaces of watched_netns (filter.h) */
 };
 
 /* stats slots */

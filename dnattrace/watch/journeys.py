@@ -164,7 +164,9 @@ class JourneyBuilder:
                 conn = None
                 for t in tuples:          # its reply must find the new connection, not the old one
                     self._by_tuple.pop(t, None)
-        if conn is None and self._retired_tuples:
+        # a SYN opens a new attempt even on the tuple of a retired connection: a busy client comes back
+        # to a port within seconds, and its new connection is not a late packet of the old one
+        if conn is None and self._retired_tuples and not (j.direction == "request" and j.first.tcp_flags == "S"):
             retired = next((self._retired_tuples[h] for h in map(hash, tuples) if h in self._retired_tuples), None)
             if retired is not None:
                 self._late(retired, j)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import threading
@@ -141,7 +142,7 @@ class WatchTracer:
         obj.load()
         obj.map("watch_config").update(struct.pack("<I", 0),
                                        struct.pack("<IIII", int(self.all_packets), int(self.capture),
-                                                   int(self.max_new), 0))
+                                                   int(self.max_new), 1))
         self._load_ms = ((time.perf_counter() - t0) * 1000, len(names))
 
     def start(self):
@@ -164,6 +165,8 @@ class WatchTracer:
             # followed from its receive alone (a busy port's first admitted connections were all such
             # half journeys, and diagnose judged them)
             self.attach()
+            for path in self.netns_paths:
+                self.watch_netns(path)
             self._fill_filter(self._obj)
             self._rb = self._obj.ring_buffer("events", self._on_record)
             log.info("start-up: capabilities %s, open+load %.0f ms (%d programs; %s), attach %.0f ms (%d links)",
@@ -189,6 +192,11 @@ class WatchTracer:
             words[f.port >> 6] = words.get(f.port >> 6, 0) | 1 << (f.port & 63)
         for idx, word in words.items():
             obj.map("portbits").update(struct.pack("<I", idx), struct.pack("<Q", word))
+
+    def watch_netns(self, path):
+        """Connections are decided in this namespace too (None: the current one): watched_netns, filter.h."""
+        self._obj.map("watched_netns").update(struct.pack("<I", os.stat(path or "/proc/thread-self/ns/net").st_ino),
+                                              b"\x01")
 
     def attach(self):
         """Attach the loaded programs: the tracepoints once, the netfilter links in every namespace."""
