@@ -47,7 +47,7 @@ def test_load_host_makes_its_share_of_failures_and_cleans_up(busy):
     to an address nobody holds and times out; and nothing of the lab is left afterwards."""
     from dnattrace import lab
     h = busy()
-    r = h.run(seconds=slow(2), clients=1)
+    r = h.run(seconds=slow(2), clients=1, timeout=3.0)
     assert r["ok"] > 1000 and r["failed"] == 0, r
     name = h.inst.name
     h.down()
@@ -55,7 +55,7 @@ def test_load_host_makes_its_share_of_failures_and_cleans_up(busy):
     h = busy(fail_every=10)
     r = h.run(seconds=slow(3), clients=1, inflight=256)
     assert set(r["errors"]) == {"timeout"}, r
-    assert 0.07 <= r["failed"] / r["made"] <= 0.13, r
+    assert 0.06 <= r["failed"] / r["made"] <= 0.14, r
 
 
 def _watch_under_load(h, rate, seconds, tmp_path):
@@ -70,7 +70,7 @@ def _watch_under_load(h, rate, seconds, tmp_path):
             deadline = time.monotonic() + slow(30)
             while out.stat().st_size == 0 and p.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)        # the start record: every probe is attached
-            clients = h.start(seconds=seconds, clients=2)
+            clients = h.start(seconds=seconds, clients=2, timeout=3.0)     # a busy machine is slow, not failing
             peak = 0.0
             while any(c.poll() is None for c in clients.procs):
                 peak = max(peak, hwm_mb(p.pid))
@@ -123,7 +123,7 @@ def test_diagnose_on_a_healthy_busy_port_finds_no_fault(busy):
     connections that began before it looked, are no failing attempts; exit 0, twice."""
     from dnattrace.lab import load
     h = busy()
-    clients = h.start(seconds=slow(40), clients=2)
+    clients = h.start(seconds=slow(40), clients=2, timeout=3.0)
     try:
         for _ in range(2):
             p = subprocess.run(CLI + ["diagnose", "--netns", h.host_ns, "--port", str(load.PORT), "--timeout", "10"],
