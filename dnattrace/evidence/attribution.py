@@ -135,8 +135,9 @@ def _judge_xt(ns, nsdelta, c: ChainRef, family: int, verdict: str) -> Optional[_
     """An iptables chain (nft or legacy backend): every rule and built-in policy counts, so its counters
     alone decide. None when they cannot (no counters read, or rules not read)."""
     rules = _xt_rules(ns, c, family)
-    if nsdelta is None or rules is None or rules.chain(c.table, c.chain) is None:
-        return None
+    read = ("legacy" if c.backend == "iptables-legacy" else "rules") + ("6" if c.family == "ip6" else "")
+    if nsdelta is None or read in nsdelta.unread or rules is None or rules.chain(c.table, c.chain) is None:
+        return None         # without both readings, a counter that did not move proves nothing
     reach = hooks.xt_reach(rules, c.table, c.chain)
     want = [v.upper() for v in DROPPING[verdict]]
     moved = [m for m in _xt_moves(ns, nsdelta, c, family) if m.chain in reach and m.target in want
@@ -162,6 +163,8 @@ def _judge_nft(ns, nsdelta, c: ChainRef, pkt: nfeval.Packet, verdict: str) -> _F
     device = rs.chain(c.family, c.table, c.chain).device
     if c.hook in hooks.DEV_HOOKS and device and pkt.iif and pkt.iif not in device.split(","):
         return _Finding(c, "refuted", "%s %s %s: on device %s, not %s" % (c.family, c.table, c.chain, device, pkt.iif))
+    if nsdelta is not None and "nft" in nsdelta.unread:
+        nsdelta = None      # nft's counters were not read both times: they say nothing here
     moved = [m for m in (nsdelta.nft_moves if nsdelta else []) if (m.rule.family, m.rule.table) ==
              (c.family, c.table) and m.rule.chain in reach and m.rule.verdict in want]
     if len(moved) == 1:

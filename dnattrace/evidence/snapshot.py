@@ -218,6 +218,7 @@ class NsDelta:
     nft_moves: list[NftMove] = field(default_factory=list)         # nft rules (not iptables-nft's: see moves)
     legacy_moves: list[CounterMove] = field(default_factory=list)  # iptables-legacy rules and policies
     qdisc_drops: dict[str, int] = field(default_factory=dict)      # "DEV KIND HANDLE" -> drops in between
+    unread: list[str] = field(default_factory=list)  # NsEvidence rulesets ("rules", "nft", ...) not read both times
 
 
 @dataclass
@@ -244,8 +245,14 @@ def diff(before: Snapshot, after: Snapshot) -> Delta:
             moves = sorted(moves + firewall.counter_delta(b.rules6, a.rules6), key=lambda m: -m.packets)
         out.namespaces.append(NsDelta(b.name, b.inode, b.netns, moves, conntrack.delta(b.conntrack, a.conntrack),
                                       snmp.delta(b.snmp, a.snmp), _nft_moves(b, a), _legacy_moves(b, a),
-                                      tc.drops_delta(b.qdiscs, a.qdiscs)))
+                                      tc.drops_delta(b.qdiscs, a.qdiscs), _unread(b, a)))
     return out
+
+
+def _unread(b: NsEvidence, a: NsEvidence) -> list[str]:
+    """The rulesets whose counters were not read on both sides: no counter of theirs can refute a rule."""
+    return [k for k in ("rules", "rules6", "nft") if getattr(b, k) is None or getattr(a, k) is None] + \
+        [k for k in ("legacy", "legacy6") if (getattr(b, k) is None) != (getattr(a, k) is None)]
 
 
 def _nft_moves(b: NsEvidence, a: NsEvidence) -> list[NftMove]:

@@ -318,3 +318,13 @@ def test_the_chain_left_alone_is_not_named_when_the_nft_ruleset_was_not_read():
     ev.errors = ["read: nft is not installed"]
     rv = attribute(journey(), ev, delta())
     assert rv is None or rv.how == "undecided"
+
+
+def test_counters_not_read_both_times_refute_nothing():
+    """The reading after the capture failed for iptables-save: its DROP policy's counter standing still
+    proves nothing, so Docker's FORWARD chain stays a candidate."""
+    ev = evidence(drop_mark_rule=True)
+    d = delta()
+    d.unread = ["rules", "nft"]
+    rv = attribute(journey(src="198.51.100.3"), ev, d)
+    assert not any("no DROP/REJECT rule or policy counter moved" in r for r in rv.refuted), rv
