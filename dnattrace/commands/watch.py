@@ -70,7 +70,8 @@ def watch(ctx, port, container, proto, netns, src, dst, all_packets, duration, c
     try:
         with f:
             log.info("start-up: every probe attached %.0f ms after exec", _since_exec_ms())
-            printer.started(f.target, f.tracer.chosen, duration)   # a script can start its traffic on this line
+            printer.started(f.target, f.tracer.chosen, duration,   # a script can start its traffic on this line
+                            f.tracer.chain_method() if hook_detail or as_json else "")
             f.run(printer.journey, duration=duration, stop=stop, on_drops=printer.drops, until_signal=True)
     except KeyboardInterrupt:
         pass    # Ctrl-C ends the watch: the summary below is what the user wants
@@ -169,12 +170,15 @@ class _Printer:
         from dnattrace import model
         return not self.src or model.ip_in(c.key.src, self.src)
 
-    def started(self, t, probes, duration):
+    def started(self, t, probes, duration, chains=""):
+        """chains: how the chain that dropped a packet is told (with --hook-detail, and in JSON)."""
         if self.as_json:
             self.out.line(tables.json_line({"type": "start", "target": t.describe(), "netns": t.netns_paths(),
-                                         "probes": probes}))
+                                         "probes": probes, "chains": chains}))
         else:
             self.out.line("%s. Watching%s ... (Ctrl-C to stop)" % (t.describe(), " for %g s" % duration if duration else ""))
+            if chains:
+                self.out.line("netfilter chains: " + chains)
 
     def journey(self, j, c):
         if not self.wanted(c):

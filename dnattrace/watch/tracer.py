@@ -269,6 +269,14 @@ class WatchTracer:
             self._brackets[path][2].extend(links)
         log.info("chain brackets: %d in %s", len(self._brackets[path][2]), path or "the current namespace")
 
+    def chain_method(self) -> str:
+        """How a journey tells which chain dropped a packet here (doctor's "rule verdict", for this watch)."""
+        if not self.links:
+            return "no netfilter links on this kernel: the chain comes from rule counters and evaluation, not the journey"
+        n = sum(len(links) for _, _, links in self._brackets.values())
+        return ("chain brackets: %d links, one below each priority where base chains run (a hook whose chains "
+                "run at one priority needs none)" % n)
+
     def _recheck_brackets(self):
         """Bracket again a namespace whose chain priorities changed while watching (a table added or
         removed, a firewall started): every few seconds, one nft listing per namespace."""
