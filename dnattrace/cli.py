@@ -7,6 +7,7 @@ is shown only with --verbose.
 import errno
 import importlib
 import logging
+import os
 import signal
 import sys
 
@@ -81,6 +82,8 @@ def main(argv=None):
     exit -15, under a loaded machine's timing). A caller inside a longer-lived process (the tests) keeps
     its signals."""
     signal.signal(signal.SIGTERM, _sigterm)
+    if getattr(signal.getsignal(signal.SIGINT), "__module__", None) == "dnattrace":   # the start-up one (__init__.py)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _dispatch(argv)
     finally:
@@ -88,20 +91,53 @@ def main(argv=None):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
+# Commands that a signal ends rather than interrupts (README, exit codes): also in their first moments,
+# before their own handling is in place.
+_STOPPED_BY_SIGNALS = ("watch", "drops")
+
+
+def _stdout_closed() -> bool:
+    """fd 1 closed (`>&-`): Python leaves sys.stdout None, and the next file opened would take fd 1."""
+    if sys.stdout is None:
+        return True
+    try:
+        os.fstat(1)
+    except OSError:
+        return True
+    return False
+
+
+def _interrupted(args, code: int) -> int:
+    command = next((a for a in args if not a.startswith("-")), None)
+    return 0 if command in _STOPPED_BY_SIGNALS else code
+
+
 def _dispatch(argv):
     args = sys.argv[1:] if argv is None else argv
     traceback_wanted = "-vv" in args or args.count("-v") + args.count("--verbose") >= 2
+    if argv is None and _stdout_closed():
+        click.echo("dnattrace: cannot write the output: stdout is closed", err=True)
+        return EXIT_CANNOT_OBSERVE
     try:
         rv = cli.main(args=argv, prog_name="dnattrace", standalone_mode=False)
     except click.exceptions.Abort as e:     # click turns KeyboardInterrupt (and so Terminated) into Abort
-        return 128 + signal.SIGTERM if isinstance(e.__context__, Terminated) else 130
+        return _interrupted(args, 128 + signal.SIGTERM if isinstance(e.__context__, Terminated) else 130)
     except click.ClickException as e:      # usage errors: one line, like every other error
         click.echo("dnattrace: %s" % e.format_message(), err=True)
         return EXIT_USAGE
     except Terminated:
-        return 128 + signal.SIGTERM
+        return _interrupted(args, 128 + signal.SIGTERM)
     except KeyboardInterrupt:
-        return 130
+        return _interrupted(args, 130)
+    except BrokenPipeError:
+        # the reader left (`watch --json | head -1`): it had what it wanted, as `yes | head` ends quietly
+        silence_stdout()
+        return 0
+    except SystemExit as e:
+        if isinstance(e.__context__, BrokenPipeError):      # click's own handling of it: exit 1
+            silence_stdout()
+            return 0
+        raise
     except DnattraceError as e:
         if traceback_wanted:
             raise

@@ -88,12 +88,58 @@ def test_full_disk_is_one_line_exit_3_and_the_summary_still_shown(run_dir, args,
         assert summary in (p.stderr if to_full else p.stdout), p.stderr
 
 
-def test_broken_pipe_still_ends_quietly(run_dir):
-    p = hc.start(run_dir, "drops", "--interval", "0.2", "--count", "20")
-    p.stdout.readline()
-    p.stdout.close()
-    assert p.wait(timeout=30) in (0, 1)
-    assert "Traceback" not in p.stderr.read()
+def test_broken_pipe_ends_quietly_with_0(run_dir):
+    """`drops | head -1`, `watch --json | head -1`: the reader had what it wanted; exit 0, nothing said."""
+    for args in (["drops", "--interval", "0.2", "--count", "20"], ["watch", "--json", "--port", "8079", "--duration", "20"]):
+        p = hc.start(run_dir, *args)
+        p.stdout.readline()
+        p.stdout.close()
+        if args[0] == "watch":
+            # its next line (the summary) meets the closed pipe
+            p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 0, args
+        assert p.stderr.read() == "", args
+
+
+@pytest.mark.parametrize("args", [["diagnose", "--port", "8079", "--timeout", "1"], ["doctor"],
+                                  ["drops", "--count", "1"], ["watch", "--port", "8079", "--duration", "1"]],
+                         ids=lambda a: a[0])
+def test_closed_stdout_is_one_line_exit_3(run_dir, args):
+    """`>&-`: nothing can be written; one line, exit 3, before anything is attached (a file opened
+    later would take fd 1 and receive the output)."""
+    p = subprocess.run([sys.executable, "-m", "dnattrace.cli", *args], cwd=hc.ROOT, env=hc.env(run_dir),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
+                       preexec_fn=lambda: os.close(1))
+    assert p.returncode == 3, p.stderr
+    assert one_line(p.stderr) == "dnattrace: cannot write the output: stdout is closed"
+
+
+def test_pcap_that_cannot_be_written_exits_3(run_dir, tmp_path):
+    """--pcap to a directory, or onto a read-only file system: cannot write (3), not bad input."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        for target in (str(tmp_path), str(ro / "x.pcapng")):
+            p = hc.cli(run_dir, "watch", "--port", "8079", "--duration", "1", "--pcap", target)
+            assert p.returncode == 3, p.stderr
+            assert one_line(p.stderr).startswith("dnattrace: cannot write %s: " % target)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+@pytest.mark.parametrize("args", [["watch", "--port", "8079"], ["drops"]], ids=lambda a: a[0])
+def test_watch_and_drops_interrupted_at_once_exit_0(run_dir, args):
+    """Ctrl-C is how watch and drops stop, also in their first moments (before their own handling of it
+    is in place): exit 0, no traceback. (Not before Python runs the package's first line: a signal
+    then meets the interpreter's own start-up.)"""
+    for delay in (0.1, 0.2):
+        p = hc.start(run_dir, *args)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        rc = p.wait(timeout=30)
+        err = p.stderr.read()
+        assert rc == 0 and "Traceback" not in err, (delay, rc, err)
 
 
 # -- item 8: namespaces removed under a watch ----------------------------------------------------------
@@ -147,7 +193,8 @@ BAD_INPUT = [["doctor", "--bogus"], ["drops", "--interval", "0"], ["watch", "--p
              ["watch", "--port", "80", "--netns", "/tmp"], ["diagnose", "--port", "80", "--netns", "/tmp"],
              ["diagnose", "--timeout", "nan", "--port", "80"], ["demo", "--scenario", "no-such"],
              ["lab", "up", "no-such"], ["lab", "traffic", "no-such-instance"], ["lab", "down"],
-             ["lab", "status", "--bogus"], ["lab", "list", "--bogus"], ["no-such-command"]]
+             ["lab", "status", "--bogus"], ["lab", "list", "--bogus"], ["no-such-command"],
+             ["lab", "down", "no-such-instance"], ["drops", "--interval", "1e-9"]]
 
 
 @pytest.mark.parametrize("args", BAD_INPUT, ids=lambda a: "-".join(a[:3]))

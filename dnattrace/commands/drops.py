@@ -105,7 +105,7 @@ class Printer:
 
 @click.command(epilog="\b\nExamples:\n  sudo dnattrace drops --interval 5 --top 10\n"
                       "  sudo dnattrace drops --prometheus 9433     # metrics on http://127.0.0.1:9433/metrics")
-@click.option("--interval", type=opt.SECONDS, default=1.0, show_default=True, help="Seconds per report.")
+@click.option("--interval", type=opt.INTERVAL, default=1.0, show_default=True, help="Seconds per report.")
 @click.option("--duration", type=opt.SECONDS, help="Stop after this many seconds.")
 @click.option("--count", type=opt.COUNT, help="Stop after this many intervals.")
 @click.option("--top", type=opt.TOP, default=20, show_default=True, help="Show the N busiest rows.")

@@ -84,6 +84,9 @@ class Listen(click.ParamType):
 
 
 SECONDS = Seconds()
+# An interval of drops' reports: each is a read of the kernel's map and a table; below 10 ms the
+# intervals are empty rows printed as fast as the terminal takes them.
+INTERVAL = Seconds(low=0.01)
 PORT = click.IntRange(1, 65535)
 COUNT = click.IntRange(1, MAX_COUNT)
 RATE = click.IntRange(0, MAX_RATE)

@@ -10,7 +10,7 @@ from dnattrace.commands import options as opt
 from dnattrace.kernel import preflight
 from dnattrace.output import tables, journey_lines
 from dnattrace.output.stream import GuardedFile, Output
-from dnattrace.errors import CannotObserve, UsageError
+from dnattrace.errors import CannotObserve, CannotWrite
 
 log = logging.getLogger("dnattrace.watch")
 
@@ -33,7 +33,7 @@ def watch_options(f):
 @click.option("--duration", type=opt.SECONDS, help="Stop after S seconds.")
 @click.option("--count", type=opt.COUNT, help="Stop after N connection attempts.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finished journey, then a summary.")
-@click.option("--pcap", type=click.Path(dir_okay=False, writable=True), help="Write each point's packet to a pcapng file.")
+@click.option("--pcap", type=click.Path(), help="Write each point's packet to a pcapng file.")
 # 20: each followed connection is two journeys of ~15 lines, so 20 a second is already more than a person
 # reads, and a busy port's other connections are counted; at 100 the watch's own work (decoding and
 # printing every step) cost a busy 2-core host 12% of its connection rate (scripts/bench watch, c and e).
@@ -147,8 +147,8 @@ def _pcap_writer(pcap):
     from dnattrace.watch.pcapng import PcapngWriter
     try:
         return PcapngWriter(pcap)
-    except OSError as e:
-        raise UsageError("cannot write %s: %s" % (pcap, e.strerror)) from None
+    except OSError as e:     # a directory, a read-only file system, no room: cannot write (exit 3)
+        raise CannotWrite("cannot write %s: %s" % (pcap, e.strerror)) from None
 
 
 class _Printer:

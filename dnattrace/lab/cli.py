@@ -96,7 +96,7 @@ def status(as_json):
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Every instance, including leftovers of crashed runs.")
 def down(name, all_):
-    """Remove instance NAME (or --all) and everything it made; a no-op if it is not up."""
+    """Remove instance NAME (or --all) and everything it made; an unknown NAME is bad input (exit 2)."""
     _need_root()
     if bool(name) == all_:
         raise UsageError("give an instance name or --all (not both)")
@@ -106,7 +106,8 @@ def down(name, all_):
     elif manage.down(name):
         click.echo("lab %s removed" % name)
     else:
-        click.echo("lab %s is not up" % name)
+        raise UsageError("no lab instance named %s (running: %s)" % (name, ", ".join(i.name for i in manage.instances())
+                                                                      or "none"))
 
 
 
