@@ -9,9 +9,20 @@ import pytest
 from dnattrace import model
 from dnattrace.evidence import attribution, snapshot
 from dnattrace.netns import build as net
+from conftest import require
 from test_watch import mine, watch_lab
 
 pytestmark = pytest.mark.kernel
+
+
+def last_bracket(j, hook, caps, want):
+    """The chain bracket a dropped packet reached last on `hook`, where netfilter links exist (brackets are
+    theirs); elsewhere the journey has none, and attribution goes by counters and evaluation alone."""
+    got = [(s.stage, s.priority) for s in j.steps if s.hook == hook]
+    if caps.has("netfilter_link"):
+        assert got and got[-1] == ("chain", want), j.steps
+    else:
+        assert not [g for g in got if g[0] == "chain"], j.steps
 
 
 def dropped_syn(inst, attempts=1):
@@ -74,10 +85,11 @@ def test_counting_nft_drop_rule_of_another_owner_by_its_counter(lab_instance):
                       % (net.netns_path(inst.host_ns), inst.client_addr)]
 
 
-def test_chain_brackets_name_the_group_that_dropped_it_without_counters(lab_instance):
+def test_chain_brackets_name_the_group_that_dropped_it_without_counters(lab_instance, caps):
     """Chains at -10 (an nft table whose drop rule is counterless and not evaluated: meta mark) and 0
     (iptables-nft, Docker's): with no counters read, only watch's chain brackets can tell which one dropped
     the SYN. A packet that gets through passes both brackets."""
+    require(caps.has("netfilter_link"), "netfilter_link (chain brackets are netfilter links)")
     inst = lab_instance("healthy")
     net.run(["nft", "-f", "-"], netns=inst.host_ns, input=(
         "table inet guard {\n chain screen {\n  type filter hook forward priority filter - 10; policy accept;\n"
@@ -144,21 +156,22 @@ def test_netdev_ingress_drop_before_prerouting(lab_instance):
     assert conn["outcome"] == "answered", conn
 
 
-def test_raw_priority_prerouting_drop_evaluated_without_a_counter(lab_instance):
+def test_raw_priority_prerouting_drop_evaluated_without_a_counter(lab_instance, caps):
     """A counterless DROP in a raw-priority prerouting chain (before conntrack and Docker's DNAT): the
     chain brackets put the drop in that chain's group, evaluation names the rule."""
     inst = lab_instance("raw-prerouting-drop")
     j, ev, d = dropped_syn(inst)
-    assert [(s.stage, s.priority) for s in j.steps if s.hook == "PREROUTING"][-1] == ("chain", -301), j.steps
+    last_bracket(j, "PREROUTING", caps, -301)
     rv = attribution.attribute(j, ev, d)
     assert (rv.chain.table, rv.chain.chain, rv.chain.priority, rv.how, rv.policy) == (
         "early", "pre", -300, "evaluated", False), rv
     assert rv.rule == "tcp dport %d drop # handle 2" % inst.target_port
 
 
-def test_watch_brackets_again_when_a_table_is_added_while_watching(lab_instance):
+def test_watch_brackets_again_when_a_table_is_added_while_watching(lab_instance, caps):
     """A firewall started after watch: its chains' priority is bracketed within a few seconds, and a SYN
     it drops afterwards shows the new bracket as the last point it reached."""
+    require(caps.has("netfilter_link"), "netfilter_link (chain brackets are netfilter links)")
     from test_watch import finish, start_watch
     from dnattrace.diagnose import probeclient
     from conftest import slow
@@ -179,14 +192,14 @@ def test_watch_brackets_again_when_a_table_is_added_while_watching(lab_instance)
     assert syn["outcome"] == "dropped"
 
 
-def test_firewalld_final_reject_named_and_fixed_in_firewalld_language(lab_instance):
+def test_firewalld_final_reject_named_and_fixed_in_firewalld_language(lab_instance, caps):
     """firewalld's forward chain beside Docker's iptables rules (the classic "Docker port unreachable
     with firewalld"): the chain brackets put the drop in firewalld's chain (priority 10), evaluation walks
     its zone chains to the final reject, and the fix is firewalld's (the bridge into zone trusted); the raw
     fallback, applied here since no firewalld runs, repairs it."""
     inst = lab_instance("firewalld-forward-reject")
     j, ev, d = dropped_syn(inst)
-    assert [(s.stage, s.priority) for s in j.steps if s.hook == "FORWARD"][-1] == ("chain", 9)
+    last_bracket(j, "FORWARD", caps, 9)
     rv = attribution.attribute(j, ev, d)
     assert (rv.chain.table, rv.chain.chain, rv.chain.owner, rv.how, rv.verdict) == (
         "firewalld", "filter_FORWARD", "firewalld", "evaluated", "reject"), rv
@@ -203,7 +216,7 @@ def test_firewalld_final_reject_named_and_fixed_in_firewalld_language(lab_instan
     assert conn["outcome"] == "answered", conn
 
 
-def test_ipv6_drop_by_an_ip6_rule_of_an_inet_chain(lab_instance):
+def test_ipv6_drop_by_an_ip6_rule_of_an_inet_chain(lab_instance, caps):
     """IPv6: a counting `ip6 saddr ... drop` in a native inet chain at priority -5 beside Docker's
     ip6tables rules; the IPv4 side of the same chain is not involved."""
     inst = lab_instance("v6-healthy")
@@ -215,7 +228,6 @@ def test_ipv6_drop_by_an_ip6_rule_of_an_inet_chain(lab_instance):
     rv = attribution.attribute(j, ev, d)
     assert (rv.chain.family, rv.chain.table, rv.chain.chain, rv.how) == ("inet", "filter", "forward", "counter"), rv
     assert rv.rule.startswith("ip6 saddr %s tcp dport %d counter drop # handle" % (inst.client_addr, inst.container_port))
-    assert [(s.stage, s.priority) for s in j.steps if s.hook == "FORWARD"][-1] == ("chain", -6), \
-        "bracketed: ip6tables' chain (priority 0) is not even a candidate"
+    last_bracket(j, "FORWARD", caps, -6)        # bracketed: ip6tables' chain (priority 0) is not a candidate
     chains = attribution.chains_on_hook(ev, 6, "FORWARD")
     assert [(c.family, c.table) for c in chains] == [("inet", "filter"), ("ip6", "filter")]

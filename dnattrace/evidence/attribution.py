@@ -89,7 +89,7 @@ def _ending(journey: model.Journey) -> Optional[tuple[model.Step, str, int, Opti
         return drop, nf.hook, prio if prio is not None else -(1 << 31), nf
     if verdict is not None:
         return drop, verdict.hook, -(1 << 31), None
-    if rx is not None:
+    if rx is not None and "netfilter hooks" not in journey.unobservable:
         return drop, "ingress", -(1 << 31), None    # received, freed by nft before PREROUTING: an ingress chain
     return None
 

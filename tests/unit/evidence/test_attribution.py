@@ -328,3 +328,9 @@ def test_counters_not_read_both_times_refute_nothing():
     d.unread = ["rules", "nft"]
     rv = attribute(journey(src="198.51.100.3"), ev, d)
     assert not any("no DROP/REJECT rule or policy counter moved" in r for r in rv.refuted), rv
+
+
+def test_no_hook_steps_because_hooks_are_unobservable_is_not_an_ingress_chain():
+    j = ingress_journey("lo")
+    j.unobservable = ["netfilter hooks"]
+    assert attribute(j, evidence(), delta()) is None
