@@ -5,6 +5,7 @@ and .Networks). Asked only when Docker does not know the name; no Podman means n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from typing import Optional
@@ -39,9 +40,24 @@ def container(name_or_id: str) -> ContainerInfo:
         raise DnattraceError("podman inspect %s: unexpected output (%s)" % (name_or_id, e)) from None
 
 
+def monitors_running() -> bool:
+    """Whether a container monitor process runs (conmon, or conmon-rs: comm "conmonrs"). Every running
+    Podman container has one, so without any Podman runs nothing, and `podman ps` (a Go program's start,
+    ~50 ms of CPU that watch's start-up would share its two cores with) need not be asked."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/comm" % pid) as f:
+                    if f.read().startswith("conmon"):
+                        return True
+            except OSError:     # gone meanwhile
+                continue
+    return False
+
+
 def running() -> list[ContainerInfo]:
     """Every running Podman container; [] without Podman."""
-    if not available():
+    if not available() or not monitors_running():
         return []
     ids = _podman("ps", "-q", "--no-trunc").stdout.split()
     if not ids:
