@@ -11,7 +11,9 @@ import sys
 import pytest
 
 from conftest import require, slow
+from dnattrace.evidence import docker_state, podman_state
 from dnattrace.lab import attempts, manage, podman_lab, scenarios
+from dnattrace.watch import resolve
 from dnattrace.netns import build as net
 
 pytestmark = [pytest.mark.kernel, pytest.mark.podman]
@@ -87,6 +89,16 @@ def test_podman_variant(podman_instance, scenario):
         assert d["findings"][0]["fix"] == ["sysctl -w net.ipv4.ip_forward=1"]
     else:
         assert rc == 0 and d["healthy"], d
+
+
+def test_port_published_by_podman_is_found_for_watch(podman_instance):
+    """The plain `watch --port P` asks Podman when Docker publishes nothing: the container monitor
+    (conmon) of the running container says Podman has one, and `podman ps` names it."""
+    inst = podman_instance("healthy")
+    assert podman_state.monitors_running(), "a running Podman container has a conmon process"
+    t = resolve.from_port(podman_lab.PUBLISHED_PORT)
+    docker_has_it = docker_state.publisher(podman_lab.PUBLISHED_PORT) is not None    # Docker is asked first
+    assert docker_has_it or (t.container, t.container_netns) == (inst.container_name, inst.container_ns), t
 
 
 def test_lab_up_podman_cli(root, tmp_path):
