@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""Soak: scripts/bench soak [--minutes M] (default 10). Not run by the tests.
+"""Soak: scripts/bench soak [--minutes M] (default 10), or --every-rate. Not run by the tests.
+
+--every-rate: watch alone at --max-rate 1, 20, 200, 2000 and 0 in turn, each for --seconds (30) under two
+epoll clients through a lab host (dnattrace/lab/load.py); a line per rate (see every_rate()).
+
+Without it:
 
 The maximum connection rate of one client loop through the DNAT path of a lab `healthy` host (the
 set-up of bench watch: scripts/bench_watch.py, imported), first for a while with nothing attached, then
@@ -131,13 +136,47 @@ def report(base, run):
     return all(mb < BUDGET_MB for mb in run["peaks"].values()) and w["lost"] == 0 and unaccounted == 0
 
 
+RATES = "1,20,200,2000,0"
+
+
+def every_rate(rates, seconds, clients):
+    """watch alone under `clients` load clients (dnattrace/lab/load.py) at each --max-rate in turn: peak
+    RSS, events lost, connections made / admitted / followed to an outcome / not followed (of them shed
+    while the reader lagged), and the outcomes. The issue's table, re-measured; exit 1 when a figure
+    misses (RSS >= 60 MB, an event lost, an admitted connection unaccounted, a failing outcome)."""
+    from dnattrace.lab import load
+    ok = True
+    print("%-6s %8s %6s %9s %9s %9s %12s %9s  %s" % ("rate", "peak MB", "lost", "made", "admitted", "followed",
+                                                     "not followed", "shed", "outcomes (client failures)"))
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp, load.LoadHost("sr") as h:
+        for rate in rates:
+            w = h.watch(rate, seconds, os.path.join(tmp, "watch-%d.jsonl" % rate), clients=clients)
+            s, c = w["summary"], w["clients"]
+            outcomes = dict(s.get("not_kept_by_outcome", {}))
+            for conn in s.get("connections", []):
+                outcomes[conn["outcome"]] = outcomes.get(conn["outcome"], 0) + 1
+            print("%-6d %8.1f %6s %9d %9s %9s %12s %9s  %s (%d failed; exit %s)" % (
+                rate, w["peak_mb"], s.get("lost_events"), c["made"], s.get("admitted"), s.get("followed"),
+                s.get("not_followed"), s.get("shed"), outcomes, c["failed"], w["exit"]), flush=True)
+            ok &= (w["exit"] == 0 and w["peak_mb"] < BUDGET_MB and s.get("lost_events") == 0
+                   and s.get("followed") == s.get("admitted") and set(outcomes) <= {"answered"})
+    return ok
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--every-rate", action="store_true",
+                    help="watch alone at each of --rates under the load clients (%s by default), --seconds each" % RATES)
+    ap.add_argument("--rates", default=RATES)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--max-rate", type=int, default=20, help="watch's --max-rate (0: follow every connection)")
     ap.add_argument("--baseline-seconds", type=float, default=None,
                     help="seconds of untraced traffic first (default: a fifth of the traced run, 30-120 s)")
     a = ap.parse_args(argv)
+    if a.every_rate:
+        return 0 if every_rate([int(r) for r in a.rates.split(",")], a.seconds, a.clients) else 1
     seconds = a.minutes * 60
     base_s = a.baseline_seconds or min(120.0, max(30.0, seconds / 5))
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp, bw.bench_lab("sk") as inst:

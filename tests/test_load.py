@@ -2,12 +2,8 @@
 watched at every --max-rate and diagnosed. Not timed assertions: what must hold at whatever rate this
 machine makes (memory bounded, no event lost, every connection accounted with its real outcome, a
 healthy port said healthy)."""
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -37,11 +33,6 @@ def busy(root):
         h.down()
 
 
-def hwm_mb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024.0
-
-
 def test_load_host_makes_its_share_of_failures_and_cleans_up(busy):
     """The harness itself: a healthy port takes every connection; with fail_every=10, one in ten is DNATed
     to an address nobody holds and times out; and nothing of the lab is left afterwards."""
@@ -58,38 +49,6 @@ def test_load_host_makes_its_share_of_failures_and_cleans_up(busy):
     assert 0.06 <= r["failed"] / r["made"] <= 0.14, r
 
 
-def _watch_under_load(h, rate, seconds, tmp_path):
-    """watch --json at --max-rate `rate` while the clients run; SIGINT (the user's Ctrl-C) once they are
-    done. (exit code, peak RSS in MB, summary, the clients' totals)."""
-    from dnattrace.lab import load
-    out = tmp_path / ("watch-%s.jsonl" % rate)
-    with open(out, "w") as f:
-        p = subprocess.Popen(CLI + ["watch", "--json", "--netns", h.host_ns, "--port", str(load.PORT),
-                                    "--max-rate", str(rate)], stdout=f, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + slow(30)
-            while out.stat().st_size == 0 and p.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)        # the start record: every probe is attached
-            clients = h.start(seconds=seconds, clients=2, timeout=3.0)     # a busy machine is slow, not failing
-            peak = 0.0
-            while any(c.poll() is None for c in clients.procs):
-                peak = max(peak, hwm_mb(p.pid))
-                time.sleep(0.5)
-            totals = clients.wait()
-            time.sleep(slow(1.5))       # the last connections' replies read and finished
-            peak = max(peak, hwm_mb(p.pid))
-            p.send_signal(signal.SIGINT)
-            _, err = p.communicate(timeout=slow(60))
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert p.returncode == 0, err
-    summary = json.loads(out.read_text().splitlines()[-1])
-    assert summary["type"] == "summary"
-    return peak, summary, totals
-
-
 @pytest.mark.parametrize("rate", [0, 20, 2000])
 def test_watch_is_bounded_and_exact_under_load(busy, rate, tmp_path):
     """Two clients at thousands of connections a second through a healthy lab host, none failing: watch
@@ -97,7 +56,10 @@ def test_watch_is_bounded_and_exact_under_load(busy, rate, tmp_path):
     connection the clients made (admitted and followed to an outcome, or counted as not followed), and
     gives no followed connection a failing outcome. SIGINT under load prints the summary, exit 0."""
     h = busy()
-    peak, summary, totals = _watch_under_load(h, rate, slow(8), tmp_path)
+    w = h.watch(rate, slow(8), str(tmp_path / "watch.jsonl"))
+    assert w["exit"] == 0, w["stderr"]
+    peak, summary, totals = w["peak_mb"], w["summary"], w["clients"]
+    assert summary["type"] == "summary"
     assert totals["failed"] == 0 and totals["ok"] > 2000, totals
     assert peak < BUDGET_MB, "peak RSS %.1f MB" % peak
     assert summary["lost_events"] == 0

@@ -123,6 +123,15 @@ print(json.dumps({"ok": ok, "failed": failed, "errors": errors, "made": made, "s
 """
 
 
+def _hwm_mb(pid) -> float:
+    """A process's peak resident memory (VmHWM) in MB; 0 once it is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024.0
+    except (OSError, StopIteration):
+        return 0.0
+
+
 class Clients:
     """Client processes running; wait() gives their totals (rate: successful connections a second)."""
 
@@ -261,6 +270,36 @@ class LoadHost:
         return Clients([subprocess.Popen(["ip", "netns", "exec", self.inst.client_ns, sys.executable, "-c", CLIENT, *args],
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                         for _ in range(clients)])
+
+    def watch(self, rate: int, seconds: float, out_path: str, clients: int = 2, settle: float = 1.5) -> dict:
+        """`dnattrace watch --json --max-rate RATE` on this host while `clients` clients run for `seconds`;
+        SIGINT (the user's Ctrl-C) `settle` seconds after they are done. {"exit", "stderr", "peak_mb"
+        (VmHWM, sampled twice a second and at the end), "summary" (watch's JSON summary), "clients"}."""
+        with open(out_path, "w") as f:
+            p = subprocess.Popen([sys.executable, "-m", "dnattrace.cli", "watch", "--json", "--netns", self.host_ns,
+                                  "--port", str(PORT), "--max-rate", str(rate)], stdout=f, stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + 60
+                while os.path.getsize(out_path) == 0 and p.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)        # the start record: every probe is attached
+                load = self.start(seconds=seconds, clients=clients, timeout=3.0)
+                peak = 0.0
+                while any(c.poll() is None for c in load.procs):
+                    peak = max(peak, _hwm_mb(p.pid))
+                    time.sleep(0.5)
+                totals = load.wait()
+                time.sleep(settle)          # the last connections' replies read and finished
+                peak = max(peak, _hwm_mb(p.pid))
+                p.send_signal(signal.SIGINT)
+                _, err = p.communicate(timeout=120)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        with open(out_path) as f:
+            last = f.read().rstrip("\n").rsplit("\n", 1)[-1]
+        summary = json.loads(last) if last.startswith("{") else {}
+        return {"exit": p.returncode, "stderr": err, "peak_mb": peak, "summary": summary, "clients": totals}
 
     def run(self, seconds: float, **kw) -> dict:
         """start() and wait(): the clients' totals."""
