@@ -101,6 +101,36 @@ def test_probe_makes_its_own_traffic_and_cleans_up(lab_instance):
     assert not {n for n in after - before if n.startswith("dp")}, "the probe namespace is removed"
 
 
+def test_two_probes_side_by_side_judge_their_own_attempts(lab_instance):
+    """Two `diagnose --probe` at once on one host: each on a network of its own (no namespace in sight
+    uses it), and each judges only its own attempts, told by their tuple (it once reported the other's
+    SYN)."""
+    inst = lab_instance("forwarding-off")
+    args = CLI + ["diagnose", "--json", "--probe", "--port", str(inst.target_port), "--netns", inst.host_ns,
+                  "--timeout", str(slow(8))]
+    ps = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    records = []
+    for p in ps:
+        out, err = p.communicate(timeout=slow(60))
+        lines = [json.loads(l) for l in out.splitlines() if l.strip()]
+        assert p.returncode == 1 and lines[-1]["top_cause"] == "forwarding-off", err
+        records.append(lines)
+    clients = [r[0]["probe_client"] for r in records]
+    assert clients[0] != clients[1]
+    for client, r in zip(clients, records):
+        assert r[-1]["connection"]["key"]["src"] == client
+        assert {s["tuple"]["src"] for s in r[-1]["journey"]["steps"] if s.get("tuple")} == {client}
+
+
+def test_probe_network_overlaps_nothing_in_use():
+    import ipaddress
+    used = [ipaddress.ip_network("203.0.113.%d/30" % (4 * i)) for i in range(1, 63) if i != 9]
+    assert probeclient.free_network(4, used) == ("203.0.113.37", "203.0.113.38", 30)
+    assert probeclient.free_network(4, [ipaddress.ip_network("0.0.0.0/0")])[2] == 30, "a default route is no use"
+    with pytest.raises(Exception, match="taken"):
+        probeclient.free_network(4, [ipaddress.ip_network("203.0.113.0/24")])
+
+
 def test_no_traffic_says_the_fault_is_before_the_host(lab_instance):
     inst = lab_instance("healthy")
     args = CLI + ["diagnose", "--port", "8080", "--netns", inst.host_ns, "--timeout", "1.5"]

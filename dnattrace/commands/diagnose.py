@@ -60,7 +60,7 @@ def diagnose(ctx, port, container, proto, netns, timeout, probe, family, do_fix,
     traffic = (lambda: client.start_attempts(t.port, count=2, timeout=1.0)) if client else None
     try:
         res = dg.run(t, timeout=timeout, traffic=traffic, on_ready=lambda: _ready(t, timeout, as_json, client),
-                     local=local)
+                     local=local, client=client.client_addr if client else None)
     finally:
         if client:
             client.down()

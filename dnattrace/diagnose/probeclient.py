@@ -1,14 +1,17 @@
 """`diagnose --probe`: make the attempts ourselves from a temporary namespace attached to the host by a
 veth, for when no client is at hand. The namespace, the veth and the addresses (a /30 from 203.0.113.0/24,
-or with family 6 a /64 of 2001:db8:ffff::/48, documentation ranges) are removed afterwards whatever happens; each is recorded before it is made
+or with family 6 a /64 of 2001:db8:ffff::/48, documentation ranges, one no namespace in sight uses:
+free_network) are removed afterwards whatever happens; each is recorded before it is made
 (dnattrace.netns.record), so what a SIGKILLed run left is removed by the next one."""
 from __future__ import annotations
 
+import ipaddress
 import random
 import subprocess
 import sys
 from typing import Optional
 
+from dnattrace.errors import UsageError
 from dnattrace.netns import build as net, record
 
 _CONNECT = """
@@ -38,6 +41,47 @@ def stop(proc: Optional[subprocess.Popen]):
         proc.wait()
 
 
+def in_use(family: int, host_netns: Optional[str] = None) -> list:
+    """The networks this machine's namespaces already use, as far as can be seen: every address (with its
+    prefix) in the current namespace, the host's and every named one (`ip netns`: the lab's, another
+    --probe's), and the host's routes. A --probe network must overlap none of them: a second --probe
+    beside this one, or a real network in 203.0.113.0/24, would otherwise share its addresses."""
+    spaces = [None, host_netns] + [line.split()[0] for line in net.run(["ip", "netns", "list"], check=False)
+                                                                   .stdout.splitlines() if line.strip()]
+    nets = []
+    for ns in dict.fromkeys(spaces):
+        cmd = (["nsenter", "--net=%s" % ns] if ns and ns.startswith("/") else []) + ["ip", "-o", "-%d" % family, "addr", "show"]
+        out = net.run(cmd, netns=ns if ns and not ns.startswith("/") else None, check=False).stdout
+        nets += [ipaddress.ip_interface(w[w.index("inet") + 1 if "inet" in w else w.index("inet6") + 1]).network
+                 for w in (line.split() for line in out.splitlines()) if "inet" in w or "inet6" in w]
+    route = (["nsenter", "--net=%s" % host_netns] if host_netns else []) + ["ip", "-%d" % family, "route", "show"]
+    for line in net.run(route, check=False).stdout.splitlines():
+        dst = line.split()[0] if line.strip() else "default"
+        if dst != "default":
+            try:
+                nets.append(ipaddress.ip_network(dst, strict=False))
+            except ValueError:
+                pass
+    return nets
+
+
+def free_network(family: int, used: list) -> tuple[str, str, int]:
+    """(host address, client address, prefix length) of a network no `used` one overlaps: a /30 of
+    203.0.113.0/24, or a /64 of 2001:db8:ffff::/48, documentation ranges, chosen at random among the free
+    ones. UsageError when every one is taken."""
+    if family == 6:
+        candidates = ["2001:db8:ffff:%x::/64" % i for i in random.sample(range(1, 0xffff), 512)]
+    else:
+        candidates = ["203.0.113.%d/30" % (4 * i) for i in random.sample(range(1, 63), 62)]
+    for cidr in candidates:
+        n = ipaddress.ip_network(cidr)
+        if not any(n.overlaps(u) for u in used if u.version == n.version and u.prefixlen > 0):
+            hosts = list(n.hosts()) if family == 4 else [n[1], n[2]]
+            return str(hosts[0]), str(hosts[1]), n.prefixlen
+    raise UsageError("--probe: every network it may use (%s) is taken on this machine"
+                     % ("2001:db8:ffff::/48" if family == 6 else "203.0.113.0/24"))
+
+
 class ProbeClient:
     """A throw-away client namespace: up() builds it, attempts() connects, down() removes it."""
 
@@ -48,14 +92,7 @@ class ProbeClient:
         self.family = family
         token = net.unique("dp")
         self.ns, self.host_if, self.peer_if = token, token + "h", token + "p"
-        if family == 6:
-            net64 = "2001:db8:ffff:%x::" % random.randrange(1, 0xffff)
-            self.host_addr, self.client_addr, self.plen = net64 + "1", net64 + "2", 64
-        else:
-            base = 4 * random.randrange(1, 63)
-            self.host_addr = "203.0.113.%d" % (base + 1)
-            self.client_addr = "203.0.113.%d" % (base + 2)
-            self.plen = 30
+        self.host_addr, self.client_addr, self.plen = free_network(family, in_use(family, host_netns))
         self._proc = None
         self._record = record.Record(self.ns)
 

@@ -100,15 +100,16 @@ def _wait_needed(builder) -> float:
 
 def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
         traffic: Optional[Callable[[], None]] = None, on_ready: Optional[Callable[[], None]] = None,
-        caps=None, local=None) -> Result:
+        caps=None, local=None, client: Optional[str] = None) -> Result:
     """Watch until an attempt is decided or `timeout` passes. An attempt seen in time whose reply may
     still fail (_wait_needed) is followed up to REPLY_WAIT_S past the timeout: cut off, a reply parked
     on a neighbour would be neither answer nor drop. Once the probes are attached, on_ready() is called
-    (to tell the user or a script), then traffic() (to make attempts: demo, --probe)."""
+    (to tell the user or a script), then traffic() (to make attempts: demo, --probe). client: follow only
+    the attempts from this address (--probe's own)."""
     res = Result(target=t)
     before = forked.lookup(snap.Snapshot.take, t.host_netns, t.container_netns, t, counters_only=True)
     start = time.monotonic()
-    follower = Follower(t, caps=caps, max_new=MAX_NEW, local=local)
+    follower = Follower(t, caps=caps, max_new=MAX_NEW, local=local, only_client=client)
     with follower:
         if on_ready:
             on_ready()

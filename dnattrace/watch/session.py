@@ -42,12 +42,15 @@ class Follower:
     """Run the watch tracer for a Target and call on_journey(journey, connection) as packets finish."""
 
     def __init__(self, target, all_packets=False, idle_s=1.0, caps=None, pcap=None, max_new=0,
-                 hook_detail=False, local=None, bounded=False, tracer=None):
+                 hook_detail=False, local=None, bounded=False, tracer=None, only_client=None):
         """local: the watched namespaces' addresses when the caller already read them
         (resolve_with_addresses); else start() reads them. bounded: a long watch keeps its memory
         bounded (journeys trimmed once handed out, at most MAX_LIVE connections kept whole). tracer: a
         WatchTracer made (and loading, load_early) before the target was known, with the same options."""
         self.target = target
+        # diagnose --probe: its own attempts only, told by their tuple (the probe's client address); another
+        # --probe beside it, or the port's other clients, are not its attempts
+        self.only_client = only_client
         filters = [FilterEntry(*e) for e in target.endpoints()]
         if tracer is None:
             tracer = WatchTracer(filters, target.netns_paths(), all_packets=all_packets, capture=pcap is not None,
@@ -94,6 +97,8 @@ class Follower:
         """Keep journeys that entered a watched namespace; settle their route decisions there: a
         destination that is not one of the namespace's addresses must be forwarded."""
         if not any(s.netns in self._inodes for s in j.steps):
+            return False
+        if self.only_client and not any(self.only_client in (t.src, t.dst) for t in j.tuples()):
             return False
         family = next((st.tuple.family for st in j.steps if st.tuple), 4)
         j.unobservable = self.unobservable6 if family == 6 else self.unobservable
