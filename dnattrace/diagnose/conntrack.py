@@ -7,9 +7,9 @@ import ipaddress
 from typing import Optional
 
 from dnattrace import model
-from dnattrace.model import NF
+from dnattrace.model import NF, ROUTE
 from dnattrace.evidence import conntrack as ct_stats
-from dnattrace.evidence import firewall
+from dnattrace.evidence import firewall, sysctl
 from dnattrace.evidence.firewall import CounterMove
 from dnattrace.diagnose.facts import Facts, global_address, not_dnated, other_family
 from dnattrace.diagnose.replay import PERSIST, Cause, Match, Replay
@@ -255,6 +255,18 @@ def match_reply_not_unnated(f: Facts) -> Optional[Match]:
     crossed = any(st.netns == f.snapshot.host.inode for st in f.journey.steps)
     s.add(2, not crossed, "" if crossed else "the reply did not pass through %s, where the DNAT was done"
           % f.snapshot.host.name)
+    host = f.snapshot.host
+    key = "net.bridge.bridge-nf-call-%s" % ("ip6tables" if f.family == 6 else "iptables")
+    routed = any(st.point == ROUTE and st.netns == host.inode for st in f.journey.steps)
+    if crossed and not routed and sysctl.as_int(host.sysctls, key) == 0:
+        # bridged between two ports of the host's bridge, never routed: only br_netfilter would have shown
+        # it to conntrack, which undoes the DNAT
+        s.add(3, True, "the reply was bridged in %s without a route decision, and %s = 0" % (host.name, key))
+        return Match(s, "The reply was bridged straight back (client and service on the same bridge of %s) with "
+                        "%s = 0, so netfilter never sees it and conntrack cannot undo the DNAT: the client gets a "
+                        "reply from %s:%d, which it never connected to." % (host.name, key, src[0], src[1]),
+                     [host.prefix() + "sysctl -w %s=1" % key], PERSIST,
+                     obj="sysctl %s in %s" % (key, host.name))
     return Match(s, "The reply reached the client without its NAT undone (from %s:%d): it took a path that "
                     "avoids the host that did the DNAT, or conntrack there lost the entry. Route the replies "
                     "back through that host (or SNAT the requests so they must come back)." % src).at("the path of the replies (they avoid %s)" % f.snapshot.host.name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Optional
 
-from dnattrace.model import Connection
+from dnattrace.model import DROP, Connection, Journey, Step
 from dnattrace.evidence.snapshot import Delta, Snapshot
 from dnattrace.diagnose.catalogue import CATALOGUE
 from dnattrace.diagnose.facts import Facts, failing, other_family_line, representative, silent_after_data  # noqa: F401 (the API)
@@ -138,15 +138,53 @@ def _share(found: list[Finding], groups: dict, total: int, failed: int, seconds:
             if dests else ""))
 
 
+# Drops that end a connection's life normally (its socket closed with data queued, duplicates of data
+# already received), not failures of the conversation
+BENIGN_REASONS = ("SOCKET_CLOSE", "QUEUE_PURGE", "TCP_OLD_DATA", "TCP_OLD_ACK", "TCP_OLD_SEQUENCE",
+                  "TCP_INVALID_SEQUENCE", "TCP_CLOSE", "TCP_ZEROWINDOW", "TCP_OFOMERGE")
+
+
+def stray_failures(connections: list[Connection], snapshot: Snapshot, stray_drops: list[dict]) -> list[Connection]:
+    """Failures the followed packets did not show: when every followed connection looks answered, the
+    port's packets that were dropped unfollowed (watch follows a connection's handshake and first data
+    packet each way; the rest of the conversation, and connections over the rate, are only counted by
+    site) in the namespaces diagnose reads. Each site becomes a connection whose one journey is that
+    drop, so the replays run on it: a conversation whose later packets die is not healthy."""
+    watched = {e.inode for e in snapshot.namespaces()}
+    sites = [d for d in stray_drops if d.get("netns_inode") in watched and d.get("count", 0) >= 2
+             and d.get("reason") not in BENIGN_REASONS]
+    key = next((c.key for c in connections if c.key is not None), None)
+    out = []
+    for d in sites:
+        step = Step(ts_ns=0, point=DROP, netns=d["netns_inode"], netns_name=d.get("netns", ""),
+                    location=d.get("location", ""), reason=d.get("reason", "") if d.get("reason") != "UNKNOWN" else "",
+                    reason_inferred=d.get("reason_inferred") or None)
+        c = Connection(key=key, requests=[Journey(skb=0, steps=[step])])
+        c.stray = d.get("count", 0)
+        out.append(c)
+    return out
+
+
 def explain(connections: list[Connection], snapshot: Snapshot, delta: Optional[Delta] = None,
-            seconds: Optional[float] = None) -> list[Finding]:
+            seconds: Optional[float] = None, stray_drops: Optional[list[dict]] = None) -> list[Finding]:
     """Ranked findings for the failing connections (most connections, then highest confidence first), each
     with the alternatives its replay ruled out; a failure no cause explains gives an "unexplained" finding
     with the kernel's word. Healthy connections give none; with no connection at all, "nothing arrived" and
     then what the evidence alone suggests (confidence at most 0.5)."""
     failures = [c for c in connections if failing(c)]
-    if connections and not failures:
+    stray = stray_failures(connections, snapshot, stray_drops or []) if connections and not failures else []
+    if connections and not failures and not stray:
         return []
+    if stray:
+        out = []
+        for c in stray:
+            fs = _explain_one(Facts(c, snapshot, delta))
+            fs[0].evidence.insert(0, "every followed connection was answered, but %d of this port's packets "
+                                     "were dropped at %s while not followed (later packets of a conversation, "
+                                     "or connections over the rate): intermittent, or the conversation stalls"
+                                  % (c.stray, c.requests[0].steps[0].location))
+            out.append(fs[0])
+        return out
     if not failures:     # nothing arrived: that is the finding; the host's own state may suggest why
         suspicions, _ = replay(Facts(None, snapshot, delta), EVIDENCE_ONLY_CAP)
         return [nothing_arrived(snapshot)] + suspicions

@@ -72,6 +72,23 @@ class Facts:
             return None
         return attribution.attribute(self.journey, self.ns, self.nsdelta)
 
+    def holder(self, addr: str):
+        """(looked, evidence): whether the holder of addr was looked for on this host, and its namespace's
+        evidence (None: no namespace on this host holds it)."""
+        if addr in self.snapshot.holders:
+            return True, self.snapshot.holders[addr]
+        c = self.snapshot.container
+        if c is not None and c.has_address(addr):
+            return True, c
+        return False, None
+
+    def way_to(self, holder, addr: str):
+        """The link of this namespace that leads to the holder of addr: its veth peer here, or the bridge
+        that peer is a port of. None when the holder's link has no peer here."""
+        mine = next((l for l in holder.links if any(c.split("/")[0] == addr for c in l.addresses)), None)
+        peer = next((l for l in self.ns.links if mine and mine.peer and l.index == mine.peer), None)
+        return self.ns.link(peer.master) if peer is not None and peer.master else peer
+
     def _last(self, point, same_ns=False) -> Optional[Step]:
         if not self.journey:
             return None

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from dnattrace.diagnose.facts import Facts
+from dnattrace.diagnose.facts import Facts, drop_moves
 from dnattrace.diagnose.replay import Cause, Match, Replay
-
-
-def _holder(f: Facts, addr: str):
-    """(looked, evidence): whether anyone was looked for as the holder of addr, and the holder's namespace
-    evidence (None: no namespace on this host holds it)."""
-    if addr in f.snapshot.holders:
-        return True, f.snapshot.holders[addr]
-    c = f.snapshot.container
-    if c is not None and c.has_address(addr):
-        return True, c
-    return False, None
 
 
 def _path_break(f: Facts, holder, addr: str, oif: str):
@@ -57,7 +46,7 @@ def match_neigh_failed(f: Facts) -> Optional[Match]:
     if t.dnat_rule:
         s.note("DNAT rule: %s" % t.dnat_rule)
     on = " on %s" % oif if oif else ""
-    looked, holder = _holder(f, addr)
+    looked, holder = f.holder(addr)
     if not looked:
         s.unknown(2, "which namespace on this host holds %s" % addr)
         return Match(s, "Nothing at %s answers ARP%s: the address the packet is sent to is wrong or its holder "
@@ -71,6 +60,20 @@ def match_neigh_failed(f: Facts) -> Optional[Match]:
                      % (addr, on, addr), obj="the NAT target %s (%s)" % (addr, t.dnat_rule or "DNAT rule"))
     s.add(2, True, "%s holds %s" % (holder.name, addr))
     broken = _path_break(f, holder, addr, oif)
+    nd_drops = drop_moves(f, "INPUT") if f.family == 6 else []
+    if broken is None and nd_drops:
+        # NDP runs over ICMPv6, so the neighbour's advertisement crosses this namespace's INPUT hook (ARP
+        # does not: iptables never sees it)
+        m = nd_drops[0]
+        s.add(3, True, "%s (counter moved during the capture: the neighbour advertisements arrive as ICMPv6 "
+                       "and are dropped on INPUT)" % m)
+        accept = [f.ns.prefix() + "ip6tables -I %s -p ipv6-icmp --icmpv6-type %s -j ACCEPT" % (m.chain, t)
+                  for t in ("neighbour-advertisement", "neighbour-solicitation")]
+        return Match(s, "%s holds %s, but its neighbour advertisements are dropped by %s in %s (NDP is ICMPv6, "
+                        "so it crosses INPUT), so %s never resolves it." % (holder.name, addr, m, f.ns.name, addr),
+                     accept, "or whatever accepts ICMPv6 on the uplink only: accept it on %s too" % (oif or "the bridge"),
+                     m, obj="ip6tables filter %s %s in %s" % (m.chain, "policy" if m.policy else "rule " + m.rule,
+                                                               f.ns.name))
     if broken is None:
         s.unknown(3, "why %s in %s does not answer ARP (arp_ignore, an arp-family or bridge filter)"
                   % (addr, holder.name))
@@ -123,6 +126,6 @@ def _refute_neigh_failed(f: Facts) -> Optional[str]:
 
 CAUSES = (
     Cause("neigh-failed", "The next hop does not answer ARP", match_neigh_failed,
-          defers_to=("reply-policy-route", "bridge-port-down", "stale-nat-target"), refute=_refute_neigh_failed),
+          defers_to=("reply-policy-route", "bridge-port-down", "stale-nat-target", "misrouted"), refute=_refute_neigh_failed),
     Cause("bridge-port-down", "The container's bridge port is down", match_bridge_port_down),
 )

@@ -170,6 +170,8 @@ def match_foreign_nft_drop(f: Facts) -> Optional[Match]:
     rv = _decided(f)
     if rv is not None and _iptables_filter(rv.chain):
         s.contradict("the base chain that dropped it is %s" % rv.chain)
+    elif rv is not None and rv.rule and not rv.policy:
+        s.contradict("a rule of %s dropped it, not the chain's policy: %s" % (rv.chain, rv.rule))
     if dropped_by_iptables:
         s.contradict("%s (counter moved: iptables' own filter table dropped it)" % dropped_by_iptables[0])
     s.add(2, True, "%s (counter moved during the capture: iptables accepted it)"

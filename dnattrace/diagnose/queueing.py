@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Optional
 
 from dnattrace.model import ROUTE
-from dnattrace.evidence.firewall import DROP_TARGETS, CounterMove
+from dnattrace.evidence.firewall import DROP_TARGETS
 from dnattrace.diagnose.facts import Facts, host_steps
 from dnattrace.diagnose.replay import Cause, Match, Replay
 
 
-def _icmp_drop_moves(f: Facts) -> list[CounterMove]:
-    """DROP/REJECT rules of the filter table that match ICMP and counted packets during the capture."""
-    return [m for m in f.moves() if m.table in ("filter", "ip filter") and m.target in DROP_TARGETS
+def _icmp_drop_moves(f: Facts) -> list[tuple]:
+    """DROP/REJECT rules of the filter table that match ICMP (ICMPv6 for IPv6) and counted packets during the
+    capture, in any namespace read: the error can be filtered on its way back, in the container too."""
+    return [(d, m) for d in (f.delta.namespaces if f.delta else []) for m in d.moves
+            if m.family == f.family and m.table in ("filter", "ip filter") and m.target in DROP_TARGETS
             and not m.policy and "icmp" in m.rule.lower()]
 
 
@@ -32,21 +34,30 @@ def match_pmtu_blackhole(f: Facts) -> Optional[Match]:
           "of the reply was dropped (the connection stalls after it is established)")
     smaller = oif is not None and oif.mtu and (inl is None or not inl.mtu or oif.mtu < inl.mtu)
     s.add(2, smaller, "MTU: %s %s, %s %s" % (f.ingress or "?", inl.mtu if inl else "?", oif.name, oif.mtu) if oif else "")
-    s.add(3, bool(icmp), "%s (counter moved: the ICMP \"fragmentation needed\" that would tell the sender "
-                         "to send smaller packets is dropped)" % icmp[0] if icmp else "")
+    v6 = f.family == 6
+    error = "ICMPv6 \"packet too big\"" if v6 else "ICMP \"fragmentation needed\""
+    s.add(3, bool(icmp), "%s in %s (counter moved: the %s that would tell the sender to send smaller packets "
+                         "is dropped)" % (icmp[0][1], icmp[0][0].name, error) if icmp else "")
     s.add(1, fails > 0, "IpFragFails +%d in %s" % (fails, f.ns.name))
-    clamp = f.ns.prefix() + "iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
+    tool = "ip6tables" if v6 else "iptables"
+    clamp = f.ns.prefix() + "%s -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu" % tool
     if icmp:
-        fix = [f.ns.prefix() + "iptables -I %s -p icmp --icmp-type fragmentation-needed -j ACCEPT" % icmp[0].chain]
+        d, m = icmp[0]
+        prefix = "nsenter --net=%s " % d.netns if d.netns else ""
+        fix = [prefix + ("ip6tables -I %s -p ipv6-icmp --icmpv6-type packet-too-big -j ACCEPT" if v6 else
+                         "iptables -I %s -p icmp --icmp-type fragmentation-needed -j ACCEPT") % m.chain]
         note = "or, a workaround where ICMP cannot be let through: " + clamp
     else:
-        fix, note = [clamp], "a workaround (cure: let ICMP type 3 code 4 through wherever it is dropped)"
-    return Match(s, "A path MTU black hole: packets of %d+ bytes must leave %s by %s (MTU %s) and cannot be "
-                    "fragmented, so the kernel drops them and answers with ICMP \"fragmentation needed\"%s. The "
-                    "handshake and small packets pass; the large data never arrives."
-                 % ((oif.mtu + 1) if oif and oif.mtu else 0, f.ns.name, oif.name if oif else "?",
-                    oif.mtu if oif else "?", ", which is dropped" if icmp else ", which does not reach the sender"),
-                 fix, note, icmp[0] if icmp else None).at("ICMP rule %s in %s" % (icmp[0].rule, f.ns.name) if icmp else "MTU of %s in %s" % (oif.name if oif else "?", f.ns.name))
+        fix, note = [clamp], "a workaround (cure: let the %s through wherever it is dropped)" % error
+    mtu = oif.mtu if oif else "?"
+    return Match(s, "A path MTU black hole: packets of %s+ bytes must leave %s by %s (MTU %s) and %s, so the kernel "
+                    "drops them and answers with %s%s. The handshake and small packets pass; the large data never "
+                    "arrives." % ((oif.mtu + 1) if oif and oif.mtu else "?", f.ns.name, oif.name if oif else "?", mtu,
+                                  "IPv6 routers never fragment" if v6 else "cannot be fragmented", error,
+                                  ", which is dropped in %s" % icmp[0][0].name if icmp else ", which does not reach the sender"),
+                 fix, note, icmp[0][1] if icmp else None).at(
+        "%s rule %s in %s" % (tool, icmp[0][1].rule, icmp[0][0].name) if icmp else
+        "MTU of %s in %s" % (oif.name if oif else "?", f.ns.name))
 
 
 PROG_HOOKS = {"TC_INGRESS": "tc-ingress", "TC_EGRESS": "tc-egress", "XDP": "xdp"}
@@ -103,6 +114,11 @@ def match_qdisc_drop(f: Facts) -> Optional[Match]:
     dev = f.drop.ifname
     s = Replay()
     s.add(3, True, f.drop_line() + (" on %s" % dev if dev else ""))
+    link = f.ns.link(dev) if dev else None
+    noop = [q for q in f.ns.qdiscs if q["dev"] == dev and q["kind"] == "noop"]
+    if noop or (link is not None and (not link.up or link.state in ("DOWN", "LOWERLAYERDOWN"))):
+        s.contradict("%s cannot send (%s): its qdisc drops whatever is routed to it; the route, not a queue, "
+                     "decided" % (dev, "noop qdisc" if noop else "state %s" % (link.state or "down")))
     moved = {k: n for k, n in (f.nsdelta.qdisc_drops if f.nsdelta else {}).items() if not dev or k.split()[0] == dev}
     mine = [q for q in f.ns.qdiscs if q["dev"] == dev] if dev else []
     if moved:
@@ -126,5 +142,5 @@ def match_qdisc_drop(f: Facts) -> Optional[Match]:
 CAUSES = (
     Cause("pmtu-blackhole", "Path MTU black hole: large packets dropped, ICMP filtered", match_pmtu_blackhole),
     Cause("bpf-prog-drop", "A tc or XDP program drops it", match_bpf_prog_drop),
-    Cause("qdisc-drop", "A qdisc drops it", match_qdisc_drop),
+    Cause("qdisc-drop", "A qdisc drops it", match_qdisc_drop, defers_to=("misrouted",)),
 )

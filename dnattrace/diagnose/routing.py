@@ -94,15 +94,11 @@ def _lost_address(f: Facts, dst: str):
     """The host link that should carry the connected route to dst and holds no address on its subnet:
     the holder of dst (the container) reaches the host through a veth whose peer here is a port of that
     bridge, and its default gateway is the address the bridge had. (link, gateway/len) or None."""
-    holder = f.snapshot.holders.get(dst) or (f.snapshot.container if f.snapshot.container is not None
-                                             and f.snapshot.container.has_address(dst) else None)
-    if holder is None:
-        return None
-    mine = next((l for l in holder.links if any(c.split("/")[0] == dst for c in l.addresses)), None)
-    peer = next((l for l in f.ns.links if mine and mine.peer and l.index == mine.peer), None)
-    carrier = f.ns.link(peer.master) if peer is not None and peer.master else peer
+    _looked, holder = f.holder(dst)
+    carrier = f.way_to(holder, dst) if holder is not None else None
     if carrier is None:
         return None
+    mine = next(l for l in holder.links if any(c.split("/")[0] == dst for c in l.addresses))
     net = next(ipaddress.ip_interface(c).network for c in mine.addresses if c.split("/")[0] == dst)
     if any(ipaddress.ip_interface(c).ip in net for c in carrier.addresses):
         return None
@@ -374,6 +370,82 @@ def match_reply_policy_route(f: Facts) -> Optional[Match]:
                       "(iptables -t mangle ... CONNMARK --set-mark / --restore-mark; ip rule add fwmark 1 lookup main)").at("ip rule %d: %s in %s" % (rule + (f.ns.name,)) if rule else "table %d in %s" % (rt.route.table, f.ns.name))
 
 
+def _cannot_send(link) -> bool:
+    """A device that drops whatever is queued to it: down, or up without a carrier (a tun no process has
+    open: its qdisc stays noop)."""
+    return link is not None and (not link.up or link.state in ("DOWN", "LOWERLAYERDOWN", "NOTPRESENT"))
+
+
+def match_misrouted(f: Facts) -> Optional[Match]:
+    """The route decision sent the packet away from where its destination is: to a device that cannot send,
+    or by another link than the one that leads to the namespace holding the destination. Replayed through
+    the policy rules with the packet's own keys, the rule and table that chose that path are named."""
+    if not f.seen or f.route is None or f.route.route is None or f.route.route.err or not f.route.route.oif:
+        return None
+    if f.journey.outcome in ("delivered", "sent") and f.conn is not None and not f.conn.replies:
+        pass                # sent out of the wrong link: the failure shows as no reply
+    elif f.drop is None:
+        return None
+    r = f.route.route
+    dst, src, iif = _packet_keys(f)
+    out = f.ns.link(r.oif)
+    looked, holder = f.holder(dst) if dst else (False, None)
+    way = f.way_to(holder, dst) if holder is not None else None
+    dead = _cannot_send(out)
+    # the route's device holding an address on dst's subnet is the connected route, right as a route: then
+    # the holder's attachment is what is astray (layer2's to say)
+    connected = out is not None and any(ipaddress.ip_address(dst) in ipaddress.ip_interface(c).network
+                                        for c in out.addresses)
+    astray = way is not None and way.name != r.oif and not connected
+    if not (dead or astray):
+        return None
+    s = Replay()
+    s.add(2, f.drop is not None, f.drop_line())
+    s.add(3, True, "route %s from %s iif %s -> dev %s%s (table %d)" % (dst, src or "?", iif or "?", r.oif,
+                                                                       " via %s" % r.gateway if r.gateway else "", r.table))
+    if dead:
+        s.add(2, True, "%s cannot send: %s%s" % (r.oif, "administratively down" if not out.up else "state " + out.state,
+                                                 " (no carrier)" if out.up else ""))
+    if astray:
+        s.add(3, True, "%s holds %s, reached here by %s, not by %s" % (holder.name, dst, way.name, r.oif))
+    elif not looked:
+        s.unknown(1, "which namespace on this host holds %s" % dst)
+    w = policy.walk(f.ns.rule_list, f.ns.table_routes, dst, src, iif) if f.ns.rule_list else None
+    if w is not None and w.rule is not None and w.by_policy:
+        rule = policy.rule_text(w.rule)
+        s.add(2, True, "ip rule %s chose table %s: %s" % (rule, w.table or w.verdict, policy.route_text(w.route)))
+        without = policy.walk(f.ns.rule_list, f.ns.table_routes, dst, src, iif, skip=(w.rule["priority"],))
+        fix = None
+        if without.verdict == "route" and (way is None or without.route.get("dev") == way.name):
+            fix = [f.ns.prefix() + "ip %srule add from %s to %s iif %s lookup %s pref %d"
+                   % ("-6 " if f.family == 6 else "", src or "all", dst, iif, without.table,
+                      max(1, w.rule["priority"] - 1))]
+        return Match(s, "Policy routing sends the packet for %s out of %s: ip rule %s sends the lookup to table %s, "
+                        "whose route%s%s, instead of %s." % (
+                            dst, r.oif, rule, w.table, " covers %s" % w.route.get("dst") if w.route else "",
+                            " (%s cannot send)" % r.oif if dead else "",
+                            "by %s to %s" % (way.name, holder.name) if way else "where the destination is"),
+                     fix, "or narrow the rule (or the table's route) so it does not take this traffic",
+                     obj="ip rule %s and table %s in %s" % (rule, w.table, f.ns.name))
+    if w is None:
+        s.unknown(2, "the policy rules and route tables of %s" % f.ns.name)
+    lost = _lost_address(f, dst) if astray else None
+    if lost is not None:
+        link, cidr = lost
+        s.add(2, True, "%s holds no address on %s's subnet (%s is its gateway), so its connected route is gone"
+              % (link.name, dst, cidr))
+        return Match(s, "%s in %s has lost its address %s: the connected route to %s's subnet went with it, so "
+                        "the packet follows %s out of %s instead of %s." % (
+                            link.name, f.ns.name, cidr, dst, "the default route" if r.gateway else "another route",
+                            r.oif, link.name),
+                     [f.ns.prefix() + "ip addr add %s dev %s" % (cidr, link.name)],
+                     obj="the address of %s in %s" % (link.name, f.ns.name))
+    return Match(s, "The route for %s in %s leads out of %s%s%s." % (
+        dst, f.ns.name, r.oif, ", which cannot send" if dead else "",
+        ", not by %s where %s holds it" % (way.name, holder.name) if astray else ""),
+        obj="the route to %s in table %d of %s" % (dst, r.table, f.ns.name))
+
+
 def _refute_forwarding_off(f: Facts) -> Optional[str]:
     v = f.ns.sysctls
     if sysctl.forwarding_on(v, f.ingress or None, f.family):
@@ -400,6 +472,7 @@ def _refute_no_route(f: Facts) -> Optional[str]:
 CAUSES = (
     Cause("forwarding-off", "IP forwarding is off (for the packet's family)", match_forwarding_off,
           refute=_refute_forwarding_off),
+    Cause("misrouted", "The route sends it away from its destination", match_misrouted),
     Cause("no-route", "No route can deliver or forward it", match_no_route, defers_to=("link-down",),
           refute=_refute_no_route),
     Cause("rp-filter", "Reverse-path filtering drops it", match_rp_filter, refute=_refute_rp_filter),

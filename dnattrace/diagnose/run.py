@@ -48,6 +48,7 @@ class Result:
     first_failure_at: Optional[float] = None     # monotonic time the first failure was seen
     explained_at: Optional[float] = None         # monotonic time the findings were ready
     watched_s: float = 0.0
+    stray_drops: list[dict] = field(default_factory=list)   # the port's packets dropped while not followed
 
     @property
     def seen(self) -> bool:
@@ -146,6 +147,7 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
         res.watched_s = time.monotonic() - start
     res.lost_events = follower.lost_events
     res.connections = [c for c in follower.builder.connections if c.requests or c.replies]
+    res.stray_drops = list(follower.unfollowed_drops)
     first = next((j for c in res.connections for j in c.requests), None)
     ingress = client = None
     if first is not None:
@@ -157,26 +159,27 @@ def run(t: Target, timeout: float = 10.0, on_journey: Optional[Callable] = None,
     if hops:
         after.holders = forked.lookup(locate, hops, t.host_netns)
     res.snapshot = after
-    res.findings = engine.explain(res.connections, after, snap.diff(before, after), seconds=res.watched_s)
+    res.findings = engine.explain(res.connections, after, snap.diff(before, after), seconds=res.watched_s,
+                                  stray_drops=res.stray_drops)
     res.explained_at = time.monotonic()
     return res
 
 
 def _unanswered_next_hops(connections) -> list[str]:
-    """Addresses a failing packet was sent to and waited for at layer 2 (dropped as NEIGH_FAILED, or still
-    parked after its route decision): the layer-2 replay asks who on this host holds them."""
+    """Where failing packets were routed: each one's destination and its next hop (gateway), from its
+    last forward route decision. The layer-2 and routing replays ask who on this host holds them (the
+    path to the holder against the path the route took)."""
     out = set()
     for c in connections:
         if not engine.failing(c):
             continue
         for j in c.requests + c.replies:
-            d = j.drop
-            parked = d is None and j.outcome == "unfinished" and j.routes()
-            if (d is not None and (d.reason == "NEIGH_FAILED" or "neigh" in d.location)) or parked:
-                for st in reversed(j.routes()):
-                    if st.route and not st.route.reverse and (st.route.gateway or st.route.dst):
-                        out.add(st.route.gateway or st.route.dst)
-                        break
+            if j.outcome in ("delivered", "sent"):
+                continue
+            for st in reversed(j.routes()):
+                if st.route and not st.route.reverse and st.route.dst:
+                    out.update(a for a in (st.route.dst, st.route.gateway) if a)
+                    break
     return sorted(out)[:8]
 
 

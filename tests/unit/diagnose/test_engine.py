@@ -175,3 +175,19 @@ def test_a_connection_whose_events_were_lost_is_no_failure():
     c.requests[0].lost_events = 3
     assert c.outcome == "incomplete" and not engine.failing(c)
     assert engine.explain([c], snap()) == []
+
+
+def _answered():
+    return conn(*prerouting(), *forwarded(), s(XMIT, ifname="br0", tuple=T_NAT),
+                replies=[[s(RX, ifname="br0", tuple=T_NAT.reversed(), tcp_flags="SA"),
+                          s(XMIT, ifname="veth-ext", tuple=T_IN.reversed(), tcp_flags="SA")]])
+
+
+def test_the_ports_packets_dropped_unfollowed_make_an_answered_port_a_failure():
+    stray = [{"count": 12, "location": "__dev_queue_xmit+0x1", "function": "__dev_queue_xmit",
+              "reason": "QDISC_DROP", "netns": "host", "netns_inode": HOST, "proto": "tcp", "port": 8080}]
+    h = host(qdiscs=[{"dev": "br0", "kind": "tbf", "handle": "1:", "parent": "root", "drops": 12}])
+    found = engine.explain([_answered()], snap(h), stray_drops=stray)
+    assert found and found[0].evidence[0].startswith("every followed connection was answered, but 12 of")
+    assert engine.explain([_answered()], snap(h), stray_drops=[dict(stray[0], reason="SOCKET_CLOSE")]) == []
+    assert engine.explain([_answered()], snap(h), stray_drops=[dict(stray[0], netns_inode=99)]) == []

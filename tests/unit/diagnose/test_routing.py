@@ -149,3 +149,39 @@ def test_a_rule_selecting_on_a_mark_is_said_as_unread():
     rules = MAIN_RULES + [{"priority": 90, "src": "all", "fwmark": "0x1", "table": "7", "family": 4}]
     f = top(engine.explain([_no_route_conn()], snap(host(rule_list=rules, table_routes=MAIN_ROUTES[1:]))))
     assert f.cause_id == "no-route" and any("fwmark 0x1" in u for u in f.unread) and f.confidence < 1
+
+
+# --- a route that sends the packet away from its destination ------------------------------------------
+
+def _routed_away(oif, gw, drop_step):
+    steps = [*prerouting(), s(ROUTE, route=RouteInfo(254, oif=oif, dst=INNER, gateway=gw, local=False), tuple=T_NAT),
+             drop_step]
+    return conn(*steps)
+
+
+def test_a_bridge_that_lost_its_address_sends_the_packet_to_the_default_gateway_and_is_named():
+    links = [Link("veth-ext", 2, "UP", True, "veth", "", ["198.51.100.1/24"]),
+             Link("br0", 3, "UP", True, "bridge", "", []), Link("vethc", 7, "UP", True, "veth", "br0", [])]
+    holder = container(links=[Link("eth0", 2, "UP", True, "veth", "", ["172.17.0.2/16"], peer=7)],
+                       routes=["default via 172.17.0.1 dev eth0"])
+    c = _routed_away("veth-ext", "198.51.100.254", drop("neigh_invalidate+0x9c", "NEIGH_FAILED"))
+    sn = snap(host(links=links, neighbours=[{"addr": "198.51.100.254", "dev": "veth-ext", "state": "FAILED"}]))
+    sn.holders = {INNER: holder, "198.51.100.254": None}
+    f = top(engine.explain([c], sn))
+    assert f.cause_id == "misrouted" and f.fix == ["ip addr add 172.17.0.1/16 dev br0"]
+    assert "neigh-failed" not in [x.cause_id for x in engine.explain([c], sn)]
+
+
+def test_a_policy_rule_sending_the_packet_into_a_device_without_carrier_is_named_not_its_queue():
+    links = [Link("veth-ext", 2, "UP", True, "veth", "", ["198.51.100.1/24"]),
+             Link("br0", 3, "UP", True, "bridge", "", ["172.17.0.1/16"]), Link("tun0", 9, "DOWN", True, "tun", "", [])]
+    rules = MAIN_RULES + [{"priority": 5200, "src": "all", "table": "52", "family": 4}]
+    routes = MAIN_ROUTES + [{"dst": "172.16.0.0/12", "dev": "tun0", "table": "52", "family": 4}]
+    c = _routed_away("tun0", "", s(DROP, location="__dev_queue_xmit+0x1", reason="QDISC_DROP", ifname="tun0",
+                                   tuple=T_NAT))
+    h = host(links=links, rule_list=rules, table_routes=routes,
+             qdiscs=[{"dev": "tun0", "kind": "noop", "handle": "0:", "parent": "root", "drops": 3}])
+    found = engine.explain([c], snap(h))
+    assert found[0].cause_id == "misrouted" and found[0].object == "ip rule 5200: from all lookup 52 and table 52 in host"
+    assert found[0].fix == ["ip rule add from 198.51.100.2 to 172.17.0.2 iif veth-ext lookup main pref 5199"]
+    assert any(r.startswith("not qdisc-drop: tun0 cannot send") for r in found[0].ruled_out)
