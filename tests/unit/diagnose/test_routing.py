@@ -185,3 +185,16 @@ def test_a_policy_rule_sending_the_packet_into_a_device_without_carrier_is_named
     assert found[0].cause_id == "misrouted" and found[0].object == "ip rule 5200: from all lookup 52 and table 52 in host"
     assert found[0].fix == ["ip rule add from 198.51.100.2 to 172.17.0.2 iif veth-ext lookup main pref 5199"]
     assert any(r.startswith("not qdisc-drop: tun0 cannot send") for r in found[0].ruled_out)
+
+
+def test_a_packet_made_by_a_local_socket_is_never_a_forwarding_fault():
+    reply = Tuple5(17, INNER, 53, CLIENT, 41822)
+    c = Connection(key=Tuple5(17, CLIENT, 41822, PUBLIC, 5353), requests=[Journey(skb=1, steps=[
+        s(RX, ifname="veth-ext", tuple=Tuple5(17, CLIENT, 41822, PUBLIC, 5353)),
+        s(CONSUME, location="udp_queue_rcv_one_skb+0x1", netns=CONT)])],
+        replies=[Journey(skb=2, direction="reply", steps=[
+            s(ROUTE, netns=CONT, route=RouteInfo(254, oif="eth0", dst=CLIENT, local=False), tuple=reply)])])
+    ctr = container()
+    ctr.sysctls = {"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.forwarding": "0"}
+    found = engine.explain([c], snap(c=ctr))
+    assert "forwarding-off" not in [x.cause_id for x in found]
