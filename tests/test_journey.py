@@ -311,3 +311,20 @@ def test_a_new_syn_on_a_retired_connections_port_is_a_new_attempt():
     syn(2000, 22)
     assert len(b.connections) == 1 and b.connections[0].openers[0].first.seq == 22
     assert b.late_journeys == 0
+
+
+def test_a_retired_connections_late_rst_before_its_late_syn_ack_is_still_answered():
+    """Journeys finish out of order: the SYN-ACK (freed without a tracepoint, ended by idleness) after the
+    RST that closed the connection. A connection counted without a row gets 'refused' only from a RST
+    that came before any answer."""
+    t = model.Tuple5(6, "198.51.100.2", 40000, "198.51.100.1", 8080)
+    b = journeys.JourneyBuilder(journeys.request_matcher(SERVICES), trim=True, max_live=1)
+    b.add(model.Step(1000, model.RX, netns=1, tuple=t, tcp_flags="S", seq=11), skb=1)
+    b.add(model.Step(1001, model.CONSUME, netns=1, location="tcp_v4_rcv+0x1"), skb=1)
+    b.retire(now_ns=10 ** 12, keep_rows=0)
+    assert b.untold_outcomes == {"no-reply": 1}
+    r = t.reversed()
+    for skb, ts, flags in ((2, 3000, "R"), (3, 2000, "SA")):
+        b.add(model.Step(ts, model.XMIT, netns=1, tuple=r, tcp_flags=flags), skb=skb)
+        b.add(model.Step(ts + 1, model.CONSUME, netns=1, location="skb_release_data+0x1"), skb=skb)
+    assert b.untold_outcomes == {"answered": 1}

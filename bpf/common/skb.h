@@ -41,7 +41,9 @@ struct l34 {
  * classic tracepoint). trusted is a constant after inlining: one branch is compiled. */
 #define SKB_FIELD(trusted, skb, field) ((trusted) ? (skb)->field : BPF_CORE_READ(skb, field))
 
-/* The namespace an skb is in: its device's, else its socket's; 0 when neither is known. */
+/* The namespace an skb is in: its device's, else its socket's, else its route's device's (a packet
+ * freed from a queue after its device and socket were let go: watch printed such drops "in ?"); 0
+ * when none is known. */
 static __always_inline __u32 skb_netns(struct sk_buff *skb)
 {
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
@@ -50,6 +52,9 @@ static __always_inline __u32 skb_netns(struct sk_buff *skb)
 	struct sock *sk = BPF_CORE_READ(skb, sk);
 	if (sk)
 		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	struct dst_entry *dst = (struct dst_entry *)(BPF_CORE_READ(skb, _skb_refdst) & ~1UL);
+	if (dst && (dev = BPF_CORE_READ(dst, dev)))
+		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
 	return 0;
 }
 

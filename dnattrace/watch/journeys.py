@@ -211,7 +211,7 @@ class JourneyBuilder:
             if len(self.retired) >= keep_rows:
                 self.retired_untold += 1
                 self.untold_outcomes[c.outcome] = self.untold_outcomes.get(c.outcome, 0) + 1
-                record = [c.outcome]
+                record = [c.outcome, _first_reset(c)]
             else:
                 for j in c.requests + c.replies:
                     _cut(j)
@@ -231,9 +231,16 @@ class JourneyBuilder:
             _cut(j)
             (retired.replies if j.direction == "reply" else retired.requests).append(j)
             return
-        if j.direction != "reply" or j.outcome == "dropped" or retired[0] in ("answered", "refused"):
+        if j.direction != "reply" or j.outcome == "dropped" or retired[0] == "answered":
             return
-        new = "refused" if "R" in j.first.tcp_flags else "answered"
+        # journeys finish out of order (a SYN-ACK whose free fires no tracepoint ends by idleness, after
+        # the RST that closed the connection): a RST refuses only if no answer came before it
+        reset = j.first.ts_ns if "R" in j.first.tcp_flags else None
+        if retired[0] == "refused" and (reset is not None or retired[1] is None or retired[1] < j.first.ts_ns):
+            return
+        new = "refused" if reset is not None else "answered"
+        if reset is not None:
+            retired[1] = reset
         self.untold_outcomes[retired[0]] -= 1
         if not self.untold_outcomes[retired[0]]:
             del self.untold_outcomes[retired[0]]
@@ -242,6 +249,11 @@ class JourneyBuilder:
 
     def all_connections(self) -> list[model.Connection]:
         return self.retired + self.connections
+
+
+def _first_reset(c: model.Connection) -> Optional[int]:
+    """When the first RST reply of a connection came, if one did (a retired connection's count keeps it)."""
+    return min((j.first.ts_ns for j in c.replies if j.steps and "R" in j.first.tcp_flags), default=None)
 
 
 def _cut(j: model.Journey):

@@ -33,7 +33,7 @@ OBJECT = objects.path("watch")
 RING_CAPPED, RING_FULL = 1 << 20, 2 << 20
 # Records decoded per poll at most (about 1 KB each once decoded, with their steps): a reader that
 # took everything would take events as fast as the kernel writes them, and hold them all at once.
-BATCH = 2048
+BATCH = 1024
 
 
 @dataclass(frozen=True)
