@@ -113,24 +113,20 @@ def phases(cmd, env=None):
 
 
 def plain_invocation(runs, add):
-    """`dnattrace watch --port P` in the root namespace, warm and cold, interleaved; returns the row names,
-    warm first."""
-    env = dict(os.environ, PYTHONPATH=os.getcwd())      # this checkout, not whatever pip installed
+    """`dnattrace watch --port P` in the root namespace, warm and cold, interleaved; returns the row names
+    (warm first) and -v's start-up lines of one warm run."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))    # this checkout, not whatever pip installed
     rows = ["watch --port P (root ns, console script): exec to 'Watching', warm",
             "watch --port P (root ns, console script): exec to 'Watching', cold RUN_DIR"]
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         argv = ["watch", "--port", str(PLAIN_PORT), "--duration", "0.2"]
         script = [console_script(tmp)] + argv
         time_to_watching(script, env)       # this boot's caches are made from here on
-        global plain_steps
-        plain_steps = phases(script[:1] + ["-v"] + argv, env)
+        steps = phases(script[:1] + ["-v"] + argv, env)
         for _ in range(runs):
             add(rows[0], time_to_watching(script, env))
             add(rows[1], cold_to_watching(script, env))
-    return rows
-
-
-plain_steps: list = []
+    return rows, steps
 
 
 def time_probe():
@@ -172,7 +168,7 @@ def main(argv=None):
     def add(name, value):
         samples.setdefault(name, []).append(value)
 
-    plain_rows = plain_invocation(args.runs, add)
+    plain_rows, plain_steps = plain_invocation(args.runs, add)
     inst = lab.up("healthy", prefix=build.unique("bs"))
     try:
         watch = cli + ["watch", "--port", str(inst.target_port), "--netns", inst.host_ns]
