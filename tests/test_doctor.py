@@ -143,6 +143,21 @@ def test_avoided_capabilities_are_not_tried(monkeypatch):
         capabilities.avoided()
 
 
+def test_trials_loaded_together_answer_as_trials_loaded_alone(root, monkeypatch):
+    """The grouped trials share one object (one BTF parse); the answers are those of each trial alone, and
+    a group the kernel refuses (here with fentry in it, which this kernel refuses; elsewhere it loads)
+    falls back to them."""
+    def answers():
+        return [(c.name, c.ok, c.detail) for c in capabilities.probe(refresh=True)]
+    grouped = answers()
+    monkeypatch.setattr(capabilities, "GROUPED", {})
+    alone = answers()
+    monkeypatch.setattr(capabilities, "GROUPED", {"fentry": "probe_fentry", "tp_btf": "probe_tp_btf",
+                                                  "raw_tp": "probe_raw_tp"})
+    refused = answers()
+    assert grouped == alone == refused
+
+
 def test_minimum():
     assert caps_with("btf", "raw_tp").missing_minimum() == []
     assert caps_with("raw_tp").missing_minimum() == ["BTF"]
