@@ -44,10 +44,11 @@ def test_inet_forward_policy_named_and_iptables_forward_policy_refuted(lab_insta
     assert rv is not None, j
     assert (rv.chain.family, rv.chain.table, rv.chain.chain, rv.chain.hook) == ("inet", "filter", "forward", "FORWARD")
     assert rv.policy and rv.verdict == "drop" and rv.how in ("evaluated", "chain"), rv
-    # Docker's FORWARD (policy DROP) let it through: its ACCEPT counter moved, its policy counter did not
+    # Docker's FORWARD (policy DROP) did not drop it: its policy counter did not move. (Whether its ACCEPT
+    # counted the packet depends on which of the two chains at priority 0 runs first: 6.18 runs iptables'
+    # first here, Debian's 6.1 the inet one; attribution treats chains at one priority as unordered.)
     assert any(r.startswith("iptables-nft filter FORWARD: no DROP/REJECT rule or policy counter moved")
                for r in rv.refuted), rv.refuted
-    assert any(m.table == "filter" and m.target == "ACCEPT" for m in d.moves)
     assert not any(m.policy and m.chain == "FORWARD" for m in d.moves)
     assert rv.fix and rv.fix[0].startswith("nsenter --net=%s nft insert rule inet filter forward ip daddr %s"
                                            % (net.netns_path(inst.host_ns), inst.container_addr))
