@@ -13,9 +13,21 @@ from dnattrace.diagnose.replay import Cause, Match, Replay
 def _icmp_drop_moves(f: Facts) -> list[tuple]:
     """DROP/REJECT rules of the filter table that match ICMP (ICMPv6 for IPv6) and counted packets during the
     capture, in any namespace read: the error can be filtered on its way back, in the container too."""
-    return [(d, m) for d in (f.delta.namespaces if f.delta else []) for m in d.moves
-            if m.family == f.family and m.table in ("filter", "ip filter") and m.target in DROP_TARGETS
-            and not m.policy and "icmp" in m.rule.lower()]
+    moved = [(d, m) for d in (f.delta.namespaces if f.delta else []) for m in d.moves
+             if m.family == f.family and m.table in ("filter", "ip filter") and m.target in DROP_TARGETS]
+    icmp = [(d, m) for d, m in moved if not m.policy and "icmp" in m.rule.lower()]
+    # else what drops on INPUT where the large packets come from: the error is delivered to their sender
+    return icmp or [(d, m) for d, m in moved if m.chain == "INPUT"]
+
+
+def _narrowest(f: Facts):
+    """Without the packet's own route step (its drop was counted, not followed): the link of the namespace
+    whose MTU is below its others', the one a too-big packet is refused for. None when all are alike."""
+    links = [l for l in f.ns.links if l.up and l.mtu and l.name != "lo" and l.addresses]
+    if not links:
+        return None
+    low = min(links, key=lambda l: l.mtu)
+    return low if low.mtu < max(l.mtu for l in links) else None
 
 
 def match_pmtu_blackhole(f: Facts) -> Optional[Match]:
@@ -24,7 +36,7 @@ def match_pmtu_blackhole(f: Facts) -> Optional[Match]:
     dst = f.drop.tuple.dst if f.drop.tuple else ""
     out = next((s for s in host_steps(f, f.journey, ROUTE) if s.route and s.route.oif
                 and (s.route.dst == dst or not dst)), None)     # not the ICMP error's own lookup
-    oif = f.ns.link(out.route.oif) if out else None
+    oif = f.ns.link(out.route.oif) if out else _narrowest(f)
     inl = f.ns.link(f.ingress) if f.ingress else None
     icmp = _icmp_drop_moves(f)
     fails = f.nsdelta.snmp.get("IpFragFails", 0) if f.nsdelta else 0

@@ -20,6 +20,8 @@ from dnattrace.diagnose.replay import PERSIST, Cause, Match, Replay
 def match_forwarding_off(f: Facts) -> Optional[Match]:
     if f.seen and not f.ingress:
         return None         # made by a socket of the namespace where it ended: sent, never forwarded
+    if f.seen and f.dest[0] and f.ns.has_address(f.dest[0]):
+        return None         # for an address of the namespace itself: delivered there, never forwarded
     if f.family == 6:
         return _forwarding6_off(f)
     v = f.ns.sysctls

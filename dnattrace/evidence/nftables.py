@@ -206,6 +206,15 @@ def parse_text(text: str) -> dict[str, str]:
             fam, tab = stack[0][1][0], stack[0][1][1]
             body = _COUNTER.sub("counter", line[:h.start()]).replace("  ", " ").strip()
             out[text_key(fam, tab, stack[1][1][0], h.group(1))] = "%s # handle %s" % (body, h.group(1))
+            continue
+        # a brace that opens or closes on a line of its own kind (a set's `elements = {` spread over
+        # lines): kept in step, or the set's closing brace would close its table
+        opened = line.count("{") - line.count("}")
+        for _ in range(opened):
+            stack.append(("{", []))
+        for _ in range(-opened):
+            if stack:
+                stack.pop()
     return out
 
 
