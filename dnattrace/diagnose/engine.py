@@ -156,7 +156,7 @@ def stray_failures(connections: list[Connection], snapshot: Snapshot, stray_drop
     key = next((c.key for c in connections if c.key is not None), None)
     out = []
     for d in sites:
-        step = Step(ts_ns=0, point=DROP, netns=d["netns_inode"], netns_name=d.get("netns", ""),
+        step = Step(ts_ns=0, point=DROP, netns=d["netns_inode"], netns_name=d.get("netns", ""), tuple=key,
                     location=d.get("location", ""), reason=d.get("reason", "") if d.get("reason") != "UNKNOWN" else "",
                     reason_inferred=d.get("reason_inferred") or None)
         c = Connection(key=key, requests=[Journey(skb=0, steps=[step])])

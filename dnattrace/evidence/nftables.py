@@ -257,7 +257,8 @@ def counter_delta(before: NftRuleset, after: NftRuleset) -> list[NftMove]:
     for r in after.rules():
         b = old.get((r.family, r.table, r.chain, r.handle))
         if r.packets is not None and b is not None and b.packets is not None and r.packets > b.packets:
-            t = before.table(r.family, r.table)     # the reading with each rule's text
-            out.append(NftMove(b, r.packets - b.packets, t.owner if t else "unknown", t.backend if t else "nft"))
+            # whichever reading has the rules' text (diagnose reads counters only before, everything after)
+            rule, t = (b, before.table(r.family, r.table)) if b.text else (r, after.table(r.family, r.table))
+            out.append(NftMove(rule, r.packets - b.packets, t.owner if t else "unknown", t.backend if t else "nft"))
     out.sort(key=lambda m: -m.packets)
     return out
