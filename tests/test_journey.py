@@ -328,3 +328,25 @@ def test_a_retired_connections_late_rst_before_its_late_syn_ack_is_still_answere
         b.add(model.Step(ts, model.XMIT, netns=1, tuple=r, tcp_flags=flags), skb=skb)
         b.add(model.Step(ts + 1, model.CONSUME, netns=1, location="skb_release_data+0x1"), skb=skb)
     assert b.untold_outcomes == {"answered": 1}
+
+
+def test_a_reply_that_left_before_a_reused_ports_new_syn_is_the_old_connections():
+    """A busy client reuses a port while the old connection's closing RST is still on its way: that RST
+    (it left before the new SYN arrived) belongs to the old connection, and does not make the new one
+    'refused'."""
+    t = model.Tuple5(6, "198.51.100.2", 40000, "198.51.100.1", 8080)
+    b = journeys.JourneyBuilder(journeys.request_matcher(SERVICES))
+
+    def journey(skb, ts, tup, flags, seq=None):
+        b.add(model.Step(ts, model.XMIT, netns=1, tuple=tup, tcp_flags=flags, seq=seq), skb=skb)
+        b.add(model.Step(ts + 1, model.CONSUME, netns=1, location="skb_release_data+0x1"), skb=skb)
+
+    journey(1, 1000, t, "S", seq=11)
+    journey(2, 1100, t.reversed(), "SA")
+    b.add(model.Step(2900, model.XMIT, netns=1, tuple=t.reversed(), tcp_flags="R"), skb=3)    # the old close, open
+    journey(4, 3000, t, "S", seq=22)
+    b.add(model.Step(3001, model.CONSUME, netns=1, location="skb_release_data+0x1"), skb=3)   # ... finished late
+    journey(5, 3100, t.reversed(), "SA")
+    old, new = b.connections
+    assert [r.first.tcp_flags for r in old.replies] == ["SA", "R"] and old.outcome == "answered"
+    assert [r.first.tcp_flags for r in new.replies] == ["SA"] and new.outcome == "answered"

@@ -41,6 +41,9 @@ class JourneyBuilder:
         self.open: dict[int, model.Journey] = {}
         self.connections: list[model.Connection] = []
         self._by_tuple: dict[model.Tuple5, model.Connection] = {}
+        # the connection a tuple belonged to before a client reused its port (bounded, oldest out): a
+        # reply that left before the new connection's SYN arrived is the old one's (its closing RST)
+        self._before: dict[model.Tuple5, model.Connection] = {}
         # journeys finished by idleness, kept a while: a packet parked in a queue (waiting for ARP, say)
         # can still be dropped seconds later, and that end belongs to the same journey
         self._expired: dict[int, model.Journey] = {}
@@ -154,6 +157,8 @@ class JourneyBuilder:
             for t in tuples:
                 conn = self._by_tuple.get(t.reversed())
                 if conn:
+                    if _opened_after(conn, j):
+                        conn = self._before.get(t.reversed(), conn)
                     break
         else:
             for t in tuples:
@@ -163,7 +168,11 @@ class JourneyBuilder:
             if conn is not None and reuses_port(conn, j):
                 conn = None
                 for t in tuples:          # its reply must find the new connection, not the old one
-                    self._by_tuple.pop(t, None)
+                    old = self._by_tuple.pop(t, None)
+                    if old is not None:
+                        self._before[t] = old
+                for t in list(self._before)[: max(0, len(self._before) - 4096)]:
+                    del self._before[t]
         # a SYN opens a new attempt even on the tuple of a retired connection: a busy client comes back
         # to a port within seconds, and its new connection is not a late packet of the old one
         if conn is None and self._retired_tuples and not (j.direction == "request" and j.first.tcp_flags == "S"):
@@ -204,6 +213,8 @@ class JourneyBuilder:
         tuples_of: dict[int, list] = {}
         for t in [t for t, c in self._by_tuple.items() if id(c) in gone]:
             tuples_of.setdefault(id(self._by_tuple.pop(t)), []).append(t)
+        for t in [t for t, c in self._before.items() if id(c) in gone]:
+            del self._before[t]
         for j in [k for k, c in self._conn_of.items() if id(c) in gone]:
             del self._conn_of[j]
         for c in quiet:
@@ -249,6 +260,12 @@ class JourneyBuilder:
 
     def all_connections(self) -> list[model.Connection]:
         return self.retired + self.connections
+
+
+def _opened_after(conn: model.Connection, j: model.Journey) -> bool:
+    """Did conn's first SYN come after journey j began? Then j is no reply of conn."""
+    opened = [o.first.ts_ns for o in conn.openers if o.steps]
+    return bool(opened) and min(opened) > j.first.ts_ns
 
 
 def _first_reset(c: model.Connection) -> Optional[int]:
