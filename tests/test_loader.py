@@ -176,6 +176,16 @@ def test_map_round_trip(root):
         assert pc.lookup(k(8)) == [v(5)] * pc.ncpus
 
 
+def test_a_program_the_object_lacks_is_one_line_naming_the_rebuild():
+    """A stale object (bpf/ changed, the objects not rebuilt) is a BpfError the CLI prints as one line."""
+    obj = loader.BpfObject(PROBES)
+    try:
+        with pytest.raises(loader.BpfError, match="has no program probe_nonesuch: .*rebuild it"):
+            obj.only("probe_tp_btf", "probe_nonesuch")
+    finally:
+        obj.close()
+
+
 @pytest.mark.parametrize("prog", ["bad_unchecked_lookup", "bad_after_long_log"])
 def test_verifier_rejection_carries_the_verifiers_message(root, prog):
     with pytest.raises(loader.BpfError) as info:

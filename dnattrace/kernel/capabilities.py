@@ -129,7 +129,7 @@ def _preload(names):
                     _SETUP[prog](obj.program(prog))
             obj.load()
             _preloaded.update((prog, obj) for prog in progs)
-        except (loader.BpfError, KeyError):     # one refused (or missing) here: each trial loads its own
+        except loader.BpfError:     # one refused (or missing) here: each trial loads its own
             pass
     try:
         yield

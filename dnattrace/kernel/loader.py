@@ -460,7 +460,11 @@ class BpfObject:
         """Load only the named programs (the others keep their code but are not loaded)."""
         unknown = set(names) - set(self.programs)
         if unknown:
-            raise KeyError("no program %s in %s" % (", ".join(sorted(unknown)), self.path))
+            # an object older than the code asking (a checkout whose bpf/ changed, not rebuilt): one line
+            # and exit 3 from the CLI, not a KeyError's traceback
+            raise BpfError("%s has no program %s: it was built from other sources; rebuild it (pip install ., "
+                           "or python3 -c 'import setup; setup.build_bpf()' in a checkout)"
+                           % (self.path, ", ".join(sorted(unknown))))
         for name, prog in self.programs.items():
             prog.set_autoload(name in names)
         return self
