@@ -9,6 +9,10 @@ so the container side is a trivial accept-and-close server on port 81 (one proce
 published as 8081 by two rules added next to the lab's own (Docker's layout: a DNAT rule in nat/DOCKER and
 an ACCEPT in filter/DOCKER), removed at the end.
 
+--workload bulk (issue 26): each client sends one TCP stream through the DNAT for the run (throughput, in
+64 KB writes); --workload rr: each request is a connection, a GET and a 100 KB answer read whole (HTTP/1.0).
+The same conditions and ratios apply: a "unit" is a connection, a write or a request.
+
 Conditions, interleaved in one run, in a new random order each round (--seed), so that drift and a place
 in the round do not become part of one condition's figure:
   a  nothing attached
@@ -29,7 +33,7 @@ The watch runs as a subprocess, so its CPU (/proc/PID/stat) and peak RSS (VmHWM)
 stopped with SIGINT and its JSON summary gives lost_events; in (c) the connections it reports are
 compared with the connections made.
 
-Targets (issue 26): b/a >= 0.95, c/a >= 0.90, b and c at or above bpftrace's counter in the same rounds
+Targets (issue 26): b/a >= 0.95, c/a >= 0.90 (bulk and rr: b/a >= 0.98), b and c at or above bpftrace's counter in the same rounds
 (b/t >= 1, c/t >= 1, when t runs), no events lost in c, every connection of c either followed (reported with
 its SYN-ACK) or counted as not followed, watch RSS < 60 MB. Ratios are the median over rounds of each
 round's own ratio (b_i / a_i): the machine's drift between rounds cancels out; each is printed with its
@@ -58,6 +62,8 @@ from dnattrace.netns import build as net  # noqa: E402
 BENCH_PORT, SERVER_PORT, OTHER_PORT = load.PORT, load.SERVER_PORT, 9999
 TARGET_B, TARGET_C, TARGET_RSS_MB = 0.95, 0.90, 60.0
 TARGETS = {"b": TARGET_B, "c": TARGET_C}
+# bulk and request/response (issue 26): watch on another port within 2% of nothing; c has no target there
+TARGETS_BY_WORKLOAD = {"connect": TARGETS, "bulk": {"b": 0.98}, "rr": {"b": 0.98}}
 SETTLE_S = 0.5
 # After a watch has attached, before traffic starts (and the same in a). Could the watch's start-up
 # (programs verified and loaded, kallsyms parsed, look-up children) leave work behind that slows b and
@@ -68,39 +74,126 @@ LABELS = {"a": "no tracer", "b": "watch on another port", "c": "watch on this po
           "f": "empty programs at b's points", "g": "empty programs at c's points",
           "t": "bpftrace counting 4 tracepoints"}
 TICK = os.sysconf("SC_CLK_TCK")
+RR_BODY = 100 * 1024
 
 # connect, wait for the server's close, close; N times or until the deadline, whichever first; each
 # connection bounded by 1 s. The server closes first, so TIME_WAIT stays on its side: a client that closed
 # first would pile up TIME_WAIT sockets, and picking a free port among them costs more with every run (the
 # machine's CPU per connection drifted by 50% across the runs of one benchmark that way). Several clients
 # start together at `start` (CLOCK_MONOTONIC, the same in every process) and stop at the same deadline.
+# --workload bulk: one connection per client, 64 KB writes until the deadline (a unit is one write), then
+# a plain close; rr: a connection per request, a GET and the whole RR_BODY answer read (a unit is one
+# answered request).
 CLIENT = r"""
 import json, socket, sys, time
 n, start, seconds, addr, port = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-ok = failed = 0
+mode = sys.argv[6]
+ok = failed = conns = 0
 while time.monotonic() < start:
     time.sleep(0.001)
 t0 = mark = time.monotonic()
 end = start + seconds
-CHUNK, chunks = 200, []   # the rate of each 200 connections: the best of them is what the machine can do
-for _ in range(n):
-    s = socket.socket()
-    s.settimeout(1.0)
-    try:
-        s.connect((addr, port))
-        s.recv(1)
-        ok += 1
-    except OSError:
-        failed += 1
-    s.close()
+CHUNK, chunks = 200, []   # the rate of each 200 units: the best of them is what the machine can do
+WRITE = b"x" * 65536
+
+def tick():
+    global mark
     if ok and ok % CHUNK == 0:
         now = time.monotonic()
         chunks.append(CHUNK / (now - mark))
         mark = now
-    if time.monotonic() >= end:
+
+def one_request():
+    s = socket.socket()
+    s.settimeout(1.0)
+    try:
+        s.connect((addr, port))
+        if mode == "connect":
+            s.recv(1)
+            return True
+        s.sendall(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
+        got = 0
+        while True:
+            chunk = s.recv(1 << 17)
+            if not chunk:
+                return got >= RR_BODY
+            got += len(chunk)
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+if mode == "bulk":
+    conns = 1
+    try:
+        s = socket.create_connection((addr, port), timeout=5.0)
+        while ok < n and time.monotonic() < end:
+            s.sendall(WRITE)
+            ok += 1
+            tick()
+        s.close()
+    except OSError:
+        failed += 1
+else:
+    for _ in range(n):
+        if one_request():
+            ok += 1
+        else:
+            failed += 1
+        tick()
+        if time.monotonic() >= end:
+            break
+    conns = ok + failed
+print(json.dumps({"ok": ok, "failed": failed, "conns": conns, "t0": t0, "t1": time.monotonic(),
+                  "best": max(chunks or [0])}))
+""".replace("RR_BODY", str(RR_BODY))
+
+# The container side of bulk and rr (connect uses lab/load.py's accept-and-close server): bulk reads each
+# stream to its end, rr reads an HTTP request and answers 200 with RR_BODY bytes, then closes (the server
+# closes first: TIME_WAIT stays on its side); a thread per connection, one process per CPU (SO_REUSEPORT).
+# Each ends by itself when idle for a minute.
+SERVER = r"""
+import os, socket, sys, threading
+procs, port, mode = int(sys.argv[1]), int(sys.argv[2]), MODE
+ANSWER = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % RR_BODY + b"x" * RR_BODY
+
+def sink(c):
+    buf = bytearray(1 << 18)
+    while c.recv_into(buf):
+        pass
+    c.close()
+
+def answer(c):
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    c.sendall(ANSWER)
+    c.close()
+
+for _ in range(procs - 1):
+    if os.fork() == 0:
         break
-print(json.dumps({"ok": ok, "failed": failed, "t0": t0, "t1": time.monotonic(), "best": max(chunks or [0])}))
-"""
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("0.0.0.0", port))
+s.listen(4096)
+s.settimeout(60)
+os.write(1, b"ready\n")     # one write: the processes share the pipe, and print may write twice
+try:
+    while True:
+        c, _ = s.accept()
+        c.settimeout(10)
+        threading.Thread(target=sink if mode == "bulk" else answer, args=(c,), daemon=True).start()
+except socket.timeout:
+    pass
+""".replace("RR_BODY", str(RR_BODY))
+WORKLOADS = {"connect": "connections", "bulk": "64 KB writes on one stream per client",
+             "rr": "HTTP requests answered with %d KB" % (RR_BODY // 1024)}
+WORKLOAD = "connect"
 
 # The reference condition (t): bpftrace counting the 4 tracepoints the issue names, per probe (bpftrace's
 # plain count(): a per-CPU map update per event), nothing else.
@@ -141,7 +234,7 @@ def run_client(inst, n, seconds, clients=None):
     clients = clients or CLIENTS
     start = time.monotonic() + client_lead(inst, clients)     # every client's Python is up by then
     procs = [subprocess.Popen(["ip", "netns", "exec", inst.client_ns, sys.executable, "-c", CLIENT, str(n),
-                               repr(start), str(seconds), inst.target_addr, str(BENCH_PORT)],
+                               repr(start), str(seconds), inst.target_addr, str(BENCH_PORT), WORKLOAD],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(clients)]
     outs = []
     for p in procs:
@@ -150,6 +243,7 @@ def run_client(inst, n, seconds, clients=None):
             raise SystemExit("bench: a client failed: %s" % err.strip()[-300:])
         outs.append(json.loads(out))
     return {"ok": sum(o["ok"] for o in outs), "failed": sum(o["failed"] for o in outs),
+            "conns": sum(o["conns"] for o in outs),
             "seconds": max(o["t1"] for o in outs) - min(o["t0"] for o in outs),
             "best": sum(o["best"] for o in outs), "clients": clients}
 
@@ -544,7 +638,8 @@ def verdict(ok):
 def bench_lab(prefix, warm_connections=500, seconds=5.0):
     """A lab `healthy` host set up for many short connections, with the benchmark's port published and
     its accept-and-close server running; everything is removed on the way out."""
-    with load.LoadHost(prefix) as host:
+    server = load.SERVER if WORKLOAD == "connect" else SERVER.replace("MODE", repr(WORKLOAD))
+    with load.LoadHost(prefix, server=server) as host:
         inst = host.inst
         warm = run_client(inst, min(500, warm_connections), seconds)
         if warm["failed"] or not warm["ok"]:
@@ -571,21 +666,27 @@ def main(argv=None):
     ap.add_argument("--conds", default="bcfgt",
                     help="conditions besides a, in each round: b, c (the targets), t (bpftrace, the reference), "
                          "f and g (empty programs at b's and c's points: their floors), e, d (default bcfgt)")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="connect",
+                    help="connect: short connections (default); bulk: one TCP stream per client, throughput; "
+                         "rr: HTTP requests with a %d KB answer, a connection each" % (RR_BODY // 1024))
     ap.add_argument("--profile", action="store_true",
                     help="afterwards, one more b and c with BPF run-time statistics and cProfile on the watch")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench watch: needs root (namespaces, BPF)")
 
-    CLIENTS = args.clients
+    global WORKLOAD, TARGETS
+    CLIENTS, WORKLOAD = args.clients, args.workload
+    TARGETS = TARGETS_BY_WORKLOAD[WORKLOAD]
     conds = "a" + "".join(c for c in "bcedfgt" if c in args.conds)
     results = {c: [] for c in conds}
     with bench_lab("bw", args.connections, args.seconds) as inst:
         tmp = "/tmp/%s" % inst.name
         os.makedirs(tmp)
         try:
-            print("%d client processes, %g s per run (or %d connections each), %d rounds; conditions: %s"
-                  % (CLIENTS, args.seconds, args.connections, args.rounds,
+            print("workload %s (a unit: one of the %s); %d client processes, %g s per run (or %d units each), "
+                  "%d rounds; conditions: %s"
+                  % (WORKLOAD, WORKLOADS[WORKLOAD], CLIENTS, args.seconds, args.connections, args.rounds,
                      "; ".join("%s = %s" % (c, LABELS[c]) for c in conds)))
             if "t" in conds:
                 print("t runs: bpftrace -e '%s'" % BPFTRACE_PROG)
@@ -607,7 +708,7 @@ def main(argv=None):
                         "%.0f" % r["watch_cpu_pct"] if "watch_cpu_pct" in r else "-",
                         "%.1f" % r["hwm_mb"] if "hwm_mb" in r else "-",
                         r.get("lost", "-"),
-                        "%d/%d" % (r["answered"], r["ok"]) if cond in "cde" else "-",
+                        "%d/%d" % (r["answered"], r["conns"]) if cond in "cde" else "-",
                         "%.1fs" % r["startup_s"] if "startup_s" in r else "-"), flush=True)
             if args.profile:
                 profile_pass(inst, args.connections, args.seconds, tmp,
@@ -686,7 +787,7 @@ def report(results, conds):
     if "c" in conds:
         lost = sum(r["lost"] for c in "bc" if c in conds for r in results[c])
         print("lost events (b and c, all runs) = %d (target 0): %s" % (lost, verdict(lost == 0)))
-        made = sum(r["ok"] for r in results["c"])
+        made = sum(r["conns"] for r in results["c"])
         followed = sum(r["answered"] for r in results["c"])
         counted = sum(r["not_followed"] for r in results["c"])
         ok = followed + counted >= made
@@ -694,7 +795,7 @@ def report(results, conds):
               "(over --max-rate): %s" % (made, followed, counted, verdict(ok)))
         met = met and lost == 0 and ok
     if "d" in conds:
-        made = sum(r["ok"] for r in results["d"])
+        made = sum(r["conns"] for r in results["d"])
         followed = sum(r["answered"] for r in results["d"])
         lost = sum(r["lost"] for r in results["d"])
         print("d (--max-rate 0): %d of %d connections followed in full, %d events lost; peak RSS %.1f MB (its "

@@ -163,8 +163,10 @@ class Clients:
 class LoadHost:
     """A lab `healthy` host made busy-ready (see the module's docstring); a context manager."""
 
-    def __init__(self, prefix: str = "ld", fail_every: int = 0):
-        self.prefix, self.fail_every = prefix, fail_every
+    def __init__(self, prefix: str = "ld", fail_every: int = 0, server: str = SERVER):
+        """server: the container side's program (argv: processes, port; prints "ready" once per process),
+        accept-and-close unless a benchmark brings its own workload's."""
+        self.prefix, self.fail_every, self.server = prefix, fail_every, server
         self.inst = None
         self._server: Optional[subprocess.Popen] = None
         self._rules: list[list[str]] = []
@@ -226,7 +228,7 @@ class LoadHost:
 
     def _start_server(self, ns, procs=None) -> subprocess.Popen:
         procs = procs or os.cpu_count()
-        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, str(procs), str(SERVER_PORT)],
+        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", self.server, str(procs), str(SERVER_PORT)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         for _ in range(procs):
             if p.stdout.readline().strip() != "ready":
