@@ -152,7 +152,7 @@ class WatchTracer:
             t0 = time.perf_counter()
             if self._loading is not None:
                 self._read_chain_priorities()
-                self._loading.join()
+                self._join_loading()
                 self._loading = None
                 if self._load_error is not None:
                     raise self._load_error
@@ -335,9 +335,16 @@ class WatchTracer:
     def started(self):
         return self._obj is not None
 
+    def _join_loading(self):
+        """Wait for the loading thread with SIGINT and SIGTERM held back (they arrive once it is done): a
+        Ctrl-C that interrupted the join let close() free the object under the thread still loading it (a
+        segfault when the look-ups were done before the load and Ctrl-C came during the wait)."""
+        with loader.held_signals():
+            self._loading.join()
+
     def close(self):
         if self._loading is not None:
-            self._loading.join()
+            self._join_loading()
             self._loading = None
         if self._obj is not None:
             self._obj.close()
