@@ -133,7 +133,7 @@ def test_watch_and_drops_interrupted_at_once_exit_0(run_dir, args):
     """Ctrl-C is how watch and drops stop, also in their first moments (before their own handling of it
     is in place): exit 0, no traceback. (Not before Python runs the package's first line: a signal
     then meets the interpreter's own start-up.)"""
-    for delay in (0.1, 0.2):
+    for delay in (0.15, 0.25):
         p = hc.start(run_dir, *args)
         time.sleep(delay)
         p.send_signal(signal.SIGINT)
