@@ -375,9 +375,11 @@ def match_reply_policy_route(f: Facts) -> Optional[Match]:
 
 
 def _cannot_send(link) -> bool:
-    """A device that drops whatever is queued to it: down, or up without a carrier (a tun no process has
-    open: its qdisc stays noop)."""
-    return link is not None and (not link.up or link.state in ("DOWN", "LOWERLAYERDOWN", "NOTPRESENT"))
+    """A device up without a carrier, which drops whatever is queued to it (a tun no process has open: its
+    qdisc stays noop). Not a bridge: one whose ports are down has no carrier either, but the route to it
+    is right and the port is what is wrong (layer 2's to say); not a device set down (link-down's)."""
+    return link is not None and link.up and link.kind != "bridge" and link.state in ("DOWN", "LOWERLAYERDOWN",
+                                                                                     "NOTPRESENT")
 
 
 def match_misrouted(f: Facts) -> Optional[Match]:
@@ -391,7 +393,8 @@ def match_misrouted(f: Facts) -> Optional[Match]:
     elif f.drop is None:
         return None
     r = f.route.route
-    dst, src, iif = _packet_keys(f)
+    _dst, src, iif = _packet_keys(f)
+    dst = r.dst or _dst             # what the route decision was made for (a reply's is its client)
     out = f.ns.link(r.oif)
     looked, holder = f.holder(dst) if dst else (False, None)
     way = f.way_to(holder, dst) if holder is not None else None
@@ -476,7 +479,8 @@ def _refute_no_route(f: Facts) -> Optional[str]:
 CAUSES = (
     Cause("forwarding-off", "IP forwarding is off (for the packet's family)", match_forwarding_off,
           refute=_refute_forwarding_off),
-    Cause("misrouted", "The route sends it away from its destination", match_misrouted),
+    Cause("misrouted", "The route sends it away from its destination", match_misrouted,
+          defers_to=("reply-policy-route", "link-down", "bridge-port-down")),
     Cause("no-route", "No route can deliver or forward it", match_no_route, defers_to=("link-down",),
           refute=_refute_no_route),
     Cause("rp-filter", "Reverse-path filtering drops it", match_rp_filter, refute=_refute_rp_filter),
