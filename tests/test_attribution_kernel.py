@@ -107,7 +107,7 @@ def test_chain_brackets_name_the_group_that_dropped_it_without_counters(lab_inst
     net.run(["nft", "flush", "chain", "inet", "guard", "screen"], netns=inst.host_ns)
     journeys, _ = watch_lab(inst)
     syn = next(j for j in mine(journeys, inst) if j["steps"][0].get("tcp_flags") == "S")
-    fwd = [(s["stage"], s.get("priority")) for s in syn["steps"] if s.get("hook") == "FORWARD"]
+    fwd = [(s["stage"], s.get("priority")) for s in syn["steps"] if s["point"] == "nf" and s.get("hook") == "FORWARD"]
     assert fwd == [("first", -(2 ** 31) + 1), ("chain", -11), ("chain", -1), ("last", 2 ** 31 - 2)], fwd
     assert syn["outcome"] == "delivered"
 
@@ -188,7 +188,7 @@ def test_watch_brackets_again_when_a_table_is_added_while_watching(lab_instance,
     finally:
         probeclient.stop(client)
     syn = next(j for j in mine(journeys, inst) if j["steps"][0].get("tcp_flags") == "S")
-    fwd = [(s["stage"], s.get("priority")) for s in syn["steps"] if s.get("hook") == "FORWARD"]
+    fwd = [(s["stage"], s.get("priority")) for s in syn["steps"] if s["point"] == "nf" and s.get("hook") == "FORWARD"]
     assert fwd == [("first", -(2 ** 31) + 1), ("chain", -21)], fwd
     assert syn["outcome"] == "dropped"
 

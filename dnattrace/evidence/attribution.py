@@ -87,10 +87,12 @@ def _ending(journey: model.Journey) -> Optional[tuple[model.Step, str, int, Opti
     if nf is not None and not (rx is not None and rx.ts_ns > nf.ts_ns):
         prio = nf.priority if nf.stage == "chain" or nf.stage not in STAGE_PRIORITY else STAGE_PRIORITY[nf.stage]
         return drop, nf.hook, prio if prio is not None else -(1 << 31), nf
+    if rx is not None and "netfilter hooks" not in journey.unobservable:
+        # received and freed by nft before any IP hook's first position saw it: an ingress chain. (fexit on
+        # nf_hook_slow also reports the ingress hook's verdict, numbered like PREROUTING: not trusted here.)
+        return drop, "ingress", -(1 << 31), None
     if verdict is not None:
         return drop, verdict.hook, -(1 << 31), None
-    if rx is not None and "netfilter hooks" not in journey.unobservable:
-        return drop, "ingress", -(1 << 31), None    # received, freed by nft before PREROUTING: an ingress chain
     return None
 
 

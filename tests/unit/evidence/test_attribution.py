@@ -334,3 +334,18 @@ def test_no_hook_steps_because_hooks_are_unobservable_is_not_an_ingress_chain():
     j = ingress_journey("lo")
     j.unobservable = ["netfilter hooks"]
     assert attribute(j, evidence(), delta()) is None
+
+
+def test_an_ingress_drop_with_a_verdict_numbered_like_prerouting_is_still_ingress():
+    """6.12: fexit on nf_hook_slow reports the netdev ingress hook's verdict with hook number 0, which reads
+    as PREROUTING; no IP hook's first position saw the packet, so it is the ingress chain's."""
+    ev = evidence()
+    items = json.loads(read("mixed.nft.json"))["nftables"] + [{"rule": {
+        "family": "netdev", "table": "ing", "chain": "in", "handle": 9, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "198.51.100.2"}},
+            {"drop": None}]}}]
+    ev.nft = nftables.parse(json.dumps({"nftables": items}), read("mixed.nft.txt"))
+    j = ingress_journey("lo")
+    j.steps.insert(1, model.Step(1, model.VERDICT, 7, "host", hook="PREROUTING", reason="NF_DROP"))
+    rv = attribute(j, ev, delta())
+    assert (rv.chain.family, rv.chain.hook, rv.how) == ("netdev", "ingress", "evaluated"), rv
