@@ -2,6 +2,7 @@
 watched at every --max-rate and diagnosed. Not timed assertions: what must hold at whatever rate this
 machine makes (memory bounded, no event lost, every connection accounted with its real outcome, a
 healthy port said healthy)."""
+import json
 import subprocess
 import sys
 
@@ -91,3 +92,23 @@ def test_diagnose_on_a_healthy_busy_port_finds_no_fault(busy):
             assert "lost" not in p.stdout, p.stdout[-3000:]
     finally:
         clients.kill()
+
+
+def test_diagnose_on_a_busy_port_with_a_failing_share_names_the_share_the_backend_and_the_cause(busy):
+    """One connection in ten DNATed (a `statistic` rule) to an address nobody holds, two clients keeping
+    the port busy: diagnose says the failures are intermittent and how many of the followed connections
+    failed, names the backend they went to and why (nobody on this host holds it), and exits 1."""
+    from dnattrace.lab import load
+    h = busy(fail_every=10)
+    clients = h.start(seconds=slow(40), clients=2, timeout=3.0)
+    try:
+        p = subprocess.run(CLI + ["diagnose", "--json", "--netns", h.host_ns, "--port", str(load.PORT),
+                                  "--timeout", "10"], capture_output=True, text=True, timeout=slow(90))
+    finally:
+        clients.kill()
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-1000:]
+    d = [json.loads(l) for l in p.stdout.splitlines() if '"diagnosis"' in l][-1]
+    top = d["findings"][0]
+    assert top["cause_id"] == "neigh-failed", top
+    assert load.UNHELD in top["object"] and "no namespace on this host" in " ".join(top["evidence"]), top
+    assert top["evidence"][0].startswith("intermittent: ") and top.get("share"), top

@@ -130,9 +130,11 @@ def _share(found: list[Finding], groups: dict, total: int, failed: int, seconds:
     over = " over %.1f s" % seconds if seconds else ""
     for x in found:
         n = x.connections
-        x.share = "%d of %d connections%s" % (n, total, over)
+        x.share = "%d of %d connections followed%s" % (n, total, over)
         dests = groups.get(x.cause_id, Counter())
-        x.evidence.insert(0, "intermittent: %d of %d connections failed this way%s; %d were answered%s" % (
+        x.evidence.insert(0, "intermittent: %d of %d connections followed failed this way%s; %d were answered%s "
+                             "(a failing attempt begun before watching is followed from its retransmitted SYN: "
+                             "failures weigh more in this sample than in the port's traffic)" % (
             n, total, over, total - failed,
             "; the failed ones went to %s" % ", ".join("%s (%d)" % (d, k) for d, k in dests.most_common(3))
             if dests else ""))

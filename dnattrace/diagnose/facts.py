@@ -134,8 +134,9 @@ class Facts:
     def neighbour_failed(self) -> bool:
         """Dropped waiting for a neighbour that never answered: at neigh_invalidate (NEIGH_FAILED), or
         purged from its queue when the unresolved entry is destroyed (neigh_destroy, QUEUE_PURGE): one
-        fault, two sites, depending on which comes first for a given packet."""
-        return (self.reason == "NEIGH_FAILED" or self.func == "neigh_invalidate"
+        fault, two sites, depending on which comes first for a given packet; or refused a place in the
+        queue of packets waiting for that answer (NEIGH_QUEUEFULL, under load)."""
+        return (self.reason in ("NEIGH_FAILED", "NEIGH_QUEUEFULL") or self.func == "neigh_invalidate"
                 or (self.func == "neigh_destroy" and self.reason == "QUEUE_PURGE"))
 
     @property

@@ -142,8 +142,8 @@ def test_a_failing_share_is_measured_and_called_intermittent():
     sn = snap(host(neighbours=_failed_nb()))
     sn.holders = {INNER: None}
     found = engine.explain([ok] * 9 + [_neigh_conn()], sn, seconds=5.0)
-    assert found[0].cause_id == "neigh-failed" and found[0].share == "1 of 10 connections over 5.0 s"
-    assert found[0].evidence[0].startswith("intermittent: 1 of 10 connections failed this way over 5.0 s; 9 were answered")
+    assert found[0].cause_id == "neigh-failed" and found[0].share == "1 of 10 connections followed over 5.0 s"
+    assert found[0].evidence[0].startswith("intermittent: 1 of 10 connections followed failed this way over 5.0 s; 9 were answered")
 
 
 def test_a_data_request_dropped_after_the_handshake_is_a_stall_not_an_answer():
