@@ -32,7 +32,7 @@ KNOWN_CAUSES |= {"chain-drop", "nat-skipped", "bpf-prog-drop"}     # the catalog
 # What the client sees when it is not a timeout (measured with the lab's client).
 CLIENT_REASON = {"no-listener": "refused", "hostlocal-prerouting-only": "refused", "bridge-down": "unreachable",
                  "ctr-to-published-no-hairpin": "refused", "dnat-wrong-iface": "refused", "v6-not-published": "refused",
-                 "firewalld-forward-reject": "unreachable"}
+                 "firewalld-forward-reject": "unreachable", "prerouting-notrack": "refused"}
 ROOT_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding", "net.ipv4.conf.default.forwarding",
                 "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter", "net.netfilter.nf_conntrack_max")
 LAB_ADDRS = re.compile(r"198\.51\.100\.|172\.31\.")
